@@ -41,9 +41,10 @@ export interface Communicator {
   /** dst = this member's slice (leading dim) of the sum over members' src. */
   reduceScatter(src: Tensor, dst: Tensor, group: GroupName): Promise<void>;
   broadcast(t: Tensor, rootInGroup: number, group: GroupName): Promise<void>;
-  /** Point-to-point by global rank. */
-  send(t: Tensor, toGlobalRank: number): Promise<void>;
-  recv(t: Tensor, fromGlobalRank: number): Promise<void>;
+  /** Point-to-point by global rank. `send` does not wait for the receiver. Messages between a pair
+   *  are matched in order; the optional tag (e.g. "fwd:c1:m3") is checked on receipt when given. */
+  send(t: Tensor, toGlobalRank: number, tag?: string): Promise<void>;
+  recv(t: Tensor, fromGlobalRank: number, tag?: string): Promise<void>;
   barrier(group: GroupName): Promise<void>;
 }
 
