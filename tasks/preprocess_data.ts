@@ -1,0 +1,33 @@
+// deno task preprocess: loose JSON lines -> Megatron mmap datasets (see src/data/preprocess.ts).
+// Exit codes: 0 success, 1 bad input or failure, 2 bad usage (as argparse).
+
+import { parsePreprocessArgs, preprocess, PREPROCESS_HELP, UsageError } from "../src/data/preprocess.ts";
+
+async function main(argv: string[]): Promise<number> {
+  let opts;
+  try {
+    opts = parsePreprocessArgs(argv);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      console.error(e.message);
+      return 2;
+    }
+    throw e;
+  }
+  if (opts === null) {
+    console.log(PREPROCESS_HELP);
+    return 0;
+  }
+  try {
+    await preprocess(opts, {
+      log: (line) => console.error(line),
+      progressBar: Deno.stdout.isTerminal() ? Deno.stdout : undefined,
+    });
+    return 0;
+  } catch (e) {
+    console.error((e as Error).message);
+    return 1;
+  }
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));
