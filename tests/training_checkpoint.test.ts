@@ -271,3 +271,49 @@ Deno.test("checkpoint: architecture mismatch message names every mismatch", () =
       "--tokenizer-type: checkpoint GPT2BPETokenizer, run unset; --tensor-model-parallel-size: checkpoint 1, run 2",
   );
 });
+
+Deno.test("checkpoint: SIGKILL of a saving process never breaks the latest checkpoint", async () => {
+  const dir = Deno.makeTempDirSync();
+  try {
+    const mod = new URL("../src/training/checkpoint.ts", import.meta.url).href;
+    // The child saves iterations 1, 2, 3, ... as fast as it can; every tensor element holds the iteration.
+    const code = `
+      import { saveCheckpoint } from ${JSON.stringify(mod)};
+      const dir = ${JSON.stringify(dir)};
+      for (let it = 1; ; it++) {
+        const m = (v) => ({ args: {}, iteration: it, consumedTrainSamples: it, consumedValidSamples: 0 });
+        const t = (name) => ({ name, dtype: "f32", shape: [1 << 18], data: new Float32Array(1 << 18).fill(it) });
+        saveCheckpoint({ saveDir: dir, iteration: it, tpSize: 2, ppSize: 1,
+          ranks: [0, 1].map((tp) => ({ tp, pp: 0, model: [t("a"), t("b")], optim: [t("c")], meta: m() })) });
+      }`;
+    let checked = 0;
+    for (const delayMs of [400, 650, 900]) {
+      const child = new Deno.Command(Deno.execPath(), {
+        args: ["eval", code],
+        stdout: "null",
+        stderr: "piped",
+      })
+        .spawn();
+      await new Promise((r) => setTimeout(r, delayMs));
+      child.kill("SIGKILL");
+      const status = await child.status;
+      assert.equal(status.signal, "SIGKILL", new TextDecoder().decode((await child.output()).stderr));
+      const tr = readTracker(dir);
+      if (tr === null) continue; // killed before the first save finished: nothing to check
+      checked++;
+      for (const tp of [0, 1]) {
+        const got = loadCheckpoint(dir, { tp, pp: 0 });
+        assert.equal(got.meta.iteration, tr.iteration);
+        for (const t of [...got.model, ...got.optim!]) {
+          assert.ok(
+            (t.data as Float32Array).every((x) => x === tr.iteration),
+            `${t.name} not all ${tr.iteration}`,
+          );
+        }
+      }
+    }
+    assert.ok(checked > 0, "the child never completed a save; nothing was tested");
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
