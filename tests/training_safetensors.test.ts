@@ -121,3 +121,27 @@ Deno.test("safetensors: bad input is one clear line", () => {
   );
   assert.throws(() => encodeSafetensors([...tiny(), tiny()[0]]), /duplicate or reserved tensor name "a"/);
 });
+
+// Written by the reference implementation (Python safetensors.numpy.save_file):
+// x = arange(5) f32, y = [[1,2],[3,4]] i32, z = [1.5] f16, metadata {"k": "v"}.
+const HF_REFERENCE =
+  "c0000000000000007b225f5f6d657461646174615f5f223a7b226b223a2276227d2c2278223a7b2264747970" +
+  "65223a22463332222c227368617065223a5b355d2c22646174615f6f666673657473223a5b302c32305d7d2c2279223a7b226474797065" +
+  "223a22493332222c227368617065223a5b322c325d2c22646174615f6f666673657473223a5b32302c33365d7d2c227a223a7b22647479" +
+  "7065223a22463136222c227368617065223a5b315d2c22646174615f6f666673657473223a5b33362c33385d7d7d000000000000803f00" +
+  "000040000040400000804001000000020000000300000004000000003e";
+
+Deno.test("safetensors: reads the reference implementation's file and writes it back identically", () => {
+  const buf = Uint8Array.from(HF_REFERENCE.match(/../g)!.map((h) => parseInt(h, 16)));
+  const f = decodeSafetensors(buf, "hf");
+  assert.deepEqual(f.metadata, { k: "v" });
+  assert.deepEqual(f.tensors.map((t) => [t.name, t.dtype, t.shape]), [
+    ["x", "f32", [5]],
+    ["y", "i32", [2, 2]],
+    ["z", "f16", [1]],
+  ]);
+  assert.deepEqual([...f.tensors[0].data as Float32Array], [0, 1, 2, 3, 4]);
+  assert.deepEqual([...f.tensors[1].data as Int32Array], [1, 2, 3, 4]);
+  assert.deepEqual([...f.tensors[2].data as Uint16Array], [0x3e00]);
+  assert.deepEqual(encodeSafetensors(f.tensors, f.metadata), buf);
+});

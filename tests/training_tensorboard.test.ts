@@ -99,3 +99,26 @@ Deno.test("metrics: JSON lines, appended, non-finite numbers survive", () => {
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+// Written by tensorboard 2.x's own EventFileWriter (Python): file_version event (with source_metadata,
+// field 10), then "lm loss" = 10.5 at step 1 and "lr" = 0.25 at step 2, wall time 1700000000.5.
+const TENSORBOARD_REFERENCE =
+  "4800000000000000fe92489d093c32b85f7ac2da411a0d627261696e2e4576656e743a32522e0a2c74656e73" +
+  "6f72626f6172642e73756d6d6172792e7772697465722e6576656e745f66696c655f7772697465727466cd281d00000000000000602fdf23" +
+  "0900002040fc54d94110012a100a0e0a076c6d206c6f73731500002841d209e8771800000000000000a37f4b220900002040fc54d9411002" +
+  "2a0b0a090a026c72150000803e9c167b57";
+
+Deno.test("tensorboard: reads a file written by TensorBoard's own writer, and encodes its events identically", () => {
+  const buf = Uint8Array.from(TENSORBOARD_REFERENCE.match(/../g)!.map((h) => parseInt(h, 16)));
+  const evs = decodeEvents(buf, "ref");
+  assert.equal(evs.length, 3);
+  assert.equal(evs[0].fileVersion, "brain.Event:2");
+  assert.deepEqual(evs[1], { wallTime: 1700000000.5, step: 1, scalars: [{ tag: "lm loss", value: 10.5 }] });
+  assert.deepEqual(evs[2], { wallTime: 1700000000.5, step: 2, scalars: [{ tag: "lr", value: 0.25 }] });
+  // Our records for the two scalar events are byte-identical to TensorBoard's.
+  const ours = [
+    ...tfRecord(encodeEvent({ wallTime: 1700000000.5, step: 1, scalars: [{ tag: "lm loss", value: 10.5 }] })),
+    ...tfRecord(encodeEvent({ wallTime: 1700000000.5, step: 2, scalars: [{ tag: "lr", value: 0.25 }] })),
+  ];
+  assert.deepEqual(ours, [...buf.subarray(buf.length - ours.length)]);
+});
