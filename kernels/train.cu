@@ -1,0 +1,140 @@
+// Embedding, cross-entropy pieces and optimizer steps. f32 arithmetic; targets/ids i32 or i64.
+#include "common.cuh"
+
+// ---- embedding -------------------------------------------------------------------------------
+template <typename I, typename T>
+__device__ __forceinline__ void embFwdImpl(const I* ids, const T* table, T* out, u64 rows, u64 h, u64 vocab,
+                                           long long vocabStart) {
+  const u64 n = rows * h;
+  GRID_STRIDE(i, n) {
+    const long long id = (long long)ids[i / h] - vocabStart;
+    stf(out, i, (id >= 0 && (u64)id < vocab) ? ldf(table, (u64)id * h + i % h) : 0.f);
+  }
+}
+template <typename I, typename T>
+__device__ __forceinline__ void embBwdImpl(const I* ids, const T* dout, float* dtable, u64 rows, u64 h,
+                                           u64 vocab, long long vocabStart) {
+  const u64 n = rows * h;
+  GRID_STRIDE(i, n) {
+    const long long id = (long long)ids[i / h] - vocabStart;
+    if (id >= 0 && (u64)id < vocab) atomicAdd(dtable + (u64)id * h + i % h, ldf(dout, i));
+  }
+}
+#define EMB_INST(ni, ti, nt, tt)                                                                          \
+  extern "C" __global__ void md_embedding_fwd_##ni##_##nt(const ti* ids, const tt* table, tt* out,        \
+                                                          u64 rows, u64 h, u64 vocab, long long vocabStart) { \
+    embFwdImpl(ids, table, out, rows, h, vocab, vocabStart);                                             \
+  }                                                                                                      \
+  extern "C" __global__ void md_embedding_bwd_##ni##_##nt(const ti* ids, const tt* dout, float* dtable,   \
+                                                          u64 rows, u64 h, u64 vocab, long long vocabStart) { \
+    embBwdImpl(ids, dout, dtable, rows, h, vocab, vocabStart);                                           \
+  }
+FOR_IT(EMB_INST)
+
+// ---- cross-entropy (one block per row of logits [rows, V]) -----------------------------------
+template <typename I, typename T>
+__device__ __forceinline__ void ceStatsImpl(const T* logits, const I* targets, long long vocabStart, float* rowMax,
+                                            float* targetLogit, u64 V) {
+  __shared__ float sh[33];
+  const u64 row = blockIdx.x;
+  const T* lr = logits + row * V;
+  float mx = -INFINITY;
+  for (u64 j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, ldf(lr, j));
+  mx = blockMax(mx, sh);
+  if (threadIdx.x == 0) {
+    rowMax[row] = mx;
+    const long long t = (long long)targets[row] - vocabStart;
+    targetLogit[row] = (t >= 0 && (u64)t < V) ? ldf(lr, (u64)t) : 0.f;
+  }
+}
+template <typename I, typename T>
+__device__ __forceinline__ void ceBwdImpl(const T* logits, const I* targets, long long vocabStart,
+                                          const float* gmax, const float* sumExp, const float* dloss, T* dlogits,
+                                          u64 V) {
+  const u64 row = blockIdx.x;
+  const T* lr = logits + row * V;
+  T* dr = dlogits + row * V;
+  const long long t = (long long)targets[row] - vocabStart;
+  const float mx = gmax[row], inv = 1.f / sumExp[row], g = dloss[row];
+  for (u64 j = threadIdx.x; j < V; j += blockDim.x) {
+    const float p = expf(ldf(lr, j) - mx) * inv;
+    stf(dr, j, g * (p - ((long long)j == t ? 1.f : 0.f)));
+  }
+}
+#define CE_INST(ni, ti, nt, tt)                                                                           \
+  extern "C" __global__ void md_ce_stats_##ni##_##nt(const tt* logits, const ti* targets,                 \
+                                                     long long vocabStart, float* rowMax, float* targetLogit, \
+                                                     u64 V) {                                            \
+    ceStatsImpl(logits, targets, vocabStart, rowMax, targetLogit, V);                                   \
+  }                                                                                                      \
+  extern "C" __global__ void md_ce_bwd_##ni##_##nt(const tt* logits, const ti* targets, long long vocabStart, \
+                                                   const float* gmax, const float* sumExp,               \
+                                                   const float* dloss, tt* dlogits, u64 V) {             \
+    ceBwdImpl(logits, targets, vocabStart, gmax, sumExp, dloss, dlogits, V);                            \
+  }
+FOR_IT(CE_INST)
+
+template <typename T>
+__device__ __forceinline__ void ceSumExpImpl(const T* logits, const float* gmax, float* sumExp, u64 V) {
+  __shared__ float sh[33];
+  const u64 row = blockIdx.x;
+  const T* lr = logits + row * V;
+  const float mx = gmax[row];
+  float s = 0.f;
+  for (u64 j = threadIdx.x; j < V; j += blockDim.x) s += expf(ldf(lr, j) - mx);
+  s = blockSum(s, sh);
+  if (threadIdx.x == 0) sumExp[row] = s;
+}
+#define CES_INST(n_, t)                                                                                 \
+  extern "C" __global__ void md_ce_sumexp_##n_(const t* logits, const float* gmax, float* sumExp, u64 V) { \
+    ceSumExpImpl(logits, gmax, sumExp, V);                                                             \
+  }
+FOR_T(CES_INST)
+
+extern "C" __global__ void md_ce_loss(const float* gmax, const float* sumExp, const float* targetLogit,
+                                      float* loss, u64 rows) {
+  GRID_STRIDE(i, rows) loss[i] = logf(sumExp[i]) + gmax[i] - targetLogit[i];
+}
+
+// ---- optimizers (f32 state; grad f32/f16/bf16) -------------------------------------------------
+// AdamW with decoupled decay: p -= lr * (mhat / (sqrt(vhat) + eps) + wd * p). bc1/bc2 = 1 - beta^step,
+// computed on the host.
+template <typename G>
+__device__ __forceinline__ void adamImpl(float* p, const G* g, float* m, float* v, u64 n, float lr, float b1,
+                                         float b2, float eps, float wd, float bc1, float bc2) {
+  GRID_STRIDE(i, n) {
+    const float gi = ldf(g, i);
+    const float mi = b1 * m[i] + (1.f - b1) * gi;
+    const float vi = b2 * v[i] + (1.f - b2) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    const float pi = p[i];
+    p[i] = pi - lr * ((mi / bc1) / (sqrtf(vi / bc2) + eps) + wd * pi);
+  }
+}
+#define ADAM_INST(n_, t)                                                                              \
+  extern "C" __global__ void md_adam_##n_(float* p, const t* g, float* m, float* v, u64 n, float lr,    \
+                                          float b1, float b2, float eps, float wd, float bc1, float bc2) { \
+    adamImpl(p, g, m, v, n, lr, b1, b2, eps, wd, bc1, bc2);                                           \
+  }
+FOR_T(ADAM_INST)
+
+// torch SGD: d = g + wd * p; buf = first ? d : momentum * buf + d; p -= lr * (momentum ? buf : d).
+template <typename G>
+__device__ __forceinline__ void sgdImpl(float* p, const G* g, float* buf, u64 n, float lr, float momentum,
+                                        float wd, int first) {
+  GRID_STRIDE(i, n) {
+    float d = ldf(g, i) + wd * p[i];
+    if (momentum != 0.f) {
+      d = first ? d : momentum * buf[i] + d;
+      buf[i] = d;
+    }
+    p[i] -= lr * d;
+  }
+}
+#define SGD_INST(n_, t)                                                                                 \
+  extern "C" __global__ void md_sgd_##n_(float* p, const t* g, float* buf, u64 n, float lr, float momentum, \
+                                         float wd, int first) {                                         \
+    sgdImpl(p, g, buf, n, lr, momentum, wd, first);                                                     \
+  }
+FOR_T(SGD_INST)
