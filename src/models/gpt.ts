@@ -1,0 +1,220 @@
+// GPT: embeddings -> pre-LN transformer layers -> final LN -> tied logits -> vocab-parallel CE.
+// Built for one pipeline stage (pre_process / post_process / a range of global layers); with one
+// stage it is the whole model. A training loop of N micro-batches is:
+//   for each mb: ctx = model.newContext({iteration, firstGlobalSample});
+//                out = await model.forward(batch, ctx); await model.backward(ctx, factor)
+
+import type { Backend } from "../backend/backend.ts";
+import type { Communicator, ParallelState } from "../parallel/types.ts";
+import type { Param } from "../tensor/param.ts";
+import { Tensor } from "../tensor/tensor.ts";
+import { TransformerBlock } from "../transformer/block.ts";
+import {
+  COLUMN,
+  initStream,
+  makeParam,
+  type MicroBatchContext,
+  type ModuleEnv,
+  newMicroBatchContext,
+  ParamKind,
+} from "../transformer/common.ts";
+import { type GPTConfig, resolveConfig, type ResolvedGPTConfig } from "../transformer/config.ts";
+import { Embedding } from "../transformer/embedding.ts";
+import { LossHead, type LossOutput } from "../transformer/lm_head.ts";
+
+export interface GPTStage {
+  /** First stage: owns the embeddings and takes token ids. */
+  preProcess: boolean;
+  /** Last stage: owns the final LayerNorm, logits and loss. */
+  postProcess: boolean;
+  /** Global 0-based layer numbers of this stage (or virtual chunk), in order. */
+  layers: number[];
+}
+
+/** Micro-batch input. First stage: tokens. Other stages: hidden [b, s, h] from the previous stage.
+ *  Last stage: labels i32 [b, s] and lossMask f32 [b, s]. Tensors must stay alive until backward. */
+export interface GPTInput {
+  tokens?: Tensor;
+  hidden?: Tensor;
+  labels?: Tensor;
+  lossMask?: Tensor;
+}
+
+interface GPTSaved {
+  embOut: Tensor | null; // owned
+  blockOut: Tensor | null; // owned when postProcess
+}
+
+/** The default stage of a rank: contiguous equal layer ranges over the pipeline stages. */
+export function defaultStage(numLayers: number, ps: ParallelState): GPTStage {
+  if (numLayers % ps.ppSize !== 0) {
+    throw new Error(`GPTModel: numLayers ${numLayers} is not divisible by pipeline size ${ps.ppSize}`);
+  }
+  const per = numLayers / ps.ppSize;
+  return {
+    preProcess: ps.isFirstStage,
+    postProcess: ps.isLastStage,
+    layers: Array.from({ length: per }, (_, i) => ps.ppRank * per + i),
+  };
+}
+
+export class GPTModel {
+  readonly cfg: ResolvedGPTConfig;
+  readonly stage: GPTStage;
+  readonly embedding: Embedding | null;
+  readonly encoder: TransformerBlock;
+  readonly head: LossHead | null;
+  /** The tied word embedding on a last stage that is not the first (Param.shared). */
+  readonly wordEmbeddingsForHead: Param | null;
+  private readonly env: ModuleEnv;
+
+  constructor(
+    cfg: GPTConfig,
+    readonly backend: Backend,
+    readonly ps: ParallelState,
+    readonly comm: Communicator,
+    stage?: GPTStage,
+  ) {
+    this.cfg = resolveConfig(cfg, ps.tpSize);
+    this.stage = stage ?? defaultStage(this.cfg.numLayers, ps);
+    const { layers } = this.stage;
+    if (layers.length === 0) throw new Error("GPTModel: a stage needs at least one layer, found none");
+    for (const l of layers) {
+      if (!Number.isInteger(l) || l < 0 || l >= this.cfg.numLayers) {
+        throw new Error(`GPTModel: stage layer ${l} is outside [0, ${this.cfg.numLayers})`);
+      }
+    }
+    this.env = { cfg: this.cfg, backend, ps, comm };
+    this.embedding = this.stage.preProcess ? new Embedding(this.env) : null;
+    this.encoder = new TransformerBlock(this.env, layers);
+    let headWeight: Param | null = null;
+    this.wordEmbeddingsForHead = null;
+    if (this.stage.postProcess) {
+      if (this.embedding) {
+        headWeight = this.embedding.wordEmbeddings;
+      } else {
+        // Same init stream as the first stage's word embeddings, so the copies start equal.
+        this.wordEmbeddingsForHead = makeParam(
+          this.env,
+          "word_embeddings_for_head.weight",
+          [this.cfg.vocabSize, this.cfg.hiddenSize],
+          COLUMN,
+          { kind: "normal", std: this.cfg.initMethodStd, stream: initStream(-1, ParamKind.wordEmbeddings) },
+          { shared: true },
+        );
+        headWeight = this.wordEmbeddingsForHead;
+      }
+    }
+    const vocabStart = ps.tpRank * (this.cfg.vocabSize / ps.tpSize);
+    this.head = headWeight ? new LossHead(this.env, headWeight, vocabStart) : null;
+  }
+
+  /** All parameters of this stage in Megatron state-dict order. */
+  params(): Param[] {
+    return [
+      ...(this.embedding?.params() ?? []),
+      ...this.encoder.params(),
+      ...(this.head?.params() ?? []),
+      ...(this.wordEmbeddingsForHead ? [this.wordEmbeddingsForHead] : []),
+    ];
+  }
+
+  /** The word-embedding copy to all-reduce over the "embedding" group (first or last stage), else null. */
+  tiedEmbeddingParam(): Param | null {
+    return this.embedding?.wordEmbeddings ?? this.wordEmbeddingsForHead;
+  }
+
+  zeroGrads(): void {
+    for (const p of this.params()) this.backend.fill(p.grad, 0);
+  }
+
+  newContext(opts: { iteration: number; firstGlobalSample: number }): MicroBatchContext {
+    return newMicroBatchContext(opts);
+  }
+
+  /** Last stage: the micro-batch loss. Other stages: the output hidden [b, s, h] (caller owns it). */
+  async forward(input: GPTInput | Tensor, ctx: MicroBatchContext): Promise<LossOutput | Tensor> {
+    const inp: GPTInput = input instanceof Tensor ? { hidden: input } : input;
+    let h: Tensor;
+    let embOut: Tensor | null = null;
+    if (this.embedding) {
+      if (!inp.tokens) throw new Error("GPTModel.forward: the first stage needs tokens, found none");
+      embOut = await this.embedding.forward(inp.tokens, ctx);
+      h = embOut;
+    } else {
+      if (!inp.hidden) {
+        throw new Error("GPTModel.forward: a non-first stage needs the hidden state, found none");
+      }
+      if (inp.hidden.rank !== 3 || inp.hidden.shape[2] !== this.cfg.hiddenSize) {
+        throw new Error(
+          `GPTModel.forward: hidden must be [b, s, ${this.cfg.hiddenSize}], found [${
+            inp.hidden.shape.join(", ")
+          }]`,
+        );
+      }
+      if (inp.hidden.dtype !== this.cfg.paramsDtype) {
+        throw new Error(
+          `GPTModel.forward: hidden has dtype ${inp.hidden.dtype}, expected ${this.cfg.paramsDtype}`,
+        );
+      }
+      h = inp.hidden;
+    }
+    const out = await this.encoder.forward(h, ctx);
+    if (!this.head) {
+      ctx.saved.set(this, { embOut, blockOut: null } satisfies GPTSaved);
+      return out;
+    }
+    if (!inp.labels || !inp.lossMask) {
+      throw new Error("GPTModel.forward: the last stage needs labels and lossMask, found none");
+    }
+    ctx.saved.set(this, { embOut, blockOut: out } satisfies GPTSaved);
+    return await this.head.forward(out, inp.labels, inp.lossMask, ctx);
+  }
+
+  /**
+   * Last stage: `arg` is the loss factor (loss scale / num micro-batches); other stages: the gradient
+   * of this stage's output (caller's). Returns the input-hidden gradient on a non-first stage (caller
+   * owns it), null on the first. Parameter grads accumulate; activations of `ctx` are freed.
+   */
+  async backward(ctx: MicroBatchContext, arg: number | Tensor): Promise<Tensor | null> {
+    const sv = ctx.saved.get(this) as GPTSaved | undefined;
+    if (!sv) throw new Error("GPTModel.backward: no forward was run in this context");
+    ctx.saved.delete(this);
+    let d: Tensor;
+    if (this.head) {
+      if (typeof arg !== "number") {
+        throw new Error("GPTModel.backward: the last stage takes a loss factor (number)");
+      }
+      d = await this.head.backward(ctx, arg);
+      this.backend.free(sv.blockOut!);
+    } else {
+      if (typeof arg === "number") {
+        throw new Error(
+          "GPTModel.backward: a non-last stage takes the output gradient tensor, found a number",
+        );
+      }
+      d = arg;
+    }
+    const dx = await this.encoder.backward(d, ctx);
+    if (this.head) this.backend.free(d);
+    if (this.embedding) {
+      await this.embedding.backward(dx, ctx);
+      this.backend.free(dx);
+      this.backend.free(sv.embOut!);
+      return null;
+    }
+    return dx;
+  }
+
+  /** Free what a forward saved without running backward (evaluation). */
+  discard(ctx: MicroBatchContext): void {
+    const sv = ctx.saved.get(this) as GPTSaved | undefined;
+    if (!sv) return;
+    ctx.saved.delete(this);
+    this.head?.discard(ctx);
+    this.encoder.discard(ctx);
+    this.embedding?.discard(ctx);
+    if (sv.blockOut) this.backend.free(sv.blockOut);
+    if (sv.embOut) this.backend.free(sv.embOut);
+  }
+}

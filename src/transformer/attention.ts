@@ -1,0 +1,258 @@
+// Causal self-attention: fused QKV (column-parallel, output rows laid out [heads, 3, hn] as in
+// Megatron checkpoints), scaled causal softmax, probability dropout, context, dense (row-parallel,
+// all-reduce in forward; its bias is returned unadded for the layer's bias-dropout-add).
+
+import type { Param } from "../tensor/param.ts";
+import type { Tensor } from "../tensor/tensor.ts";
+import {
+  attnDropoutAddr,
+  COLUMN,
+  freeAll,
+  initStream,
+  linearBwd,
+  linearFwd,
+  makeParam,
+  type MicroBatchContext,
+  type ModuleEnv,
+  ParamKind,
+  ROW,
+  takeSaved,
+} from "./common.ts";
+
+interface AttentionSaved {
+  x: Tensor; // input [T, h] (not owned)
+  qkvT: Tensor; // [b, np, s, 3hn]
+  probs: Tensor; // [b, np, s, s] before dropout
+  ctxM: Tensor; // [T, np*hn] merged context
+  b: number;
+  s: number;
+}
+
+export class ParallelAttention {
+  readonly qkvWeight: Param;
+  readonly qkvBias: Param;
+  readonly denseWeight: Param;
+  readonly denseBias: Param;
+  readonly npLocal: number;
+
+  /** `globalLayer` is 0-based over the whole model; `prefix` ends with "self_attention.". */
+  constructor(readonly env: ModuleEnv, readonly globalLayer: number, prefix: string) {
+    const { cfg, ps } = env;
+    const hn = cfg.kvChannels, heads = cfg.numAttentionHeads, h = cfg.hiddenSize;
+    this.npLocal = heads / ps.tpSize;
+    const proj = heads * hn;
+    this.qkvWeight = makeParam(env, `${prefix}query_key_value.weight`, [3 * proj, h], COLUMN, {
+      kind: "normal",
+      std: cfg.initMethodStd,
+      stream: initStream(globalLayer, ParamKind.qkv),
+    });
+    this.qkvBias = makeParam(env, `${prefix}query_key_value.bias`, [3 * proj], COLUMN, {
+      kind: "const",
+      value: 0,
+    }, {
+      noWeightDecay: true,
+    });
+    this.denseWeight = makeParam(env, `${prefix}dense.weight`, [h, proj], ROW, {
+      kind: "normal",
+      std: cfg.initMethodStd / Math.sqrt(2 * cfg.numLayers),
+      stream: initStream(globalLayer, ParamKind.attnDense),
+    });
+    this.denseBias = makeParam(env, `${prefix}dense.bias`, [h], null, { kind: "const", value: 0 }, {
+      noWeightDecay: true,
+    });
+  }
+
+  params(): Param[] {
+    return [this.qkvWeight, this.qkvBias, this.denseWeight, this.denseBias];
+  }
+
+  /** x [b, s, h] (LayerNorm output) -> dense output [b, s, h] without its bias (caller owns it). */
+  async forward(x: Tensor, ctx: MicroBatchContext): Promise<Tensor> {
+    const { backend, cfg, comm } = this.env;
+    const [b, s, h] = x.shape;
+    const hn = cfg.kvChannels, np = this.npLocal, dt = cfg.paramsDtype;
+    const T = b * s;
+    const x2 = x.view([T, h]);
+    const qkv = backend.empty(dt, [b, s, np, 3 * hn]);
+    linearFwd(backend, x2, this.qkvWeight.value, this.qkvBias.value, qkv);
+    const qkvT = backend.empty(dt, [b, np, s, 3 * hn]);
+    backend.transpose12(qkv, qkvT);
+    backend.free(qkv);
+    const scores = backend.empty(dt, [b, np, s, s]);
+    const bs = s * 3 * hn;
+    backend.gemm({
+      transA: false,
+      transB: true,
+      m: s,
+      n: s,
+      k: hn,
+      a: this.qView(qkvT, 0),
+      b: this.qView(qkvT, 1),
+      c: scores,
+      lda: 3 * hn,
+      ldb: 3 * hn,
+      batch: b * np,
+      strideA: bs,
+      strideB: bs,
+      strideC: s * s,
+    });
+    const probs = backend.empty(dt, [b, np, s, s]);
+    backend.softmaxFwd(scores, 1 / Math.sqrt(hn), { kind: "causal" }, probs);
+    backend.free(scores);
+    const pd = this.dropped(probs, ctx, s);
+    const ctxT = backend.empty(dt, [b, np, s, hn]);
+    backend.gemm({
+      transA: false,
+      transB: false,
+      m: s,
+      n: hn,
+      k: s,
+      a: pd,
+      b: this.qView(qkvT, 2),
+      c: ctxT,
+      ldb: 3 * hn,
+      batch: b * np,
+      strideA: s * s,
+      strideB: bs,
+      strideC: s * hn,
+    });
+    if (pd !== probs) backend.free(pd);
+    const ctxM = backend.empty(dt, [b, s, np, hn]);
+    backend.transpose12(ctxT, ctxM);
+    backend.free(ctxT);
+    const out = backend.empty(dt, [b, s, h]);
+    linearFwd(backend, ctxM.view([T, np * hn]), this.denseWeight.value, null, out);
+    // Row-parallel: partial sums over heads of each rank.
+    await comm.allReduce(out, "sum", "tensor");
+    ctx.saved.set(this, { x: x2, qkvT, probs, ctxM: ctxM.view([T, np * hn]), b, s } satisfies AttentionSaved);
+    return out;
+  }
+
+  /** dOut [b, s, h] (grad of the dense output before its bias) -> dx [b, s, h] (caller owns it).
+   *  The dense-bias grad is accumulated by the layer (it owns the bias-dropout-add). */
+  async backward(dOut: Tensor, ctx: MicroBatchContext): Promise<Tensor> {
+    const { backend, cfg, comm } = this.env;
+    const sv = takeSaved<AttentionSaved>(ctx, this, "ParallelAttention.backward");
+    const { b, s } = sv;
+    const hn = cfg.kvChannels, np = this.npLocal, dt = cfg.paramsDtype, h = cfg.hiddenSize;
+    const T = b * s;
+    const bs = s * 3 * hn;
+    const dctxM = backend.empty(dt, [b, s, np, hn]);
+    linearBwd(backend, dOut.view([T, h]), sv.ctxM, this.denseWeight.value, this.denseWeight.grad, dctxM);
+    const dctx = backend.empty(dt, [b, np, s, hn]);
+    backend.transpose12(dctxM, dctx);
+    backend.free(dctxM);
+    const dqkvT = backend.empty(dt, [b, np, s, 3 * hn]);
+    // dv = dropout(probs)^T @ dctx
+    const pd = this.dropped(sv.probs, ctx, s);
+    backend.gemm({
+      transA: true,
+      transB: false,
+      m: s,
+      n: hn,
+      k: s,
+      a: pd,
+      b: dctx,
+      c: this.qView(dqkvT, 2),
+      ldc: 3 * hn,
+      batch: b * np,
+      strideA: s * s,
+      strideB: s * hn,
+      strideC: bs,
+    });
+    if (pd !== sv.probs) backend.free(pd);
+    // d(dropped probs) = dctx @ v^T
+    const dprobs = backend.empty(dt, [b, np, s, s]);
+    backend.gemm({
+      transA: false,
+      transB: true,
+      m: s,
+      n: s,
+      k: hn,
+      a: dctx,
+      b: this.qView(sv.qkvT, 2),
+      c: dprobs,
+      ldb: 3 * hn,
+      batch: b * np,
+      strideA: s * hn,
+      strideB: bs,
+      strideC: s * s,
+    });
+    backend.free(dctx);
+    if (cfg.attentionDropout > 0) {
+      backend.dropout(
+        dprobs,
+        cfg.attentionDropout,
+        attnDropoutAddr(cfg, this.env.ps, ctx, this.globalLayer, s),
+        dprobs,
+      );
+    }
+    const dscores = backend.empty(dt, [b, np, s, s]);
+    backend.softmaxBwd(dprobs, sv.probs, 1 / Math.sqrt(hn), dscores);
+    freeAll(backend, [dprobs, sv.probs]);
+    const common = {
+      batch: b * np,
+      lda: s,
+      ldb: 3 * hn,
+      ldc: 3 * hn,
+      strideA: s * s,
+      strideB: bs,
+      strideC: bs,
+    };
+    // dq = dscores @ k ; dk = dscores^T @ q
+    backend.gemm({
+      transA: false,
+      transB: false,
+      m: s,
+      n: hn,
+      k: s,
+      a: dscores,
+      b: this.qView(sv.qkvT, 1),
+      c: this.qView(dqkvT, 0),
+      ...common,
+    });
+    backend.gemm({
+      transA: true,
+      transB: false,
+      m: s,
+      n: hn,
+      k: s,
+      a: dscores,
+      b: this.qView(sv.qkvT, 0),
+      c: this.qView(dqkvT, 1),
+      ...common,
+    });
+    freeAll(backend, [dscores, sv.qkvT, sv.ctxM]);
+    const dqkv = backend.empty(dt, [T, np * 3 * hn]);
+    backend.transpose12(dqkvT, dqkv.view([b, s, np, 3 * hn]));
+    backend.free(dqkvT);
+    backend.sumRows(dqkv, this.qkvBias.grad, true);
+    const dx = backend.empty(dt, [b, s, h]);
+    linearBwd(backend, dqkv, sv.x, this.qkvWeight.value, this.qkvWeight.grad, dx.view([T, h]));
+    backend.free(dqkv);
+    // Column-parallel input grad: sum over ranks (copy_to backward).
+    await comm.allReduce(dx, "sum", "tensor");
+    return dx;
+  }
+
+  discard(ctx: MicroBatchContext): void {
+    const sv = ctx.saved.get(this) as AttentionSaved | undefined;
+    if (sv) freeAll(this.env.backend, [sv.qkvT, sv.probs, sv.ctxM]);
+    ctx.saved.delete(this);
+  }
+
+  /** q (0), k (1) or v (2) of every head: a view starting at that part's first element. */
+  private qView(qkvT: Tensor, part: number): Tensor {
+    const off = part * this.env.cfg.kvChannels;
+    return qkvT.flat(off, qkvT.size - off);
+  }
+
+  /** Probabilities after attention dropout (the same tensor when p = 0). */
+  private dropped(probs: Tensor, ctx: MicroBatchContext, s: number): Tensor {
+    const { backend, cfg, ps } = this.env;
+    if (cfg.attentionDropout === 0) return probs;
+    const out = backend.empty(probs.dtype, probs.shape);
+    backend.dropout(probs, cfg.attentionDropout, attnDropoutAddr(cfg, ps, ctx, this.globalLayer, s), out);
+    return out;
+  }
+}
