@@ -271,6 +271,21 @@ Deno.test("config: Megatron's cross-flag rules, one line each", () => {
     err(["--checkpoint-activations", "--activations-checkpoint-method", "block"]),
     "--checkpoint-activations means --activations-checkpoint-method uniform, found block",
   );
+  assert.equal(err(["--batch-size", "8"]), "--batch-size is no longer valid; use --micro-batch-size");
+  assert.equal(err(["--fp16-lm-cross-entropy"]), "--fp16-lm-cross-entropy needs --fp16");
+  assert.equal(err(["--fp32-residual-connection"]), "--fp32-residual-connection needs --fp16 or --bf16");
+  assert.equal(
+    err(["--seq-length", "8", "--encoder-seq-length", "8"]),
+    "--seq-length and --encoder-seq-length are mutually exclusive",
+  );
+  assert.equal(
+    err(["--decoder-seq-length", "128", "--max-position-embeddings", "64"]),
+    "--decoder-seq-length: 128 is larger than --max-position-embeddings 64",
+  );
+  assert.equal(parseArgs(["--encoder-seq-length", "32"]).seqLength, 32);
+  assert.equal(parseArgs(["--seq-length", "32"]).encoderSeqLength, 32);
+  assert.equal(parseArgs(["--checkpoint-num-layers", "3"]).activationsCheckpointNumLayers, 3);
+  assert.equal(parseArgs(["--local_rank=1"]).localRank, 1);
   // validateForTraining's required rules
   const without = (flag: string) => {
     const i = SHAPE.indexOf(flag);

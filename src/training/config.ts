@@ -156,6 +156,10 @@ const FLAGS = {
   exitInterval: intOpt(G.train, "Exit after the iteration that is a multiple of this."),
   exitDurationInMins: intOpt(G.train, "Exit after this many minutes of training."),
   exitSignalHandler: bool(G.train, "Save a checkpoint and exit on SIGTERM."),
+  tensorboardDir: strOpt(G.train, "Write TensorBoard event files here."),
+  noMaskedSoftmaxFusion: bool(G.train, "Do not fuse scaling, masking and softmax."),
+  noBiasGeluFusion: bool(G.train, "Do not fuse bias and GeLU."),
+  noBiasDropoutFusion: bool(G.train, "Do not fuse bias, dropout and residual add."),
   optimizer: choice(G.train, ["adam", "sgd"], "adam", "Optimizer."),
   dataloaderType: choice(G.train, ["single", "cyclic"], "single", "Sampler type."),
   // initialization
@@ -206,6 +210,7 @@ const FLAGS = {
   useContiguousBuffersInDdp: bool(G.dist, "Contiguous gradient buffer for local DDP."),
   worldSize: intOpt(G.dist, "Total ranks (tp * pp * dp).", 1, "tensor * pipeline * data-parallel size"),
   dataParallelSize: intOpt(G.dist, "Data-parallel size.", 1, "world-size / (tensor * pipeline)"),
+  localRank: withFlag(intOpt(G.dist, "Local rank from a launcher (accepted).", 0), "--local_rank"),
   useCpuInitialization: bool(G.dist, "Initialize weights on the host (ours always does; accepted)."),
   // validation
   evalIters: int(G.valid, 100, "Iterations per evaluation.", 0),
@@ -221,6 +226,7 @@ const FLAGS = {
   decoderSeqLength: intOpt(G.data, "Decoder sequence length (T5)."),
   maskProb: num(G.data, 0.15, "Masking probability (BERT/T5).", 0),
   shortSeqProb: num(G.data, 0.1, "Probability of a short sequence (BERT).", 0),
+  mmapWarmup: bool(G.data, "Read the mmap files once up front."),
   numWorkers: int(G.data, 2, "Data loader workers (accepted; loading is in-process)."),
   tokenizerType: choiceOpt(
     G.data,
@@ -232,10 +238,10 @@ const FLAGS = {
   resetAttentionMask: bool(G.data, "Do not attend across end-of-document tokens."),
   eodMaskLoss: bool(G.data, "Mask the loss at end-of-document tokens."),
   // logging
-  tensorboardDir: strOpt(G.log, "Write TensorBoard event files here."),
   logParamsNorm: bool(G.log, "Log the parameter norm."),
   logNumZerosInGrad: bool(G.log, "Log the number of zero gradients."),
   tensorboardLogInterval: int(G.log, 1, "Write TensorBoard scalars every this many iterations.", 1),
+  tensorboardQueueSize: int(G.log, 1000, "Pending TensorBoard events before a forced flush.", 1),
   logTimersToTensorboard: bool(G.log, "Write timers to TensorBoard."),
   logBatchSizeToTensorboard: bool(G.log, "Write the batch size to TensorBoard."),
   noLogLearnigRateToTensorboard: bool(G.log, "Do not write the learning rate (Megatron's spelling)."),
@@ -319,6 +325,19 @@ function suggest(flag: string): string {
   return bestD <= Math.max(2, Math.floor(flag.length / 3)) ? `; did you mean ${best}?` : "";
 }
 
+/** Flags Megatron removed, with what replaces them. */
+const DEPRECATED: ReadonlyMap<string, string> = new Map([
+  ["--batch-size", "--micro-batch-size"],
+  ["--warmup", "--lr-warmup-fraction"],
+  ["--model-parallel-size", "--tensor-model-parallel-size"],
+]);
+
+/** Other spellings Megatron used for the same flag (2021 versus later releases). */
+const ALIASES: ReadonlyMap<string, keyof Flags> = new Map([
+  ["--checkpoint-num-layers", "activationsCheckpointNumLayers"],
+  ["--checkpoint-method", "activationsCheckpointMethod"],
+]);
+
 const INT_RE = /^[+-]?\d+$/;
 const FLOAT_RE = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
 
@@ -346,8 +365,12 @@ export function parseArgs(argv: readonly string[]): Config {
     }
     const eq = tok.indexOf("=");
     const flag = eq < 0 ? tok : tok.slice(0, eq);
-    const key = BY_FLAG.get(flag);
-    if (key === undefined) throw new ConfigError(`unknown flag ${flag}${suggest(flag)}`);
+    const key = BY_FLAG.get(flag) ?? ALIASES.get(flag);
+    if (key === undefined) {
+      const instead = DEPRECATED.get(flag);
+      if (instead) throw new ConfigError(`${flag} is no longer valid; use ${instead}`);
+      throw new ConfigError(`unknown flag ${flag}${suggest(flag)}`);
+    }
     const d: FlagDef = FLAGS[key];
     explicit.add(key);
     if (d.kind === "bool") {
@@ -470,6 +493,10 @@ function finalize(v0: FlagValues, explicit: Set<string>, strict: boolean): Confi
     if (v.ddpImpl !== "local") fail("--bf16 requires --DDP-impl local (grads are accumulated in fp32)");
     v.accumulateAllreduceGradsInFp32 = true;
   }
+  if (v.fp16LmCrossEntropy && !v.fp16) fail("--fp16-lm-cross-entropy needs --fp16");
+  if (v.fp32ResidualConnection && !v.fp16 && !v.bf16) {
+    fail("--fp32-residual-connection needs --fp16 or --bf16");
+  }
   if (v.accumulateAllreduceGradsInFp32 && v.ddpImpl !== "local") {
     fail("--accumulate-allreduce-grads-in-fp32 requires --DDP-impl local");
   }
@@ -519,6 +546,20 @@ function finalize(v0: FlagValues, explicit: Set<string>, strict: boolean): Confi
   if (v.numAttentionHeads !== undefined && v.numAttentionHeads % tp !== 0) {
     fail(
       `--num-attention-heads: ${v.numAttentionHeads} is not divisible by --tensor-model-parallel-size ${tp}`,
+    );
+  }
+  if (explicit.has("seqLength") && explicit.has("encoderSeqLength")) {
+    fail("--seq-length and --encoder-seq-length are mutually exclusive");
+  }
+  if (explicit.has("encoderSeqLength") || (v.seqLength === undefined && v.encoderSeqLength !== undefined)) {
+    v.seqLength = v.encoderSeqLength;
+  } else if (v.seqLength !== undefined) v.encoderSeqLength = v.seqLength;
+  if (
+    v.decoderSeqLength !== undefined && v.maxPositionEmbeddings !== undefined &&
+    v.decoderSeqLength > v.maxPositionEmbeddings
+  ) {
+    fail(
+      `--decoder-seq-length: ${v.decoderSeqLength} is larger than --max-position-embeddings ${v.maxPositionEmbeddings}`,
     );
   }
   if (
