@@ -407,7 +407,9 @@ export class CpuBackend implements Backend {
     }
     const aRows = transA ? k : m, aCols = transA ? m : k;
     const bRows = transB ? n : k, bCols = transB ? k : n;
-    const lda = args.lda ?? aCols, ldb = args.ldb ?? bCols, ldc = args.ldc ?? n;
+    const lda = args.lda ?? Math.max(1, aCols),
+      ldb = args.ldb ?? Math.max(1, bCols),
+      ldc = args.ldc ?? Math.max(1, n);
     const sA = args.strideA ?? aRows * lda, sB = args.strideB ?? bRows * ldb, sC = args.strideC ?? m * ldc;
     const extent = (
       nm: string,
