@@ -71,6 +71,24 @@ Deno.test("safetensors: round trip through a file, all dtypes, byte-exact", () =
   }
 });
 
+Deno.test("safetensors: readSafetensors names the file in its one-line errors", () => {
+  const dir = Deno.makeTempDirSync();
+  try {
+    const p = `${dir}/t.safetensors`;
+    const good = encodeSafetensors(tiny());
+    Deno.writeFileSync(p, good.subarray(0, good.length - 1));
+    assert.throws(() => readSafetensors(p), {
+      message: `${p}: tensor c: data_offsets end 13 is past the data (12 bytes)`,
+    });
+    Deno.writeFileSync(p, good.subarray(0, 5));
+    assert.throws(() => readSafetensors(p), {
+      message: `${p}: expected at least 8 bytes (header size), found 5`,
+    });
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
 Deno.test("safetensors: bad input is one clear line", () => {
   const good = encodeSafetensors(tiny());
   const hdr = (json: string, data = 0) => {

@@ -130,28 +130,39 @@ export function writeSafetensors(
   Deno.renameSync(tmp, path);
 }
 
-/** Parse and validate a safetensors buffer; every problem is one line naming `name`. */
-export function decodeSafetensors(buf: Uint8Array, name = "safetensors"): SafetensorsFile {
+interface Layout {
+  metadata: Record<string, string>;
+  /** Tensors in data order, with byte ranges relative to the data section. */
+  entries: { name: string; dtype: DType; shape: number[]; start: number; end: number }[];
+  dataStart: number;
+}
+
+/** Validate the header against a file of `fileSize` bytes; `readHeader(n)` returns bytes [8, 8+n). */
+function parseLayout(
+  first8: Uint8Array,
+  fileSize: number,
+  readHeader: (n: number) => Uint8Array,
+  name: string,
+): Layout {
   const bad = (msg: string): never => {
     throw new Error(`${name}: ${msg}`);
   };
-  if (buf.length < 8) bad(`expected at least 8 bytes (header size), found ${buf.length}`);
-  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  const hlen = dv.getBigUint64(0, true);
-  if (hlen > BigInt(Math.min(MAX_HEADER, buf.length - 8))) {
-    bad(`header size ${hlen} exceeds the file (${buf.length} bytes) or the ${MAX_HEADER}-byte limit`);
+  if (fileSize < 8) bad(`expected at least 8 bytes (header size), found ${fileSize}`);
+  const hlen = new DataView(first8.buffer, first8.byteOffset, 8).getBigUint64(0, true);
+  if (hlen > BigInt(Math.min(MAX_HEADER, fileSize - 8))) {
+    bad(`header size ${hlen} exceeds the file (${fileSize} bytes) or the ${MAX_HEADER}-byte limit`);
   }
   const dataStart = 8 + Number(hlen);
   let hdr: unknown;
   try {
-    hdr = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(buf.subarray(8, dataStart)));
+    hdr = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(readHeader(Number(hlen))));
   } catch (e) {
     bad(`header is not valid JSON (${(e as Error).message})`);
   }
   if (typeof hdr !== "object" || hdr === null || Array.isArray(hdr)) bad("header is not a JSON object");
   const metadata: Record<string, string> = {};
-  const entries: { t: NamedTensor; start: number; end: number }[] = [];
-  const dataLen = buf.length - dataStart;
+  const entries: Layout["entries"] = [];
+  const dataLen = fileSize - dataStart;
   for (const [k, v] of Object.entries(hdr as Record<string, unknown>)) {
     if (k === "__metadata__") {
       if (typeof v !== "object" || v === null || Array.isArray(v)) bad("__metadata__ is not an object");
@@ -173,31 +184,68 @@ export function decodeSafetensors(buf: Uint8Array, name = "safetensors"): Safete
       bad(`tensor ${k}: data_offsets must be [begin, end], found ${JSON.stringify(offs)}`);
     }
     const [start, end] = offs as number[];
-    const n = count(shape as number[]);
-    if (end - start !== n * DTYPE_BYTES[dtype!]) {
-      bad(
-        `tensor ${k}: data_offsets [${start}, ${end}] hold ${end - start} bytes, expected ${
-          n * DTYPE_BYTES[dtype!]
-        }`,
-      );
+    const want = count(shape as number[]) * DTYPE_BYTES[dtype!];
+    if (end - start !== want) {
+      bad(`tensor ${k}: data_offsets [${start}, ${end}] hold ${end - start} bytes, expected ${want}`);
     }
     if (end > dataLen) bad(`tensor ${k}: data_offsets end ${end} is past the data (${dataLen} bytes)`);
-    const data = allocHost(dtype!, n);
-    // Copy: the tensor's bytes need not be aligned for its element type within the file.
-    bytesOf(data).set(buf.subarray(dataStart + start, dataStart + end));
-    entries.push({ t: { name: k, dtype: dtype!, shape: shape as number[], data }, start, end });
+    entries.push({ name: k, dtype: dtype!, shape: shape as number[], start, end });
   }
   // The data must be covered exactly: no gaps, no overlaps, nothing trailing.
-  const sorted = [...entries].sort((a, b) => a.start - b.start || a.end - b.end);
+  entries.sort((a, b) => a.start - b.start || a.end - b.end);
   let pos = 0;
-  for (const s of sorted) {
-    if (s.start !== pos) bad(`tensor ${s.t.name}: starts at ${s.start}, expected ${pos} (gap or overlap)`);
+  for (const s of entries) {
+    if (s.start !== pos) bad(`tensor ${s.name}: starts at ${s.start}, expected ${pos} (gap or overlap)`);
     pos = s.end;
   }
   if (pos !== dataLen) bad(`tensors cover ${pos} data bytes, file has ${dataLen}`);
-  return { tensors: sorted.map((e) => e.t), metadata };
+  return { metadata, entries, dataStart };
 }
 
+/** Parse and validate a safetensors buffer; every problem is one line naming `name`. Tensors come
+ *  back in data order (the writer's order). */
+export function decodeSafetensors(buf: Uint8Array, name = "safetensors"): SafetensorsFile {
+  const first8 = new Uint8Array(8);
+  first8.set(buf.subarray(0, 8));
+  const layout = parseLayout(first8, buf.length, (n) => buf.subarray(8, 8 + n), name);
+  const tensors = layout.entries.map((e) => {
+    const data = allocHost(e.dtype, count(e.shape));
+    // Copy: the tensor's bytes need not be aligned for its element type within the file.
+    bytesOf(data).set(buf.subarray(layout.dataStart + e.start, layout.dataStart + e.end));
+    return { name: e.name, dtype: e.dtype, shape: e.shape, data };
+  });
+  return { tensors, metadata: layout.metadata };
+}
+
+function readExactly(f: Deno.FsFile, into: Uint8Array, path: string): void {
+  let got = 0;
+  while (got < into.length) {
+    const n = f.readSync(into.subarray(got));
+    if (n === null || n === 0) throw new Error(`${path}: file ended early (changed while reading?)`);
+    got += n;
+  }
+}
+
+/** Read a safetensors file straight into per-tensor arrays (no whole-file buffer). */
 export function readSafetensors(path: string): SafetensorsFile {
-  return decodeSafetensors(Deno.readFileSync(path), path);
+  const f = Deno.openSync(path, { read: true });
+  try {
+    const size = f.statSync().size;
+    const first8 = new Uint8Array(8);
+    if (size >= 8) readExactly(f, first8, path);
+    const layout = parseLayout(first8, size, (n) => {
+      const h = new Uint8Array(n);
+      readExactly(f, h, path);
+      return h;
+    }, path);
+    const tensors = layout.entries.map((e) => {
+      const data = allocHost(e.dtype, count(e.shape));
+      // Entries are contiguous in data order, so the file position is already at e.start.
+      readExactly(f, bytesOf(data), path);
+      return { name: e.name, dtype: e.dtype, shape: e.shape, data };
+    });
+    return { tensors, metadata: layout.metadata };
+  } finally {
+    f.close();
+  }
 }
