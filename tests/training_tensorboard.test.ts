@@ -63,6 +63,16 @@ Deno.test("tensorboard: SummaryWriter round trip, CRCs checked on read", () => {
     assert.equal(evs[3].step, 3_000_000_000);
     assert.deepEqual(evs[3].scalars, [{ tag: "a", value: -1 }, { tag: "b", value: Math.fround(1e30) }]);
     assert.equal(evs[4].scalars[0].tag, "late");
+    // queueSize: the second pending event forces a flush, visible to a reader without flush()
+    const q = new SummaryWriter(`${dir}/q`, { hostname: "h", queueSize: 2 });
+    q.addScalar("x", 1, 1);
+    assert.equal(readEvents(q.path).length, 1); // only file_version so far
+    q.addScalar("y", 2, 2);
+    assert.equal(readEvents(q.path).length, 3);
+    q.addScalar("z", 3, 3);
+    assert.equal(readEvents(q.path).length, 3);
+    q.close();
+    assert.equal(readEvents(q.path).length, 4);
     // A second writer in the same second gets its own file.
     const w2 = new SummaryWriter(dir, { now: () => 1700000000, hostname: "testhost" });
     assert.notEqual(w2.path, w.path);

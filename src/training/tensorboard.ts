@@ -109,6 +109,8 @@ export interface SummaryWriterOptions {
   hostname?: string;
   /** Flush automatically once this many bytes are buffered (default 64 KiB). */
   flushBytes?: number;
+  /** ...or once this many events are pending (Megatron's --tensorboard-queue-size; default 1000). */
+  queueSize?: number;
 }
 
 function hostName(): string {
@@ -127,10 +129,12 @@ export class SummaryWriter {
   private pendingBytes = 0;
   private readonly now: () => number;
   private readonly flushBytes: number;
+  private readonly queueSize: number;
 
   constructor(readonly logdir: string, opts: SummaryWriterOptions = {}) {
     this.now = opts.now ?? (() => Date.now() / 1000);
     this.flushBytes = opts.flushBytes ?? 65536;
+    this.queueSize = opts.queueSize ?? 1000;
     Deno.mkdirSync(logdir, { recursive: true });
     const base = `${logdir}/events.out.tfevents.${Math.floor(this.now())}.${opts.hostname ?? hostName()}`;
     // Two writers started in the same second must not share a file.
@@ -159,7 +163,7 @@ export class SummaryWriter {
       throw new Error(`tensorboard: step must be a non-negative integer, found ${step}`);
     }
     this.push(encodeEvent({ wallTime: this.now(), step, scalars: values }));
-    if (this.pendingBytes >= this.flushBytes) this.flush();
+    if (this.pendingBytes >= this.flushBytes || this.pending.length >= this.queueSize) this.flush();
   }
 
   private push(ev: Uint8Array): void {
