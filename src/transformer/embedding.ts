@@ -97,7 +97,7 @@ export class Embedding {
     let d = dy.view([rows, cfg.hiddenSize]);
     const tmp = cfg.hiddenDropout > 0 ? backend.empty(dy.dtype, [rows, cfg.hiddenSize]) : null;
     if (tmp !== null) {
-      backend.dropout(dy.view([sv.b, sv.s, cfg.hiddenSize]), cfg.hiddenDropout, this.addr(ctx, sv.s), tmp);
+      backend.dropout(d, cfg.hiddenDropout, this.addr(ctx, sv.s), tmp);
       d = tmp;
     }
     backend.embeddingBwd(sv.tokens, d, this.wordEmbeddings.grad, this.vocabStart);

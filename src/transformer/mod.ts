@@ -8,3 +8,4 @@ export * from "./mlp.ts";
 export * from "./layer.ts";
 export * from "./block.ts";
 export * from "./lm_head.ts";
+export * from "./gradcheck.ts";
