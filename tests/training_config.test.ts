@@ -319,6 +319,10 @@ Deno.test("config: withDefaults fills only what was not given, and re-checks", (
   assert.equal(c.lr, 5e-4);
   assert.equal(c.numLayers, 2);
   assert.equal(c.globalBatchSize, 4);
+  // sizes from the base are honoured, and explicit flags re-derive the rest
+  const d = withDefaults(parseArgs(["--tensor-model-parallel-size", "2"]), { ...base, worldSize: 8 });
+  assert.equal(d.dataParallelSize, 4);
+  assert.equal(d.globalBatchSize, 16);
   assert.throws(() => withDefaults(parseArgs(["--num-attention-heads", "5"]), base), {
     message: "--hidden-size: 32 is not divisible by --num-attention-heads 5 (or give --kv-channels)",
   });

@@ -462,7 +462,7 @@ function finalize(v0: FlagValues, explicit: Set<string>, strict: boolean): Confi
   const pp = v.pipelineModelParallelSize;
   const mp = tp * pp;
   // world size / data-parallel size: give either or both, consistently.
-  if (explicit.has("worldSize") && v.worldSize !== undefined && v.worldSize % mp !== 0) {
+  if (v.worldSize !== undefined && v.worldSize % mp !== 0) {
     fail(
       `--world-size: ${v.worldSize} is not divisible by --tensor-model-parallel-size (${tp}) * ` +
         `--pipeline-model-parallel-size (${pp})`,
@@ -470,20 +470,20 @@ function finalize(v0: FlagValues, explicit: Set<string>, strict: boolean): Confi
   }
   let dp: number;
   let world: number;
-  if (explicit.has("dataParallelSize") && v.dataParallelSize !== undefined) {
+  if (v.dataParallelSize !== undefined) {
     dp = v.dataParallelSize;
     world = dp * mp;
-    if (explicit.has("worldSize") && v.worldSize !== undefined && v.worldSize !== world) {
+    if (v.worldSize !== undefined && v.worldSize !== world) {
       fail(
         `--world-size: expected tensor (${tp}) * pipeline (${pp}) * data-parallel (${dp}) = ${world}, ` +
           `found ${v.worldSize}`,
       );
     }
-  } else if (explicit.has("worldSize") && v.worldSize !== undefined) {
+  } else if (v.worldSize !== undefined) {
     world = v.worldSize;
     dp = world / mp;
   } else {
-    dp = v.dataParallelSize ?? 1;
+    dp = 1;
     world = dp * mp;
   }
 
