@@ -10,7 +10,7 @@ import type { Param } from "../src/tensor/param.ts";
 import { clipGradNorm, countsForGradNorm, globalGradNorm } from "../src/optimizer/clip.ts";
 import { ConstantGradScaler, DynamicGradScaler } from "../src/optimizer/grad_scaler.ts";
 import { AnnealingLR } from "../src/optimizer/lr_schedule.ts";
-import { MegatronOptimizer } from "../src/optimizer/optimizer.ts";
+import { createMegatronOptimizer, MegatronOptimizer } from "../src/optimizer/optimizer.ts";
 
 const backend = (): Backend => createCpuBackend({ blas: "none", log: () => {} });
 
@@ -320,4 +320,20 @@ Deno.test("optimizer: bad construction input gives one clear error", () => {
     () => new MegatronOptimizer(b, [], constLr(1), { adamBeta2: 1 }),
     /--adam-beta2 must be in \[0, 1\)/,
   );
+});
+
+Deno.test("createMegatronOptimizer: Megatron's choices from flag values", async () => {
+  const b = backend();
+  const w = mkParam(b, "w", "f16", [1]);
+  const base = { lr: 0.01, globalBatchSize: 4, trainIters: 10, lrWarmupIters: 1 };
+  const fp16 = createMegatronOptimizer(b, [w], { ...base, fp16: true, initialLossScale: 2 ** 16 });
+  assert.equal(fp16.scaler?.kind, "dynamic");
+  assert.equal(fp16.lossScale, 2 ** 16);
+  assert.deepEqual([fp16.scheduler.warmupSteps, fp16.scheduler.decaySteps, fp16.lr], [4, 40, 0]);
+  const v = mkParam(b, "v", "bf16", [1]);
+  const bf16 = createMegatronOptimizer(b, [v], { ...base, bf16: true, optimizer: "sgd", clipGrad: 0 });
+  assert.equal(bf16.scaler, null);
+  assert.equal(bf16.kind, "sgd");
+  setGrad(b, v, [Infinity]);
+  assert.equal((await bf16.step(4)).skipped, false);
 });

@@ -15,8 +15,18 @@ import { isHalf } from "../tensor/dtype.ts";
 import type { Param } from "../tensor/param.ts";
 import { sameShape, shapeStr, type Tensor } from "../tensor/tensor.ts";
 import { clipGradNorm, identityReducer, type ModelParallelReducer } from "./clip.ts";
-import type { GradScaler, GradScalerState } from "./grad_scaler.ts";
-import type { AnnealingLR, LrSchedulerState } from "./lr_schedule.ts";
+import {
+  createGradScaler,
+  type GradScaler,
+  type GradScalerArgs,
+  type GradScalerState,
+} from "./grad_scaler.ts";
+import {
+  type AnnealingLR,
+  createLrScheduler,
+  type LrScheduleArgs,
+  type LrSchedulerState,
+} from "./lr_schedule.ts";
 
 export type OptimizerKind = "adam" | "sgd";
 
@@ -399,4 +409,38 @@ export class MegatronOptimizer {
     b.free(this.#normScratch.f32);
     b.free(this.#normScratch.f64);
   }
+}
+
+/** Flag values (names as in src/training/config.ts) plus the rank's TP rank and MP reducer. */
+export interface MegatronOptimizerArgs extends GradScalerArgs, LrScheduleArgs {
+  optimizer?: OptimizerKind;
+  weightDecay?: number;
+  adamBeta1?: number;
+  adamBeta2?: number;
+  adamEps?: number;
+  sgdMomentum?: number;
+  clipGrad?: number;
+  tpRank?: number;
+  reducer?: ModelParallelReducer;
+}
+
+/** Megatron's get_megatron_optimizer + get_learning_rate_scheduler: scaler per the fp16/bf16/
+ *  --loss-scale rules, the sample-based LR schedule, the chosen optimizer. */
+export function createMegatronOptimizer(
+  backend: Backend,
+  params: readonly Param[],
+  args: MegatronOptimizerArgs,
+): MegatronOptimizer {
+  return new MegatronOptimizer(backend, params, createLrScheduler(args), {
+    optimizer: args.optimizer,
+    weightDecay: args.weightDecay,
+    adamBeta1: args.adamBeta1,
+    adamBeta2: args.adamBeta2,
+    adamEps: args.adamEps,
+    sgdMomentum: args.sgdMomentum,
+    clipGrad: args.clipGrad,
+    scaler: createGradScaler(args),
+    tpRank: args.tpRank,
+    reducer: args.reducer,
+  });
 }
