@@ -272,3 +272,38 @@ Deno.test("preprocess CLI: unknown flag exits 2, malformed input exits 1 with fi
     Deno.removeSync(env.dir, { recursive: true });
   }
 });
+
+Deno.test("preprocess: real GPT-2 tokenizer, tokens = tokenize(text) + eod, workers 1 and 2 identical", async () => {
+  const env = setup();
+  try {
+    const { buildTokenizer } = await import("../src/tokenizer/mod.ts");
+    const gpt2 = await buildTokenizer({ tokenizerType: "GPT2BPETokenizer" });
+    const docs = [
+      ...DOCS,
+      { text: "Fellow-Citizens of the Senate and House of Representatives:\n\nIn meeting you again..." },
+      { text: "  leading spaces, 'quotes' and numbers 12345 don't break it." },
+    ];
+    const input = `${env.dir}/in.jsonl`;
+    Deno.writeTextFileSync(input, jsonl(docs));
+    for (const workers of [1, 2]) {
+      const o = opts(env, input, { outputPrefix: `${env.dir}/w${workers}`, workers });
+      delete o.tokenizerModule;
+      await preprocess(o);
+    }
+    const prefix = `${env.dir}/w1_text_document`;
+    for (const ext of [".bin", ".idx"]) {
+      assert.deepEqual(
+        Deno.readFileSync(`${env.dir}/w2_text_document${ext}`),
+        Deno.readFileSync(prefix + ext),
+      );
+    }
+    const ds = MMapIndexedDataset.open(prefix);
+    const nonEmpty = docs.filter((d) => d.text.length > 0);
+    assert.equal(ds.numDocuments, nonEmpty.length);
+    nonEmpty.forEach((d, i) => assert.deepEqual(Array.from(ds.get(i)), [...gpt2.tokenize(d.text), gpt2.eod]));
+    assert.equal(gpt2.eod, 50256);
+    ds.close();
+  } finally {
+    Deno.removeSync(env.dir, { recursive: true });
+  }
+});

@@ -10,6 +10,8 @@
 
 import { parseArgs } from "node:util";
 import { bestDtypeForVocab, MMapIndexedDatasetBuilder } from "./indexed_dataset.ts";
+import { readTokenizerFiles, TOKENIZER_TYPES, tokenizerFromFiles } from "../tokenizer/mod.ts";
+import type { TokenizerFiles, TokenizerType } from "../tokenizer/mod.ts";
 
 /** The tokenizer surface preprocessing needs. */
 export interface PreprocessTokenizer {
@@ -139,6 +141,10 @@ export function parsePreprocessArgs(argv: string[]): PreprocessOptions | null {
   for (const req of ["input", "output-prefix", "tokenizer-type"] as const) {
     if (values[req] === undefined) throw new UsageError(`preprocess: the flag --${req} is required`);
   }
+  const ttype = values["tokenizer-type"]!;
+  if (!(TOKENIZER_TYPES as readonly string[]).includes(ttype)) {
+    throw new UsageError(`--tokenizer-type: expected one of ${TOKENIZER_TYPES.join(", ")}, found "${ttype}"`);
+  }
   const impl = values["dataset-impl"] ?? "mmap";
   if (impl !== "mmap") {
     throw new UsageError(
@@ -165,21 +171,49 @@ export function parsePreprocessArgs(argv: string[]): PreprocessOptions | null {
   };
 }
 
-/** Builds the tokenizer named by the spec (from src/tokenizer unless spec.tokenizerModule is set). */
-export async function loadTokenizer(spec: TokenizerSpec): Promise<PreprocessTokenizer> {
-  const args = {
-    tokenizerType: spec.tokenizerType,
+/**
+ * How a worker rebuilds the tokenizer: from file texts the main thread already read (no re-reading,
+ * no npm import per worker), or from an injected module.
+ */
+export type TokenizerSource =
+  | { kind: "files"; files: TokenizerFiles }
+  | { kind: "module"; url: string; spec: TokenizerSpec };
+
+function buildArgs(spec: TokenizerSpec) {
+  return {
+    tokenizerType: spec.tokenizerType as TokenizerType,
     vocabFile: spec.vocabFile,
     mergeFile: spec.mergeFile,
     vocabExtraIds: spec.vocabExtraIds,
   };
+}
+
+/** Resolves the tokenizer named by the spec (src/tokenizer unless spec.tokenizerModule is set). */
+export async function resolveTokenizer(
+  spec: TokenizerSpec,
+): Promise<{ tokenizer: PreprocessTokenizer; source: TokenizerSource }> {
   if (spec.tokenizerModule !== undefined) {
-    const mod = await import(spec.tokenizerModule);
-    return await mod.buildTokenizer(args) as PreprocessTokenizer;
+    const source: TokenizerSource = { kind: "module", url: spec.tokenizerModule, spec };
+    return { tokenizer: await tokenizerFromSource(source), source };
   }
-  // Loaded lazily: only needed when no module is injected.
-  const { buildTokenizer } = await import("../tokenizer/mod.ts");
-  return await buildTokenizer(args as Parameters<typeof buildTokenizer>[0]) as PreprocessTokenizer;
+  const files = await readTokenizerFiles(buildArgs(spec));
+  return { tokenizer: tokenizerFromFiles(files), source: { kind: "files", files } };
+}
+
+/** Builds a tokenizer from a source (used by workers). */
+export async function tokenizerFromSource(source: TokenizerSource): Promise<PreprocessTokenizer> {
+  if (source.kind === "files") return tokenizerFromFiles(source.files);
+  const mod = await import(source.url);
+  return await mod.buildTokenizer(buildArgs(source.spec)) as PreprocessTokenizer;
+}
+
+/** The tokenizer's eod id, or null when it has none (BERT's getter throws). */
+function eodOf(tok: PreprocessTokenizer): number | null {
+  try {
+    return typeof tok.eod === "number" ? tok.eod : null;
+  } catch {
+    return null;
+  }
 }
 
 /** Splits text into sentences. Trailing whitespace is dropped; with keepNewlines, newlines are kept. */
@@ -225,7 +259,7 @@ export function encodeBatch(
   const invalid: { line: number; message: string }[] = [];
   let documents = 0;
   let chars = 0;
-  const eod = tok.eod;
+  const eod = opts.appendEod ? eodOf(tok) : null;
   lines.forEach((line, li) => {
     if (line.trim().length === 0) return;
     let texts: string[];
@@ -277,7 +311,7 @@ export function encodeBatch(
 
 /** Messages between the main thread and preprocess_worker.ts. */
 export type WorkerRequest =
-  | { type: "init"; spec: TokenizerSpec; encode: EncodeOptions }
+  | { type: "init"; source: TokenizerSource; encode: EncodeOptions }
   | { type: "batch"; lines: string[]; firstLine: number };
 export type WorkerResponse =
   | { type: "ready" }
@@ -298,7 +332,7 @@ function inProcessEncoder(tok: PreprocessTokenizer, opts: EncodeOptions): Encode
 }
 
 /** N module workers; batches go round-robin and each worker answers its batches in order. */
-async function workerPoolEncoder(n: number, spec: TokenizerSpec, opts: EncodeOptions): Promise<Encoder> {
+async function workerPoolEncoder(n: number, source: TokenizerSource, opts: EncodeOptions): Promise<Encoder> {
   const workers: Worker[] = [];
   const queues: { resolve: (r: BatchResult) => void; reject: (e: Error) => void }[][] = [];
   const ready: Promise<void>[] = [];
@@ -329,7 +363,7 @@ async function workerPoolEncoder(n: number, spec: TokenizerSpec, opts: EncodeOpt
         };
       }),
     );
-    worker.postMessage({ type: "init", spec, encode: opts } satisfies WorkerRequest);
+    worker.postMessage({ type: "init", source, encode: opts } satisfies WorkerRequest);
   }
   try {
     await Promise.all(ready);
@@ -433,8 +467,8 @@ function fmtTime(s: number): string {
 export async function preprocess(opts: PreprocessOptions, run: RunOptions = {}): Promise<PreprocessResult> {
   const log = run.log ?? (() => {});
   const t0 = performance.now();
-  const tok = await loadTokenizer(opts);
-  if (opts.appendEod && typeof tok.eod !== "number") {
+  const { tokenizer: tok, source } = await resolveTokenizer(opts);
+  if (opts.appendEod && eodOf(tok) === null) {
     throw new Error(`--append-eod: tokenizer ${opts.tokenizerType} has no end-of-document token`);
   }
   const encodeOpts: EncodeOptions = {
@@ -454,13 +488,7 @@ export async function preprocess(opts: PreprocessOptions, run: RunOptions = {}):
   const builders: MMapIndexedDatasetBuilder[] = [];
   const encoder = opts.workers <= 1
     ? inProcessEncoder(tok, encodeOpts)
-    : await workerPoolEncoder(opts.workers, {
-      tokenizerType: opts.tokenizerType,
-      vocabFile: opts.vocabFile,
-      mergeFile: opts.mergeFile,
-      vocabExtraIds: opts.vocabExtraIds,
-      tokenizerModule: opts.tokenizerModule,
-    }, encodeOpts);
+    : await workerPoolEncoder(opts.workers, source, encodeOpts);
   const progress = { bytes: 0 };
   let documents = 0;
   let skipped = 0;

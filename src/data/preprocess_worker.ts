@@ -1,7 +1,7 @@
 // Worker side of preprocess: builds its own tokenizer once, then tokenizes batches of lines in the
 // order they arrive (the main thread relies on that order).
 
-import { encodeBatch, loadTokenizer } from "./preprocess.ts";
+import { encodeBatch, tokenizerFromSource } from "./preprocess.ts";
 import type { EncodeOptions, PreprocessTokenizer, WorkerRequest, WorkerResponse } from "./preprocess.ts";
 
 interface WorkerScope {
@@ -20,7 +20,7 @@ function serve(scope: WorkerScope): void {
     chain = chain.then(async () => {
       try {
         if (msg.type === "init") {
-          tok = await loadTokenizer(msg.spec);
+          tok = await tokenizerFromSource(msg.source);
           encode = msg.encode;
           scope.postMessage({ type: "ready" });
         } else {
