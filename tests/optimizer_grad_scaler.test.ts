@@ -103,3 +103,8 @@ Deno.test("constant scaler and the Megatron choice of scaler", () => {
   assert.deepEqual(d.exportState(), { scale: 65536, growthTracker: 0, hysteresisTracker: 3 });
   assert.equal(d.growthInterval, 10);
 });
+
+Deno.test("createGradScaler: --loss-scale 0 means dynamic, as Megatron's truthiness test", () => {
+  assert.equal(createGradScaler({ fp16: true, lossScale: 0 })?.kind, "dynamic");
+  assert.equal(createGradScaler({ bf16: true, lossScale: 0 }), null);
+});

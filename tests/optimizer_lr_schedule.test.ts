@@ -171,3 +171,14 @@ Deno.test("lr: checkpoint state, override and use-checkpoint arbitration", () =>
   });
   close(f.lr, 0.0505);
 });
+
+Deno.test("lr: an invalid checkpoint schedule is rejected and leaves the scheduler unchanged", () => {
+  const s = new AnnealingLR({ maxLr: 0.1, warmupSteps: 10, decaySteps: 100, useCheckpointLrScheduler: true });
+  const before = s.exportState();
+  assert.throws(
+    () => s.importState({ ...before, warmupSteps: 200, numSteps: 5 }),
+    /warmup steps \(200\) must be < decay steps \(100\)/,
+  );
+  assert.deepEqual(s.exportState(), before);
+  assert.throws(() => s.importState({ ...before, decayStyle: "exponential" }), /decay style must be one of/);
+});

@@ -184,7 +184,8 @@ export interface GradScalerArgs {
 /** Megatron's choice: fp32 -> none; --loss-scale -> constant; fp16 -> dynamic; bf16 -> none. */
 export function createGradScaler(args: GradScalerArgs): GradScaler | null {
   if (!args.fp16 && !args.bf16) return null;
-  if (args.lossScale !== undefined && args.lossScale !== null) return new ConstantGradScaler(args.lossScale);
+  // Megatron tests `if args.loss_scale:`, so --loss-scale 0 means dynamic scaling too.
+  if (args.lossScale) return new ConstantGradScaler(args.lossScale);
   if (!args.fp16) return null;
   return new DynamicGradScaler({
     initialScale: args.initialLossScale,

@@ -164,8 +164,14 @@ export class AnnealingLR {
       decaySteps: arbitrate(this.decaySteps, decay, "decay steps (samples)"),
       decayStyle: arbitrate(this.decayStyle, decayStyle, "decay style (--lr-decay-style)"),
     };
+    const { numSteps: _, ...prev } = this.exportState();
     Object.assign(this, next);
-    this.#validate();
+    try {
+      this.#validate();
+    } catch (e) {
+      Object.assign(this, prev);
+      throw e;
+    }
     this.step(numSteps);
   }
 }

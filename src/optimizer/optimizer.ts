@@ -8,7 +8,8 @@
 //
 // Grads (Param.grad) are already f32, so Megatron's model-grad -> main-grad copy is not needed.
 // Without a scaler (fp32, or bf16 without --loss-scale) nothing is checked and every step is taken.
-// All state tensors are allocated once, in the constructor.
+// All state tensors are allocated once, in the constructor. step() advances the LR schedule itself
+// (on successful steps only): the training loop must not call scheduler.step() as well.
 
 import type { Backend } from "../backend/backend.ts";
 import { isHalf } from "../tensor/dtype.ts";
