@@ -138,7 +138,7 @@ FOR_T(GELU_INST)
 
 // ---- scaled masked softmax -------------------------------------------------------------------
 // scores [b, np, sq, sk]; one block per row r = ((bi * np + hd) * sq + i). maskKind: 0 none,
-// 1 causal (j > i masked), 2 padding (u8 mask [b, sq, sk], 1 = masked). Masked -> -10000.
+// 1 causal (j > i + sk - sq masked, i.e. aligned to the last key), 2 padding (u8 mask [b, sq, sk], 1 = masked). Masked -> -10000.
 template <typename A, typename B>
 __device__ __forceinline__ void softmaxFwdImpl(const A* x, B* y, const uint8_t* mask, int maskKind, float scale,
                                                u64 np, u64 sq, u64 sk) {
@@ -146,24 +146,25 @@ __device__ __forceinline__ void softmaxFwdImpl(const A* x, B* y, const uint8_t* 
   const u64 row = blockIdx.x;
   const u64 i = row % sq;
   const u64 bi = row / (np * sq);
+  const long long lim = (long long)i + (long long)sk - (long long)sq;
   const A* xr = x + row * sk;
   B* yr = y + row * sk;
   const uint8_t* mr = maskKind == 2 ? mask + (bi * sq + i) * sk : nullptr;
   float mx = -INFINITY;
   for (u64 j = threadIdx.x; j < sk; j += blockDim.x) {
-    const bool masked = maskKind == 1 ? j > i : (maskKind == 2 ? mr[j] != 0 : false);
+    const bool masked = maskKind == 1 ? (long long)j > lim : (maskKind == 2 ? mr[j] != 0 : false);
     mx = fmaxf(mx, masked ? -10000.f : scale * ldf(xr, j));
   }
   mx = blockMax(mx, sh);
   float s = 0.f;
   for (u64 j = threadIdx.x; j < sk; j += blockDim.x) {
-    const bool masked = maskKind == 1 ? j > i : (maskKind == 2 ? mr[j] != 0 : false);
+    const bool masked = maskKind == 1 ? (long long)j > lim : (maskKind == 2 ? mr[j] != 0 : false);
     s += expf((masked ? -10000.f : scale * ldf(xr, j)) - mx);
   }
-  const float inv = 1.f / blockSum(s, sh);
+  const float sum = blockSum(s, sh);
   for (u64 j = threadIdx.x; j < sk; j += blockDim.x) {
-    const bool masked = maskKind == 1 ? j > i : (maskKind == 2 ? mr[j] != 0 : false);
-    stf(yr, j, expf((masked ? -10000.f : scale * ldf(xr, j)) - mx) * inv);
+    const bool masked = maskKind == 1 ? (long long)j > lim : (maskKind == 2 ? mr[j] != 0 : false);
+    stf(yr, j, expf((masked ? -10000.f : scale * ldf(xr, j)) - mx) / sum);
   }
 }
 #define SMF_INST(na, ta, nb, tb)                                                                       \
@@ -195,9 +196,9 @@ FOR_T(SMB_INST)
 // ---- dropout ---------------------------------------------------------------------------------
 // Element (r, c) of x viewed as [rows, rowLen] uses counter index base + r * rowStride + c.
 template <typename T>
-__device__ __forceinline__ void dropoutImpl(const T* x, T* y, u64 n, float p, uint32_t seed, uint32_t stream,
-                                            uint32_t iteration, u64 base, u64 rowStride, u64 rowLen) {
-  const float keepScale = 1.f / (1.f - p);
+__device__ __forceinline__ void dropoutImpl(const T* x, T* y, u64 n, float p, float keepScale, uint32_t seed,
+                                            uint32_t stream, uint32_t iteration, u64 base, u64 rowStride,
+                                            u64 rowLen) {
   GRID_STRIDE(i, n) {
     const u64 e = base + (i / rowLen) * rowStride + (i % rowLen);
     const bool keep = philoxUniform(e, seed, stream, iteration) >= p;
@@ -205,33 +206,34 @@ __device__ __forceinline__ void dropoutImpl(const T* x, T* y, u64 n, float p, ui
   }
 }
 #define DROP_INST(n_, t)                                                                                  \
-  extern "C" __global__ void md_dropout_##n_(const t* x, t* y, u64 n, float p, uint32_t seed,             \
-                                             uint32_t stream, uint32_t iteration, u64 base, u64 rowStride, \
-                                             u64 rowLen) {                                               \
-    dropoutImpl(x, y, n, p, seed, stream, iteration, base, rowStride, rowLen);                           \
+  extern "C" __global__ void md_dropout_##n_(const t* x, t* y, u64 n, float p, float keepScale,          \
+                                             uint32_t seed, uint32_t stream, uint32_t iteration, u64 base, \
+                                             u64 rowStride, u64 rowLen) {                                \
+    dropoutImpl(x, y, n, p, keepScale, seed, stream, iteration, base, rowStride, rowLen);                \
   }
 FOR_T(DROP_INST)
 
 // out = residual + dropout(x + bias); x/bias dtype A, residual/out dtype B; bias may be null.
 template <typename A, typename B>
 __device__ __forceinline__ void biasDropoutAddImpl(const A* x, const A* bias, const B* res, B* out, u64 n, u64 h,
-                                                   float p, uint32_t seed, uint32_t stream, uint32_t iteration,
-                                                   u64 base, u64 rowStride, u64 rowLen) {
-  const float keepScale = p > 0.f ? 1.f / (1.f - p) : 1.f;
+                                                   float p, float keepScale, uint32_t seed, uint32_t stream,
+                                                   uint32_t iteration, u64 base, u64 rowStride, u64 rowLen) {
   GRID_STRIDE(i, n) {
     const float v = ldf(x, i) + (bias ? ldf(bias, i % h) : 0.f);
     float d = v;
     if (p > 0.f) {
       const u64 e = base + (i / rowLen) * rowStride + (i % rowLen);
-      d = philoxUniform(e, seed, stream, iteration) >= p ? v * keepScale : 0.f;
+      // Separate rounded multiply and add (no FMA contraction), as the reference computes it.
+      d = philoxUniform(e, seed, stream, iteration) >= p ? __fmul_rn(v, keepScale) : 0.f;
     }
-    stf(out, i, ldf(res, i) + d);
+    stf(out, i, __fadd_rn(ldf(res, i), d));
   }
 }
 #define BDA_INST(na, ta, nb, tb)                                                                         \
   extern "C" __global__ void md_bias_dropout_add_##na##_##nb(                                            \
-      const ta* x, const ta* bias, const tb* res, tb* out, u64 n, u64 h, float p, uint32_t seed,         \
-      uint32_t stream, uint32_t iteration, u64 base, u64 rowStride, u64 rowLen) {                        \
-    biasDropoutAddImpl(x, bias, res, out, n, h, p, seed, stream, iteration, base, rowStride, rowLen);    \
+      const ta* x, const ta* bias, const tb* res, tb* out, u64 n, u64 h, float p, float keepScale,       \
+      uint32_t seed, uint32_t stream, uint32_t iteration, u64 base, u64 rowStride, u64 rowLen) {         \
+    biasDropoutAddImpl(x, bias, res, out, n, h, p, keepScale, seed, stream, iteration, base, rowStride,  \
+                       rowLen);                                                                         \
   }
 FOR_T2(BDA_INST)

@@ -1,0 +1,995 @@
+// CudaBackend: the Backend interface on one NVIDIA GPU. All work is queued on one non-blocking
+// stream (kernels via the driver API from kernels/dist, GEMMs via cuBLAS), memory comes from a
+// caching allocator, and host copies synchronize the stream so every op looks synchronous to the
+// caller, as the Backend contract requires. Arithmetic is f32 (f32 GEMMs run without TF32 so they
+// agree with the CPU reference to ~1e-5); half inputs are read exactly and stored with RNE.
+
+import {
+  allocHost,
+  bf16BitsToF32,
+  type DType,
+  DTYPE_BYTES,
+  f16BitsToF32,
+  f32ToBf16Bits,
+  f32ToF16Bits,
+  type HostArray,
+  isHalf,
+} from "../../tensor/dtype.ts";
+import { numel, type Shape, shapeStr, type Storage, Tensor } from "../../tensor/tensor.ts";
+import type { AdamArgs, Backend, GemmArgs, RngAddress, SgdArgs, SoftmaxMask } from "../backend.ts";
+import {
+  cudaDevAttrComputeCapabilityMajor,
+  cudaDevAttrComputeCapabilityMinor,
+  cudaDevAttrMultiProcessorCount,
+  Cudart,
+} from "../../../ffi/cudart.ts";
+import type { CudaStream } from "../../../ffi/cudart.ts";
+import { type ArgKind, CudaDriver } from "../../../ffi/cuda.ts";
+import {
+  Cublas,
+  CUBLAS_COMPUTE_32F,
+  CUBLAS_COMPUTE_64F,
+  CUBLAS_DEFAULT_MATH,
+  CUBLAS_GEMM_DEFAULT,
+  type CublasHandle,
+  CUDA_R_16BF,
+  CUDA_R_16F,
+  CUDA_R_32F,
+  CUDA_R_64F,
+} from "../../../ffi/cublas.ts";
+import { type DiscoverEnv, realDiscoverEnv } from "../../../ffi/discover.ts";
+import { CachingAllocator, type MemoryStats } from "./allocator.ts";
+import { KernelLibrary } from "./kernels.ts";
+import { checkGemmBounds, toCublasGemm } from "./gemm_map.ts";
+
+/** Device storage: one allocator block. Views share it. */
+export class CudaStorage implements Storage {
+  freed = false;
+  constructor(readonly length: number, readonly ptr: bigint, readonly blockBytes: number) {}
+}
+
+export interface CudaBackendOptions {
+  /** CUDA device ordinal (default 0). */
+  device?: number;
+  /** Library discovery environment (default: the process environment). */
+  env?: DiscoverEnv;
+  /** Directory holding the fatbins (default: kernels/dist next to this package). */
+  kernelsUrl?: URL;
+}
+
+const FLOAT_KERNEL_DTYPES: readonly DType[] = ["f32", "f16", "bf16"];
+const THREADS = 256;
+
+function cudaDataType(d: DType): number {
+  switch (d) {
+    case "f32":
+      return CUDA_R_32F;
+    case "f16":
+      return CUDA_R_16F;
+    case "bf16":
+      return CUDA_R_16BF;
+    case "f64":
+      return CUDA_R_64F;
+    default:
+      throw new Error(`gemm: dtype ${d} is not supported by cuBLAS GemmEx (use f32, f16, bf16 or f64)`);
+  }
+}
+
+function requireFloat(op: string, t: Tensor, what: string): void {
+  if (!FLOAT_KERNEL_DTYPES.includes(t.dtype)) {
+    throw new Error(`cuda ${op}: ${what} has dtype ${t.dtype}, expected f32, f16 or bf16`);
+  }
+}
+
+function requireDType(op: string, t: Tensor, d: DType | readonly DType[], what: string): void {
+  const ok = typeof d === "string" ? t.dtype === d : d.includes(t.dtype);
+  if (!ok) {
+    throw new Error(
+      `cuda ${op}: ${what} has dtype ${t.dtype}, expected ${typeof d === "string" ? d : d.join(" or ")}`,
+    );
+  }
+}
+
+function requireSize(op: string, t: Tensor, n: number, what: string): void {
+  if (t.size !== n) {
+    throw new Error(`cuda ${op}: ${what} has ${t.size} elements ${shapeStr(t.shape)}, expected ${n}`);
+  }
+}
+
+function requireSame(op: string, a: Tensor, b: Tensor, what: string): void {
+  if (a.dtype !== b.dtype) throw new Error(`cuda ${op}: ${what} dtypes differ (${a.dtype} vs ${b.dtype})`);
+}
+
+function requireIndex(op: string, t: Tensor, what: string): "i32" | "i64" {
+  if (t.dtype !== "i32" && t.dtype !== "i64") {
+    throw new Error(`cuda ${op}: ${what} has dtype ${t.dtype}, expected i32 or i64`);
+  }
+  return t.dtype;
+}
+
+/** Host values -> host storage of `dtype` (half types as RNE-rounded bits). */
+export function toHostStorage(dtype: DType, n: number, data: ArrayLike<number> | HostArray): HostArray {
+  if (data.length !== n) throw new Error(`fromHost: ${data.length} values for ${n} elements`);
+  if (isHalf(dtype) && data instanceof Uint16Array) return data;
+  if (dtype === "i64" && data instanceof BigInt64Array) return data;
+  const out = allocHost(dtype, n);
+  if (data instanceof BigInt64Array) {
+    for (let i = 0; i < n; i++) (out as Float64Array)[i] = Number(data[i]);
+    return out;
+  }
+  const src = data as ArrayLike<number>;
+  switch (dtype) {
+    case "f16":
+      for (let i = 0; i < n; i++) (out as Uint16Array)[i] = f32ToF16Bits(src[i]);
+      break;
+    case "bf16":
+      for (let i = 0; i < n; i++) (out as Uint16Array)[i] = f32ToBf16Bits(src[i]);
+      break;
+    case "i64":
+      for (let i = 0; i < n; i++) (out as BigInt64Array)[i] = BigInt(Math.trunc(src[i]));
+      break;
+    default:
+      for (let i = 0; i < n; i++) (out as Float32Array)[i] = src[i];
+  }
+  return out;
+}
+
+/** Host storage -> f64 numbers (half bits decoded). */
+export function hostToF64(dtype: DType, h: HostArray): Float64Array {
+  const out = new Float64Array(h.length);
+  if (dtype === "f16") { for (let i = 0; i < h.length; i++) out[i] = f16BitsToF32((h as Uint16Array)[i]); }
+  else if (dtype === "bf16") {
+    for (let i = 0; i < h.length; i++) out[i] = bf16BitsToF32((h as Uint16Array)[i]);
+  } else if (dtype === "i64") { for (let i = 0; i < h.length; i++) out[i] = Number((h as BigInt64Array)[i]); }
+  else for (let i = 0; i < h.length; i++) out[i] = (h as Float32Array)[i];
+  return out;
+}
+
+/** 1/(1-p) correctly rounded to f32 (the CPU reference's scale for kept elements). */
+export function keepScale(p: number): number {
+  return Math.fround(1 / (1 - Math.fround(p)));
+}
+
+export class CudaBackend implements Backend {
+  readonly name = "cuda" as const;
+  readonly description: string;
+  readonly deviceName: string;
+  readonly computeCapability: [number, number];
+  private readonly alloc: CachingAllocator;
+  private readonly smCount: number;
+  private readonly alpha32 = new Float32Array(1);
+  private readonly beta32 = new Float32Array(1);
+  private readonly alpha64 = new Float64Array(1);
+  private readonly beta64 = new Float64Array(1);
+  private disposed = false;
+
+  private constructor(
+    private readonly rt: Cudart,
+    private readonly drv: CudaDriver,
+    private readonly blas: Cublas,
+    private readonly handle: CublasHandle,
+    readonly stream: CudaStream,
+    private readonly kernels: KernelLibrary,
+    readonly device: number,
+  ) {
+    this.alloc = new CachingAllocator({
+      malloc: (b) => rt.tryMalloc(b),
+      free: (p) => rt.free(p),
+      synchronize: () => rt.streamSynchronize(stream),
+    });
+    this.smCount = rt.attribute(cudaDevAttrMultiProcessorCount, device);
+    this.computeCapability = [
+      rt.attribute(cudaDevAttrComputeCapabilityMajor, device),
+      rt.attribute(cudaDevAttrComputeCapabilityMinor, device),
+    ];
+    this.deviceName = drv.deviceName(device);
+    const v = rt.runtimeVersion();
+    this.description = `cuda:${device} (${this.deviceName}, sm_${
+      this.computeCapability.join("")
+    }, CUDA runtime ${Math.floor(v / 1000)}.${(v % 1000) / 10}, cuBLAS ${blas.version(handle)})`;
+  }
+
+  static async create(opts: CudaBackendOptions = {}): Promise<CudaBackend> {
+    const env = opts.env ?? realDiscoverEnv();
+    const device = opts.device ?? 0;
+    const rt = Cudart.open(env);
+    const drv = CudaDriver.open(env);
+    const blas = Cublas.open(env);
+    const count = rt.deviceCount();
+    if (device < 0 || device >= count) {
+      throw new Error(`cuda: device ${device} requested but ${count} device(s) visible`);
+    }
+    rt.setDevice(device);
+    // Initializes the primary context and makes it current, so driver-API module loads and
+    // runtime/cuBLAS calls share one context.
+    rt.check("cudaFree(0)", rt.sym.cudaFree(0n));
+    drv.init();
+    const stream = rt.streamCreate();
+    const handle = blas.create();
+    blas.setStream(handle, stream);
+    blas.setMathMode(handle, CUBLAS_DEFAULT_MATH);
+    const kernels = await KernelLibrary.load(
+      drv,
+      opts.kernelsUrl ?? new URL("../../../kernels/dist/", import.meta.url),
+    );
+    return new CudaBackend(rt, drv, blas, handle, stream, kernels, device);
+  }
+
+  // ---- plumbing ----------------------------------------------------------------------------
+  private ptr(t: Tensor): bigint {
+    const s = t.storage as CudaStorage;
+    if (!(s instanceof CudaStorage)) throw new Error(`cuda: ${t} is not a CUDA tensor`);
+    if (s.freed) throw new Error(`cuda: use of freed tensor ${t}`);
+    return s.ptr + BigInt(t.offset * DTYPE_BYTES[t.dtype]);
+  }
+
+  private launch(
+    name: string,
+    grid: [number, number, number],
+    block: [number, number, number],
+    args: (number | bigint)[],
+  ) {
+    const k = this.kernels.get(name);
+    this.drv.launch(k.fn, grid, block, 0, this.stream, k.kinds as ArgKind[], args, name);
+  }
+
+  /** Grid-stride launch over n elements. */
+  private launch1d(name: string, n: number, args: (number | bigint)[]): void {
+    if (n === 0) return;
+    const blocks = Math.max(1, Math.min(Math.ceil(n / THREADS), this.smCount * 32));
+    this.launch(name, [blocks, 1, 1], [THREADS, 1, 1], args);
+  }
+
+  /** One block per row. */
+  private launchRows(name: string, rows: number, rowLen: number, args: (number | bigint)[]): void {
+    if (rows === 0) return;
+    if (rows > 2147483647) throw new Error(`cuda ${name}: ${rows} rows exceed the grid limit`);
+    const threads = rowLen >= 512 ? 512 : Math.max(32, Math.ceil(rowLen / 32) * 32);
+    this.launch(name, [rows, 1, 1], [threads, 1, 1], args);
+  }
+
+  private scratch(n: number): Tensor {
+    return this.empty("f32", [n]);
+  }
+
+  /** Column sums of x [rows, cols] into out [cols] (any float dtype) via f32 partials. */
+  private colSums(xName: string, x: bigint, rows: number, cols: number, out: Tensor, accumulate: boolean) {
+    if (cols === 0) return;
+    const splits = Math.max(1, Math.min(Math.ceil(rows / 64), 128));
+    const partial = this.scratch(splits * cols);
+    try {
+      this.launch(`md_colpartial_${xName}`, [Math.ceil(cols / 32), splits, 1], [32, 8, 1], [
+        x,
+        this.ptr(partial),
+        rows,
+        cols,
+      ]);
+      this.launch1d(`md_colfinish_${out.dtype}`, cols, [
+        this.ptr(partial),
+        this.ptr(out),
+        splits,
+        cols,
+        accumulate ? 1 : 0,
+      ]);
+    } finally {
+      this.free(partial);
+    }
+  }
+
+  memoryStats(): MemoryStats {
+    return this.alloc.stats();
+  }
+  resetPeakMemory(): void {
+    this.alloc.resetPeaks();
+  }
+  emptyCache(): void {
+    this.alloc.emptyCache();
+  }
+
+  /** Records an event on the compute stream (for timing with elapsedMs). */
+  recordEvent(): Deno.PointerValue {
+    const e = this.rt.eventCreate();
+    this.rt.eventRecord(e, this.stream);
+    return e;
+  }
+  /** Milliseconds between two events from recordEvent; waits for `end` and destroys both. */
+  elapsedMs(start: Deno.PointerValue, end: Deno.PointerValue): number {
+    this.rt.eventSynchronize(end);
+    const ms = this.rt.elapsedMs(start, end);
+    this.rt.eventDestroy(start);
+    this.rt.eventDestroy(end);
+    return ms;
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.rt.streamSynchronize(this.stream);
+    this.alloc.releaseAll();
+    this.kernels.unload();
+    this.blas.destroy(this.handle);
+    this.rt.streamDestroy(this.stream);
+  }
+
+  // ---- memory ------------------------------------------------------------------------------
+  empty(dtype: DType, shape: Shape): Tensor {
+    const n = numel(shape);
+    const blk = this.alloc.alloc(n * DTYPE_BYTES[dtype]);
+    return new Tensor(dtype, shape, new CudaStorage(n, blk.ptr, blk.size));
+  }
+
+  zeros(dtype: DType, shape: Shape): Tensor {
+    const t = this.empty(dtype, shape);
+    if (t.bytes > 0) this.rt.memsetAsync(this.ptr(t), 0, t.bytes, this.stream);
+    return t;
+  }
+
+  fromHost(dtype: DType, shape: Shape, data: ArrayLike<number> | HostArray): Tensor {
+    const n = numel(shape);
+    const host = toHostStorage(dtype, n, data);
+    const t = this.empty(dtype, shape);
+    if (t.bytes > 0) {
+      const view = new Uint8Array(host.buffer as ArrayBuffer, host.byteOffset, t.bytes);
+      this.rt.htod(this.ptr(t), view, t.bytes, this.stream);
+    }
+    return t;
+  }
+
+  toHost(t: Tensor): HostArray {
+    const out = allocHost(t.dtype, t.size);
+    if (t.bytes > 0) {
+      const view = new Uint8Array(out.buffer as ArrayBuffer, 0, t.bytes);
+      this.rt.dtoh(view, this.ptr(t), t.bytes, this.stream);
+    }
+    this.rt.streamSynchronize(this.stream);
+    return out;
+  }
+
+  toF64(t: Tensor): Float64Array {
+    return hostToF64(t.dtype, this.toHost(t));
+  }
+
+  free(t: Tensor): void {
+    const s = t.storage as CudaStorage;
+    if (s.freed) throw new Error(`cuda free: ${t} was already freed`);
+    s.freed = true;
+    this.alloc.release(s.ptr);
+  }
+
+  synchronize(): void {
+    this.rt.streamSynchronize(this.stream);
+  }
+
+  // ---- elementwise / copies ----------------------------------------------------------------
+  copy(src: Tensor, dst: Tensor): void {
+    requireSize("copy", dst, src.size, "dst");
+    if (src.dtype === dst.dtype) {
+      if (src.bytes > 0) this.rt.dtod(this.ptr(dst), this.ptr(src), src.bytes, this.stream);
+      return;
+    }
+    requireFloat("copy", src, "src");
+    requireFloat("copy", dst, "dst");
+    this.launch1d(`md_copy_${src.dtype}_${dst.dtype}`, src.size, [this.ptr(src), this.ptr(dst), src.size]);
+  }
+
+  fill(t: Tensor, value: number): void {
+    if (FLOAT_KERNEL_DTYPES.includes(t.dtype)) {
+      this.launch1d(`md_fill_${t.dtype}`, t.size, [this.ptr(t), t.size, value]);
+    } else if (t.dtype === "i32") {
+      this.launch1d("md_fill_i32", t.size, [this.ptr(t), t.size, value]);
+    } else if (value === 0) {
+      if (t.bytes > 0) this.rt.memsetAsync(this.ptr(t), 0, t.bytes, this.stream);
+    } else {
+      throw new Error(`cuda fill: dtype ${t.dtype} supports only value 0, got ${value}`);
+    }
+  }
+
+  scale(x: Tensor, alpha: number, out: Tensor): void {
+    requireFloat("scale", x, "x");
+    requireFloat("scale", out, "out");
+    requireSize("scale", out, x.size, "out");
+    this.launch1d(`md_scale_${x.dtype}_${out.dtype}`, x.size, [this.ptr(x), this.ptr(out), x.size, alpha]);
+  }
+
+  add(a: Tensor, b: Tensor, out: Tensor, alpha = 1, beta = 1): void {
+    for (const [t, w] of [[a, "a"], [b, "b"], [out, "out"]] as const) requireFloat("add", t, w);
+    requireSize("add", b, a.size, "b");
+    requireSize("add", out, a.size, "out");
+    this.launch1d(`md_add_${a.dtype}_${b.dtype}_${out.dtype}`, a.size, [
+      this.ptr(a),
+      this.ptr(b),
+      this.ptr(out),
+      a.size,
+      alpha,
+      beta,
+    ]);
+  }
+
+  transpose12(x: Tensor, out: Tensor): void {
+    if (x.rank !== 4) throw new Error(`cuda transpose12: x must be 4-D, got ${shapeStr(x.shape)}`);
+    const [A, B, C, D] = x.shape;
+    requireSame("transpose12", x, out, "x/out");
+    if (
+      out.rank !== 4 || out.shape[0] !== A || out.shape[1] !== C || out.shape[2] !== B || out.shape[3] !== D
+    ) {
+      throw new Error(
+        `cuda transpose12: out has shape ${shapeStr(out.shape)}, expected ${shapeStr([A, C, B, D])}`,
+      );
+    }
+    this.launch1d(`md_transpose12_b${DTYPE_BYTES[x.dtype]}`, x.size, [
+      this.ptr(x),
+      this.ptr(out),
+      A,
+      B,
+      C,
+      D,
+    ]);
+  }
+
+  sumRows(x: Tensor, out: Tensor, accumulate: boolean): void {
+    requireFloat("sumRows", x, "x");
+    requireFloat("sumRows", out, "out");
+    const cols = out.size;
+    if (cols === 0 || x.size % cols !== 0) {
+      throw new Error(`cuda sumRows: x has ${x.size} elements, not a multiple of out's ${cols}`);
+    }
+    this.colSums(x.dtype, this.ptr(x), x.size / cols, cols, out, accumulate);
+  }
+
+  // ---- BLAS --------------------------------------------------------------------------------
+  gemm(g: GemmArgs): void {
+    const { a, b, c } = g;
+    requireSame("gemm", a, b, "A/B");
+    if (c.dtype !== a.dtype && c.dtype !== "f32") {
+      throw new Error(`cuda gemm: C has dtype ${c.dtype}, expected ${a.dtype} or f32`);
+    }
+    const err = checkGemmBounds(g, { a: a.size, b: b.size, c: c.size });
+    if (err) throw new Error(`cuda ${err}`);
+    if (g.m === 0 || g.n === 0) return;
+    const s = toCublasGemm(g);
+    const f64 = a.dtype === "f64";
+    if (f64 && c.dtype !== "f64") throw new Error(`cuda gemm: f64 A/B need an f64 C, got ${c.dtype}`);
+    const alpha = f64 ? this.alpha64 : this.alpha32;
+    const beta = f64 ? this.beta64 : this.beta32;
+    alpha[0] = g.alpha ?? 1;
+    beta[0] = g.beta ?? 0;
+    const compute = f64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F;
+    const ab = cudaDataType(a.dtype);
+    const ct = cudaDataType(c.dtype);
+    // cuBLAS's first operand is the caller's B (see gemm_map.ts).
+    const pa = this.ptr(b), pb = this.ptr(a), pc = this.ptr(c);
+    const batch = g.batch ?? 1;
+    if (batch === 1) {
+      this.blas.check(
+        "cublasGemmEx",
+        this.blas.sym.cublasGemmEx(
+          this.handle,
+          s.transa,
+          s.transb,
+          s.m,
+          s.n,
+          s.k,
+          alpha,
+          pa,
+          ab,
+          s.lda,
+          pb,
+          ab,
+          s.ldb,
+          beta,
+          pc,
+          ct,
+          s.ldc,
+          compute,
+          CUBLAS_GEMM_DEFAULT,
+        ),
+      );
+    } else if (batch > 1) {
+      this.blas.check(
+        "cublasGemmStridedBatchedEx",
+        this.blas.sym.cublasGemmStridedBatchedEx(
+          this.handle,
+          s.transa,
+          s.transb,
+          s.m,
+          s.n,
+          s.k,
+          alpha,
+          pa,
+          ab,
+          s.lda,
+          BigInt(s.strideA),
+          pb,
+          ab,
+          s.ldb,
+          BigInt(s.strideB),
+          beta,
+          pc,
+          ct,
+          s.ldc,
+          BigInt(s.strideC),
+          batch,
+          compute,
+          CUBLAS_GEMM_DEFAULT,
+        ),
+      );
+    }
+  }
+
+  // ---- transformer ops ---------------------------------------------------------------------
+  layerNormFwd(
+    x: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    eps: number,
+    y: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+  ): void {
+    requireFloat("layerNormFwd", x, "x");
+    for (const [t, w] of [[gamma, "gamma"], [beta, "beta"], [y, "y"]] as const) {
+      requireSame("layerNormFwd", x, t, `x/${w}`);
+    }
+    const h = gamma.size;
+    if (h === 0 || x.size % h !== 0) {
+      throw new Error(`cuda layerNormFwd: x has ${x.size} elements, not rows x ${h}`);
+    }
+    const rows = x.size / h;
+    requireSize("layerNormFwd", beta, h, "beta");
+    requireSize("layerNormFwd", y, x.size, "y");
+    requireDType("layerNormFwd", mean, "f32", "mean");
+    requireDType("layerNormFwd", rstd, "f32", "rstd");
+    requireSize("layerNormFwd", mean, rows, "mean");
+    requireSize("layerNormFwd", rstd, rows, "rstd");
+    this.launchRows(`md_layernorm_fwd_${x.dtype}`, rows, h, [
+      this.ptr(x),
+      this.ptr(gamma),
+      this.ptr(beta),
+      eps,
+      this.ptr(y),
+      this.ptr(mean),
+      this.ptr(rstd),
+      h,
+    ]);
+  }
+
+  layerNormBwd(
+    dy: Tensor,
+    x: Tensor,
+    gamma: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    dx: Tensor,
+    dgamma: Tensor,
+    dbeta: Tensor,
+    accumulate: boolean,
+  ): void {
+    requireFloat("layerNormBwd", x, "x");
+    for (const [t, w] of [[dy, "dy"], [gamma, "gamma"], [dx, "dx"]] as const) {
+      requireSame("layerNormBwd", x, t, `x/${w}`);
+    }
+    const h = gamma.size;
+    if (h === 0 || x.size % h !== 0) {
+      throw new Error(`cuda layerNormBwd: x has ${x.size} elements, not rows x ${h}`);
+    }
+    const rows = x.size / h;
+    requireSize("layerNormBwd", dy, x.size, "dy");
+    requireSize("layerNormBwd", dx, x.size, "dx");
+    for (
+      const [t, w, n] of [[mean, "mean", rows], [rstd, "rstd", rows], [dgamma, "dgamma", h], [
+        dbeta,
+        "dbeta",
+        h,
+      ]] as const
+    ) {
+      requireDType("layerNormBwd", t, "f32", w);
+      requireSize("layerNormBwd", t, n, w);
+    }
+    const px = this.ptr(x), pdy = this.ptr(dy), pm = this.ptr(mean), pr = this.ptr(rstd);
+    this.launchRows(`md_layernorm_bwd_dx_${x.dtype}`, rows, h, [
+      pdy,
+      px,
+      this.ptr(gamma),
+      pm,
+      pr,
+      this.ptr(dx),
+      h,
+    ]);
+    if (rows === 0) {
+      if (!accumulate) {
+        this.fill(dgamma, 0);
+        this.fill(dbeta, 0);
+      }
+      return;
+    }
+    const splits = Math.max(1, Math.min(Math.ceil(rows / 64), 128));
+    const pg = this.scratch(splits * h), pb = this.scratch(splits * h);
+    try {
+      this.launch(`md_layernorm_bwd_params_${x.dtype}`, [Math.ceil(h / 32), splits, 1], [32, 8, 1], [
+        pdy,
+        px,
+        pm,
+        pr,
+        this.ptr(pg),
+        this.ptr(pb),
+        rows,
+        h,
+      ]);
+      const acc = accumulate ? 1 : 0;
+      this.launch1d("md_colfinish_f32", h, [this.ptr(pg), this.ptr(dgamma), splits, h, acc]);
+      this.launch1d("md_colfinish_f32", h, [this.ptr(pb), this.ptr(dbeta), splits, h, acc]);
+    } finally {
+      this.free(pg);
+      this.free(pb);
+    }
+  }
+
+  biasGeluFwd(x: Tensor, bias: Tensor, y: Tensor): void {
+    requireFloat("biasGeluFwd", x, "x");
+    requireSame("biasGeluFwd", x, bias, "x/bias");
+    requireSame("biasGeluFwd", x, y, "x/y");
+    const f = bias.size;
+    if (f === 0 || x.size % f !== 0) {
+      throw new Error(`cuda biasGeluFwd: x has ${x.size} elements, not rows x ${f}`);
+    }
+    requireSize("biasGeluFwd", y, x.size, "y");
+    this.launch1d(`md_bias_gelu_fwd_${x.dtype}`, x.size, [
+      this.ptr(x),
+      this.ptr(bias),
+      this.ptr(y),
+      x.size,
+      f,
+    ]);
+  }
+
+  biasGeluBwd(dy: Tensor, x: Tensor, bias: Tensor, dx: Tensor): void {
+    requireFloat("biasGeluBwd", x, "x");
+    for (const [t, w] of [[dy, "dy"], [bias, "bias"], [dx, "dx"]] as const) {
+      requireSame("biasGeluBwd", x, t, `x/${w}`);
+    }
+    const f = bias.size;
+    if (f === 0 || x.size % f !== 0) {
+      throw new Error(`cuda biasGeluBwd: x has ${x.size} elements, not rows x ${f}`);
+    }
+    requireSize("biasGeluBwd", dy, x.size, "dy");
+    requireSize("biasGeluBwd", dx, x.size, "dx");
+    this.launch1d(`md_bias_gelu_bwd_${x.dtype}`, x.size, [
+      this.ptr(dy),
+      this.ptr(x),
+      this.ptr(bias),
+      this.ptr(dx),
+      x.size,
+      f,
+    ]);
+  }
+
+  softmaxFwd(scores: Tensor, scale: number, mask: SoftmaxMask, probs: Tensor): void {
+    requireFloat("softmaxFwd", scores, "scores");
+    requireFloat("softmaxFwd", probs, "probs");
+    requireSize("softmaxFwd", probs, scores.size, "probs");
+    const sh = scores.shape;
+    if (sh.length < 2) throw new Error(`cuda softmaxFwd: scores must be at least 2-D, got ${shapeStr(sh)}`);
+    const sk = sh[sh.length - 1], sq = sh[sh.length - 2];
+    const np = sh.length >= 3 ? sh[sh.length - 3] : 1;
+    const rows = sk === 0 ? 0 : scores.size / sk;
+    let kind = 0;
+    let maskPtr = 0n;
+    if (mask.kind === "causal") kind = 1;
+    else if (mask.kind === "padding") {
+      kind = 2;
+      const b = np * sq === 0 ? 0 : rows / (np * sq);
+      requireDType("softmaxFwd", mask.mask, "u8", "padding mask");
+      requireSize("softmaxFwd", mask.mask, b * sq * sk, "padding mask [b, sq, sk]");
+      maskPtr = this.ptr(mask.mask);
+    }
+    this.launchRows(`md_softmax_fwd_${scores.dtype}_${probs.dtype}`, rows, sk, [
+      this.ptr(scores),
+      this.ptr(probs),
+      maskPtr,
+      kind,
+      scale,
+      np,
+      sq,
+      sk,
+    ]);
+  }
+
+  softmaxBwd(dprobs: Tensor, probs: Tensor, scale: number, dscores: Tensor): void {
+    requireFloat("softmaxBwd", probs, "probs");
+    requireSame("softmaxBwd", probs, dprobs, "probs/dprobs");
+    requireSame("softmaxBwd", probs, dscores, "probs/dscores");
+    requireSize("softmaxBwd", dprobs, probs.size, "dprobs");
+    requireSize("softmaxBwd", dscores, probs.size, "dscores");
+    const sk = probs.shape[probs.rank - 1] ?? 0;
+    const rows = sk === 0 ? 0 : probs.size / sk;
+    this.launchRows(`md_softmax_bwd_${probs.dtype}`, rows, sk, [
+      this.ptr(dprobs),
+      this.ptr(probs),
+      scale,
+      this.ptr(dscores),
+      sk,
+    ]);
+  }
+
+  private rngArgs(op: string, n: number, a: RngAddress): (number | bigint)[] {
+    if (!Number.isInteger(a.rowLen) || a.rowLen <= 0 || n % a.rowLen !== 0) {
+      throw new Error(`cuda ${op}: ${n} elements is not a multiple of addr.rowLen=${a.rowLen}`);
+    }
+    for (const k of ["base", "rowStride"] as const) {
+      if (!Number.isSafeInteger(a[k]) || a[k] < 0) {
+        throw new Error(`cuda ${op}: addr.${k}=${a[k]} must be a safe non-negative integer`);
+      }
+    }
+    return [
+      a.seed >>> 0,
+      a.stream >>> 0,
+      a.iteration >>> 0,
+      BigInt(a.base),
+      BigInt(a.rowStride),
+      BigInt(a.rowLen),
+    ];
+  }
+
+  dropout(x: Tensor, p: number, addr: RngAddress, y: Tensor): void {
+    requireFloat("dropout", x, "x");
+    requireSame("dropout", x, y, "x/y");
+    requireSize("dropout", y, x.size, "y");
+    if (!(p >= 0 && p < 1)) throw new Error(`cuda dropout: p must be in [0, 1), got ${p}`);
+    if (p === 0) return this.copy(x, y);
+    const rng = this.rngArgs("dropout", x.size, addr);
+    this.launch1d(`md_dropout_${x.dtype}`, x.size, [
+      this.ptr(x),
+      this.ptr(y),
+      x.size,
+      p,
+      keepScale(p),
+      ...rng,
+    ]);
+  }
+
+  biasDropoutAdd(
+    x: Tensor,
+    bias: Tensor | null,
+    residual: Tensor,
+    p: number,
+    addr: RngAddress,
+    out: Tensor,
+  ): void {
+    requireFloat("biasDropoutAdd", x, "x");
+    requireFloat("biasDropoutAdd", residual, "residual");
+    requireSame("biasDropoutAdd", residual, out, "residual/out");
+    requireSize("biasDropoutAdd", residual, x.size, "residual");
+    requireSize("biasDropoutAdd", out, x.size, "out");
+    if (!(p >= 0 && p < 1)) throw new Error(`cuda biasDropoutAdd: p must be in [0, 1), got ${p}`);
+    let h = x.shape[x.rank - 1] ?? 1;
+    if (bias) {
+      requireSame("biasDropoutAdd", x, bias, "x/bias");
+      h = bias.size;
+      if (h === 0 || x.size % h !== 0) {
+        throw new Error(`cuda biasDropoutAdd: x has ${x.size} elements, not rows x ${h}`);
+      }
+    }
+    const rng = p > 0 ? this.rngArgs("biasDropoutAdd", x.size, addr) : [0, 0, 0, 0n, 0n, 1n];
+    this.launch1d(`md_bias_dropout_add_${x.dtype}_${out.dtype}`, x.size, [
+      this.ptr(x),
+      bias ? this.ptr(bias) : 0n,
+      this.ptr(residual),
+      this.ptr(out),
+      x.size,
+      Math.max(h, 1),
+      p,
+      keepScale(p),
+      ...rng,
+    ]);
+  }
+
+  embeddingFwd(ids: Tensor, table: Tensor, out: Tensor, vocabStart: number): void {
+    const it = requireIndex("embeddingFwd", ids, "ids");
+    requireFloat("embeddingFwd", table, "table");
+    requireSame("embeddingFwd", table, out, "table/out");
+    if (table.rank !== 2) {
+      throw new Error(`cuda embeddingFwd: table must be [vocab, h], got ${shapeStr(table.shape)}`);
+    }
+    const [vocab, h] = table.shape;
+    requireSize("embeddingFwd", out, ids.size * h, "out");
+    this.launch1d(`md_embedding_fwd_${it}_${table.dtype}`, ids.size * h, [
+      this.ptr(ids),
+      this.ptr(table),
+      this.ptr(out),
+      ids.size,
+      h,
+      vocab,
+      BigInt(vocabStart),
+    ]);
+  }
+
+  embeddingBwd(ids: Tensor, dout: Tensor, dtable: Tensor, vocabStart: number): void {
+    const it = requireIndex("embeddingBwd", ids, "ids");
+    requireFloat("embeddingBwd", dout, "dout");
+    requireDType("embeddingBwd", dtable, "f32", "dtable");
+    if (dtable.rank !== 2) {
+      throw new Error(`cuda embeddingBwd: dtable must be [vocab, h], got ${shapeStr(dtable.shape)}`);
+    }
+    const [vocab, h] = dtable.shape;
+    requireSize("embeddingBwd", dout, ids.size * h, "dout");
+    this.launch1d(`md_embedding_bwd_${it}_${dout.dtype}`, ids.size * h, [
+      this.ptr(ids),
+      this.ptr(dout),
+      this.ptr(dtable),
+      ids.size,
+      h,
+      vocab,
+      BigInt(vocabStart),
+    ]);
+  }
+
+  private ceRows(op: string, logits: Tensor): { rows: number; V: number } {
+    requireFloat(op, logits, "logits");
+    const V = logits.shape[logits.rank - 1] ?? 0;
+    return { rows: V === 0 ? 0 : logits.size / V, V };
+  }
+
+  private requireRowsF32(op: string, rows: number, ts: [Tensor, string][]): void {
+    for (const [t, w] of ts) {
+      requireDType(op, t, "f32", w);
+      requireSize(op, t, rows, w);
+    }
+  }
+
+  ceStats(logits: Tensor, targets: Tensor, vocabStart: number, rowMax: Tensor, targetLogit: Tensor): void {
+    const { rows, V } = this.ceRows("ceStats", logits);
+    const it = requireIndex("ceStats", targets, "targets");
+    requireSize("ceStats", targets, rows, "targets");
+    this.requireRowsF32("ceStats", rows, [[rowMax, "rowMax"], [targetLogit, "targetLogit"]]);
+    this.launchRows(`md_ce_stats_${it}_${logits.dtype}`, rows, V, [
+      this.ptr(logits),
+      this.ptr(targets),
+      BigInt(vocabStart),
+      this.ptr(rowMax),
+      this.ptr(targetLogit),
+      V,
+    ]);
+  }
+
+  ceSumExp(logits: Tensor, globalMax: Tensor, sumExp: Tensor): void {
+    const { rows, V } = this.ceRows("ceSumExp", logits);
+    this.requireRowsF32("ceSumExp", rows, [[globalMax, "globalMax"], [sumExp, "sumExp"]]);
+    this.launchRows(`md_ce_sumexp_${logits.dtype}`, rows, V, [
+      this.ptr(logits),
+      this.ptr(globalMax),
+      this.ptr(sumExp),
+      V,
+    ]);
+  }
+
+  ceLoss(globalMax: Tensor, sumExp: Tensor, targetLogit: Tensor, loss: Tensor): void {
+    const rows = loss.size;
+    this.requireRowsF32("ceLoss", rows, [[globalMax, "globalMax"], [sumExp, "sumExp"], [
+      targetLogit,
+      "targetLogit",
+    ], [
+      loss,
+      "loss",
+    ]]);
+    this.launch1d("md_ce_loss", rows, [
+      this.ptr(globalMax),
+      this.ptr(sumExp),
+      this.ptr(targetLogit),
+      this.ptr(loss),
+      rows,
+    ]);
+  }
+
+  ceBwd(
+    logits: Tensor,
+    targets: Tensor,
+    vocabStart: number,
+    globalMax: Tensor,
+    sumExp: Tensor,
+    dloss: Tensor,
+    dlogits: Tensor,
+  ): void {
+    const { rows, V } = this.ceRows("ceBwd", logits);
+    const it = requireIndex("ceBwd", targets, "targets");
+    requireSize("ceBwd", targets, rows, "targets");
+    requireSame("ceBwd", logits, dlogits, "logits/dlogits");
+    requireSize("ceBwd", dlogits, logits.size, "dlogits");
+    this.requireRowsF32("ceBwd", rows, [[globalMax, "globalMax"], [sumExp, "sumExp"], [dloss, "dloss"]]);
+    this.launchRows(`md_ce_bwd_${it}_${logits.dtype}`, rows, V, [
+      this.ptr(logits),
+      this.ptr(targets),
+      BigInt(vocabStart),
+      this.ptr(globalMax),
+      this.ptr(sumExp),
+      this.ptr(dloss),
+      this.ptr(dlogits),
+      V,
+    ]);
+  }
+
+  // ---- optimizer and reductions ------------------------------------------------------------
+  adamStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, a: AdamArgs): void {
+    for (const [t, w] of [[param, "param"], [m, "m"], [v, "v"]] as const) {
+      requireDType("adamStep", t, "f32", w);
+      requireSize("adamStep", t, param.size, w);
+    }
+    requireFloat("adamStep", grad, "grad");
+    requireSize("adamStep", grad, param.size, "grad");
+    if (!(a.step >= 1)) throw new Error(`cuda adamStep: step must be >= 1, got ${a.step}`);
+    const bc1 = 1 - Math.pow(a.beta1, a.step);
+    const bc2 = 1 - Math.pow(a.beta2, a.step);
+    this.launch1d(`md_adam_${grad.dtype}`, param.size, [
+      this.ptr(param),
+      this.ptr(grad),
+      this.ptr(m),
+      this.ptr(v),
+      param.size,
+      a.lr,
+      a.beta1,
+      a.beta2,
+      a.eps,
+      a.weightDecay,
+      bc1,
+      bc2,
+    ]);
+  }
+
+  sgdStep(param: Tensor, grad: Tensor, buf: Tensor, a: SgdArgs): void {
+    requireDType("sgdStep", param, "f32", "param");
+    requireDType("sgdStep", buf, "f32", "momentumBuf");
+    requireFloat("sgdStep", grad, "grad");
+    requireSize("sgdStep", grad, param.size, "grad");
+    requireSize("sgdStep", buf, param.size, "momentumBuf");
+    this.launch1d(`md_sgd_${grad.dtype}`, param.size, [
+      this.ptr(param),
+      this.ptr(grad),
+      this.ptr(buf),
+      param.size,
+      a.lr,
+      a.momentum,
+      a.weightDecay,
+      a.firstStep ? 1 : 0,
+    ]);
+  }
+
+  sumSquares(x: Tensor, out: Tensor, accumulate: boolean): void {
+    requireFloat("sumSquares", x, "x");
+    requireDType("sumSquares", out, "f32", "out");
+    requireSize("sumSquares", out, 1, "out");
+    if (!accumulate) this.rt.memsetAsync(this.ptr(out), 0, 4, this.stream);
+    this.launch1d(`md_sumsquares_${x.dtype}`, x.size, [this.ptr(x), this.ptr(out), x.size]);
+  }
+
+  nonFinite(x: Tensor, flag: Tensor): void {
+    requireFloat("nonFinite", x, "x");
+    requireDType("nonFinite", flag, "f32", "flag");
+    requireSize("nonFinite", flag, 1, "flag");
+    this.launch1d(`md_nonfinite_${x.dtype}`, x.size, [this.ptr(x), this.ptr(flag), x.size]);
+  }
+}
+
+export function createCudaBackend(opts: CudaBackendOptions = {}): Promise<CudaBackend> {
+  return CudaBackend.create(opts);
+}
+
+export type CudaProbe = { ok: true; description: string } | { ok: false; reason: string };
+
+/**
+ * Cheap check whether the CUDA backend can run here: the runtime, driver and cuBLAS libraries
+ * load, the driver accepts the runtime and at least one GPU is visible. Creates no context.
+ */
+export function probeCuda(env: DiscoverEnv = realDiscoverEnv()): CudaProbe {
+  let rt: Cudart | null = null;
+  try {
+    rt = Cudart.open(env);
+    const count = rt.deviceCount();
+    if (count < 1) return { ok: false, reason: "cudaGetDeviceCount: no CUDA device visible" };
+    CudaDriver.open(env).close();
+    Cublas.open(env).close();
+    return { ok: true, description: `${count} CUDA device(s), runtime ${rt.runtimeVersion()}` };
+  } catch (e) {
+    return { ok: false, reason: (e as Error).message };
+  } finally {
+    rt?.close();
+  }
+}

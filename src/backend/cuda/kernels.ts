@@ -1,0 +1,172 @@
+// The kernel library: fatbins from kernels/dist (built by scripts/build_kernels.ts), loaded into
+// the current CUDA context, functions resolved once on first use, and the argument layout of
+// every kernel family (must match the extern "C" signatures in kernels/*.cu).
+
+import type { ArgKind, CudaDriver, CuFunction, CuModule } from "../../../ffi/cuda.ts";
+
+export const FATBINS = ["elementwise.fatbin", "transformer.fatbin", "train.fatbin"] as const;
+
+/** Argument kinds per kernel family (the name prefix before the dtype suffixes). */
+export const KERNEL_ARGS: Readonly<Record<string, readonly ArgKind[]>> = {
+  md_copy: ["ptr", "ptr", "u64"],
+  md_fill: ["ptr", "u64", "f32"],
+  md_fill_i32: ["ptr", "u64", "i32"],
+  md_scale: ["ptr", "ptr", "u64", "f32"],
+  md_add: ["ptr", "ptr", "ptr", "u64", "f32", "f32"],
+  md_transpose12: ["ptr", "ptr", "u64", "u64", "u64", "u64"],
+  md_colpartial: ["ptr", "ptr", "u64", "u64"],
+  md_colfinish: ["ptr", "ptr", "u64", "u64", "i32"],
+  md_sumsquares: ["ptr", "ptr", "u64"],
+  md_nonfinite: ["ptr", "ptr", "u64"],
+  md_layernorm_fwd: ["ptr", "ptr", "ptr", "f32", "ptr", "ptr", "ptr", "u64"],
+  md_layernorm_bwd_dx: ["ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "u64"],
+  md_layernorm_bwd_params: ["ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "u64", "u64"],
+  md_bias_gelu_fwd: ["ptr", "ptr", "ptr", "u64", "u64"],
+  md_bias_gelu_bwd: ["ptr", "ptr", "ptr", "ptr", "u64", "u64"],
+  md_softmax_fwd: ["ptr", "ptr", "ptr", "i32", "f32", "u64", "u64", "u64"],
+  md_softmax_bwd: ["ptr", "ptr", "f32", "ptr", "u64"],
+  md_dropout: ["ptr", "ptr", "u64", "f32", "f32", "u32", "u32", "u32", "u64", "u64", "u64"],
+  md_bias_dropout_add: [
+    "ptr",
+    "ptr",
+    "ptr",
+    "ptr",
+    "u64",
+    "u64",
+    "f32",
+    "f32",
+    "u32",
+    "u32",
+    "u32",
+    "u64",
+    "u64",
+    "u64",
+  ],
+  md_embedding_fwd: ["ptr", "ptr", "ptr", "u64", "u64", "u64", "i64"],
+  md_embedding_bwd: ["ptr", "ptr", "ptr", "u64", "u64", "u64", "i64"],
+  md_ce_stats: ["ptr", "ptr", "i64", "ptr", "ptr", "u64"],
+  md_ce_sumexp: ["ptr", "ptr", "ptr", "u64"],
+  md_ce_loss: ["ptr", "ptr", "ptr", "ptr", "u64"],
+  md_ce_bwd: ["ptr", "ptr", "i64", "ptr", "ptr", "ptr", "ptr", "u64"],
+  md_adam: ["ptr", "ptr", "ptr", "ptr", "u64", "f32", "f32", "f32", "f32", "f32", "f32", "f32"],
+  md_sgd: ["ptr", "ptr", "ptr", "u64", "f32", "f32", "f32", "i32"],
+};
+
+/** Full kernel name: family plus dtype suffixes, e.g. kernelName("md_add", "f32", "bf16", "f32"). */
+export function kernelName(family: string, ...suffixes: string[]): string {
+  return [family, ...suffixes].join("_");
+}
+
+/** Every kernel name the backend may request (used to check the fatbins on CPU). */
+export function allKernelNames(): string[] {
+  const F = ["f32", "f16", "bf16"];
+  const I = ["i32", "i64"];
+  const out: string[] = [];
+  const pairs = F.flatMap((a) => F.map((b) => [a, b]));
+  for (const [a, b] of pairs) {
+    out.push(kernelName("md_copy", a, b), kernelName("md_scale", a, b), kernelName("md_softmax_fwd", a, b));
+    out.push(kernelName("md_bias_dropout_add", a, b));
+    for (const c of F) out.push(kernelName("md_add", a, b, c));
+  }
+  for (const t of F) {
+    for (
+      const fam of [
+        "md_fill",
+        "md_colpartial",
+        "md_colfinish",
+        "md_sumsquares",
+        "md_nonfinite",
+        "md_layernorm_fwd",
+        "md_layernorm_bwd_dx",
+        "md_layernorm_bwd_params",
+        "md_bias_gelu_fwd",
+        "md_bias_gelu_bwd",
+        "md_softmax_bwd",
+        "md_dropout",
+        "md_ce_sumexp",
+        "md_adam",
+        "md_sgd",
+      ]
+    ) out.push(kernelName(fam, t));
+    for (const i of I) {
+      for (const fam of ["md_embedding_fwd", "md_embedding_bwd", "md_ce_stats", "md_ce_bwd"]) {
+        out.push(kernelName(fam, i, t));
+      }
+    }
+  }
+  out.push("md_fill_i32", "md_ce_loss");
+  for (const w of [1, 2, 4, 8]) out.push(`md_transpose12_b${w}`);
+  return out;
+}
+
+/** The argument kinds of a full kernel name (longest matching family prefix). */
+export function argKindsFor(name: string): readonly ArgKind[] {
+  if (name in KERNEL_ARGS) return KERNEL_ARGS[name];
+  let best = "";
+  for (const fam of Object.keys(KERNEL_ARGS)) {
+    if (name.startsWith(fam + "_") && fam.length > best.length) best = fam;
+  }
+  if (!best) throw new Error(`cuda kernels: no argument layout for kernel ${name}`);
+  return KERNEL_ARGS[best];
+}
+
+/** Reads a fatbin next to this module's package: fetch for http(s), the file system otherwise. */
+export async function readFatbin(url: URL): Promise<Uint8Array<ArrayBuffer>> {
+  if (url.protocol === "http:" || url.protocol === "https:") {
+    const r = await fetch(url);
+    if (!r.ok) throw new Error(`cuda kernels: GET ${url.href} returned ${r.status}`);
+    return new Uint8Array(await r.arrayBuffer());
+  }
+  try {
+    return await Deno.readFile(url);
+  } catch (e) {
+    throw new Error(
+      `cuda kernels: cannot read ${url.href} (${
+        (e as Error).message
+      }); build it with 'deno task build:kernels'`,
+    );
+  }
+}
+
+export class KernelLibrary {
+  private readonly fns = new Map<string, { fn: CuFunction; kinds: readonly ArgKind[] }>();
+
+  private constructor(private readonly drv: CudaDriver, private readonly modules: CuModule[]) {}
+
+  static async load(drv: CudaDriver, distUrl: URL): Promise<KernelLibrary> {
+    const mods: CuModule[] = [];
+    for (const f of FATBINS) {
+      const bytes = await readFatbin(new URL(f, distUrl));
+      try {
+        mods.push(drv.loadModule(bytes));
+      } catch (e) {
+        throw new Error(`${(e as Error).message} while loading kernels/dist/${f}`);
+      }
+    }
+    return new KernelLibrary(drv, mods);
+  }
+
+  get(name: string): { fn: CuFunction; kinds: readonly ArgKind[] } {
+    let k = this.fns.get(name);
+    if (k) return k;
+    for (const m of this.modules) {
+      try {
+        k = { fn: this.drv.getFunction(m, name), kinds: argKindsFor(name) };
+        break;
+      } catch { /* try the next module */ }
+    }
+    if (!k) {
+      throw new Error(
+        `cuda kernels: ${name} not found in kernels/dist (rebuild with deno task build:kernels)`,
+      );
+    }
+    this.fns.set(name, k);
+    return k;
+  }
+
+  unload(): void {
+    for (const m of this.modules) this.drv.unloadModule(m);
+    this.modules.length = 0;
+    this.fns.clear();
+  }
+}

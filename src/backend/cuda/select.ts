@@ -1,0 +1,37 @@
+// Backend selection for --device cuda|cpu|auto. auto picks CUDA when the driver, a GPU and the
+// libraries are present and otherwise falls back to the CPU, reporting why.
+
+import type { Backend } from "../backend.ts";
+import { createCpuBackend } from "../cpu/cpu_backend.ts";
+import { createCudaBackend, type CudaBackendOptions, type CudaProbe, probeCuda } from "./cuda_backend.ts";
+
+export type DeviceFlag = "cuda" | "cpu" | "auto";
+
+export interface SelectedBackend {
+  backend: Backend;
+  /** One line for the log: what was chosen and, for auto without CUDA, why. */
+  note: string;
+}
+
+export function parseDeviceFlag(value: string): DeviceFlag {
+  if (value === "cuda" || value === "cpu" || value === "auto") return value;
+  throw new Error(`--device: expected cuda, cpu or auto, found '${value}'`);
+}
+
+export async function selectBackend(
+  device: DeviceFlag,
+  opts: CudaBackendOptions & { probe?: () => CudaProbe } = {},
+): Promise<SelectedBackend> {
+  if (device === "cpu") {
+    const b = createCpuBackend();
+    return { backend: b, note: `device: ${b.description}` };
+  }
+  const probe = (opts.probe ?? (() => probeCuda(opts.env)))();
+  if (!probe.ok) {
+    if (device === "cuda") throw new Error(`--device cuda: CUDA is not usable: ${probe.reason}`);
+    const b = createCpuBackend();
+    return { backend: b, note: `device: auto chose cpu (no CUDA: ${probe.reason}); ${b.description}` };
+  }
+  const b = await createCudaBackend(opts);
+  return { backend: b, note: `device: ${b.description}` };
+}
