@@ -681,22 +681,28 @@ export class CpuBackend implements Backend {
     const f64 = all64(scores, probs);
     const sc = f64 ? scale : Math.fround(scale);
     const row = f64 ? new Float64Array(sk) : new Float32Array(sk);
+    const cut = f64 ? -746 : -110;
     for (let bi = 0; bi < b; bi++) {
       for (let hi = 0; hi < np; hi++) {
         for (let i = 0; i < sq; i++) {
           const o = ((bi * np + hi) * sq + i) * sk;
           const mo = (bi * sq + i) * sk;
-          const lim = i + (sk - sq); // causal: j > lim masked
+          // Causal: keys j > i + (sk - sq) are masked, i.e. only j < end are scored.
+          const end = causal ? Math.min(sk, Math.max(0, i + (sk - sq) + 1)) : sk;
           let mx = -Infinity;
-          for (let j = 0; j < sk; j++) {
-            let v = sc * S[o + j];
-            if ((causal && j > lim) || (pm !== null && pm[mo + j] !== 0)) v = -10000;
-            row[j] = v;
+          for (let j = 0; j < end; j++) {
+            row[j] = pm !== null && pm[mo + j] !== 0 ? -10000 : sc * S[o + j];
             if (row[j] > mx) mx = row[j];
+          }
+          if (end < sk) {
+            row.fill(-10000, end, sk);
+            if (mx < -10000) mx = -10000;
           }
           let sum = 0;
           for (let j = 0; j < sk; j++) {
-            row[j] = Math.exp(row[j] - mx);
+            // Math.exp takes a slow path far below its underflow; expf is already 0 there.
+            const d = row[j] - mx;
+            row[j] = d < cut ? 0 : Math.exp(d);
             sum += row[j];
           }
           if (!f64) sum = Math.fround(sum);
