@@ -337,3 +337,13 @@ Deno.test("createMegatronOptimizer: Megatron's choices from flag values", async 
   setGrad(b, v, [Infinity]);
   assert.equal((await bf16.step(4)).skipped, false);
 });
+
+Deno.test("optimizer: a bad param is rejected before any main copy is allocated", () => {
+  const b = backend();
+  const ok = mkParam(b, "ok", "f16", [1]);
+  const bad = { ...mkParam(b, "bad", "f16", [1]), grad: b.zeros("bf16", [1]) };
+  assert.throws(() => new MegatronOptimizer(b, [ok, bad], constLr(1)), /bad: grad is bf16, expected f32/);
+  assert.equal(ok.main, null);
+  const i = mkParam(b, "i", "i32", [1]);
+  assert.throws(() => new MegatronOptimizer(b, [i], constLr(1)), /i: cannot optimize a i32 parameter/);
+});

@@ -172,45 +172,47 @@ export class MegatronOptimizer {
       step: 0,
       slots: [],
     }];
+    for (const p of params) this.#check(p);
     for (const p of params) groups[p.noWeightDecay ? 1 : 0].slots.push(this.#makeSlot(p));
     this.#groups = groups;
     this.#flag = backend.zeros("f32", [1]);
     this.#normScratch = { f32: backend.zeros("f32", [1]), f64: backend.zeros("f64", [1]) };
   }
 
-  #makeSlot(p: Param): Slot {
-    const b = this.backend;
+  /** Validates a param before anything is allocated, so a bad one leaves every param untouched. */
+  #check(p: Param): void {
+    const shape = shapeStr(p.value.shape);
     if (!sameShape(p.grad.shape, p.value.shape)) {
-      fail(
-        `${p.name}: grad shape ${shapeStr(p.grad.shape)} differs from value shape ${shapeStr(p.value.shape)}`,
-      );
+      fail(`${p.name}: grad shape ${shapeStr(p.grad.shape)} differs from value shape ${shape}`);
     }
-    let target = p.value;
-    if (isHalf(p.value.dtype)) {
-      if (p.main === null) {
-        // Megatron clones the half params into f32 main params when the optimizer is built.
-        p.main = b.zeros("f32", p.value.shape);
-        b.copy(p.value, p.main);
-        this.#ownedMain.push(p.main);
-      }
-      target = p.main;
-    } else if (p.main !== null) {
+    const half = isHalf(p.value.dtype);
+    if (!half && p.main !== null) {
       fail(`${p.name}: has a main copy but its value is ${p.value.dtype}, not f16/bf16`);
     }
-    if (target.dtype !== "f32" && target.dtype !== "f64") {
-      fail(
-        `${p.name}: cannot optimize a ${target.dtype} parameter (expected f32, f64, or half with f32 main)`,
-      );
+    if (!half && p.value.dtype !== "f32" && p.value.dtype !== "f64") {
+      fail(`${p.name}: cannot optimize a ${p.value.dtype} parameter (expected f32, f64, f16 or bf16)`);
     }
-    if (!sameShape(target.shape, p.value.shape)) {
-      fail(
-        `${p.name}: main shape ${shapeStr(target.shape)} differs from value shape ${shapeStr(p.value.shape)}`,
-      );
+    if (half && p.main !== null) {
+      if (p.main.dtype !== "f32") fail(`${p.name}: main copy is ${p.main.dtype}, expected f32`);
+      if (!sameShape(p.main.shape, p.value.shape)) {
+        fail(`${p.name}: main shape ${shapeStr(p.main.shape)} differs from value shape ${shape}`);
+      }
     }
-    const stateDtype = target.dtype;
-    if (p.grad.dtype !== stateDtype) fail(`${p.name}: grad is ${p.grad.dtype}, expected ${stateDtype}`);
-    const m = b.zeros(stateDtype, target.shape);
-    const v = this.kind === "adam" ? b.zeros(stateDtype, target.shape) : null;
+    const want = half ? "f32" : p.value.dtype;
+    if (p.grad.dtype !== want) fail(`${p.name}: grad is ${p.grad.dtype}, expected ${want}`);
+  }
+
+  #makeSlot(p: Param): Slot {
+    const b = this.backend;
+    if (isHalf(p.value.dtype) && p.main === null) {
+      // Megatron clones the half params into f32 main params when the optimizer is built.
+      p.main = b.zeros("f32", p.value.shape);
+      b.copy(p.value, p.main);
+      this.#ownedMain.push(p.main);
+    }
+    const target = p.main ?? p.value;
+    const m = b.zeros(target.dtype, target.shape);
+    const v = this.kind === "adam" ? b.zeros(target.dtype, target.shape) : null;
     return { param: p, target, m, v };
   }
 
