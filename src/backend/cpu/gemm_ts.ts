@@ -62,11 +62,42 @@ export function gemmTs(
           for (let p = 0; p < kb; p++) bp[p * nb + j] = b[src + p];
         }
       }
-      for (let i = 0; i < m; i++) {
+      // Micro-kernel: 4 rows of C x 2 k-steps per pass over the packed rows, so each loaded B
+      // value feeds 4 multiply-adds and each C element is loaded/stored once per 2 k-steps.
+      const aAt = (i: number, p: number): number =>
+        transA ? alpha * a[aOff + (p0 + p) * lda + i] : alpha * a[aOff + i * lda + p0 + p];
+      let i = 0;
+      for (; i + 4 <= m; i += 4) {
+        const c0 = cOff + i * ldc + j0, c1 = c0 + ldc, c2 = c1 + ldc, c3 = c2 + ldc;
+        let p = 0;
+        for (; p + 2 <= kb; p += 2) {
+          const a00 = aAt(i, p), a01 = aAt(i, p + 1), a10 = aAt(i + 1, p), a11 = aAt(i + 1, p + 1);
+          const a20 = aAt(i + 2, p), a21 = aAt(i + 2, p + 1), a30 = aAt(i + 3, p), a31 = aAt(i + 3, p + 1);
+          const r0 = p * nb, r1 = r0 + nb;
+          for (let j = 0; j < nb; j++) {
+            const b0 = bp[r0 + j], b1 = bp[r1 + j];
+            c[c0 + j] += a00 * b0 + a01 * b1;
+            c[c1 + j] += a10 * b0 + a11 * b1;
+            c[c2 + j] += a20 * b0 + a21 * b1;
+            c[c3 + j] += a30 * b0 + a31 * b1;
+          }
+        }
+        for (; p < kb; p++) {
+          const a0 = aAt(i, p), a1 = aAt(i + 1, p), a2 = aAt(i + 2, p), a3 = aAt(i + 3, p);
+          const r0 = p * nb;
+          for (let j = 0; j < nb; j++) {
+            const b0 = bp[r0 + j];
+            c[c0 + j] += a0 * b0;
+            c[c1 + j] += a1 * b0;
+            c[c2 + j] += a2 * b0;
+            c[c3 + j] += a3 * b0;
+          }
+        }
+      }
+      for (; i < m; i++) {
         const cr = cOff + i * ldc + j0;
         for (let p = 0; p < kb; p++) {
-          const av = transA ? a[aOff + (p0 + p) * lda + i] : a[aOff + i * lda + p0 + p];
-          const s = alpha * av;
+          const s = aAt(i, p);
           const br = p * nb;
           for (let j = 0; j < nb; j++) c[cr + j] += s * bp[br + j];
         }
