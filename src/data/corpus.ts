@@ -17,7 +17,7 @@ export interface CorpusOptions {
   /** GPT-2 vocabulary/merges, passed to the tokenizer (default: whatever src/tokenizer bundles). */
   vocabFile?: string;
   mergeFile?: string;
-  /** Tokenizer workers (default 2). */
+  /** Tokenizer workers (default 1: for ~11 MB, worker start-up costs about what it saves). */
   workers?: number;
   /** Module exporting buildTokenizer() to use instead of GPT-2 (tests only; recorded in the manifest). */
   tokenizerModule?: string;
@@ -130,7 +130,7 @@ export async function ensureDefaultCorpus(opts: CorpusOptions = {}): Promise<{ p
     appendEod: true,
     outputPrefix: join(dir, "sotu"),
     datasetImpl: "mmap",
-    workers: opts.workers ?? 2,
+    workers: opts.workers ?? 1,
     logInterval: 50,
     skipInvalid: false,
   }, { log });

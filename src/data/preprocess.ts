@@ -188,16 +188,10 @@ function buildArgs(spec: TokenizerSpec) {
   };
 }
 
-/** Resolves the tokenizer named by the spec (src/tokenizer unless spec.tokenizerModule is set). */
-export async function resolveTokenizer(
-  spec: TokenizerSpec,
-): Promise<{ tokenizer: PreprocessTokenizer; source: TokenizerSource }> {
-  if (spec.tokenizerModule !== undefined) {
-    const source: TokenizerSource = { kind: "module", url: spec.tokenizerModule, spec };
-    return { tokenizer: await tokenizerFromSource(source), source };
-  }
-  const files = await readTokenizerFiles(buildArgs(spec));
-  return { tokenizer: tokenizerFromFiles(files), source: { kind: "files", files } };
+/** Where the tokenizer comes from: src/tokenizer's files (read here, once) or an injected module. */
+export async function tokenizerSourceFor(spec: TokenizerSpec): Promise<TokenizerSource> {
+  if (spec.tokenizerModule !== undefined) return { kind: "module", url: spec.tokenizerModule, spec };
+  return { kind: "files", files: await readTokenizerFiles(buildArgs(spec)) };
 }
 
 /** Builds a tokenizer from a source (used by workers). */
@@ -467,10 +461,6 @@ function fmtTime(s: number): string {
 export async function preprocess(opts: PreprocessOptions, run: RunOptions = {}): Promise<PreprocessResult> {
   const log = run.log ?? (() => {});
   const t0 = performance.now();
-  const { tokenizer: tok, source } = await resolveTokenizer(opts);
-  if (opts.appendEod && eodOf(tok) === null) {
-    throw new Error(`--append-eod: tokenizer ${opts.tokenizerType} has no end-of-document token`);
-  }
   const encodeOpts: EncodeOptions = {
     jsonKeys: opts.jsonKeys,
     splitSentences: opts.splitSentences,
@@ -483,12 +473,23 @@ export async function preprocess(opts: PreprocessOptions, run: RunOptions = {}):
   } catch (e) {
     throw new Error(`${opts.input}: cannot open input: ${(e as Error).message}`);
   }
+  const source = await tokenizerSourceFor(opts);
+  // Workers start loading while this thread builds its own copy (needed for vocab size and eod).
+  const pool = opts.workers > 1 ? workerPoolEncoder(opts.workers, source, encodeOpts) : null;
+  let tok: PreprocessTokenizer;
+  try {
+    tok = await tokenizerFromSource(source);
+    if (opts.appendEod && eodOf(tok) === null) {
+      throw new Error(`--append-eod: tokenizer ${opts.tokenizerType} has no end-of-document token`);
+    }
+  } catch (e) {
+    pool?.then((p) => p.close(), () => {});
+    throw e;
+  }
+  const encoder = pool !== null ? await pool : inProcessEncoder(tok, encodeOpts);
   const dtype = bestDtypeForVocab(tok.vocabSize);
   const prefixes = opts.jsonKeys.map((k) => outputPrefixFor(opts.outputPrefix, k, opts.splitSentences));
   const builders: MMapIndexedDatasetBuilder[] = [];
-  const encoder = opts.workers <= 1
-    ? inProcessEncoder(tok, encodeOpts)
-    : await workerPoolEncoder(opts.workers, source, encodeOpts);
   const progress = { bytes: 0 };
   let documents = 0;
   let skipped = 0;
