@@ -1,0 +1,120 @@
+// CPU-only checks of the CUDA FFI layer: library search order, the one-line "not found" error,
+// status messages and cuLaunchKernel argument packing.
+import assert from "node:assert/strict";
+import {
+  candidatePaths,
+  cStr,
+  type DiscoverEnv,
+  openLibrary,
+  searchDirs,
+  sitePackagesDirs,
+  statusError,
+} from "../ffi/discover.ts";
+import { type ArgKind, packKernelArgs } from "../ffi/cuda.ts";
+
+function fakeEnv(vars: Record<string, string>, sitePackages: string[] = []): DiscoverEnv {
+  return { get: (n) => vars[n], sitePackages, pythonSitePackages: () => [] };
+}
+
+Deno.test("discover: env var first, then LD_LIBRARY_PATH, CUDA_HOME, toolkit, system, wheels", () => {
+  const env = fakeEnv(
+    { MEGATRON_DENO_CUBLAS: "/x/libcublas.so.99", LD_LIBRARY_PATH: "/ld1::/ld2", CUDA_HOME: "/opt/cuda" },
+    ["/venv/lib/python3.12/site-packages"],
+  );
+  const c = candidatePaths("cublas", env);
+  assert.equal(c[0], "/x/libcublas.so.99");
+  assert.equal(c[1], "/ld1/libcublas.so");
+  const idx = (p: string) => c.indexOf(p);
+  assert.ok(idx("/ld2/libcublas.so") > 0);
+  assert.ok(idx("/ld2/libcublas.so") < idx("/opt/cuda/lib64/libcublas.so"));
+  assert.ok(idx("/opt/cuda/lib64/libcublas.so") < idx("/usr/local/cuda/lib64/libcublas.so"));
+  assert.ok(idx("/usr/local/cuda/lib64/libcublas.so") < idx("/usr/local/nvidia/lib64/libcublas.so"));
+  assert.ok(
+    idx("/usr/lib/x86_64-linux-gnu/libcublas.so") <
+      idx("/venv/lib/python3.12/site-packages/nvidia/cublas/lib/libcublas.so"),
+  );
+  assert.equal(new Set(c).size, c.length, "no duplicates");
+  // cuBLASLt and NCCL come from their own wheels.
+  assert.ok(
+    candidatePaths("cublaslt", env).includes(
+      "/venv/lib/python3.12/site-packages/nvidia/cublas/lib/libcublasLt.so",
+    ),
+  );
+  assert.ok(
+    candidatePaths("nccl", env).includes("/venv/lib/python3.12/site-packages/nvidia/nccl/lib/libnccl.so.2"),
+  );
+  assert.ok(searchDirs(fakeEnv({})).includes("/usr/local/cuda/lib64"));
+});
+
+Deno.test("discover: site-packages found under common prefixes without python", () => {
+  const tree: Record<string, string[]> = {
+    "/venv/lib": ["python3.11", "pkgconfig"],
+    "/usr/local/lib": ["python3.12"],
+    "/home/u/.local/lib": ["python3.12"],
+  };
+  const dirs = sitePackagesDirs(fakeEnv({ VIRTUAL_ENV: "/venv", HOME: "/home/u" }), (p) => tree[p] ?? []);
+  assert.deepEqual(dirs, [
+    "/venv/lib/python3.11/site-packages",
+    "/venv/lib/python3.11/dist-packages",
+    "/home/u/.local/lib/python3.12/site-packages",
+    "/home/u/.local/lib/python3.12/dist-packages",
+    "/usr/local/lib/python3.12/site-packages",
+    "/usr/local/lib/python3.12/dist-packages",
+  ]);
+});
+
+Deno.test("discover: a missing library is one line naming every path tried", () => {
+  let asked = 0;
+  const env: DiscoverEnv = {
+    get: (n) => ({ MEGATRON_DENO_NCCL: "/nonexistent/libnccl.so", LD_LIBRARY_PATH: "/nonexistent-dir" })[n],
+    sitePackages: ["/nonexistent-sp"],
+    pythonSitePackages: () => {
+      asked++;
+      return ["/nonexistent-py"];
+    },
+  };
+  let msg = "";
+  try {
+    openLibrary("nccl", { ncclGetVersion: { parameters: ["buffer"], result: "i32" } }, env);
+  } catch (e) {
+    msg = (e as Error).message;
+  }
+  assert.ok(!msg.includes("\n"), "one line");
+  assert.match(msg, /^nccl: library not found or not loadable \(set MEGATRON_DENO_NCCL\); tried: /);
+  for (
+    const p of [
+      "/nonexistent/libnccl.so",
+      "/nonexistent-dir/libnccl.so.2",
+      "/nonexistent-sp/nvidia/nccl/lib/libnccl.so",
+      "/nonexistent-py/nvidia/nccl/lib/libnccl.so.2",
+    ]
+  ) {
+    assert.ok(msg.includes(p), `lists ${p}`);
+  }
+  assert.equal(asked, 1, "python consulted once, only after everything else failed");
+});
+
+Deno.test("discover: status errors and C strings", () => {
+  assert.equal(
+    statusError("cublasGemmEx", "CUBLAS_STATUS_INVALID_VALUE", 7).message,
+    "cublasGemmEx: CUBLAS_STATUS_INVALID_VALUE (7)",
+  );
+  assert.deepEqual([...cStr("md_fill_f32")].slice(-3), [51, 50, 0]);
+});
+
+Deno.test("cuda: kernel argument packing writes 8-byte slots and their addresses", () => {
+  const slots = new DataView(new ArrayBuffer(64));
+  const table = new BigUint64Array(8);
+  const kinds: ArgKind[] = ["ptr", "u64", "f32", "i32", "u32", "i64"];
+  packKernelArgs(kinds, [0x7f0012345678n, 3, 1.5, -2, 0xfffffffe, -5n], slots, table, 0x1000n);
+  assert.deepEqual([...table.slice(0, 6)], [0x1000n, 0x1008n, 0x1010n, 0x1018n, 0x1020n, 0x1028n]);
+  const bytes = new Uint8Array(slots.buffer);
+  assert.deepEqual([...bytes.slice(0, 8)], [0x78, 0x56, 0x34, 0x12, 0x00, 0x7f, 0, 0]);
+  assert.equal(slots.getBigUint64(8, true), 3n);
+  assert.deepEqual([...bytes.slice(16, 20)], [0x00, 0x00, 0xc0, 0x3f]); // 1.5f little-endian
+  assert.equal(slots.getInt32(24, true), -2);
+  assert.equal(slots.getUint32(32, true), 0xfffffffe);
+  assert.equal(slots.getBigInt64(40, true), -5n);
+  assert.throws(() => packKernelArgs(["ptr"], [1n, 2n], slots, table, 0n), /1 parameter kinds but 2 values/);
+  assert.throws(() => packKernelArgs(Array(9).fill("i32"), Array(9).fill(0), slots, table, 0n), /exceed/);
+});
