@@ -123,19 +123,21 @@ for (const [method, n] of [["uniform", 1], ["uniform", 2], ["block", 2], ["block
   });
 }
 
-Deno.test("gpt: uniform recompute passes the finite-difference check", async () => {
-  const m = model({ activationsCheckpointMethod: "uniform", activationsCheckpointNumLayers: 2 });
-  const bt = batch(2, 6, 3);
-  m.zeroGrads();
-  await step(m, bt, 2);
-  const res = await checkGradients(
-    backend,
-    m.params().map((p) => ({ name: p.name, value: p.value, grad: p.grad })),
-    async () => 2 * await lossOnly(m, bt),
-    { samples: 2 },
-  );
-  assert.deepEqual(res.failures, [], `worst ${res.worst} at ${res.worstAt}`);
-});
+for (const method of ["uniform", "block"] as const) {
+  Deno.test(`gpt: ${method} recompute passes the finite-difference check`, async () => {
+    const m = model({ activationsCheckpointMethod: method, activationsCheckpointNumLayers: 2 });
+    const bt = batch(2, 6, 3);
+    m.zeroGrads();
+    await step(m, bt, 2);
+    const res = await checkGradients(
+      backend,
+      m.params().map((p) => ({ name: p.name, value: p.value, grad: p.grad })),
+      async () => 2 * await lossOnly(m, bt),
+      { samples: 2 },
+    );
+    assert.deepEqual(res.failures, [], `worst ${res.worst} at ${res.worstAt}`);
+  });
+}
 
 Deno.test("gpt: two micro-batches of 2 equal one batch of 4 (global dropout addressing)", async () => {
   const big = batch(4, 6, 11);

@@ -23,6 +23,7 @@ interface AttentionSaved {
   x: Tensor; // input [T, h] (not owned)
   qkvT: Tensor; // [b, np, s, 3hn]
   probs: Tensor; // [b, np, s, s] before dropout
+  dropped: Tensor; // after dropout (the same tensor when p = 0); kept for dv, as Megatron's bmm does
   ctxM: Tensor; // [T, np*hn] merged context
   b: number;
   s: number;
@@ -116,7 +117,6 @@ export class ParallelAttention {
       strideB: bs,
       strideC: s * hn,
     });
-    if (pd !== probs) backend.free(pd);
     const ctxM = backend.empty(dt, [b, s, np, hn]);
     backend.transpose12(ctxT, ctxM);
     backend.free(ctxT);
@@ -124,7 +124,10 @@ export class ParallelAttention {
     linearFwd(backend, ctxM.view([T, np * hn]), this.denseWeight.value, null, out);
     // Row-parallel: partial sums over heads of each rank.
     await comm.allReduce(out, "sum", "tensor");
-    ctx.saved.set(this, { x: x2, qkvT, probs, ctxM: ctxM.view([T, np * hn]), b, s } satisfies AttentionSaved);
+    ctx.saved.set(
+      this,
+      { x: x2, qkvT, probs, dropped: pd, ctxM: ctxM.view([T, np * hn]), b, s } satisfies AttentionSaved,
+    );
     return out;
   }
 
@@ -144,7 +147,7 @@ export class ParallelAttention {
     backend.free(dctxM);
     const dqkvT = backend.empty(dt, [b, np, s, 3 * hn]);
     // dv = dropout(probs)^T @ dctx
-    const pd = this.dropped(sv.probs, ctx, s);
+    const pd = sv.dropped;
     backend.gemm({
       transA: true,
       transB: false,
@@ -237,7 +240,9 @@ export class ParallelAttention {
 
   discard(ctx: MicroBatchContext): void {
     const sv = ctx.saved.get(this) as AttentionSaved | undefined;
-    if (sv) freeAll(this.env.backend, [sv.qkvT, sv.probs, sv.ctxM]);
+    if (sv) {
+      freeAll(this.env.backend, [sv.qkvT, sv.probs, sv.dropped !== sv.probs ? sv.dropped : null, sv.ctxM]);
+    }
     ctx.saved.delete(this);
   }
 
