@@ -286,3 +286,25 @@ Deno.test("indexed: dtype code 7 reads as float64 (2021) unless float32 is asked
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+Deno.test("indexed: data-impl sniffing; Megatron-Core multimodal sequence_modes tail is accepted", () => {
+  const dir = Deno.makeTempDirSync();
+  try {
+    const p = tmpPrefix(dir);
+    assert.equal(inferDatasetImpl(p), null); // missing
+    write(p, DOCS.map((d) => [d]));
+    const idx = Deno.readFileSync(idxPath(p));
+    const withModes = new Uint8Array(idx.length + 3); // int8 sequence_modes[N], N = 3
+    withModes.set(idx);
+    Deno.writeFileSync(idxPath(p), withModes);
+    const ds = MMapIndexedDataset.open(p);
+    assert.deepEqual(Array.from(ds.get(1)), DOCS[1]);
+    ds.close();
+    const legacy = new Uint8Array(64);
+    legacy.set(new TextEncoder().encode("TNTIDX\0\0"));
+    Deno.writeFileSync(idxPath(p), legacy);
+    assert.equal(inferDatasetImpl(p), "lazy");
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
