@@ -199,3 +199,34 @@ Deno.test("gpt2: --vocab-file/--merge-file override and bad files give one-line 
     );
   });
 });
+
+Deno.test("gpt2: heap merge equals the rescanning merge (random text) and js-tiktoken (long pieces)", async () => {
+  const files = await import("../src/tokenizer/mod.ts").then((m) => m.defaultGpt2Files());
+  const scan = GPT2BPETokenizer.fromFiles(files.vocabText, files.mergesText, {
+    cacheSize: 0,
+    heapThreshold: Infinity,
+  });
+  const heap = GPT2BPETokenizer.fromFiles(files.vocabText, files.mergesText, {
+    cacheSize: 0,
+    heapThreshold: 0,
+  });
+  let seed = 12345;
+  const rnd = (k: number) => {
+    seed = (seed * 1103515245 + 12345) % 2147483648;
+    return Math.floor((seed / 2147483648) * k);
+  };
+  const alphabet = Array.from("aaaabcdeeeefghiiijklmnooopqrstuuvwxyz  ..--==é東🎉0123");
+  for (let t = 0; t < 200; t++) {
+    let s = "";
+    const len = 1 + rnd(300);
+    for (let i = 0; i < len; i++) s += alphabet[rnd(alphabet.length)];
+    assert.deepEqual(heap.tokenize(s), scan.tokenize(s), JSON.stringify(s));
+  }
+  assert.deepEqual(heap.tokenize(corpusText), scan.tokenize(corpusText));
+  let long = "";
+  for (let i = 0; i < 1500; i++) long += "abcdefghijklmnopqrstuvwxyz"[rnd(26)];
+  const t = await gpt2();
+  for (const s of [long, "=".repeat(1000), "ab".repeat(700), "-_-".repeat(400)]) {
+    assert.deepEqual(t.tokenize(s), refEncode(s), s.slice(0, 20));
+  }
+});

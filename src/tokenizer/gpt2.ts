@@ -23,6 +23,12 @@ const PAIR_SHIFT = 2 ** 21;
 /** Default bound on the per-instance piece -> ids cache before it is cleared. */
 const DEFAULT_CACHE_SIZE = 1 << 16;
 
+/** Rescanning all pairs per merge is fastest for short pieces; long ones (minified code, runs) use a heap. */
+const DEFAULT_HEAP_THRESHOLD = 96;
+
+/** Heap keys pack (rank, position); positions stay below 2^31 and ranks below 2^21, so keys are exact. */
+const POS_SHIFT = 2 ** 31;
+
 /** GPT-2's reversible byte -> printable character table (index = byte value). */
 export function bytesToUnicode(): string[] {
   const table: string[] = new Array(256);
@@ -41,6 +47,8 @@ export interface Gpt2SourceNames {
   mergeFile?: string;
   /** Bound on the BPE cache (entries); 0 disables caching. */
   cacheSize?: number;
+  /** Pieces with more bytes than this use the O(n log n) heap merge instead of rescanning (tests lower it). */
+  heapThreshold?: number;
 }
 
 /** Parses encoder.json text into token -> id, with one-line errors naming the file. */
@@ -130,6 +138,7 @@ export class GPT2BPETokenizer implements Tokenizer {
   readonly #tokenBytes: Array<Uint8Array | undefined>;
   readonly #cache = new Map<string, number[]>();
   readonly #cacheSize: number;
+  readonly #heapThreshold: number;
   readonly #utf8 = new TextEncoder();
   readonly #decoder = new TextDecoder("utf-8", { fatal: false, ignoreBOM: true });
   #scratch = new Uint8Array(256);
@@ -146,6 +155,7 @@ export class GPT2BPETokenizer implements Tokenizer {
     }
     this.eod = eod;
     this.#cacheSize = names.cacheSize ?? DEFAULT_CACHE_SIZE;
+    this.#heapThreshold = names.heapThreshold ?? DEFAULT_HEAP_THRESHOLD;
     this.#split = new RegExp(GPT2_SPLIT_SOURCE, "gu");
 
     const byteChars = bytesToUnicode();
@@ -258,6 +268,11 @@ export class GPT2BPETokenizer implements Tokenizer {
       const { written } = this.#utf8.encodeInto(piece, this.#scratch);
       syms = Array.from(this.#scratch.subarray(0, written));
     }
+    return syms.length > this.#heapThreshold ? this.#mergeHeap(syms) : this.#mergeScan(syms);
+  }
+
+  /** GPT-2's bpe(): repeatedly take the lowest-ranked adjacent pair and merge all its occurrences. */
+  #mergeScan(syms: number[]): number[] {
     let n = syms.length;
     const pairRank = this.#pairRank;
     while (n >= 2) {
@@ -268,7 +283,7 @@ export class GPT2BPETokenizer implements Tokenizer {
       }
       if (best < 0) break;
       const a = this.#mergeLeft[best], b = this.#mergeRight[best], merged = this.#mergeOut[best];
-      // Merge every occurrence of the pair, left to right without overlap (GPT-2's bpe()).
+      // Merge every occurrence of the pair, left to right without overlap.
       let w = 0;
       for (let i = 0; i < n;) {
         if (i + 1 < n && syms[i] === a && syms[i + 1] === b) {
@@ -282,6 +297,84 @@ export class GPT2BPETokenizer implements Tokenizer {
     }
     const ids: number[] = new Array(n);
     for (let i = 0; i < n; i++) ids[i] = this.#symToken[syms[i]];
+    return ids;
+  }
+
+  /**
+   * Same result as #mergeScan in O(n log n): a min-heap of (rank, position) over a linked list of symbols.
+   * All occurrences of the lowest rank are merged left to right before the pairs they create are queued,
+   * which is exactly GPT-2's "merge every occurrence of the best bigram" step.
+   */
+  #mergeHeap(input: number[]): number[] {
+    const n = input.length;
+    const sym = Int32Array.from(input);
+    const next = new Int32Array(n);
+    const prev = new Int32Array(n);
+    for (let i = 0; i < n; i++) {
+      next[i] = i + 1 < n ? i + 1 : -1;
+      prev[i] = i - 1;
+    }
+    const pairRank = this.#pairRank;
+    const left = this.#mergeLeft, right = this.#mergeRight, out = this.#mergeOut;
+    const heap: number[] = [];
+    const push = (key: number) => {
+      let i = heap.length;
+      heap.push(key);
+      while (i > 0) {
+        const p = (i - 1) >> 1;
+        if (heap[p] <= key) break;
+        heap[i] = heap[p];
+        i = p;
+      }
+      heap[i] = key;
+    };
+    const pop = (): number => {
+      const top = heap[0];
+      const last = heap.pop()!;
+      const len = heap.length;
+      if (len > 0) {
+        let i = 0;
+        for (;;) {
+          let c = 2 * i + 1;
+          if (c >= len) break;
+          if (c + 1 < len && heap[c + 1] < heap[c]) c++;
+          if (heap[c] >= last) break;
+          heap[i] = heap[c];
+          i = c;
+        }
+        heap[i] = last;
+      }
+      return top;
+    };
+    const queuePair = (pos: number) => {
+      if (pos < 0 || sym[pos] < 0) return;
+      const nx = next[pos];
+      if (nx < 0) return;
+      const r = pairRank.get(sym[pos] * PAIR_SHIFT + sym[nx]);
+      if (r !== undefined) push(r * POS_SHIFT + pos);
+    };
+    for (let i = 0; i + 1 < n; i++) queuePair(i);
+    const created: number[] = [];
+    while (heap.length > 0) {
+      const rank = Math.floor(heap[0] / POS_SHIFT);
+      const a = left[rank], b = right[rank], m = out[rank];
+      // One GPT-2 step: every still-valid occurrence of this rank's pair, in position order.
+      while (heap.length > 0 && Math.floor(heap[0] / POS_SHIFT) === rank) {
+        const pos = pop() - rank * POS_SHIFT;
+        const nx = next[pos];
+        if (sym[pos] !== a || nx < 0 || sym[nx] !== b) continue; // stale: a neighbour was merged away
+        sym[pos] = m;
+        sym[nx] = -1;
+        const nn = next[nx];
+        next[pos] = nn;
+        if (nn >= 0) prev[nn] = pos;
+        created.push(prev[pos], pos);
+      }
+      for (const p of created) queuePair(p);
+      created.length = 0;
+    }
+    const ids: number[] = [];
+    for (let i = 0; i >= 0; i = next[i]) ids.push(this.#symToken[sym[i]]);
     return ids;
   }
 
