@@ -308,11 +308,23 @@ export type WorkerRequest =
   | { type: "init"; source: TokenizerSource; encode: EncodeOptions }
   | { type: "batch"; lines: string[]; firstLine: number };
 export type WorkerResponse =
-  | { type: "ready" }
+  | { type: "ready"; info: TokenizerInfo }
   | { type: "result"; result: BatchResult }
   | { type: "error"; message: string };
 
+/** What the main thread needs to know about the tokenizer (dtype choice, --append-eod check). */
+export interface TokenizerInfo {
+  vocabSize: number;
+  eod: number | null;
+}
+
+export function tokenizerInfo(tok: PreprocessTokenizer): TokenizerInfo {
+  return { vocabSize: tok.vocabSize, eod: eodOf(tok) };
+}
+
 interface Encoder {
+  /** The tokenizer as seen by the encoder (a worker's copy, or the in-process one). */
+  info: TokenizerInfo;
   encode(lines: string[], firstLine: number): Promise<BatchResult>;
   close(): void;
 }
@@ -320,6 +332,7 @@ interface Encoder {
 function inProcessEncoder(tok: PreprocessTokenizer, opts: EncodeOptions): Encoder {
   const seg = new Intl.Segmenter("en", { granularity: "sentence" });
   return {
+    info: tokenizerInfo(tok),
     encode: (lines, firstLine) => Promise.resolve(encodeBatch(lines, firstLine, tok, opts, seg)),
     close() {},
   };
@@ -329,7 +342,7 @@ function inProcessEncoder(tok: PreprocessTokenizer, opts: EncodeOptions): Encode
 async function workerPoolEncoder(n: number, source: TokenizerSource, opts: EncodeOptions): Promise<Encoder> {
   const workers: Worker[] = [];
   const queues: { resolve: (r: BatchResult) => void; reject: (e: Error) => void }[][] = [];
-  const ready: Promise<void>[] = [];
+  const ready: Promise<TokenizerInfo>[] = [];
   const failAll = (w: number, e: Error) => {
     for (const q of queues[w].splice(0)) q.reject(e);
   };
@@ -338,10 +351,10 @@ async function workerPoolEncoder(n: number, source: TokenizerSource, opts: Encod
     workers.push(worker);
     queues.push([]);
     ready.push(
-      new Promise<void>((resolve, reject) => {
+      new Promise<TokenizerInfo>((resolve, reject) => {
         worker.onmessage = (ev: MessageEvent<WorkerResponse>) => {
           const msg = ev.data;
-          if (msg.type === "ready") resolve();
+          if (msg.type === "ready") resolve(msg.info);
           else if (msg.type === "result") queues[w].shift()?.resolve(msg.result);
           else {
             const err = new Error(msg.message);
@@ -359,14 +372,16 @@ async function workerPoolEncoder(n: number, source: TokenizerSource, opts: Encod
     );
     worker.postMessage({ type: "init", source, encode: opts } satisfies WorkerRequest);
   }
+  let info: TokenizerInfo;
   try {
-    await Promise.all(ready);
+    info = (await Promise.all(ready))[0];
   } catch (e) {
     for (const w of workers) w.terminate();
     throw e;
   }
   let next = 0;
   return {
+    info,
     encode(lines, firstLine) {
       const w = next;
       next = (next + 1) % n;
@@ -474,20 +489,15 @@ export async function preprocess(opts: PreprocessOptions, run: RunOptions = {}):
     throw new Error(`${opts.input}: cannot open input: ${(e as Error).message}`);
   }
   const source = await tokenizerSourceFor(opts);
-  // Workers start loading while this thread builds its own copy (needed for vocab size and eod).
-  const pool = opts.workers > 1 ? workerPoolEncoder(opts.workers, source, encodeOpts) : null;
-  let tok: PreprocessTokenizer;
-  try {
-    tok = await tokenizerFromSource(source);
-    if (opts.appendEod && eodOf(tok) === null) {
-      throw new Error(`--append-eod: tokenizer ${opts.tokenizerType} has no end-of-document token`);
-    }
-  } catch (e) {
-    pool?.then((p) => p.close(), () => {});
-    throw e;
+  // With workers, this thread never tokenizes: a worker reports the vocab size and eod.
+  const encoder = opts.workers > 1
+    ? await workerPoolEncoder(opts.workers, source, encodeOpts)
+    : inProcessEncoder(await tokenizerFromSource(source), encodeOpts);
+  if (opts.appendEod && encoder.info.eod === null) {
+    encoder.close();
+    throw new Error(`--append-eod: tokenizer ${opts.tokenizerType} has no end-of-document token`);
   }
-  const encoder = pool !== null ? await pool : inProcessEncoder(tok, encodeOpts);
-  const dtype = bestDtypeForVocab(tok.vocabSize);
+  const dtype = bestDtypeForVocab(encoder.info.vocabSize);
   const prefixes = opts.jsonKeys.map((k) => outputPrefixFor(opts.outputPrefix, k, opts.splitSentences));
   const builders: MMapIndexedDatasetBuilder[] = [];
   const progress = { bytes: 0 };

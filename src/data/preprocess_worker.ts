@@ -1,7 +1,7 @@
 // Worker side of preprocess: builds its own tokenizer once, then tokenizes batches of lines in the
 // order they arrive (the main thread relies on that order).
 
-import { encodeBatch, tokenizerFromSource } from "./preprocess.ts";
+import { encodeBatch, tokenizerFromSource, tokenizerInfo } from "./preprocess.ts";
 import type { EncodeOptions, PreprocessTokenizer, WorkerRequest, WorkerResponse } from "./preprocess.ts";
 
 interface WorkerScope {
@@ -22,7 +22,7 @@ function serve(scope: WorkerScope): void {
         if (msg.type === "init") {
           tok = await tokenizerFromSource(msg.source);
           encode = msg.encode;
-          scope.postMessage({ type: "ready" });
+          scope.postMessage({ type: "ready", info: tokenizerInfo(tok) });
         } else {
           const result = encodeBatch(msg.lines, msg.firstLine, tok!, encode!, segmenter);
           const transfer = result.keys.flatMap((
