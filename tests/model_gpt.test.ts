@@ -4,7 +4,7 @@
 
 import assert from "node:assert/strict";
 import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
-import { GPTModel, type GPTStage, type LossOutput } from "../src/models/mod.ts";
+import { GPTModel, type GPTStage, isLossOutput, type LossOutput } from "../src/models/mod.ts";
 import { LocalWorld } from "../src/parallel/local_comm.ts";
 import { makeParallelState, SingleRankCommunicator } from "../src/parallel/types.ts";
 import type { Tensor } from "../src/tensor/tensor.ts";
@@ -298,3 +298,30 @@ for (const dt of ["f32", "f16", "bf16"] as const) {
     }
   });
 }
+
+Deno.test("gpt: collectives per step: 2 tensor all-reduces per layer each way, plus embedding and CE", async () => {
+  const calls: string[] = [];
+  const inner = new SingleRankCommunicator();
+  const comm = Object.assign(Object.create(inner), {
+    allReduce(t: Tensor, op: "sum" | "max", group: string) {
+      calls.push(`${op}:${group}`);
+      return Promise.resolve();
+    },
+  });
+  const m = new GPTModel(cfgOf(), backend, makeParallelState({ tp: 1, pp: 1, dp: 1 }, 0), comm);
+  const ctx = m.newContext({ iteration: 0, firstGlobalSample: 0 });
+  const out = await m.forward(batch(2, 6), ctx);
+  assert.ok(isLossOutput(out));
+  // embedding 1 + 2 per layer + CE (max, target sum, exp sum) 3
+  assert.deepEqual(calls, [
+    "sum:tensor",
+    ...Array(6).fill("sum:tensor"),
+    "max:tensor",
+    "sum:tensor",
+    "sum:tensor",
+  ]);
+  calls.length = 0;
+  await m.backward(ctx, 1);
+  // logits input grad 1 + 2 per layer
+  assert.deepEqual(calls, Array(7).fill("sum:tensor"));
+});

@@ -45,6 +45,11 @@ interface GPTSaved {
   blockOut: Tensor | null; // owned when postProcess
 }
 
+/** Narrow forward's result: the last stage returns a LossOutput, other stages a hidden Tensor. */
+export function isLossOutput(x: LossOutput | Tensor): x is LossOutput {
+  return !(x instanceof Tensor);
+}
+
 /** The default stage of a rank: contiguous equal layer ranges over the pipeline stages. */
 export function defaultStage(numLayers: number, ps: ParallelState): GPTStage {
   if (numLayers % ps.ppSize !== 0) {
