@@ -1,7 +1,8 @@
 // CPU backend ops: known answers and independent naive f64 reference loops; error messages.
 import assert from "node:assert/strict";
 import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
-import { PhiloxStream, streamId } from "../src/rng/philox.ts";
+import { KEY_HI, philox4x32, PhiloxStream, streamId } from "../src/rng/philox.ts";
+import { PHILOX_CHUNK_BLOCKS, PhiloxWasm } from "../src/backend/cpu/philox_wasm.ts";
 import { bf16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from "../src/tensor/dtype.ts";
 import type { RngAddress } from "../src/backend/backend.ts";
 
@@ -452,4 +453,38 @@ Deno.test("sumSquares and nonFinite", () => {
   assert.equal(be.toF64(f2)[0], 1);
   // Half outputs of f32 math are RNE: sanity check with f16.
   assert.equal(f32ToF16Bits(be.toF64(x)[1]), 0xc000);
+});
+
+Deno.test("WebAssembly Philox blocks equal philox4x32, across the 2^32 block boundary", () => {
+  const w = new PhiloxWasm();
+  const first = 2 ** 32 - 5, n = 64;
+  w.generate(first, n, 0xdeadbeef, streamId(5, 3), 0xffffffff);
+  const ref = new Uint32Array(4);
+  for (let i = 0; i < n; i++) {
+    const b = first + i;
+    philox4x32(b % 2 ** 32, Math.floor(b / 2 ** 32), 0xffffffff, streamId(5, 3), 0xdeadbeef, KEY_HI, ref);
+    assert.deepEqual(Array.from(w.lanes.subarray(4 * i, 4 * i + 4)), Array.from(ref), `block ${b}`);
+  }
+  assert.throws(() => w.generate(0, PHILOX_CHUNK_BLOCKS + 1, 1, 1, 1), /block count/);
+});
+
+Deno.test("dropout over contiguous rows spanning several generator chunks matches PhiloxStream", () => {
+  const n = 41 * 3300, p = 0.5; // > 2 chunks of PHILOX_CHUNK_BLOCKS * 4 elements
+  const x = be.empty("f32", [n]), y = be.empty("f32", [n]);
+  be.fill(x, 1);
+  const a: RngAddress = {
+    seed: 9,
+    stream: streamId(2, 0),
+    iteration: 4,
+    base: 2 ** 34 - 1001,
+    rowStride: 41,
+    rowLen: 41,
+  };
+  be.dropout(x.view([n / 41, 41]), p, a, y.view([n / 41, 41]));
+  const g = new PhiloxStream(a.seed, a.stream, a.iteration);
+  const got = be.toF64(y);
+  for (let i = 0; i < n; i++) {
+    const want = g.uniform(a.base + i) >= p ? 2 : 0;
+    if (got[i] !== want) assert.fail(`element ${i}: got ${got[i]}, want ${want}`);
+  }
 });

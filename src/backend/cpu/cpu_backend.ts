@@ -24,10 +24,10 @@ import {
   type Storage,
   Tensor,
 } from "../../tensor/tensor.ts";
-import { KEY_HI, philox4x32 } from "../../rng/philox.ts";
 import type { AdamArgs, Backend, GemmArgs, RngAddress, SgdArgs, SoftmaxMask } from "../backend.ts";
 import { type Cblas, loadCblas } from "../../../ffi/cblas.ts";
 import { type GemmScratch, gemmTs, newGemmScratch } from "./gemm_ts.ts";
+import { PHILOX_CHUNK_BLOCKS, PhiloxWasm } from "./philox_wasm.ts";
 
 type F = Float32Array | Float64Array;
 
@@ -162,26 +162,27 @@ function checkP(op: string, p: number): void {
 }
 
 /**
- * keep[i] = 1 for kept elements of the [rows, rowLen] view, using Philox blocks once per 4 lanes.
- * Counter index e = base + r*rowStride + i; block floor(e/4), lane e%4 (src/rng/philox.ts).
+ * keep[i] = 1 for kept elements of the [rows, rowLen] view. Counter index e = base + r*rowStride + i;
+ * bits(e) is lane e%4 of Philox block floor(e/4) (src/rng/philox.ts). Blocks are generated once per
+ * 4 lanes, in chunks, and contiguous rows are treated as one range.
  */
-function dropoutMask(addr: RngAddress, p: number, rows: number, keep: Uint8Array, blk: Uint32Array): void {
-  const pf = Math.fround(p);
-  const { rowLen, rowStride, base } = addr;
-  const c2 = addr.iteration >>> 0, c3 = addr.stream >>> 0, k0 = addr.seed >>> 0;
-  let cached = -1;
-  for (let r = 0; r < rows; r++) {
-    const e0 = base + r * rowStride;
-    const o = r * rowLen;
-    for (let i = 0; i < rowLen; i++) {
-      const e = e0 + i;
-      const b = Math.floor(e / 4);
-      if (b !== cached) {
-        philox4x32(b % 4294967296, Math.floor(b / 4294967296), c2, c3, k0, KEY_HI, blk);
-        cached = b;
-      }
-      const u = (blk[e - b * 4] >>> 8) * 5.9604644775390625e-8;
-      keep[o + i] = u >= pf ? 1 : 0;
+function dropoutMask(addr: RngAddress, p: number, rows: number, keep: Uint8Array, pw: PhiloxWasm): void {
+  // uniform(e) >= fround(p)  <=>  (bits >>> 8) >= fround(p) * 2^24 (exact).
+  const thr = Math.fround(p) * 16777216;
+  const merged = addr.rowStride === addr.rowLen;
+  const nrows = merged ? Math.min(rows, 1) : rows;
+  const len = merged ? rows * addr.rowLen : addr.rowLen;
+  const U = pw.lanes;
+  for (let r = 0; r < nrows; r++) {
+    const e0 = addr.base + r * addr.rowStride, o = r * len;
+    let i = 0;
+    while (i < len) {
+      const b0 = Math.floor((e0 + i) / 4);
+      const nb = Math.min(PHILOX_CHUNK_BLOCKS, Math.floor((e0 + len - 1) / 4) - b0 + 1);
+      pw.generate(b0, nb, addr.seed, addr.stream, addr.iteration);
+      const lim = Math.min(len, (b0 + nb) * 4 - e0);
+      const shift = e0 - b0 * 4; // element i's lane is U[i + shift]
+      for (; i < lim; i++) keep[o + i] = U[i + shift] >>> 8 >= thr ? 1 : 0;
     }
   }
 }
@@ -192,7 +193,7 @@ export class CpuBackend implements Backend {
   /** The CBLAS in use, or null for the TypeScript GEMM. */
   readonly blas: Cblas | null;
   private readonly scratch: GemmScratch = newGemmScratch();
-  private readonly philoxBlock = new Uint32Array(4);
+  private readonly philox = new PhiloxWasm();
 
   constructor(opts: CpuBackendOptions = {}) {
     const r = loadCblas(opts.blas);
@@ -746,7 +747,7 @@ export class CpuBackend implements Backend {
     const f64 = all64(x, y);
     const s = f64 ? 1 / (1 - p) : Math.fround(1 / (1 - Math.fround(p)));
     const keep = new Uint8Array(x.size);
-    dropoutMask(addr, p, rows, keep, this.philoxBlock);
+    dropoutMask(addr, p, rows, keep, this.philox);
     for (let i = 0; i < X.length; i++) Y[i] = keep[i] ? X[i] * s : 0;
     commit(op, y, Y);
   }
@@ -774,7 +775,7 @@ export class CpuBackend implements Backend {
     let keep: Uint8Array | null = null;
     if (p > 0) {
       keep = new Uint8Array(x.size);
-      dropoutMask(addr, p, rows, keep, this.philoxBlock);
+      dropoutMask(addr, p, rows, keep, this.philox);
     }
     for (let o = 0; o < X.length; o += h) {
       for (let j = 0; j < h; j++) {
