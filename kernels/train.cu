@@ -119,17 +119,16 @@ __device__ __forceinline__ void adamImpl(float* p, const G* g, float* m, float* 
   }
 FOR_T(ADAM_INST)
 
-// torch SGD: d = g + wd * p; buf = first ? d : momentum * buf + d; p -= lr * (momentum ? buf : d).
+// torch SGD: d = g + wd * p; buf = first ? d : momentum * buf + d; p -= lr * buf (unfused, like the reference).
 template <typename G>
 __device__ __forceinline__ void sgdImpl(float* p, const G* g, float* buf, u64 n, float lr, float momentum,
                                         float wd, int first) {
   GRID_STRIDE(i, n) {
-    float d = ldf(g, i) + wd * p[i];
-    if (momentum != 0.f) {
-      d = first ? d : momentum * buf[i] + d;
-      buf[i] = d;
-    }
-    p[i] -= lr * d;
+    // The buffer is kept even with momentum 0 (then buf = d), as the CPU reference does.
+    float d = __fadd_rn(ldf(g, i), __fmul_rn(wd, p[i]));
+    d = first ? d : __fadd_rn(__fmul_rn(momentum, buf[i]), d);
+    buf[i] = d;
+    p[i] = __fsub_rn(p[i], __fmul_rn(lr, d));
   }
 }
 #define SGD_INST(n_, t)                                                                                 \
