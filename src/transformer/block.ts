@@ -8,7 +8,7 @@ import type { Tensor } from "../tensor/tensor.ts";
 import { childContext, type MicroBatchContext, type ModuleEnv, takeSaved } from "./common.ts";
 import { TransformerLayer } from "./layer.ts";
 
-interface Chunk {
+export interface Chunk {
   start: number; // index into this.layers
   end: number;
   checkpointed: boolean;
