@@ -29,13 +29,20 @@ export interface Row {
 }
 
 export interface Ctx {
-  cuda: CudaBackend;
+  /** The CUDA backend (a second CPU backend in a dry run). */
+  cuda: Backend & Partial<Pick<CudaBackend, "memoryStats">>;
   cpu: Backend;
   rows: Row[];
 }
 
 /** Creates both backends, or prints the one skip line and returns null. */
 export async function setup(): Promise<Ctx | null> {
+  // MEGATRON_DENO_GPU_TEST_DRYRUN=1 runs the whole suite with a second CPU backend in place of
+  // CUDA: it checks the test code itself (shapes, dtypes, argument rules) on a machine without GPU.
+  if (Deno.env.get("MEGATRON_DENO_GPU_TEST_DRYRUN") === "1") {
+    console.log("test:gpu: DRY RUN — comparing the CPU backend with itself (no CUDA involved)");
+    return { cuda: createCpuBackend({ log: () => {} }), cpu: createCpuBackend({ log: () => {} }), rows: [] };
+  }
   const p = probeCuda();
   if (!p.ok) {
     console.log(`test:gpu: skipped — no CUDA: ${p.reason}`);
@@ -114,8 +121,10 @@ export function compare(
   dtype: string,
   seed: number,
   body: (m: Maker, r: Rand) => Tensor[],
-  bound = BOUND[dtype],
+  bound?: number,
 ): number {
+  // Default: the bound of the output dtype, the last dtype named in the label ("i32/bf16" -> bf16).
+  bound ??= BOUND[dtype.split(/[^a-z0-9]+/).filter((s) => s in BOUND).pop() ?? "f32"];
   const mc = new Maker(ctx.cuda, true), mr = new Maker(ctx.cpu, false);
   try {
     const outC = body(mc, new Rand(seed));
@@ -125,8 +134,8 @@ export function compare(
       const e = relErr(ctx.cuda.toF64(outC[i]), ctx.cpu.toF64(outR[i]));
       worst = Math.max(worst, e);
     }
-    const ok = worst <= bound;
-    ctx.rows.push({ op, dtype, relErr: worst, bound, ok });
+    const ok = worst <= bound!;
+    ctx.rows.push({ op, dtype, relErr: worst, bound: bound!, ok });
     if (!ok) throw new Error(`${op} (${dtype}): relative error ${worst.toExponential(2)} exceeds ${bound}`);
     return worst;
   } finally {
