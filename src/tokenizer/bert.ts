@@ -12,7 +12,7 @@ const CONTROL = /\p{C}/u;
 const SPACE_SEPARATOR = /\p{Zs}/u;
 const PUNCT = /\p{P}/u;
 const MARK_NONSPACING = /\p{Mn}/gu;
-const WHITESPACE_RUN = /\p{White_Space}+/u;
+const WHITESPACE_CHAR = /^\p{White_Space}$/u;
 
 /** Parses vocab.txt: one token per line, stripped; the line number (0-based) is the id; duplicates keep the last. */
 export function parseBertVocab(
@@ -53,40 +53,87 @@ function isPunctuation(ch: string, cp: number): boolean {
   return cp >= 0x80 && PUNCT.test(ch);
 }
 
+const NON_ASCII = /[^ -~\t\n\r]/; // anything beyond printable ASCII (controls are gone by now)
+
+/** BERT's text cleaning for one character: drop NUL, U+FFFD and controls; whitespace -> " "; pad CJK. */
+function cleanChar(ch: string): string {
+  if (ch === "\t" || ch === "\n" || ch === "\r") return " ";
+  const cp = ch.codePointAt(0)!;
+  if (cp === 0 || cp === 0xfffd || CONTROL.test(ch)) return "";
+  if (SPACE_SEPARATOR.test(ch)) return " ";
+  if (isCjk(cp)) return " " + ch + " ";
+  return ch;
+}
+
+/**
+ * Clean text, CJK split and whitespace split: the words BasicTokenizer then lowercases and punct-splits.
+ * One pass over the UTF-16 units; runs of printable ASCII are sliced, not copied char by char.
+ */
+export function bertWhitespaceWords(text: string): string[] {
+  const words: string[] = [];
+  let cur = "";
+  let start = -1;
+  const n = text.length;
+  for (let i = 0; i < n; i++) {
+    const c = text.charCodeAt(i);
+    if (c > 0x20 && c < 0x7f) {
+      if (start < 0) start = i;
+      continue;
+    }
+    if (start >= 0) {
+      cur += text.slice(start, i);
+      start = -1;
+    }
+    if (c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d) {
+      if (cur !== "") words.push(cur);
+      cur = "";
+      continue;
+    }
+    if (c < 0x80) continue; // ASCII control characters are dropped
+    const cp = text.codePointAt(i)!;
+    const ch = String.fromCodePoint(cp);
+    if (cp > 0xffff) i++;
+    const r = cleanChar(ch);
+    if (r === "") continue;
+    if (r !== ch || WHITESPACE_CHAR.test(ch)) {
+      // A space, a CJK character (its own word), or other White_Space such as U+2028.
+      if (cur !== "") words.push(cur);
+      cur = "";
+      if (r !== " " && !WHITESPACE_CHAR.test(ch)) words.push(ch);
+      continue;
+    }
+    cur += ch;
+  }
+  if (start >= 0) cur += text.slice(start);
+  if (cur !== "") words.push(cur);
+  return words;
+}
+
+/** One whitespace-separated word -> BasicTokenizer tokens (optional lowercase + accent strip, punct split). */
+export function bertSplitWord(word: string, lowerCase: boolean, out: string[] = []): string[] {
+  if (lowerCase) {
+    word = word.toLowerCase();
+    // NFD + dropping Mn is the identity on ASCII.
+    if (NON_ASCII.test(word)) word = word.normalize("NFD").replace(MARK_NONSPACING, "");
+  }
+  let cur = "";
+  for (const ch of word) {
+    if (isPunctuation(ch, ch.codePointAt(0)!)) {
+      if (cur !== "") out.push(cur);
+      out.push(ch);
+      cur = "";
+    } else {
+      cur += ch;
+    }
+  }
+  if (cur !== "") out.push(cur);
+  return out;
+}
+
 /** Splits text into words the way BERT's BasicTokenizer does. */
 export function bertBasicTokenize(text: string, lowerCase: boolean): string[] {
-  // Clean: drop NUL, U+FFFD and control characters; map whitespace to a space; pad CJK characters.
-  let cleaned = "";
-  for (const ch of text) {
-    const cp = ch.codePointAt(0)!;
-    if (ch === " " || ch === "\t" || ch === "\n" || ch === "\r") {
-      cleaned += " ";
-    } else if (cp === 0 || cp === 0xfffd || CONTROL.test(ch)) {
-      continue;
-    } else if (SPACE_SEPARATOR.test(ch)) {
-      cleaned += " ";
-    } else if (isCjk(cp)) {
-      cleaned += " " + ch + " ";
-    } else {
-      cleaned += ch;
-    }
-  }
   const out: string[] = [];
-  for (let word of cleaned.split(WHITESPACE_RUN)) {
-    if (word === "") continue;
-    if (lowerCase) word = word.toLowerCase().normalize("NFD").replace(MARK_NONSPACING, "");
-    let cur = "";
-    for (const ch of word) {
-      if (isPunctuation(ch, ch.codePointAt(0)!)) {
-        if (cur !== "") out.push(cur);
-        out.push(ch);
-        cur = "";
-      } else {
-        cur += ch;
-      }
-    }
-    if (cur !== "") out.push(cur);
-  }
+  for (const word of bertWhitespaceWords(text)) bertSplitWord(word, lowerCase, out);
   return out;
 }
 
@@ -95,6 +142,8 @@ export interface BertSourceNames {
   vocabFile?: string;
   /** Number of `<extra_id_i>` tokens to append (`--vocab-extra-ids`). */
   vocabExtraIds?: number;
+  /** Bound on the per-word cache (entries); 0 disables caching. */
+  cacheSize?: number;
 }
 
 export class BertWordPieceTokenizer implements Tokenizer {
@@ -111,10 +160,14 @@ export class BertWordPieceTokenizer implements Tokenizer {
   /** token -> id, including the appended [BOS]/[EOS]/<extra_id_i>. */
   readonly vocab: ReadonlyMap<string, number>;
   readonly #idToToken: Map<number, string>;
+  /** whitespace-separated word -> ids; bounded, cleared when full. */
+  readonly #cache = new Map<string, number[]>();
+  readonly #cacheSize: number;
 
   constructor(vocabText: string, lowerCase: boolean, names: BertSourceNames = {}) {
     const file = names.vocabFile ?? "<vocab>";
     this.lowerCase = lowerCase;
+    this.#cacheSize = names.cacheSize ?? 1 << 16;
     this.type = lowerCase ? "BertWordPieceLowerCase" : "BertWordPieceCase";
     const { vocab } = parseBertVocab(vocabText, file);
     const need = (tok: string): number => {
@@ -205,7 +258,20 @@ export class BertWordPieceTokenizer implements Tokenizer {
 
   tokenize(text: string): number[] {
     const out: number[] = [];
-    for (const word of bertBasicTokenize(text, this.lowerCase)) this.#wordPiece(word, out);
+    const pieces: string[] = [];
+    for (const word of bertWhitespaceWords(text)) {
+      let ids = this.#cache.get(word);
+      if (ids === undefined) {
+        ids = [];
+        pieces.length = 0;
+        for (const p of bertSplitWord(word, this.lowerCase, pieces)) this.#wordPiece(p, ids);
+        if (this.#cacheSize > 0) {
+          if (this.#cache.size >= this.#cacheSize) this.#cache.clear();
+          this.#cache.set(word, ids);
+        }
+      }
+      for (let i = 0; i < ids.length; i++) out.push(ids[i]);
+    }
     return out;
   }
 
