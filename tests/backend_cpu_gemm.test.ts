@@ -225,6 +225,17 @@ Deno.test("gemm: half inputs with half or f32 output; f64 stays f64", () => {
   }
 });
 
+Deno.test("gemm: ldc > n leaves the elements between C rows untouched (f32 and half C)", () => {
+  for (const [name, be] of backends) {
+    for (const dt of ["f32", "f16", "bf16"] as DType[]) {
+      const a = be.fromHost(dt, [2, 2], [1, 2, 3, 4]), b = be.fromHost(dt, [2, 2], [1, 0, 0, 1]);
+      const c = be.fromHost(dt, [2, 3], [NaN, NaN, 7, NaN, NaN, 9]);
+      be.gemm({ transA: false, transB: false, m: 2, n: 2, k: 2, a, b, c, ldc: 3 });
+      assert.deepEqual(Array.from(be.toF64(c)), [1, 2, 7, 3, 4, 9], `${name} ${dt}`);
+    }
+  }
+});
+
 Deno.test("gemm: BLAS and TS fallback agree on a larger product", () => {
   const m = 64, n = 96, k = 200;
   const A = rnd(m * k, 10), B = rnd(k * n, 11);

@@ -451,7 +451,9 @@ export class CpuBackend implements Backend {
     if (cDirect) C = rawView(op, c) as F;
     else {
       C = f64 ? new Float64Array(c.size) : new Float32Array(c.size);
-      if (beta !== 0) C.set(readF(op, c));
+      // Load even when beta == 0: elements between rows (ldc > n) must survive the write-back,
+      // and half -> f32 -> half is exact. BLAS and gemmTs ignore C's values when beta == 0.
+      C.set(readF(op, c));
     }
     for (let bi = 0; bi < batch; bi++) {
       const oa = bi * sA, ob = bi * sB, oc = bi * sC;
