@@ -243,3 +243,15 @@ Deno.test("bert: bad vocab files and options give one-line errors", async () => 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("bert: results do not depend on the word cache", async () => {
+  const text = await uncasedVocabText();
+  const a = new BertWordPieceTokenizer(text, true, { cacheSize: 0 });
+  const b = new BertWordPieceTokenizer(text, true, { cacheSize: 2 });
+  const c = new BertWordPieceTokenizer(text, true);
+  for (const s of [corpusText, sotu, corpusText]) {
+    const want = c.tokenize(s);
+    assert.deepEqual(a.tokenize(s), want);
+    assert.deepEqual(b.tokenize(s), want);
+  }
+});
