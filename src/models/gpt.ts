@@ -133,7 +133,7 @@ export class GPTModel {
     for (const p of this.params()) this.backend.fill(p.grad, 0);
   }
 
-  newContext(opts: { iteration: number; firstGlobalSample: number }): MicroBatchContext {
+  newContext(opts: { iteration: number; firstGlobalSample: number; training?: boolean }): MicroBatchContext {
     return newMicroBatchContext(opts);
   }
 

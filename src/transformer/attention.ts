@@ -5,6 +5,7 @@
 import type { Param } from "../tensor/param.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 import {
+  attentionDropoutP,
   attnDropoutAddr,
   COLUMN,
   freeAll,
@@ -182,10 +183,10 @@ export class ParallelAttention {
       strideC: s * s,
     });
     backend.free(dctx);
-    if (cfg.attentionDropout > 0) {
+    if (attentionDropoutP(cfg, ctx) > 0) {
       backend.dropout(
         dprobs,
-        cfg.attentionDropout,
+        attentionDropoutP(cfg, ctx),
         attnDropoutAddr(cfg, this.env.ps, ctx, this.globalLayer, s),
         dprobs,
       );
@@ -255,9 +256,10 @@ export class ParallelAttention {
   /** Probabilities after attention dropout (the same tensor when p = 0). */
   private dropped(probs: Tensor, ctx: MicroBatchContext, s: number): Tensor {
     const { backend, cfg, ps } = this.env;
-    if (cfg.attentionDropout === 0) return probs;
+    const p = attentionDropoutP(cfg, ctx);
+    if (p === 0) return probs;
     const out = backend.empty(probs.dtype, probs.shape);
-    backend.dropout(probs, cfg.attentionDropout, attnDropoutAddr(cfg, ps, ctx, this.globalLayer, s), out);
+    backend.dropout(probs, p, attnDropoutAddr(cfg, ps, ctx, this.globalLayer, s), out);
     return out;
   }
 }

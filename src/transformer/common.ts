@@ -16,11 +16,13 @@ export interface MicroBatchContext {
   readonly iteration: number;
   /** Index of this micro-batch's first sample within the global batch (dropout addressing). */
   readonly firstGlobalSample: number;
+  /** False for evaluation: every dropout is the identity (Megatron's model.eval()). */
+  readonly training: boolean;
   readonly saved: Map<object, unknown>;
 }
 
 export function newMicroBatchContext(
-  opts: { iteration: number; firstGlobalSample: number },
+  opts: { iteration: number; firstGlobalSample: number; training?: boolean },
 ): MicroBatchContext {
   const { iteration, firstGlobalSample } = opts;
   if (!Number.isInteger(iteration) || iteration < 0 || iteration >= 2 ** 32) {
@@ -31,12 +33,27 @@ export function newMicroBatchContext(
       `newContext: firstGlobalSample must be a non-negative integer, found ${firstGlobalSample}`,
     );
   }
-  return { iteration, firstGlobalSample, saved: new Map() };
+  return { iteration, firstGlobalSample, training: opts.training ?? true, saved: new Map() };
 }
 
 /** A context sharing iteration/sample with `ctx` but with its own saved-activation map (recompute). */
 export function childContext(ctx: MicroBatchContext): MicroBatchContext {
-  return { iteration: ctx.iteration, firstGlobalSample: ctx.firstGlobalSample, saved: new Map() };
+  return {
+    iteration: ctx.iteration,
+    firstGlobalSample: ctx.firstGlobalSample,
+    training: ctx.training,
+    saved: new Map(),
+  };
+}
+
+/** Hidden-state dropout probability in this context (0 when evaluating). */
+export function hiddenDropoutP(cfg: ResolvedGPTConfig, ctx: MicroBatchContext): number {
+  return ctx.training ? cfg.hiddenDropout : 0;
+}
+
+/** Attention-probability dropout in this context (0 when evaluating). */
+export function attentionDropoutP(cfg: ResolvedGPTConfig, ctx: MicroBatchContext): number {
+  return ctx.training ? cfg.attentionDropout : 0;
 }
 
 export function takeSaved<T>(ctx: MicroBatchContext, owner: object, what: string): T {

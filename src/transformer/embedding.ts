@@ -7,6 +7,7 @@ import {
   COLUMN,
   freeAll,
   hiddenDropoutAddr,
+  hiddenDropoutP,
   initStream,
   makeParam,
   type MicroBatchContext,
@@ -83,7 +84,7 @@ export class Embedding {
     backend.embeddingFwd(positions, this.positionEmbeddings.value, posE, 0);
     backend.add(word, posE, word);
     const out = backend.empty(dt, [b, s, h]);
-    backend.dropout(word.view([b, s, h]), cfg.hiddenDropout, this.addr(ctx, s), out);
+    backend.dropout(word.view([b, s, h]), hiddenDropoutP(cfg, ctx), this.addr(ctx, s), out);
     freeAll(backend, [word, posE]);
     ctx.saved.set(this, { tokens: ids, positions, b, s } satisfies EmbeddingSaved);
     return out;
@@ -95,9 +96,10 @@ export class Embedding {
     const sv = takeSaved<EmbeddingSaved>(ctx, this, "Embedding.backward");
     const rows = sv.b * sv.s;
     let d = dy.view([rows, cfg.hiddenSize]);
-    const tmp = cfg.hiddenDropout > 0 ? backend.empty(dy.dtype, [rows, cfg.hiddenSize]) : null;
+    const p = hiddenDropoutP(cfg, ctx);
+    const tmp = p > 0 ? backend.empty(dy.dtype, [rows, cfg.hiddenSize]) : null;
     if (tmp !== null) {
-      backend.dropout(d, cfg.hiddenDropout, this.addr(ctx, sv.s), tmp);
+      backend.dropout(d, p, this.addr(ctx, sv.s), tmp);
       d = tmp;
     }
     backend.embeddingBwd(sv.tokens, d, this.wordEmbeddings.grad, this.vocabStart);

@@ -6,7 +6,13 @@ import { Purpose } from "../rng/philox.ts";
 import type { Param } from "../tensor/param.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 import { ParallelAttention } from "./attention.ts";
-import { hiddenDropoutAddr, type MicroBatchContext, type ModuleEnv, takeSaved } from "./common.ts";
+import {
+  hiddenDropoutAddr,
+  hiddenDropoutP,
+  type MicroBatchContext,
+  type ModuleEnv,
+  takeSaved,
+} from "./common.ts";
 import { LayerNorm } from "./layer_norm.ts";
 import { ParallelMLP } from "./mlp.ts";
 
@@ -52,7 +58,7 @@ export class TransformerLayer {
       attnOut,
       this.selfAttention.denseBias.value,
       x,
-      cfg.hiddenDropout,
+      hiddenDropoutP(cfg, ctx),
       this.addr(ctx, Purpose.attentionOutputDropout, s),
       mid,
     );
@@ -64,7 +70,7 @@ export class TransformerLayer {
       mlpOut,
       this.mlp.fourhhBias.value,
       mid,
-      cfg.hiddenDropout,
+      hiddenDropoutP(cfg, ctx),
       this.addr(ctx, Purpose.mlpOutputDropout, s),
       y,
     );
@@ -77,7 +83,7 @@ export class TransformerLayer {
   async backward(dy: Tensor, ctx: MicroBatchContext): Promise<Tensor> {
     const { backend, cfg } = this.env;
     const sv = takeSaved<LayerSaved>(ctx, this, "TransformerLayer.backward");
-    const p = cfg.hiddenDropout;
+    const p = hiddenDropoutP(cfg, ctx);
     // MLP branch: y = mid + dropout(mlpOut + bias)
     const dMlp = dropoutBwd(backend, dy, p, this.addr(ctx, Purpose.mlpOutputDropout, sv.s));
     backend.sumRows(dMlp, this.mlp.fourhhBias.grad, true);
