@@ -214,3 +214,46 @@ export async function runSchedule(
   for (const t of outputs.values()) stage.release(t);
   return { maxInFlight };
 }
+
+/** Forward-only op list (evaluation): the training schedule's forwards, in the same order. */
+export function buildForwardOnlySchedule(s: ScheduleShape): PipeOp[] {
+  const ops: PipeOp[] = [];
+  const total = s.m * s.v;
+  for (let k = 0; k < total; k++) {
+    const chunk = s.v === 1 ? 0 : chunkOf(k, s, true);
+    const mb = s.v === 1 ? k : microBatchOf(k, s);
+    ops.push(...fwdOps(s, chunk, mb));
+  }
+  return ops;
+}
+
+/** Run stage `s.r`'s forward-only list (the stage runner discards activations itself). */
+export async function runForwardOnly(
+  s: ScheduleShape,
+  stage: StageRunner,
+  comm: Communicator,
+  peers: PipelinePeers,
+): Promise<void> {
+  const received = new Map<string, Tensor>();
+  const outputs = new Map<string, Tensor>();
+  for (const o of buildForwardOnlySchedule(s)) {
+    const k = `${o.chunk}:${o.mb}`;
+    if (o.op === "recvForward") {
+      const buf = stage.allocActivation();
+      await comm.recv(buf, peers.prev, `fwd:c${o.chunk}:m${o.mb}`);
+      received.set(k, buf);
+    } else if (o.op === "forward") {
+      const input = received.get(k) ?? null;
+      received.delete(k);
+      const out = await stage.forward(o.chunk, o.mb, input);
+      if (out) outputs.set(k, out);
+    } else if (o.op === "sendForward") {
+      const out = outputs.get(k)!;
+      outputs.delete(k);
+      const c = s.r === s.p - 1 ? o.chunk + 1 : o.chunk;
+      await comm.send(out, peers.next, `fwd:c${c}:m${o.mb}`);
+      stage.release(out);
+    }
+  }
+  for (const t of outputs.values()) stage.release(t);
+}

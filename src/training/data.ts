@@ -1,0 +1,55 @@
+// The trainer's view of the data: Megatron's build_train_valid_test_datasets over mmapped indexed
+// datasets, with each split exposed as a source of samples (seq_length + 1 tokens each).
+
+import type { SampleDataset } from "../data/blendable.ts";
+import { buildTrainValidTestDatasets } from "../data/gpt_dataset.ts";
+import { inferDatasetImpl, MMapIndexedDataset } from "../data/indexed_dataset.ts";
+
+export type SampleSource = SampleDataset<Int32Array>;
+
+export interface GptData {
+  train: SampleSource | null;
+  valid: SampleSource | null;
+  test: SampleSource | null;
+  /** Unmap every opened dataset (samples already returned stay valid: they are copies). */
+  close(): void;
+}
+
+export interface GptDataOptions {
+  dataPath: readonly string[];
+  split: string;
+  seqLength: number;
+  seed: number;
+  /** Requested samples for train, valid and test (Megatron's train_val_test_num_samples). */
+  numSamples: [number, number, number];
+  log: (line: string) => void;
+}
+
+export function buildGptData(opts: GptDataOptions): GptData {
+  const opened: MMapIndexedDataset[] = [];
+  const open = (prefix: string) => {
+    const impl = inferDatasetImpl(prefix);
+    if (impl === null) throw new Error(`--data-path ${prefix}: no ${prefix}.idx / ${prefix}.bin found`);
+    const ds = MMapIndexedDataset.open(prefix);
+    opened.push(ds);
+    return ds;
+  };
+  opts.log(
+    `> building train, validation, and test datasets (samples: ${opts.numSamples.join(", ")}) ...`,
+  );
+  try {
+    const d = buildTrainValidTestDatasets({
+      dataPrefix: opts.dataPath,
+      splitString: opts.split,
+      trainValidTestNumSamples: opts.numSamples,
+      seqLength: opts.seqLength,
+      seed: opts.seed,
+      open,
+      log: opts.log,
+    });
+    return { ...d, close: () => opened.forEach((ds) => ds.close()) };
+  } catch (e) {
+    for (const ds of opened) ds.close();
+    throw e;
+  }
+}

@@ -1,0 +1,212 @@
+// One rank of a training run: its model chunks, gradient buffer, optimizer and the pipeline stage
+// runner that feeds micro-batches through the chunks. Several RankStates run concurrently in one
+// process (the local communicator) or one per process (a future NCCL communicator).
+
+import type { Backend } from "../backend/backend.ts";
+import { GPTModel, type GPTStage, type LossOutput, type MicroBatchContext } from "../models/mod.ts";
+import type { GPTConfig } from "../models/mod.ts";
+import { MegatronOptimizer } from "../optimizer/optimizer.ts";
+import type { GradScaler } from "../optimizer/grad_scaler.ts";
+import type { AnnealingLR } from "../optimizer/lr_schedule.ts";
+import { allReduceTiedEmbedding, GradBuffer, scalarReducer } from "../parallel/ddp.ts";
+import type { Communicator, ParallelState } from "../parallel/types.ts";
+import { runForwardOnly, runSchedule, type StageRunner } from "../pipeline/schedules.ts";
+import type { Param } from "../tensor/param.ts";
+import type { Tensor } from "../tensor/tensor.ts";
+import type { Config } from "./config.ts";
+
+/** Global 0-based layers of virtual chunk `v` on stage `r` (Megatron's interleaved assignment). */
+export function chunkLayers(numLayers: number, pp: number, vp: number, r: number, v: number): number[] {
+  const per = numLayers / pp / vp;
+  if (!Number.isInteger(per) || per < 1) {
+    throw new Error(`layers: ${numLayers} layers cannot be split into ${pp} stages x ${vp} chunks`);
+  }
+  const start = v * (numLayers / vp) + r * per;
+  return Array.from({ length: per }, (_, i) => start + i);
+}
+
+/** Host-side micro-batch: tokens/labels i32 [b, s], loss mask f32 [b, s]. */
+export interface HostBatch {
+  tokens: Int32Array;
+  labels: Int32Array;
+  lossMask: Float32Array;
+  b: number;
+  s: number;
+}
+
+export interface StepInputs {
+  iteration: number;
+  numMicroBatches: number;
+  /** The micro-batch `mb` of this rank (its DP slice). */
+  batch(mb: number): HostBatch;
+  /** Global index (within the global batch) of micro-batch mb's first sample on this rank. */
+  firstGlobalSample(mb: number): number;
+}
+
+export interface RankStepResult {
+  /** Per micro-batch losses (last pipeline stage only; empty elsewhere). */
+  losses: number[];
+  skipped: boolean;
+  gradNorm: number | null;
+  lossScale: number;
+  lr: number;
+  nextLr: number;
+}
+
+export class RankState {
+  readonly chunks: GPTModel[];
+  readonly params: Param[];
+  readonly grads: GradBuffer;
+  readonly optimizer: MegatronOptimizer;
+
+  constructor(
+    readonly cfg: Config,
+    readonly modelCfg: GPTConfig,
+    readonly backend: Backend,
+    readonly ps: ParallelState,
+    readonly comm: Communicator,
+    scheduler: AnnealingLR,
+    scaler: GradScaler | null,
+  ) {
+    const vp = ps.vpSize;
+    this.chunks = [];
+    for (let v = 0; v < vp; v++) {
+      const stage: GPTStage = {
+        preProcess: ps.isFirstStage && v === 0,
+        postProcess: ps.isLastStage && v === vp - 1,
+        layers: chunkLayers(modelCfg.numLayers, ps.ppSize, vp, ps.ppRank, v),
+      };
+      this.chunks.push(new GPTModel(modelCfg, backend, ps, comm, stage));
+    }
+    this.params = this.chunks.flatMap((c) => c.params());
+    this.grads = new GradBuffer(backend, this.params);
+    this.optimizer = new MegatronOptimizer(backend, this.params, scheduler, {
+      optimizer: cfg.optimizer,
+      weightDecay: cfg.weightDecay,
+      adamBeta1: cfg.adamBeta1,
+      adamBeta2: cfg.adamBeta2,
+      adamEps: cfg.adamEps,
+      sgdMomentum: cfg.sgdMomentum,
+      clipGrad: cfg.clipGrad,
+      scaler,
+      tpRank: ps.tpRank,
+      reducer: scalarReducer(backend, comm, ps, "model"),
+    });
+  }
+
+  /** Parameters of chunk v (for checkpoint naming). */
+  chunkParams(v: number): Param[] {
+    return this.chunks[v].params();
+  }
+
+  private runner(
+    inputs: StepInputs,
+    lossFactor: number,
+    losses: number[],
+    forwardOnly: boolean,
+  ): StageRunner {
+    const be = this.backend;
+    const { microBatchSize: b, seqLength: s, hiddenSize: h } = this.cfg as Config & {
+      microBatchSize: number;
+      seqLength: number;
+      hiddenSize: number;
+    };
+    const dtype = this.modelCfg.paramsDtype;
+    const live = new Map<string, { ctx: MicroBatchContext; owned: Tensor[] }>();
+    const key = (c: number, mb: number) => `${c}:${mb}`;
+    const chunks = this.chunks;
+    return {
+      activationShape: [b, s, h],
+      activationDType: dtype,
+      allocActivation: () => be.empty(dtype, [b, s, h]),
+      release: (t) => be.free(t),
+      async forward(chunk, mb, input) {
+        const model = chunks[chunk];
+        const ctx = model.newContext({
+          iteration: inputs.iteration,
+          firstGlobalSample: inputs.firstGlobalSample(mb),
+          training: !forwardOnly,
+        });
+        const owned: Tensor[] = [];
+        const hb = (model.stage.preProcess || model.stage.postProcess) ? inputs.batch(mb) : null;
+        const arg: Parameters<GPTModel["forward"]>[0] = {};
+        if (model.stage.preProcess) {
+          arg.tokens = be.fromHost("i32", [hb!.b, hb!.s], hb!.tokens);
+          owned.push(arg.tokens);
+        } else {
+          arg.hidden = input!;
+          owned.push(input!);
+        }
+        if (model.stage.postProcess) {
+          arg.labels = be.fromHost("i32", [hb!.b, hb!.s], hb!.labels);
+          arg.lossMask = be.fromHost("f32", [hb!.b, hb!.s], hb!.lossMask);
+          owned.push(arg.labels, arg.lossMask);
+        }
+        const out = await model.forward(arg, ctx);
+        if (forwardOnly) {
+          model.discard(ctx);
+          for (const t of owned) be.free(t);
+        } else {
+          live.set(key(chunk, mb), { ctx, owned });
+        }
+        if (model.stage.postProcess) {
+          losses[mb] = (out as LossOutput).loss;
+          return null;
+        }
+        return out as Tensor;
+      },
+      async backward(chunk, mb, outputGrad) {
+        const model = chunks[chunk];
+        const k = key(chunk, mb);
+        const e = live.get(k);
+        if (!e) throw new Error(`backward of chunk ${chunk} micro-batch ${mb} without its forward`);
+        live.delete(k);
+        const dIn = await model.backward(e.ctx, model.stage.postProcess ? lossFactor : outputGrad!);
+        for (const t of e.owned) be.free(t);
+        return dIn;
+      },
+    };
+  }
+
+  private peers() {
+    const ranks = this.ps.group("pipeline").ranks;
+    const p = this.ps.ppSize, r = this.ps.ppRank;
+    return { prev: ranks[(r - 1 + p) % p], next: ranks[(r + 1) % p] };
+  }
+
+  /** Forward and backward of every micro-batch, gradient reductions, optimizer step. */
+  async trainStep(inputs: StepInputs): Promise<RankStepResult> {
+    const m = inputs.numMicroBatches;
+    this.grads.zero();
+    const losses: number[] = [];
+    const factor = this.optimizer.lossScale / m;
+    const shape = { p: this.ps.ppSize, r: this.ps.ppRank, m, v: this.ps.vpSize };
+    await runSchedule(shape, this.runner(inputs, factor, losses, false), this.comm, this.peers());
+    await this.grads.allReduceMean(this.comm, this.ps.dpSize);
+    await allReduceTiedEmbedding(this.comm, this.ps, this.tiedEmbedding());
+    const r = await this.optimizer.step(inputs.numMicroBatches * this.cfg.microBatchSize! * this.ps.dpSize);
+    return { losses, ...r };
+  }
+
+  /** Forward only (no dropout) of every micro-batch; losses on the last stage. */
+  async evalStep(inputs: StepInputs): Promise<number[]> {
+    const losses: number[] = [];
+    const shape = { p: this.ps.ppSize, r: this.ps.ppRank, m: inputs.numMicroBatches, v: this.ps.vpSize };
+    await runForwardOnly(shape, this.runner(inputs, 1, losses, true), this.comm, this.peers());
+    return losses;
+  }
+
+  /** The tied word embedding copy this rank holds (first chunk of stage 0 or last chunk of the last
+   *  stage), all-reduced over the embedding group when PP > 1. */
+  private tiedEmbedding(): Param | null {
+    if (this.ps.ppSize === 1) return null;
+    if (this.ps.isFirstStage) return this.chunks[0].tiedEmbeddingParam();
+    if (this.ps.isLastStage) return this.chunks[this.chunks.length - 1].tiedEmbeddingParam();
+    return null;
+  }
+
+  free(): void {
+    this.optimizer.free();
+    this.grads.free();
+  }
+}

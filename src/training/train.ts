@@ -1,0 +1,571 @@
+// GPT pretraining: Megatron's pretrain() loop. Builds the tokenizer, the datasets and one RankState
+// per rank of the (TP, PP, DP) layout (all in this process through the local communicator), then
+// runs train steps with gradient accumulation, batch ramp-up, evaluation, logging (console, progress
+// bar, TensorBoard, JSON lines), checkpoints, and the exit conditions (interval, duration, signal).
+
+import type { Backend } from "../backend/backend.ts";
+import { padVocabSize } from "../models/mod.ts";
+import type { GPTConfig } from "../models/mod.ts";
+import { createGradScaler, type GradScaler } from "../optimizer/grad_scaler.ts";
+import { createLrScheduler } from "../optimizer/lr_schedule.ts";
+import { buildNumMicroBatchesCalculator, computeTrainIters } from "../optimizer/microbatches.ts";
+import { LocalWorld } from "../parallel/local_comm.ts";
+import { type Communicator, makeParallelState, SingleRankCommunicator } from "../parallel/types.ts";
+import { buildTokenizer, type Tokenizer } from "../tokenizer/mod.ts";
+import {
+  assertArchitectureArgs,
+  chunkPrefix,
+  type CheckpointMeta,
+  loadCheckpoint,
+  type NamedTensor,
+  readTracker,
+  type RankState as CkptRank,
+  saveCheckpoint,
+} from "./checkpoint.ts";
+import { type Config, configToJson } from "./config.ts";
+import { type GptData, buildGptData, type SampleSource } from "./data.ts";
+import { MetricsWriter } from "./metrics.ts";
+import { type HostBatch, RankState, type RankStepResult, type StepInputs } from "./rank.ts";
+import { SummaryWriter } from "./tensorboard.ts";
+
+export interface TrainEnv {
+  backend: Backend;
+  /** One line of log output. */
+  log: (line: string) => void;
+  /** Progress display on a terminal: called with a one-line status (no newline), or undefined. */
+  progress?: (status: string) => void;
+  /** Set `stop = true` (e.g. from a signal handler) to save and exit after the current iteration. */
+  stopRequest?: { stop: boolean; signal?: string };
+  /** Peak FLOP/s of the device, for MFU, with a description (e.g. "measured sgemm peak"). */
+  peak?: { flops: number; what: string };
+  /** Monotonic clock in ms (tests may fix it). */
+  now?: () => number;
+}
+
+export interface IterationLog {
+  iteration: number;
+  consumedSamples: number;
+  loss: number;
+  lr: number;
+  lossScale: number;
+  gradNorm: number | null;
+  skipped: boolean;
+}
+
+export interface TrainResult {
+  iteration: number;
+  consumedTrainSamples: number;
+  /** Every iteration's averaged loss (NaN for skipped steps with a non-finite loss). */
+  history: IterationLog[];
+  validation: { iteration: number; loss: number; ppl: number }[];
+  test: { loss: number; ppl: number } | null;
+  savedTo: string | null;
+  exitReason: "done" | "exit-interval" | "exit-duration" | "signal";
+  paddedVocabSize: number;
+  tokensPerSecond: number;
+}
+
+/** Flags this implementation does not support yet: one clear line instead of silently ignoring. */
+const UNSUPPORTED: [keyof Config, string][] = [
+  ["resetPositionIds", "--reset-position-ids"],
+  ["resetAttentionMask", "--reset-attention-mask"],
+  ["applyResidualConnectionPostLayernorm", "--apply-residual-connection-post-layernorm"],
+  ["openaiGelu", "--openai-gelu"],
+  ["onnxSafe", "--onnx-safe"],
+  ["fp32ResidualConnection", "--fp32-residual-connection"],
+  ["distributeCheckpointedActivations", "--distribute-checkpointed-activations"],
+  ["initMethodXavierUniform", "--init-method-xavier-uniform"],
+];
+
+export function modelConfigOf(cfg: Config, paddedVocab: number): GPTConfig {
+  return {
+    numLayers: cfg.numLayers!,
+    hiddenSize: cfg.hiddenSize!,
+    numAttentionHeads: cfg.numAttentionHeads!,
+    kvChannels: cfg.kvChannels,
+    ffnHiddenSize: cfg.ffnHiddenSize,
+    seqLength: cfg.seqLength!,
+    maxPositionEmbeddings: cfg.maxPositionEmbeddings!,
+    vocabSize: paddedVocab,
+    hiddenDropout: cfg.hiddenDropout,
+    attentionDropout: cfg.attentionDropout,
+    initMethodStd: cfg.initMethodStd,
+    layernormEpsilon: cfg.layernormEpsilon,
+    paramsDtype: cfg.paramsDtype,
+    activationsCheckpointMethod: cfg.activationsCheckpointMethod ?? null,
+    activationsCheckpointNumLayers: cfg.activationsCheckpointNumLayers,
+    seed: cfg.seed,
+  };
+}
+
+/** FLOPs of one iteration (Megatron's formula, without recompute): 72 B s l h² (1 + s/6h + V/12lh). */
+export function iterationFlops(batch: number, s: number, l: number, h: number, v: number): number {
+  return 72 * batch * s * l * h * h * (1 + s / (6 * h) + v / (12 * l * h));
+}
+
+/** tokens [s], labels [s], loss mask [s] from one sample of s+1 tokens. */
+function fillSample(sample: ArrayLike<number>, s: number, eod: number | null, hb: HostBatch, row: number): void {
+  if (sample.length !== s + 1) {
+    throw new Error(`data: a sample has ${sample.length} tokens, expected seq-length + 1 = ${s + 1}`);
+  }
+  const o = row * s;
+  for (let i = 0; i < s; i++) {
+    hb.tokens[o + i] = sample[i];
+    hb.labels[o + i] = sample[i + 1];
+    hb.lossMask[o + i] = eod !== null && sample[i] === eod ? 0 : 1;
+  }
+}
+
+interface Run {
+  cfg: Config;
+  env: TrainEnv;
+  ranks: RankState[];
+  scalers: (GradScaler | null)[];
+  world: LocalWorld | null;
+  tokenizer: Tokenizer;
+  paddedVocab: number;
+  data: GptData;
+  eodMask: number | null;
+}
+
+/** Megatron's sampler for one global step: micro-batch mb of DP rank d covers samples
+ *  [consumed + mb*micro*dp + d*micro, +micro). */
+function stepInputs(
+  run: Run,
+  rank: RankState,
+  source: SampleSource,
+  consumed: number,
+  iteration: number,
+  numMicroBatches: number,
+): StepInputs {
+  const micro = run.cfg.microBatchSize!;
+  const s = run.cfg.seqLength!;
+  const dp = rank.ps.dpSize;
+  const first = (mb: number) => mb * micro * dp + rank.ps.dpRank * micro;
+  return {
+    iteration,
+    numMicroBatches,
+    firstGlobalSample: first,
+    batch(mb: number): HostBatch {
+      const hb: HostBatch = {
+        tokens: new Int32Array(micro * s),
+        labels: new Int32Array(micro * s),
+        lossMask: new Float32Array(micro * s),
+        b: micro,
+        s,
+      };
+      for (let i = 0; i < micro; i++) {
+        fillSample(source.getItem(consumed + first(mb) + i), s, run.eodMask, hb, i);
+      }
+      return hb;
+    },
+  };
+}
+
+/** The rank that reports losses: last pipeline stage, TP rank 0, DP rank 0 (in-process: any DP). */
+function lossRanks(run: Run): RankState[] {
+  return run.ranks.filter((r) => r.ps.isLastStage && r.ps.tpRank === 0);
+}
+
+function mean(xs: number[]): number {
+  return xs.length === 0 ? NaN : xs.reduce((a, b) => a + b, 0) / xs.length;
+}
+
+async function trainStep(run: Run, consumed: number, iteration: number, numMicro: number) {
+  const results: RankStepResult[] = await Promise.all(
+    run.ranks.map((r) => r.trainStep(stepInputs(run, r, run.data.train!, consumed, iteration, numMicro))),
+  );
+  // Loss averaged over micro-batches and DP ranks (Megatron's average_losses_across_data_parallel_group).
+  const lr = lossRanks(run);
+  const loss = mean(lr.map((r) => mean(results[run.ranks.indexOf(r)].losses)));
+  const r0 = results[0];
+  return { loss, ...r0 };
+}
+
+async function evaluate(run: Run, source: SampleSource, iters: number, consumedStart: number) {
+  const micro = run.cfg.microBatchSize!;
+  const dp = run.cfg.dataParallelSize;
+  const gbs = run.cfg.globalBatchSize!;
+  const numMicro = gbs / (micro * dp);
+  const losses: number[] = [];
+  for (let i = 0; i < iters; i++) {
+    const consumed = consumedStart + i * gbs;
+    const per = await Promise.all(
+      run.ranks.map((r) => r.evalStep(stepInputs(run, r, source, consumed, 0, numMicro))),
+    );
+    for (const r of lossRanks(run)) losses.push(mean(per[run.ranks.indexOf(r)]));
+  }
+  const loss = mean(losses);
+  return { loss, ppl: Math.exp(Math.min(20, loss)) };
+}
+
+function modelTensors(run: Run, rank: RankState): NamedTensor[] {
+  const be = run.env.backend;
+  const out: NamedTensor[] = [];
+  rank.chunks.forEach((_, v) => {
+    for (const p of rank.chunkParams(v)) {
+      out.push({
+        name: chunkPrefix(v, rank.ps.vpSize) + p.name,
+        dtype: p.value.dtype,
+        shape: [...p.value.shape],
+        data: be.toHost(p.value),
+      });
+    }
+  });
+  return out;
+}
+
+function checkpointArgs(run: Run): Record<string, unknown> {
+  return { ...configToJson(run.cfg), paddedVocabSize: run.paddedVocab };
+}
+
+function save(run: Run, iteration: number, consumedTrain: number, consumedValid: number): string {
+  const cfg = run.cfg;
+  const be = run.env.backend;
+  const ranks: CkptRank[] = [];
+  for (const rank of run.ranks) {
+    if (rank.ps.dpRank !== 0) continue; // only DP rank 0 writes, as Megatron
+    const { state, tensors } = rank.optimizer.exportState();
+    const meta: CheckpointMeta = {
+      args: checkpointArgs(run),
+      iteration,
+      consumedTrainSamples: consumedTrain,
+      consumedValidSamples: consumedValid,
+      gradScaler: cfg.noSaveOptim ? null : state.gradScaler,
+      lrScheduler: state.lrScheduler as unknown as Record<string, unknown>,
+      rng: cfg.noSaveRng ? null : { seed: cfg.seed, iteration, dataIteratorPosition: consumedTrain },
+      optimizer: cfg.noSaveOptim ? null : (state as unknown as Record<string, unknown>),
+    };
+    ranks.push({
+      tp: rank.ps.tpRank,
+      pp: rank.ps.ppRank,
+      model: modelTensors(run, rank),
+      optim: cfg.noSaveOptim ? undefined : tensors.map((t) => ({
+        name: t.name,
+        dtype: t.tensor.dtype,
+        shape: [...t.tensor.shape],
+        data: be.toHost(t.tensor),
+      })),
+      meta,
+    });
+  }
+  return saveCheckpoint({
+    saveDir: cfg.save!,
+    iteration,
+    tpSize: cfg.tensorModelParallelSize,
+    ppSize: cfg.pipelineModelParallelSize,
+    ranks,
+  });
+}
+
+/** Restore model, optimizer and progress from --load. Returns the iteration and consumed samples. */
+function load(run: Run): { iteration: number; consumedTrain: number; consumedValid: number } | null {
+  const cfg = run.cfg;
+  const dir = cfg.load!;
+  if (readTracker(dir) === null) {
+    run.env.log(`no checkpoint found in ${dir} (no latest_checkpointed_iteration.txt); starting from scratch`);
+    return null;
+  }
+  const be = run.env.backend;
+  const loadOptim = !cfg.finetune && !cfg.noLoadOptim;
+  let result = { iteration: 0, consumedTrain: 0, consumedValid: 0 };
+  for (const rank of run.ranks) {
+    const ck = loadCheckpoint(dir, { tp: rank.ps.tpRank, pp: rank.ps.ppRank }, {
+      loadOptim,
+      ppSize: cfg.pipelineModelParallelSize,
+    });
+    assertArchitectureArgs(ck.meta.args, checkpointArgs(run));
+    const byName = new Map(ck.model.map((t) => [t.name, t]));
+    rank.chunks.forEach((_, v) => {
+      for (const p of rank.chunkParams(v)) {
+        const name = chunkPrefix(v, rank.ps.vpSize) + p.name;
+        const t = byName.get(name);
+        if (!t) throw new Error(`${ck.dir}/model.safetensors: missing parameter ${name}`);
+        if (t.dtype !== p.value.dtype || t.shape.join(",") !== p.value.shape.join(",")) {
+          throw new Error(
+            `${ck.dir}/model.safetensors: ${name} is ${t.dtype} [${t.shape}], expected ${p.value.dtype} [${p.value.shape}]`,
+          );
+        }
+        const tmp = be.fromHost(t.dtype, t.shape, t.data);
+        be.copy(tmp, p.value);
+        be.free(tmp);
+      }
+    });
+    if (loadOptim && ck.optim && ck.meta.optimizer) {
+      const tensors = ck.optim.map((t) => ({ name: t.name, tensor: be.fromHost(t.dtype, t.shape, t.data) }));
+      rank.optimizer.importState(ck.meta.optimizer as never, tensors, {});
+      for (const t of tensors) be.free(t.tensor);
+    } else {
+      rank.optimizer.reloadModelParams();
+    }
+    if (cfg.finetune) result = { iteration: 0, consumedTrain: 0, consumedValid: 0 };
+    else {
+      result = {
+        iteration: Math.max(result.iteration, ck.iteration),
+        consumedTrain: ck.meta.consumedTrainSamples,
+        consumedValid: ck.meta.consumedValidSamples,
+      };
+    }
+  }
+  run.env.log(
+    `loaded checkpoint ${dir} at iteration ${result.iteration}` +
+      (cfg.finetune ? " (--finetune: iteration and optimizer reset)" : "") +
+      (!loadOptim ? " (optimizer state not loaded)" : ""),
+  );
+  return result;
+}
+
+function fmtNum(x: number | null, digits = 4): string {
+  if (x === null) return "-";
+  if (!Number.isFinite(x)) return String(x);
+  return Math.abs(x) >= 1e4 || (Math.abs(x) < 1e-3 && x !== 0) ? x.toExponential(digits - 1) : x.toFixed(digits);
+}
+
+/** Run pretraining with a validated config. */
+export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResult> {
+  for (const [k, flag] of UNSUPPORTED) {
+    if (cfg[k]) throw new Error(`${flag} is not supported by megatron-deno yet`);
+  }
+  const now = env.now ?? (() => performance.now());
+  const log = env.log;
+  const tp = cfg.tensorModelParallelSize, pp = cfg.pipelineModelParallelSize, dp = cfg.dataParallelSize;
+  const vp = cfg.virtualPipelineModelParallelSize;
+  const tokenizer = await buildTokenizer({
+    tokenizerType: cfg.tokenizerType as never,
+    vocabFile: cfg.vocabFile,
+    mergeFile: cfg.mergeFile,
+    vocabExtraIds: cfg.vocabExtraIds,
+  });
+  const paddedVocab = padVocabSize(tokenizer.vocabSize, cfg.makeVocabSizeDivisibleBy, tp);
+  log(
+    `> padded vocab (size: ${tokenizer.vocabSize}) with ${paddedVocab - tokenizer.vocabSize} dummy tokens ` +
+      `(new size: ${paddedVocab})`,
+  );
+  const modelCfg = modelConfigOf(cfg, paddedVocab);
+
+  // Iterations, sample counts and the datasets (built once, shared by every in-process rank).
+  const mbArgs = {
+    globalBatchSize: cfg.globalBatchSize!,
+    microBatchSize: cfg.microBatchSize!,
+    dataParallelSize: dp,
+    rampupBatchSize: cfg.rampupBatchSize ?? null,
+  };
+  const trainIters = computeTrainIters({ ...mbArgs, trainIters: cfg.trainIters, trainSamples: cfg.trainSamples });
+  const gbs = cfg.globalBatchSize!;
+  const trainSamples = cfg.trainSamples ?? trainIters * gbs;
+  const evalIters = cfg.evalIters;
+  const validSamples = (Math.floor(trainIters / cfg.evalInterval) + 1) * evalIters * gbs;
+  const testSamples = evalIters * gbs;
+  const data = buildGptData({
+    dataPath: cfg.dataPath!,
+    split: cfg.split,
+    seqLength: cfg.seqLength!,
+    seed: cfg.seed,
+    numSamples: [trainSamples, validSamples, testSamples],
+    log,
+  });
+  if (!data.train) throw new Error(`--split ${cfg.split}: the training split is empty`);
+
+  // One rank state per (tp, pp, dp), sharing the backend.
+  const world = tp * pp * dp > 1 ? new LocalWorld(env.backend, { tp, pp, dp, vp }) : null;
+  const ranks: RankState[] = [];
+  const scalers: (GradScaler | null)[] = [];
+  for (let g = 0; g < tp * pp * dp; g++) {
+    const ps = world ? world.states[g] : makeParallelState({ tp: 1, pp: 1, dp: 1, vp }, 0);
+    const comm: Communicator = world ? world.communicator(g) : new SingleRankCommunicator();
+    const scaler = createGradScaler(cfg);
+    const scheduler = createLrScheduler({ ...cfg, globalBatchSize: gbs, trainIters, lr: cfg.lr! });
+    ranks.push(new RankState(cfg, modelCfg, env.backend, ps, comm, scheduler, scaler));
+    scalers.push(scaler);
+  }
+  const nParams = ranks.filter((r) => r.ps.dpRank === 0)
+    .reduce((s, r) => s + r.params.filter((p) => !p.shared).reduce((a, p) => a + p.value.size, 0), 0);
+  log(
+    `> model: ${cfg.numLayers} layers, hidden ${cfg.hiddenSize}, ${cfg.numAttentionHeads} heads, seq ${cfg.seqLength}, ` +
+      `${(nParams / 1e6).toFixed(2)}M parameters, ${cfg.paramsDtype}; layout TP=${tp} PP=${pp} DP=${dp}` +
+      (vp > 1 ? ` (${vp} virtual chunks per stage)` : "") + `; backend ${env.backend.description}`,
+  );
+  const run: Run = {
+    cfg,
+    env,
+    ranks,
+    scalers,
+    world,
+    tokenizer,
+    paddedVocab,
+    data,
+    eodMask: cfg.eodMaskLoss ? tokenizer.eod : null,
+  };
+
+  let iteration = 0;
+  let consumedTrain = 0;
+  let consumedValid = 0;
+  if (cfg.load) {
+    const r = load(run);
+    if (r) ({ iteration, consumedTrain, consumedValid } = r);
+  }
+
+  const tb = cfg.tensorboardDir ? new SummaryWriter(cfg.tensorboardDir) : null;
+  const metrics = cfg.metricsFile ? new MetricsWriter(cfg.metricsFile) : null;
+  const calc = buildNumMicroBatchesCalculator(mbArgs);
+  const history: IterationLog[] = [];
+  const validation: TrainResult["validation"] = [];
+  let savedTo: string | null = null;
+  let exitReason: TrainResult["exitReason"] = "done";
+  const startTime = now();
+  let intervalStart = now();
+  let intervalTokens = 0;
+  let intervalLoss: number[] = [];
+  let skippedInInterval = 0;
+  let nanInInterval = 0;
+  let totalTokens = 0;
+  let totalTime = 0;
+  const flopsPerSample = iterationFlops(1, cfg.seqLength!, cfg.numLayers!, cfg.hiddenSize!, paddedVocab);
+
+  const doEval = async (label: string, source: SampleSource | null, start: number) => {
+    if (!source || evalIters === 0) return null;
+    const r = await evaluate(run, source, evalIters, start);
+    log(
+      `${"-".repeat(10)} ${label} | lm loss value: ${fmtNum(r.loss, 6)} | lm loss PPL: ${fmtNum(r.ppl, 6)}`,
+    );
+    return r;
+  };
+
+  const doSave = () => {
+    if (!cfg.save) return;
+    const t0 = now();
+    savedTo = save(run, iteration, consumedTrain, consumedValid);
+    log(`saved checkpoint at iteration ${iteration} to ${cfg.save} (${(now() - t0).toFixed(0)} ms)`);
+  };
+
+  while (iteration < trainIters) {
+    calc.update(consumedTrain, true);
+    const numMicro = calc.numMicroBatches;
+    const batch = calc.currentGlobalBatchSize;
+    const t0 = now();
+    iteration += 1;
+    const r = await trainStep(run, consumedTrain, iteration, numMicro);
+    consumedTrain += batch;
+    const dt = now() - t0;
+    const tokens = batch * cfg.seqLength!;
+    intervalTokens += tokens;
+    totalTokens += tokens;
+    totalTime += dt;
+    if (r.skipped) skippedInInterval++;
+    if (!Number.isFinite(r.loss)) nanInInterval++;
+    else if (!r.skipped) intervalLoss.push(r.loss);
+    history.push({
+      iteration,
+      consumedSamples: consumedTrain,
+      loss: r.loss,
+      lr: r.nextLr,
+      lossScale: r.lossScale,
+      gradNorm: r.gradNorm,
+      skipped: r.skipped,
+    });
+    tb?.addScalars([
+      { tag: "lm loss", value: r.loss },
+      { tag: "learning-rate", value: r.nextLr },
+      { tag: "loss-scale", value: r.lossScale },
+      { tag: "batch-size", value: batch },
+      ...(r.gradNorm !== null ? [{ tag: "grad-norm", value: r.gradNorm }] : []),
+    ], iteration);
+    env.progress?.(
+      `iteration ${iteration}/${trainIters} | loss ${fmtNum(r.loss)} | ${(tokens / dt * 1000).toFixed(0)} tokens/s`,
+    );
+
+    if (iteration % cfg.logInterval === 0 || iteration === trainIters) {
+      const elapsed = now() - intervalStart;
+      const iters = iteration % cfg.logInterval === 0 ? cfg.logInterval : iteration % cfg.logInterval;
+      const msPerIter = elapsed / iters;
+      const tokPerSec = intervalTokens / elapsed * 1000;
+      const flops = flopsPerSample * (intervalTokens / cfg.seqLength!) / (elapsed / 1000);
+      const mfu = env.peak ? flops / env.peak.flops : null;
+      const avgLoss = mean(intervalLoss);
+      log(
+        ` iteration ${String(iteration).padStart(8)}/${String(trainIters).padStart(8)} |` +
+          ` consumed samples: ${String(consumedTrain).padStart(10)} |` +
+          ` elapsed time per iteration (ms): ${msPerIter.toFixed(1)} |` +
+          ` learning rate: ${r.nextLr.toExponential(3)} | global batch size: ${String(batch).padStart(5)} |` +
+          ` lm loss: ${avgLoss.toExponential(6)} | loss scale: ${r.lossScale.toFixed(1)} |` +
+          ` grad norm: ${fmtNum(r.gradNorm, 3)} | number of skipped iterations: ${String(skippedInInterval).padStart(3)} |` +
+          ` number of nan iterations: ${String(nanInInterval).padStart(3)} |` +
+          ` tokens/s: ${tokPerSec.toFixed(0)} | TFLOP/s: ${(flops / 1e12).toFixed(4)} |` +
+          ` MFU: ${mfu === null ? "-" : (mfu * 100).toFixed(2) + "%"} |`,
+      );
+      metrics?.write({
+        kind: "train",
+        iteration,
+        consumed_samples: consumedTrain,
+        ms_per_iteration: msPerIter,
+        learning_rate: r.nextLr,
+        global_batch_size: batch,
+        lm_loss: avgLoss,
+        loss_scale: r.lossScale,
+        grad_norm: r.gradNorm,
+        skipped_iterations: skippedInInterval,
+        nan_iterations: nanInInterval,
+        tokens_per_second: tokPerSec,
+        tflops: flops / 1e12,
+        mfu,
+      });
+      intervalStart = now();
+      intervalTokens = 0;
+      intervalLoss = [];
+      skippedInInterval = 0;
+      nanInInterval = 0;
+    }
+
+    if (cfg.evalInterval && iteration % cfg.evalInterval === 0 && data.valid) {
+      const v = await doEval(`validation loss at iteration ${iteration}`, data.valid, consumedValid);
+      consumedValid += evalIters * gbs;
+      if (v) {
+        validation.push({ iteration, ...v });
+        tb?.addScalars([{ tag: "lm loss validation", value: v.loss }, {
+          tag: "lm loss validation ppl",
+          value: v.ppl,
+        }], iteration);
+        metrics?.write({ kind: "validation", iteration, lm_loss: v.loss, ppl: v.ppl });
+      }
+    }
+
+    if (cfg.save && cfg.saveInterval && iteration % cfg.saveInterval === 0) doSave();
+
+    // Exit conditions: each saves a checkpoint first (when --save is set), then stops cleanly.
+    let stop: TrainResult["exitReason"] | null = null;
+    if (env.stopRequest?.stop) stop = "signal";
+    else if (cfg.exitInterval && iteration % cfg.exitInterval === 0) stop = "exit-interval";
+    else if (cfg.exitDurationInMins && (now() - startTime) / 60000 > cfg.exitDurationInMins) stop = "exit-duration";
+    if (stop) {
+      if (!(cfg.saveInterval && iteration % cfg.saveInterval === 0)) doSave();
+      log(`exiting at iteration ${iteration} (${stop === "signal" ? `signal ${env.stopRequest?.signal ?? ""}` : stop})`);
+      exitReason = stop;
+      break;
+    }
+  }
+
+  let test: TrainResult["test"] = null;
+  if (exitReason === "done") {
+    if (cfg.save && !(cfg.saveInterval && iteration % cfg.saveInterval === 0) && iteration > 0) doSave();
+    if (data.valid && !(cfg.evalInterval && iteration % cfg.evalInterval === 0)) {
+      const v = await doEval(`validation loss at the end of training`, data.valid, consumedValid);
+      if (v) validation.push({ iteration, ...v });
+    }
+    test = await doEval("test loss at the end of training", data.test, 0);
+    if (test) metrics?.write({ kind: "test", iteration, lm_loss: test.loss, ppl: test.ppl });
+  }
+  tb?.close();
+  for (const r of ranks) r.free();
+  data.close();
+  return {
+    iteration,
+    consumedTrainSamples: consumedTrain,
+    history,
+    validation,
+    test,
+    savedTo,
+    exitReason,
+    paddedVocabSize: paddedVocab,
+    tokensPerSecond: totalTime > 0 ? totalTokens / totalTime * 1000 : 0,
+  };
+}
