@@ -135,15 +135,23 @@ function lastDim(op: string, t: Tensor, what: string): number {
   return t.shape[t.rank - 1];
 }
 
-function geluTanh(x: number): number {
-  const u = 0.7978845608028654 * (x + 0.044715 * x * x * x);
-  return 0.5 * x * (1 + Math.tanh(u));
+// GeLU, tanh approximation: 0.5 x (1 + tanh(u)), u = 0.7978845608028654 (x + 0.044715 x^3).
+// Computed as x * sigmoid(2u) (identical, since 1 + tanh(u) = 2 sigmoid(2u)): one Math.exp instead of
+// Math.tanh, and no cancellation in 1 + tanh(u) for negative x. exp(-2u) below e^-40 cannot change
+// 1 + e^-2u, so it is skipped (Math.exp is slow far below its underflow).
+function sigmoid2u(x: number): number {
+  const z = -1.5957691216057308 * (x + 0.044715 * x * x * x); // -2u
+  return 1 / (1 + (z < -40 ? 0 : Math.exp(z)));
 }
 
+function geluTanh(x: number): number {
+  return x * sigmoid2u(x);
+}
+
+/** d/dx of 0.5 x (1 + tanh u) = 0.5 (1 + t) + 0.5 x (1 - t^2) u' = s + 2 x s (1 - s) u', s = sigmoid(2u). */
 function geluTanhGrad(x: number): number {
-  const u = 0.7978845608028654 * (x + 0.044715 * x * x * x);
-  const t = Math.tanh(u);
-  return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * 0.7978845608028654 * (1 + 3 * 0.044715 * x * x);
+  const s = sigmoid2u(x);
+  return s + 2 * x * s * (1 - s) * 0.7978845608028654 * (1 + 3 * 0.044715 * x * x);
 }
 
 function checkAddr(op: string, size: number, addr: RngAddress): number {
