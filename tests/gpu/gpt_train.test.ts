@@ -9,7 +9,7 @@ import type { ParamsDType } from "../../src/models/mod.ts";
 import type { Tensor } from "../../src/tensor/tensor.ts";
 import { printTable, type Row, setup } from "./harness.ts";
 
-const ctx = await setup();
+const ctx = await setup(false); // ops.test.ts prints the skip line
 const opts = { sanitizeResources: false, sanitizeOps: false };
 
 async function train(be: Backend, paramsDtype: ParamsDType, steps: number): Promise<number[]> {

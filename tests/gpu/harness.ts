@@ -36,7 +36,7 @@ export interface Ctx {
 }
 
 /** Creates both backends, or prints the one skip line and returns null. */
-export async function setup(): Promise<Ctx | null> {
+export async function setup(announceSkip = true): Promise<Ctx | null> {
   // MEGATRON_DENO_GPU_TEST_DRYRUN=1 runs the whole suite with a second CPU backend in place of
   // CUDA: it checks the test code itself (shapes, dtypes, argument rules) on a machine without GPU.
   if (Deno.env.get("MEGATRON_DENO_GPU_TEST_DRYRUN") === "1") {
@@ -45,7 +45,7 @@ export async function setup(): Promise<Ctx | null> {
   }
   const p = probeCuda();
   if (!p.ok) {
-    console.log(`test:gpu: skipped — no CUDA: ${p.reason}`);
+    if (announceSkip) console.log(`test:gpu: skipped — no CUDA: ${p.reason}`);
     return null;
   }
   const cuda = await createCudaBackend();
