@@ -380,6 +380,7 @@ export class CpuBackend implements Backend {
     checkFloat(op, x, "x");
     checkFloat(op, out, "out");
     const cols = out.size;
+    if (cols === 0 && x.size === 0) return;
     if (cols === 0 || x.size % cols !== 0) {
       throw new Error(
         `${op}: x ${shapeStr(x.shape)} is not a whole number of rows of out ${shapeStr(out.shape)}`,
