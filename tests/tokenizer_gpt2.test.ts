@@ -3,7 +3,14 @@
 import assert from "node:assert/strict";
 // deno-lint-ignore no-import-prefix -- the project rule: fully qualified specifiers, importable from a URL
 import { getEncoding } from "npm:js-tiktoken@1.0.21";
-import { buildTokenizer, GPT2BPETokenizer, type Tokenizer } from "../src/tokenizer/mod.ts";
+import {
+  buildTokenizer,
+  bytesToUnicode,
+  defaultGpt2Files,
+  GPT2BPETokenizer,
+  parseMerges,
+  type Tokenizer,
+} from "../src/tokenizer/mod.ts";
 
 const corpusText = await Deno.readTextFile(new URL("../assets/tokenizer/test_corpus.txt", import.meta.url));
 
@@ -38,6 +45,12 @@ Deno.test("gpt2: default vocab loads (50257 tokens, eod 50256, no BERT specials)
   assert.equal(t.cls, undefined);
   assert.equal(t.mask, undefined);
   assert.deepEqual(t.additionalSpecialTokensIds, []);
+  const files = await defaultGpt2Files();
+  assert.ok(files.mergesText.startsWith("#version: 0.2"));
+  assert.equal(parseMerges(files.mergesText).length, 50000);
+  const table = bytesToUnicode();
+  assert.equal(new Set(table).size, 256);
+  assert.deepEqual([table[0x20], table[0x0a], table[0x41], table[0xad]], ["Ġ", "Ċ", "A", "Ń"]);
 });
 
 Deno.test("gpt2: known-answer ids", async () => {
@@ -100,7 +113,7 @@ Deno.test("gpt2: decode round-trips the corpus and replaces invalid UTF-8 with U
 });
 
 Deno.test("gpt2: results do not depend on the BPE cache", async () => {
-  const files = await import("../src/tokenizer/mod.ts").then((m) => m.defaultGpt2Files());
+  const files = await defaultGpt2Files();
   const noCache = GPT2BPETokenizer.fromFiles(files.vocabText, files.mergesText, { cacheSize: 0 });
   const tiny = GPT2BPETokenizer.fromFiles(files.vocabText, files.mergesText, { cacheSize: 3 });
   const t = await gpt2();
@@ -201,7 +214,7 @@ Deno.test("gpt2: --vocab-file/--merge-file override and bad files give one-line 
 });
 
 Deno.test("gpt2: heap merge equals the rescanning merge (random text) and js-tiktoken (long pieces)", async () => {
-  const files = await import("../src/tokenizer/mod.ts").then((m) => m.defaultGpt2Files());
+  const files = await defaultGpt2Files();
   const scan = GPT2BPETokenizer.fromFiles(files.vocabText, files.mergesText, {
     cacheSize: 0,
     heapThreshold: Infinity,
