@@ -95,3 +95,22 @@ Deno.test("Mt19937_64.nextMod equals BigInt modulo; seeds wrap mod 2^64 like C++
   const wrapped = new Mt19937_64((1n << 64n) - 1n);
   assert.equal(neg.nextUint64(), wrapped.nextUint64());
 });
+
+Deno.test("choice: randint path without p, cdf inversion with p", () => {
+  // Without p: randint(0, 5) from RandomState(0): first word 2357136044 & 7 = 4 <= 4.
+  assert.equal(new RandomState(0).choice(5), 4);
+  // With p: u = 0.5488135... against cdf [0.2, 0.5, 1.0] -> index 2; then 0.7151... -> 2; 0.6027... -> 2.
+  const r = new RandomState(0);
+  assert.equal(r.choice(3, [0.2, 0.3, 0.5]), 2);
+  // u2 = 0.7151893663724195 against cdf [0.6, 0.72, 1] -> 1.
+  assert.equal(r.choice(3, [0.6, 0.12, 0.28]), 1);
+  // u3 = 0.6027633760716439: exactly-on-boundary semantics are side='right' (cdf <= u moves right).
+  assert.equal(r.choice(2, [0.6027633760716439, 1 - 0.6027633760716439]), 1);
+  // BERT's n-gram distribution p = [6/11, 3/11, 2/11]: frequencies follow p.
+  const q = new RandomState(3);
+  const counts = [0, 0, 0];
+  for (let i = 0; i < 11000; i++) counts[q.choice(3, [6 / 11, 3 / 11, 2 / 11])]++;
+  assert.ok(Math.abs(counts[0] - 6000) < 300 && Math.abs(counts[2] - 2000) < 200, `${counts}`);
+  assert.throws(() => q.choice(2, [0.5, 0.6]), /summing to 1, found 1.1/);
+  assert.throws(() => q.choice(0), /population size > 0, found 0/);
+});

@@ -297,6 +297,45 @@ export class RandomState {
     }
   }
 
+  /**
+   * choice(n) or choice(n, p=p) for one index, as legacy RandomState.choice with replacement:
+   * without p it is randint(0, n); with p it inverts the sequential cumsum of p (normalized by its
+   * last value) at one random_sample, taking the first cdf entry > u (searchsorted side='right').
+   */
+  choice(n: number, p?: ArrayLike<number>): number {
+    if (!Number.isSafeInteger(n) || n <= 0) {
+      throw new Error(`RandomState.choice: expected a population size > 0, found ${n}`);
+    }
+    if (p === undefined) return this.randint(0, n);
+    if (p.length !== n) {
+      throw new Error(`RandomState.choice: expected ${n} probabilities, found ${p.length}`);
+    }
+    const cdf = new Float64Array(n);
+    let acc = 0;
+    for (let i = 0; i < n; i++) {
+      if (!(p[i] >= 0)) {
+        throw new Error(`RandomState.choice: expected probabilities >= 0, found p[${i}]=${p[i]}`);
+      }
+      acc += p[i];
+      cdf[i] = acc;
+    }
+    // NumPy rejects p whose sum is off by more than sqrt(eps).
+    if (Math.abs(acc - 1) > Math.sqrt(Number.EPSILON)) {
+      throw new Error(`RandomState.choice: expected probabilities summing to 1, found ${acc}`);
+    }
+    const last = cdf[n - 1];
+    for (let i = 0; i < n; i++) cdf[i] /= last;
+    const u = this.randomSample();
+    let lo = 0;
+    let hi = n;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (cdf[mid] <= u) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
   /** permutation(n): a shuffled arange(n) (int64 in NumPy; numbers here). */
   permutation(n: number): Float64Array {
     const out = new Float64Array(n);
