@@ -228,11 +228,11 @@ Deno.test("config: Megatron's cross-flag rules, one line each", () => {
       "--num-layers",
       "8",
       "--pipeline-model-parallel-size",
-      "2",
+      "1",
       "--num-layers-per-virtual-pipeline-stage",
       "2",
     ]),
-    "--num-layers-per-virtual-pipeline-stage needs --pipeline-model-parallel-size > 2, found 2",
+    "--num-layers-per-virtual-pipeline-stage needs --pipeline-model-parallel-size >= 2, found 1",
   );
   assert.equal(
     err([

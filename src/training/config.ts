@@ -573,9 +573,11 @@ function finalize(v0: FlagValues, explicit: Set<string>, strict: boolean): Confi
   }
   let vp = 1;
   if (v.numLayersPerVirtualPipelineStage !== undefined) {
-    if (pp <= 2) {
+    // Megatron 2021 also rejects 2 stages (its batched isend/irecv paired one peer twice); our
+    // sends never block, so interleaving works from 2 stages on.
+    if (pp < 2) {
       fail(
-        `--num-layers-per-virtual-pipeline-stage needs --pipeline-model-parallel-size > 2, found ${pp}`,
+        `--num-layers-per-virtual-pipeline-stage needs --pipeline-model-parallel-size >= 2, found ${pp}`,
       );
     }
     if (v.numLayers !== undefined) {

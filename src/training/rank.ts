@@ -13,6 +13,7 @@ import type { Communicator, ParallelState } from "../parallel/types.ts";
 import { runForwardOnly, runSchedule, type StageRunner } from "../pipeline/schedules.ts";
 import type { Param } from "../tensor/param.ts";
 import type { Tensor } from "../tensor/tensor.ts";
+import { chunkPrefix } from "./checkpoint.ts";
 import type { Config } from "./config.ts";
 
 /** Global 0-based layers of virtual chunk `v` on stage `r` (Megatron's interleaved assignment). */
@@ -80,7 +81,12 @@ export class RankState {
     }
     this.params = this.chunks.flatMap((c) => c.params());
     this.grads = new GradBuffer(backend, this.params);
-    this.optimizer = new MegatronOptimizer(backend, this.params, scheduler, {
+    // Chunks reuse stage-local names (layers.0, ...); the optimizer sees them as Megatron's
+    // checkpoint does, prefixed model0., model1., ... (views that read through to the real Param).
+    const named = vp === 1 ? this.params : this.chunks.flatMap((c, v) =>
+      c.params().map((p) => Object.create(p, { name: { value: chunkPrefix(v, vp) + p.name } }) as Param)
+    );
+    this.optimizer = new MegatronOptimizer(backend, named, scheduler, {
       optimizer: cfg.optimizer,
       weightDecay: cfg.weightDecay,
       adamBeta1: cfg.adamBeta1,
