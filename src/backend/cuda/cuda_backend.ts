@@ -979,17 +979,16 @@ export type CudaProbe = { ok: true; description: string } | { ok: false; reason:
  * load, the driver accepts the runtime and at least one GPU is visible. Creates no context.
  */
 export function probeCuda(env: DiscoverEnv = realDiscoverEnv()): CudaProbe {
-  let rt: Cudart | null = null;
+  // The libraries stay loaded (not dlclosed): the backend reopens the same files right after,
+  // and unloading an initialized CUDA runtime buys nothing.
   try {
-    rt = Cudart.open(env);
+    const rt = Cudart.open(env);
     const count = rt.deviceCount();
     if (count < 1) return { ok: false, reason: "cudaGetDeviceCount: no CUDA device visible" };
-    CudaDriver.open(env).close();
-    Cublas.open(env).close();
+    CudaDriver.open(env);
+    Cublas.open(env);
     return { ok: true, description: `${count} CUDA device(s), runtime ${rt.runtimeVersion()}` };
   } catch (e) {
     return { ok: false, reason: (e as Error).message };
-  } finally {
-    rt?.close();
   }
 }

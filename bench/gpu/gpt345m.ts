@@ -1,0 +1,181 @@
+// GPU benchmark (deno task bench:gpu): cuBLAS GEMMs at GPT-345M shapes, the main kernels'
+// bandwidth, and GPT-345M training steps (bf16 params, micro-batch 8, seq 1024, dropout 0.1,
+// AdamW) on the CUDA backend. Without CUDA it prints one skip line and exits 0.
+//
+//   deno task bench:gpu [--steps 5] [--micro-batch 8] [--layers 24] [--skip-model]
+
+import { parseArgs } from "node:util";
+import { createCudaBackend, type CudaBackend, probeCuda } from "../../src/backend/cuda/cuda_backend.ts";
+import { GPTModel, type LossOutput, padVocabSize } from "../../src/models/mod.ts";
+import { makeParallelState, SingleRankCommunicator } from "../../src/parallel/types.ts";
+import type { DType } from "../../src/tensor/dtype.ts";
+import type { Tensor } from "../../src/tensor/tensor.ts";
+
+const { values: args } = parseArgs({
+  args: Deno.args,
+  options: {
+    steps: { type: "string", default: "5" },
+    "micro-batch": { type: "string", default: "8" },
+    layers: { type: "string", default: "24" },
+    "skip-model": { type: "boolean", default: false },
+  },
+});
+
+function timeIt(be: CudaBackend, reps: number, fn: () => void): number {
+  fn(); // warm-up (and cuBLAS heuristics)
+  be.synchronize();
+  const a = be.recordEvent();
+  for (let i = 0; i < reps; i++) fn();
+  const b = be.recordEvent();
+  return be.elapsedMs(a, b) / reps;
+}
+
+function gemmBench(be: CudaBackend, rows: string[][]): void {
+  const T = 8192, h = 1024, V = 50304;
+  const shapes: [string, number, number, number, boolean][] = [
+    ["qkv fwd", T, 3 * h, h, true],
+    ["attn proj fwd", T, h, h, true],
+    ["h->4h fwd", T, 4 * h, h, true],
+    ["4h->h fwd", T, h, 4 * h, true],
+    ["logits fwd", T, V, h, true],
+    ["8192^3", 8192, 8192, 8192, false],
+  ];
+  for (const [name, m, n, k, transB] of shapes) {
+    const a = be.empty("bf16", [m, k]),
+      b = be.empty("bf16", transB ? [n, k] : [k, n]),
+      c = be.empty("bf16", [m, n]);
+    be.fill(a, 0.01);
+    be.fill(b, 0.01);
+    const ms = timeIt(be, 10, () => be.gemm({ transA: false, transB, m, n, k, a, b, c }));
+    rows.push([
+      `gemm bf16 ${name}`,
+      `${m}x${n}x${k}`,
+      ms.toFixed(3),
+      `${(2 * m * n * k / ms / 1e9).toFixed(0)} TFLOP/s`,
+    ]);
+    for (const t of [a, b, c]) be.free(t);
+  }
+}
+
+function kernelBench(be: CudaBackend, rows: string[][]): void {
+  const dt: DType = "bf16";
+  const T = 8192, h = 1024;
+  const x = be.empty(dt, [T, h]), y = be.empty(dt, [T, h]), g = be.empty(dt, [h]), bb = be.empty(dt, [h]);
+  const mean = be.empty("f32", [T]), rstd = be.empty("f32", [T]);
+  for (const t of [x, g, bb]) be.fill(t, 0.5);
+  const gb = (bytes: number, ms: number) => `${(bytes / ms / 1e6).toFixed(0)} GB/s`;
+  let ms = timeIt(be, 20, () => be.layerNormFwd(x, g, bb, 1e-5, y, mean, rstd));
+  rows.push(["layerNormFwd bf16", `${T}x${h}`, ms.toFixed(3), gb(4 * T * h, ms)]);
+  const addr = { seed: 1, stream: 2, iteration: 3, base: 0, rowStride: h, rowLen: h };
+  ms = timeIt(be, 20, () => be.dropout(x, 0.1, addr, y));
+  rows.push(["dropout bf16 p=0.1", `${T}x${h}`, ms.toFixed(3), gb(4 * T * h, ms)]);
+  const x4 = be.empty(dt, [T, 4 * h]), y4 = be.empty(dt, [T, 4 * h]), b4 = be.empty(dt, [4 * h]);
+  be.fill(x4, 0.1);
+  be.fill(b4, 0.1);
+  ms = timeIt(be, 20, () => be.biasGeluFwd(x4, b4, y4));
+  rows.push(["biasGeluFwd bf16", `${T}x${4 * h}`, ms.toFixed(3), gb(4 * T * 4 * h, ms)]);
+  const s = be.empty(dt, [8, 16, 1024, 1024]), p = be.empty(dt, [8, 16, 1024, 1024]);
+  be.fill(s, 0.1);
+  ms = timeIt(be, 10, () => be.softmaxFwd(s, 0.125, { kind: "causal" }, p));
+  rows.push(["softmaxFwd causal bf16", "8x16x1024x1024", ms.toFixed(3), gb(4 * s.size, ms)]);
+  for (const t of [x, y, g, bb, mean, rstd, x4, y4, b4, s, p]) be.free(t);
+}
+
+async function modelBench(be: CudaBackend, rows: string[][]): Promise<void> {
+  const layers = Number(args.layers), mb = Number(args["micro-batch"]), steps = Number(args.steps);
+  const [h, heads, seq] = [1024, 16, 1024];
+  const vocab = padVocabSize(50257, 128, 1);
+  const ps = makeParallelState({ tp: 1, pp: 1, dp: 1 }, 0);
+  const model = new GPTModel(
+    {
+      numLayers: layers,
+      hiddenSize: h,
+      numAttentionHeads: heads,
+      seqLength: seq,
+      maxPositionEmbeddings: seq,
+      vocabSize: vocab,
+      hiddenDropout: 0.1,
+      attentionDropout: 0.1,
+      initMethodStd: 0.02,
+      paramsDtype: "bf16",
+      activationsCheckpointMethod: null,
+      seed: 1234,
+    },
+    be,
+    ps,
+    new SingleRankCommunicator(),
+  );
+  const params = model.params();
+  const nParams = params.reduce((s, p) => s + p.value.size, 0);
+  const st = params.map((p) => ({ m: be.zeros("f32", p.value.shape), v: be.zeros("f32", p.value.shape) }));
+  const tok = new Int32Array(mb * seq).map((_, i) => (i * 7919) % 50257);
+  const lab = tok.map((t) => (t + 1) % 50257);
+  const ids: Tensor[] = [be.fromHost("i32", [mb, seq], tok), be.fromHost("i32", [mb, seq], lab)];
+  const mask = be.fromHost("f32", [mb, seq], new Float32Array(mb * seq).fill(1));
+  let lastLoss = 0;
+  const step = async (it: number) => {
+    model.zeroGrads();
+    const ctx = model.newContext({ iteration: it, firstGlobalSample: it * mb });
+    const out = await model.forward({ tokens: ids[0], labels: ids[1], lossMask: mask }, ctx) as LossOutput;
+    await model.backward(ctx, 1);
+    params.forEach((p, i) => {
+      be.adamStep(p.main ?? p.value, p.grad, st[i].m, st[i].v, {
+        lr: 1e-4,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weightDecay: 0.01,
+        step: it,
+      });
+      if (p.main) be.copy(p.main, p.value);
+    });
+    lastLoss = out.loss;
+  };
+  await step(1);
+  await step(2);
+  be.synchronize();
+  be.resetPeakMemory();
+  const t0 = performance.now();
+  for (let i = 0; i < steps; i++) await step(3 + i);
+  be.synchronize();
+  const sec = (performance.now() - t0) / 1000 / steps;
+  const tokens = mb * seq;
+  // Megatron's model FLOPs per iteration without recompute: 72 B s l h^2 (1 + s/(6h) + V/(12 l h)).
+  const flops = 72 * mb * seq * layers * h * h * (1 + seq / (6 * h) + vocab / (12 * layers * h));
+  const mem = be.memoryStats();
+  rows.push([
+    `GPT-345M-shape train step (${layers} layers, ${(nParams / 1e6).toFixed(0)}M params)`,
+    `bf16 mb=${mb} s=${seq}`,
+    (sec * 1000).toFixed(1),
+    `${(tokens / sec).toFixed(0)} tok/s, ${(flops / sec / 1e12).toFixed(0)} TFLOP/s, loss ${
+      lastLoss.toFixed(3)
+    }, peak ${(mem.peakAllocatedBytes / 2 ** 30).toFixed(1)} GiB (reserved ${
+      (mem.peakReservedBytes / 2 ** 30).toFixed(1)
+    })`,
+  ]);
+}
+
+async function main(): Promise<number> {
+  const p = probeCuda();
+  if (!p.ok) {
+    console.log(`bench:gpu: skipped — no CUDA: ${p.reason}`);
+    return 0;
+  }
+  const be = await createCudaBackend();
+  console.log(`bench:gpu on ${be.description}`);
+  const rows: string[][] = [];
+  gemmBench(be, rows);
+  kernelBench(be, rows);
+  if (!args["skip-model"]) {
+    try {
+      await modelBench(be, rows);
+    } catch (e) {
+      rows.push(["GPT-345M train step", "-", "-", `FAILED: ${(e as Error).message}`]);
+    }
+  }
+  console.log(["what".padEnd(58) + " " + "shape".padEnd(20) + " " + "ms".padStart(9) + "  rate"].join(""));
+  for (const r of rows) console.log(`${r[0].padEnd(58)} ${r[1].padEnd(20)} ${r[2].padStart(9)}  ${r[3]}`);
+  return rows.some((r) => r[3].startsWith("FAILED")) ? 1 : 0;
+}
+
+if (import.meta.main) Deno.exit(await main());
