@@ -208,7 +208,7 @@ Deno.test("gpt2: --vocab-file/--merge-file override and bad files give one-line 
     await oneLine(
       // deno-lint-ignore no-explicit-any
       buildTokenizer({ tokenizerType: "GPT2Tokenizer" as any }),
-      /--tokenizer-type: expected one of GPT2BPETokenizer, BertWordPieceLowerCase, BertWordPieceCase, found "GPT2Tokenizer"/,
+      /--tokenizer-type: expected one of GPT2BPETokenizer, BertWordPieceLowerCase, BertWordPieceCase, NullTokenizer, found "GPT2Tokenizer"/,
     );
   });
 });

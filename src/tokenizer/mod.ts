@@ -8,9 +8,11 @@
 import { GPT2BPETokenizer } from "./gpt2.ts";
 import { BertWordPieceTokenizer } from "./bert.ts";
 import type { Tokenizer, TokenizerType } from "./types.ts";
+import { NullTokenizer } from "./null.ts";
 
 export type { Tokenizer, TokenizerType } from "./types.ts";
 export { bytesToUnicode, GPT2_EOD_TOKEN, GPT2BPETokenizer, parseEncoderJson, parseMerges } from "./gpt2.ts";
+export { NullTokenizer } from "./null.ts";
 export { bertBasicTokenize, BertWordPieceTokenizer, parseBertVocab } from "./bert.ts";
 
 export const TOKENIZER_TYPES: readonly TokenizerType[] = [
@@ -100,7 +102,9 @@ export async function defaultBertUncasedVocab(): Promise<string> {
 function checkType(t: unknown): TokenizerType {
   if (typeof t === "string" && (TOKENIZER_TYPES as readonly string[]).includes(t)) return t as TokenizerType;
   throw new Error(
-    `--tokenizer-type: expected one of ${TOKENIZER_TYPES.join(", ")}, found ${JSON.stringify(t)}`,
+    `--tokenizer-type: expected one of ${[...TOKENIZER_TYPES, "NullTokenizer"].join(", ")}, found ${
+      t === undefined ? "none (the flag is required)" : JSON.stringify(t)
+    }`,
   );
 }
 
@@ -172,8 +176,19 @@ export function tokenizerFromFiles(files: TokenizerFiles): Tokenizer {
   });
 }
 
-/** Megatron's build_tokenizer (without vocab padding, which belongs to the model setup). */
-export async function buildTokenizer(opts: BuildTokenizerOptions): Promise<Tokenizer> {
+/** Megatron's build_tokenizer (without vocab padding, which belongs to the model setup). The
+ *  NullTokenizer (Megatron-Core's, for pre-tokenized or synthetic data) needs `vocabSize`. */
+export async function buildTokenizer(
+  opts: Omit<BuildTokenizerOptions, "tokenizerType"> & {
+    tokenizerType: TokenizerType | "NullTokenizer";
+    vocabSize?: number;
+  },
+): Promise<Tokenizer> {
+  if (opts.tokenizerType === "NullTokenizer") {
+    if (opts.vocabSize === undefined) throw new Error("--tokenizer-type NullTokenizer needs --vocab-size");
+    return new NullTokenizer(opts.vocabSize);
+  }
+  const files = await readTokenizerFiles({ ...opts, tokenizerType: opts.tokenizerType });
   // As in Megatron, --vocab-extra-ids only applies to the BERT tokenizers.
-  return tokenizerFromFiles(await readTokenizerFiles(opts));
+  return tokenizerFromFiles(files);
 }

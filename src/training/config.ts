@@ -230,9 +230,10 @@ const FLAGS = {
   numWorkers: int(G.data, 2, "Data loader workers (accepted; loading is in-process)."),
   tokenizerType: choiceOpt(
     G.data,
-    ["BertWordPieceLowerCase", "BertWordPieceCase", "GPT2BPETokenizer"],
-    "Tokenizer.",
+    ["BertWordPieceLowerCase", "BertWordPieceCase", "GPT2BPETokenizer", "NullTokenizer"],
+    "Tokenizer (NullTokenizer: pre-tokenized ids, needs --vocab-size).",
   ),
+  vocabSize: intOpt(G.data, "Vocabulary size without eod, for --tokenizer-type NullTokenizer."),
   dataImpl: choice(G.data, ["mmap", "infer"], "infer", "Indexed dataset implementation."),
   resetPositionIds: bool(G.data, "Restart position ids after each end-of-document token."),
   resetAttentionMask: bool(G.data, "Do not attend across end-of-document tokens."),
@@ -447,6 +448,14 @@ export function validateForTraining(cfg: Config): Config {
     throw new ConfigError("one of --train-iters or --train-samples is required for training");
   }
   if (cfg.dataPath === undefined) throw new ConfigError("--data-path is required for training");
+  if (cfg.tokenizerType === "NullTokenizer" && cfg.vocabSize === undefined) {
+    throw new ConfigError("--tokenizer-type NullTokenizer needs --vocab-size");
+  }
+  if (cfg.tokenizerType !== "NullTokenizer" && cfg.vocabSize !== undefined) {
+    throw new ConfigError(
+      `--vocab-size applies only to --tokenizer-type NullTokenizer, found ${cfg.tokenizerType}`,
+    );
+  }
   return finalize(cfg, cfg.explicit, true);
 }
 

@@ -14,16 +14,16 @@ import { type Communicator, makeParallelState, SingleRankCommunicator } from "..
 import { buildTokenizer, type Tokenizer } from "../tokenizer/mod.ts";
 import {
   assertArchitectureArgs,
-  chunkPrefix,
   type CheckpointMeta,
+  chunkPrefix,
   loadCheckpoint,
   type NamedTensor,
-  readTracker,
   type RankState as CkptRank,
+  readTracker,
   saveCheckpoint,
 } from "./checkpoint.ts";
 import { type Config, configToJson } from "./config.ts";
-import { type GptData, buildGptData, type SampleSource } from "./data.ts";
+import { buildGptData, type GptData, type SampleSource } from "./data.ts";
 import { MetricsWriter } from "./metrics.ts";
 import { type HostBatch, RankState, type RankStepResult, type StepInputs } from "./rank.ts";
 import { SummaryWriter } from "./tensorboard.ts";
@@ -104,7 +104,13 @@ export function iterationFlops(batch: number, s: number, l: number, h: number, v
 }
 
 /** tokens [s], labels [s], loss mask [s] from one sample of s+1 tokens. */
-function fillSample(sample: ArrayLike<number>, s: number, eod: number | null, hb: HostBatch, row: number): void {
+function fillSample(
+  sample: ArrayLike<number>,
+  s: number,
+  eod: number | null,
+  hb: HostBatch,
+  row: number,
+): void {
   if (sample.length !== s + 1) {
     throw new Error(`data: a sample has ${sample.length} tokens, expected seq-length + 1 = ${s + 1}`);
   }
@@ -263,7 +269,9 @@ function load(run: Run): { iteration: number; consumedTrain: number; consumedVal
   const cfg = run.cfg;
   const dir = cfg.load!;
   if (readTracker(dir) === null) {
-    run.env.log(`no checkpoint found in ${dir} (no latest_checkpointed_iteration.txt); starting from scratch`);
+    run.env.log(
+      `no checkpoint found in ${dir} (no latest_checkpointed_iteration.txt); starting from scratch`,
+    );
     return null;
   }
   const be = run.env.backend;
@@ -318,7 +326,9 @@ function load(run: Run): { iteration: number; consumedTrain: number; consumedVal
 function fmtNum(x: number | null, digits = 4): string {
   if (x === null) return "-";
   if (!Number.isFinite(x)) return String(x);
-  return Math.abs(x) >= 1e4 || (Math.abs(x) < 1e-3 && x !== 0) ? x.toExponential(digits - 1) : x.toFixed(digits);
+  return Math.abs(x) >= 1e4 || (Math.abs(x) < 1e-3 && x !== 0)
+    ? x.toExponential(digits - 1)
+    : x.toFixed(digits);
 }
 
 /** Run pretraining with a validated config. */
@@ -335,6 +345,7 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
     vocabFile: cfg.vocabFile,
     mergeFile: cfg.mergeFile,
     vocabExtraIds: cfg.vocabExtraIds,
+    vocabSize: cfg.vocabSize,
   });
   const paddedVocab = padVocabSize(tokenizer.vocabSize, cfg.makeVocabSizeDivisibleBy, tp);
   log(
@@ -350,7 +361,11 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
     dataParallelSize: dp,
     rampupBatchSize: cfg.rampupBatchSize ?? null,
   };
-  const trainIters = computeTrainIters({ ...mbArgs, trainIters: cfg.trainIters, trainSamples: cfg.trainSamples });
+  const trainIters = computeTrainIters({
+    ...mbArgs,
+    trainIters: cfg.trainIters,
+    trainSamples: cfg.trainSamples,
+  });
   const gbs = cfg.globalBatchSize!;
   const trainSamples = cfg.trainSamples ?? trainIters * gbs;
   const evalIters = cfg.evalIters;
@@ -471,7 +486,9 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
       ...(r.gradNorm !== null ? [{ tag: "grad-norm", value: r.gradNorm }] : []),
     ], iteration);
     env.progress?.(
-      `iteration ${iteration}/${trainIters} | loss ${fmtNum(r.loss)} | ${(tokens / dt * 1000).toFixed(0)} tokens/s`,
+      `iteration ${iteration}/${trainIters} | loss ${fmtNum(r.loss)} | ${
+        (tokens / dt * 1000).toFixed(0)
+      } tokens/s`,
     );
 
     if (iteration % cfg.logInterval === 0 || iteration === trainIters) {
@@ -488,7 +505,9 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
           ` elapsed time per iteration (ms): ${msPerIter.toFixed(1)} |` +
           ` learning rate: ${r.nextLr.toExponential(3)} | global batch size: ${String(batch).padStart(5)} |` +
           ` lm loss: ${avgLoss.toExponential(6)} | loss scale: ${r.lossScale.toFixed(1)} |` +
-          ` grad norm: ${fmtNum(r.gradNorm, 3)} | number of skipped iterations: ${String(skippedInInterval).padStart(3)} |` +
+          ` grad norm: ${fmtNum(r.gradNorm, 3)} | number of skipped iterations: ${
+            String(skippedInInterval).padStart(3)
+          } |` +
           ` number of nan iterations: ${String(nanInInterval).padStart(3)} |` +
           ` tokens/s: ${tokPerSec.toFixed(0)} | TFLOP/s: ${(flops / 1e12).toFixed(4)} |` +
           ` MFU: ${mfu === null ? "-" : (mfu * 100).toFixed(2) + "%"} |`,
@@ -535,10 +554,16 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
     let stop: TrainResult["exitReason"] | null = null;
     if (env.stopRequest?.stop) stop = "signal";
     else if (cfg.exitInterval && iteration % cfg.exitInterval === 0) stop = "exit-interval";
-    else if (cfg.exitDurationInMins && (now() - startTime) / 60000 > cfg.exitDurationInMins) stop = "exit-duration";
+    else if (cfg.exitDurationInMins && (now() - startTime) / 60000 > cfg.exitDurationInMins) {
+      stop = "exit-duration";
+    }
     if (stop) {
       if (!(cfg.saveInterval && iteration % cfg.saveInterval === 0)) doSave();
-      log(`exiting at iteration ${iteration} (${stop === "signal" ? `signal ${env.stopRequest?.signal ?? ""}` : stop})`);
+      log(
+        `exiting at iteration ${iteration} (${
+          stop === "signal" ? `signal ${env.stopRequest?.signal ?? ""}` : stop
+        })`,
+      );
       exitReason = stop;
       break;
     }
