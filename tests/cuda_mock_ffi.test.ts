@@ -1,0 +1,349 @@
+// The CUDA backend end to end through Deno FFI against a mock CUDA stack built here with the C
+// compiler: "device" memory is host memory, cuBLAS GEMMs follow cuBLAS's documented
+// column-major semantics, and kernel launches are recorded instead of run. This checks on a
+// GPU-less machine what only a GPU run could otherwise: the symbol tables and argument order
+// of every call the backend makes, the row-major GEMM mapping through real pointers and
+// offsets, host copies, the allocator, and the packed kernel arguments. (The kernels themselves
+// are checked by tests/gpu/.) Skips with one line when no C compiler is available.
+import assert from "node:assert/strict";
+import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
+import { createCudaBackend, type CudaBackend, probeCuda } from "../src/backend/cuda/cuda_backend.ts";
+import type { DiscoverEnv } from "../ffi/discover.ts";
+import type { DType } from "../src/tensor/dtype.ts";
+
+const MOCK_C = String.raw`
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdio.h>
+typedef uint16_t bf16;
+static float bf2f(bf16 b) { uint32_t u = (uint32_t)b << 16; float f; memcpy(&f, &u, 4); return f; }
+static bf16 f2bf(float f) { uint32_t u; memcpy(&u, &f, 4); u += 0x7fff + ((u >> 16) & 1); return (bf16)(u >> 16); }
+
+/* ---- cudart ---- */
+static int mallocs = 0, live = 0;
+const char* cudaGetErrorString(int e) { return e == 1 ? "invalid argument" : e == 2 ? "out of memory" : "mock error"; }
+int cudaGetLastError(void) { return 0; }
+int cudaRuntimeGetVersion(int* v) { *v = 13000; return 0; }
+int cudaDriverGetVersion(int* v) { *v = 13000; return 0; }
+int cudaGetDeviceCount(int* n) { *n = 1; return 0; }
+int cudaSetDevice(int d) { return d == 0 ? 0 : 101; }
+int cudaGetDevice(int* d) { *d = 0; return 0; }
+int cudaDeviceGetAttribute(int* v, int attr, int dev) { *v = attr == 16 ? 4 : attr == 75 ? 9 : 0; return 0; }
+int cudaDeviceSynchronize(void) { return 0; }
+int cudaMemGetInfo(size_t* f, size_t* t) { *f = 1 << 30; *t = 1 << 30; return 0; }
+int cudaMalloc(void** p, size_t n) { if (n > ((size_t)1 << 32)) return 2; *p = aligned_alloc(256, (n + 255) / 256 * 256); mallocs++; live++; return 0; }
+int cudaFree(void* p) { if (p) { free(p); live--; } return 0; }
+int cudaMemcpyAsync(void* d, const void* s, size_t n, int kind, void* st) { if (kind < 1 || kind > 3) return 1; memcpy(d, s, n); return 0; }
+int cudaMemcpy(void* d, const void* s, size_t n, int kind) { memcpy(d, s, n); return 0; }
+int cudaMemset(void* p, int v, size_t n) { memset(p, v, n); return 0; }
+int cudaMemsetAsync(void* p, int v, size_t n, void* st) { memset(p, v, n); return 0; }
+int cudaStreamCreateWithFlags(void** s, unsigned f) { *s = (void*)(uintptr_t)(0x5000 + f); return 0; }
+int cudaStreamDestroy(void* s) { return 0; }
+int cudaStreamSynchronize(void* s) { return 0; }
+int cudaEventCreate(void** e) { *e = malloc(8); return 0; }
+int cudaEventDestroy(void* e) { free(e); return 0; }
+int cudaEventRecord(void* e, void* s) { return 0; }
+int cudaEventSynchronize(void* e) { return 0; }
+int cudaEventElapsedTime(float* ms, void* a, void* b) { *ms = 1.5f; return 0; }
+
+/* ---- driver ---- */
+static char last_name[128]; static uint64_t last_args[16]; static uint32_t last_dims[7]; static int launches = 0;
+static void* last_stream;
+int cuInit(unsigned f) { return 0; }
+int cuDriverGetVersion(int* v) { *v = 13000; return 0; }
+int cuGetErrorString(int e, const char** s) { *s = e == 500 ? "named symbol not found" : "mock driver error"; return 0; }
+int cuDeviceGet(int* d, int o) { *d = o; return 0; }
+int cuDeviceGetName(char* n, int len, int d) { snprintf(n, len, "Mock GPU %d", d); return 0; }
+int cuModuleLoadData(void** m, const void* img) { *m = (void*)img ? (void*)0x1000 : 0; return img ? 0 : 1; }
+int cuModuleUnload(void* m) { return 0; }
+int cuModuleGetFunction(void** f, void* m, const char* name) { if (strncmp(name, "md_", 3)) return 500; *f = strdup(name); return 0; }
+int cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                   unsigned shm, void* stream, void** params, void** extra) {
+  strncpy(last_name, (const char*)f, 127);
+  for (int i = 0; i < 16; i++) last_args[i] = params[i] ? *(uint64_t*)params[i] : 0;
+  uint32_t d[7] = {gx, gy, gz, bx, by, bz, shm}; memcpy(last_dims, d, sizeof d);
+  last_stream = stream; launches++;
+  return (bx * by * bz > 1024 || gx == 0) ? 1 : 0;
+}
+/* test hook */
+int mock_last_launch(char* name, uint64_t* args, uint32_t* dims) {
+  strcpy(name, last_name); memcpy(args, last_args, sizeof last_args); memcpy(dims, last_dims, sizeof last_dims); return launches;
+}
+int mock_mallocs(void) { return mallocs; }
+int mock_live(void) { return live; }
+uint64_t mock_last_stream(void) { return (uint64_t)(uintptr_t)last_stream; }
+
+/* ---- cuBLAS (column-major, as documented) ---- */
+static int math_mode = -1; static void* blas_stream;
+int cublasCreate_v2(void** h) { *h = (void*)0x7777; return 0; }
+int cublasDestroy_v2(void* h) { return 0; }
+int cublasGetVersion_v2(void* h, int* v) { *v = 130000; return 0; }
+int cublasSetStream_v2(void* h, void* s) { blas_stream = s; return 0; }
+int cublasSetMathMode(void* h, int m) { math_mode = m; return 0; }
+int cublasSetWorkspace_v2(void* h, void* p, size_t n) { return 0; }
+const char* cublasGetStatusString(int s) { return s == 7 ? "CUBLAS_STATUS_INVALID_VALUE" : s == 15 ? "CUBLAS_STATUS_NOT_SUPPORTED" : "mock status"; }
+int mock_blas_state(uint64_t* out) { out[0] = (uint64_t)(uintptr_t)blas_stream; out[1] = (uint64_t)math_mode; return 0; }
+static float ld(const void* p, int t, long i) { return t == 0 ? ((const float*)p)[i] : bf2f(((const bf16*)p)[i]); }
+static void st(void* p, int t, long i, float v) { if (t == 0) ((float*)p)[i] = v; else ((bf16*)p)[i] = f2bf(v); }
+static int gemm1(int ta, int tb, int m, int n, int k, const float* al, const void* A, int at, int lda,
+                 const void* B, int bt, int ldb, const float* be, void* C, int ct, int ldc, int compute) {
+  if (compute != 68 || (at != 0 && at != 14) || at != bt || (ct != 0 && ct != at)) return 15;
+  if (lda < (ta ? k : m) || ldb < (tb ? n : k) || ldc < m || lda < 1 || ldb < 1 || ldc < 1) return 7;
+  for (int j = 0; j < n; j++) for (int i = 0; i < m; i++) {
+    float s = 0;
+    for (int p = 0; p < k; p++) s += ld(A, at, ta ? p + (long)i * lda : i + (long)p * lda) * ld(B, bt, tb ? j + (long)p * ldb : p + (long)j * ldb);
+    long c = i + (long)j * ldc;
+    st(C, ct, c, *al * s + (*be == 0 ? 0 : *be * ld(C, ct, c)));
+  }
+  return 0;
+}
+static int esz(int t) { return t == 0 ? 4 : 2; }
+int cublasGemmEx(void* h, int ta, int tb, int m, int n, int k, const float* al, const void* A, int at, int lda,
+                 const void* B, int bt, int ldb, const float* be, void* C, int ct, int ldc, int compute, int algo) {
+  return gemm1(ta, tb, m, n, k, al, A, at, lda, B, bt, ldb, be, C, ct, ldc, compute);
+}
+int cublasGemmStridedBatchedEx(void* h, int ta, int tb, int m, int n, int k, const float* al, const void* A, int at,
+                               int lda, long long sa, const void* B, int bt, int ldb, long long sb, const float* be,
+                               void* C, int ct, int ldc, long long sc, int batch, int compute, int algo) {
+  for (int q = 0; q < batch; q++) {
+    int r = gemm1(ta, tb, m, n, k, al, (const char*)A + q * sa * esz(at), at, lda, (const char*)B + q * sb * esz(bt), bt,
+                  ldb, be, (char*)C + q * sc * esz(ct), ct, ldc, compute);
+    if (r) return r;
+  }
+  return 0;
+}
+`;
+
+async function buildMock(): Promise<string | null> {
+  const dir = await Deno.makeTempDir({ prefix: "md-mockcuda-" });
+  await Deno.writeTextFile(`${dir}/mock.c`, MOCK_C);
+  try {
+    const out = await new Deno.Command("cc", {
+      args: ["-shared", "-fPIC", "-O1", "-o", `${dir}/libmockcuda.so`, `${dir}/mock.c`],
+      stderr: "piped",
+    }).output();
+    if (!out.success) throw new Error(new TextDecoder().decode(out.stderr));
+  } catch (e) {
+    console.log(
+      `cuda mock FFI tests: skipped — cannot compile the mock (${(e as Error).message.split("\n")[0]})`,
+    );
+    return null;
+  }
+  return `${dir}/libmockcuda.so`;
+}
+
+const lib = await buildMock();
+const opts = { sanitizeResources: false, sanitizeOps: false };
+
+if (lib) {
+  const vars: Record<string, string> = {
+    MEGATRON_DENO_CUDART: lib,
+    MEGATRON_DENO_CUDA: lib,
+    MEGATRON_DENO_CUBLAS: lib,
+  };
+  const env: DiscoverEnv = { get: (n) => vars[n], sitePackages: [], pythonSitePackages: () => [] };
+  const hooks = Deno.dlopen(lib, {
+    mock_last_launch: { parameters: ["buffer", "buffer", "buffer"], result: "i32" },
+    mock_mallocs: { parameters: [], result: "i32" },
+    mock_live: { parameters: [], result: "i32" },
+    mock_last_stream: { parameters: [], result: "u64" },
+    mock_blas_state: { parameters: ["buffer"], result: "i32" },
+  }).symbols;
+  const lastLaunch = () => {
+    const name = new Uint8Array(128), args = new BigUint64Array(16), dims = new Uint32Array(7);
+    const count = hooks.mock_last_launch(name, args, dims);
+    return { count, name: new TextDecoder().decode(name.subarray(0, name.indexOf(0))), args, dims };
+  };
+  const cpu = createCpuBackend({ log: () => {} });
+  let cuda: CudaBackend;
+
+  Deno.test({ name: "cuda mock: probe and backend creation through the FFI tables", ...opts }, async () => {
+    const p = probeCuda(env);
+    assert.ok(p.ok, p.ok ? "" : p.reason);
+    cuda = await createCudaBackend({ env });
+    assert.match(cuda.description, /^cuda:0 \(Mock GPU 0, sm_90, CUDA runtime 13\.0, cuBLAS 130000\)$/);
+    const st = new BigUint64Array(2);
+    hooks.mock_blas_state(st);
+    assert.equal(st[0], 0x5001n, "cuBLAS runs on the backend's non-blocking stream");
+    assert.equal(st[1], 0n, "CUBLAS_DEFAULT_MATH (no TF32)");
+  });
+
+  Deno.test(
+    { name: "cuda mock: fromHost/toHost round trips every dtype, views use their offset", ...opts },
+    () => {
+      const data = [1.5, -2, 3.25, 0, 7, -8];
+      for (const d of ["f32", "f16", "bf16", "f64", "i32", "i64", "u8"] as DType[]) {
+        const vals = d === "u8" ? data.map((v) => Math.abs(Math.trunc(v))) : data;
+        const t = cuda.fromHost(d, [2, 3], vals);
+        const r = cpu.fromHost(d, [2, 3], vals);
+        assert.deepEqual([...cuda.toF64(t)], [...cpu.toF64(r)], d);
+        assert.deepEqual([...cuda.toF64(t.narrow(1, 1))], [...cpu.toF64(r.narrow(1, 1))], `${d} view`);
+        const c = cuda.empty(d, [6]);
+        cuda.copy(t, c);
+        assert.deepEqual([...cuda.toHost(c)], [...cuda.toHost(t)], `${d} device copy`);
+        const z = cuda.zeros(d, [5]);
+        assert.deepEqual([...cuda.toF64(z)], [0, 0, 0, 0, 0]);
+        for (const x of [t, c, z]) cuda.free(x);
+      }
+      const t = cuda.fromHost("f32", [2], [1, 2]);
+      cuda.free(t);
+      assert.throws(() => cuda.toHost(t), /use of freed tensor/);
+      assert.throws(() => cuda.free(t), /already freed/);
+    },
+  );
+
+  Deno.test(
+    { name: "cuda mock: gemm through cublasGemmEx / StridedBatchedEx equals the CPU GEMM", ...opts },
+    () => {
+      let s = 7;
+      const rnd = (n: number) =>
+        Array.from({ length: n }, () => ((s = (s * 48271) % 2147483647) / 2147483647) - 0.5);
+      for (const dt of ["f32", "bf16"] as DType[]) {
+        for (const cdt of dt === "f32" ? ["f32"] as DType[] : ["bf16", "f32"] as DType[]) {
+          for (const transA of [false, true]) {
+            for (const transB of [false, true]) {
+              const [m, n, k, batch] = [5, 7, 6, 3];
+              const lda = (transA ? m : k) + 2, ldb = (transB ? k : n) + 1, ldc = n + 3;
+              const sA = (transA ? k : m) * lda + 1, sB = (transB ? n : k) * ldb, sC = m * ldc + 2;
+              const A = rnd(batch * sA + 4), B = rnd(batch * sB), C = rnd(batch * sC);
+              const run = (be: typeof cpu | CudaBackend) => {
+                const a = be.fromHost(dt, [A.length], A).flat(4); // an offset view
+                const b = be.fromHost(dt, [B.length], B), c = be.fromHost(cdt, [C.length], C);
+                be.gemm({
+                  transA,
+                  transB,
+                  m,
+                  n,
+                  k,
+                  alpha: 0.5,
+                  beta: 2,
+                  a,
+                  b,
+                  c,
+                  lda,
+                  ldb,
+                  ldc,
+                  batch,
+                  strideA: sA,
+                  strideB: sB,
+                  strideC: sC,
+                });
+                be.gemm({ transA, transB, m, n, k, alpha: 1, beta: 1, a, b, c, lda, ldb, ldc }); // batch 1 path
+                const r = be.toF64(c);
+                for (const t of [a, b, c]) be.free(t);
+                return r;
+              };
+              const got = run(cuda), want = run(cpu);
+              let err = 0, mx = 0;
+              for (let i = 0; i < want.length; i++) {
+                err = Math.max(err, Math.abs(got[i] - want[i]));
+                mx = Math.max(mx, Math.abs(want[i]));
+              }
+              const bound = cdt === "f32" ? 1e-6 : 8e-3;
+              assert.ok(err / mx <= bound, `${dt}->${cdt} ${transA}/${transB}: rel err ${err / mx}`);
+            }
+          }
+        }
+      }
+      const a = cuda.zeros("f32", [4]), c = cuda.zeros("f32", [4]);
+      assert.throws(
+        () => cuda.gemm({ transA: false, transB: false, m: 2, n: 2, k: 2, a, b: a, c, lda: 1 }),
+        /lda=1 is less/,
+      );
+      const h = cuda.zeros("f16", [4]);
+      assert.throws(
+        () => cuda.gemm({ transA: false, transB: false, m: 2, n: 2, k: 2, a: h, b: h, c: h }),
+        /CUBLAS_STATUS_NOT_SUPPORTED \(15\)/,
+      );
+      for (const t of [a, c, h]) cuda.free(t);
+    },
+  );
+
+  Deno.test(
+    { name: "cuda mock: kernel launches carry the right names, grids and packed arguments", ...opts },
+    () => {
+      const x = cuda.zeros("bf16", [3, 4]), y = cuda.zeros("f32", [3, 4]), out = cuda.zeros("f16", [3, 4]);
+      const addr = (t: { storage: unknown; offset: number; dtype: DType }) =>
+        (t.storage as { ptr: bigint }).ptr + BigInt(t.offset * (t.dtype === "f32" ? 4 : 2));
+      cuda.add(x, y, out, 0.5, -2);
+      let L = lastLaunch();
+      assert.equal(L.name, "md_add_bf16_f32_f16");
+      assert.deepEqual([...L.args.slice(0, 4)], [addr(x), addr(y), addr(out), 12n]);
+      const f = new Float32Array(new BigUint64Array([L.args[4], L.args[5]]).buffer);
+      assert.deepEqual([f[0], f[2]], [0.5, -2]);
+      assert.equal(hooks.mock_last_stream(), 0x5001n, "kernels run on the compute stream");
+
+      const x2 = cuda.zeros("bf16", [12]);
+      cuda.dropout(x.view([12]).flat(4, 8), 0.1, {
+        seed: 7,
+        stream: 9,
+        iteration: 3,
+        base: 2 ** 40 + 1,
+        rowStride: 100,
+        rowLen: 4,
+      }, x2.flat(0, 8));
+      L = lastLaunch();
+      assert.equal(L.name, "md_dropout_bf16");
+      assert.equal(L.args[0], addr(x) + 8n, "view offset applied");
+      assert.equal(L.args[2], 8n);
+      const fl = new Float32Array(new BigUint64Array([L.args[3], L.args[4]]).buffer);
+      assert.equal(fl[0], Math.fround(0.1));
+      assert.equal(fl[2], Math.fround(1 / (1 - Math.fround(0.1))));
+      assert.deepEqual([...L.args.slice(5, 11)].map((v) => v & 0xffffffffffffffffn), [
+        7n,
+        9n,
+        3n,
+        2n ** 40n + 1n,
+        100n,
+        4n,
+      ]);
+
+      const probs = cuda.zeros("f32", [2, 3, 5, 700]);
+      cuda.softmaxFwd(probs, 0.125, { kind: "causal" }, probs);
+      L = lastLaunch();
+      assert.equal(L.name, "md_softmax_fwd_f32_f32");
+      assert.deepEqual([...L.dims], [30, 1, 1, 512, 1, 1, 0], "one 512-thread block per row");
+      assert.deepEqual([...L.args.slice(5, 8)], [3n, 5n, 700n]);
+      assert.equal(Number(L.args[3] & 0xffffffffn), 1, "causal mask kind");
+
+      const ids = cuda.fromHost("i64", [3], [1, 2, 3]), table = cuda.zeros("bf16", [10, 4]);
+      cuda.embeddingFwd(ids, table, x, -5);
+      L = lastLaunch();
+      assert.equal(L.name, "md_embedding_fwd_i64_bf16");
+      assert.deepEqual([...L.args.slice(3, 7)], [3n, 4n, 10n, BigInt.asUintN(64, -5n)]);
+
+      const g = cuda.zeros("f32", [4]);
+      cuda.sumRows(y, g, true);
+      L = lastLaunch();
+      assert.equal(L.name, "md_colfinish_f32");
+      assert.equal(Number(L.args[4] & 0xffffffffn), 1, "accumulate flag");
+      assert.throws(
+        () => cuda.layerNormFwd(x, g, g, 1e-5, x, g, g),
+        /x\/gamma dtypes differ \(bf16 vs f32\)/,
+      );
+      for (const t of [x, x2, y, out, probs, ids, table, g]) cuda.free(t);
+    },
+  );
+
+  Deno.test({
+    name: "cuda mock: caching allocator makes no new cudaMalloc in steady state; dispose frees all",
+    ...opts,
+  }, () => {
+    const step = () => {
+      const ts = [cuda.empty("bf16", [1000, 1000]), cuda.empty("f32", [17]), cuda.empty("f16", [3, 3])];
+      for (const t of ts) cuda.free(t);
+    };
+    step();
+    const n0 = hooks.mock_mallocs();
+    for (let i = 0; i < 3; i++) step();
+    assert.equal(hooks.mock_mallocs(), n0);
+    const st = cuda.memoryStats();
+    assert.equal(st.allocatedBytes, 0);
+    assert.ok(st.peakAllocatedBytes >= 2 << 20 && st.reservedBytes >= st.peakAllocatedBytes);
+    const a = cuda.recordEvent(), b = cuda.recordEvent();
+    assert.equal(cuda.elapsedMs(a, b), 1.5);
+    cuda.dispose();
+    assert.equal(hooks.mock_live(), 0, "every device block returned");
+  });
+}
