@@ -97,19 +97,23 @@ extern "C" __global__ void md_ce_loss(const float* gmax, const float* sumExp, co
 }
 
 // ---- optimizers (f32 state; grad f32/f16/bf16) -------------------------------------------------
-// AdamW with decoupled decay: p -= lr * (mhat / (sqrt(vhat) + eps) + wd * p). bc1/bc2 = 1 - beta^step,
-// computed on the host.
+// AdamW with decoupled decay: p -= lr * (mhat / (sqrt(vhat) + eps) + wd * p). bc1/bc2 = 1 - beta^step
+// and ob1/ob2 = 1 - beta are rounded to f32 on the host. Every product and sum is rounded on its
+// own (no FMA contraction), in the CPU reference's order, so the two agree to the last bit.
 template <typename G>
 __device__ __forceinline__ void adamImpl(float* p, const G* g, float* m, float* v, u64 n, float lr, float b1,
                                          float b2, float eps, float wd, float bc1, float bc2) {
+  const float ob1 = 1.f - b1, ob2 = 1.f - b2;
   GRID_STRIDE(i, n) {
     const float gi = ldf(g, i);
-    const float mi = b1 * m[i] + (1.f - b1) * gi;
-    const float vi = b2 * v[i] + (1.f - b2) * gi * gi;
+    const float mi = __fadd_rn(__fmul_rn(b1, m[i]), __fmul_rn(ob1, gi));
+    const float vi = __fadd_rn(__fmul_rn(b2, v[i]), __fmul_rn(__fmul_rn(ob2, gi), gi));
     m[i] = mi;
     v[i] = vi;
     const float pi = p[i];
-    p[i] = pi - lr * ((mi / bc1) / (sqrtf(vi / bc2) + eps) + wd * pi);
+    const float upd = __fadd_rn(__fdiv_rn(__fdiv_rn(mi, bc1), __fadd_rn(__fsqrt_rn(__fdiv_rn(vi, bc2)), eps)),
+                                __fmul_rn(wd, pi));
+    p[i] = __fsub_rn(pi, __fmul_rn(lr, upd));
   }
 }
 #define ADAM_INST(n_, t)                                                                              \

@@ -916,8 +916,10 @@ export class CudaBackend implements Backend {
     requireFloat("adamStep", grad, "grad");
     requireSize("adamStep", grad, param.size, "grad");
     if (!(a.step >= 1)) throw new Error(`cuda adamStep: step must be >= 1, got ${a.step}`);
-    const bc1 = 1 - Math.pow(a.beta1, a.step);
-    const bc2 = 1 - Math.pow(a.beta2, a.step);
+    // Bias corrections rounded exactly as the CPU reference rounds them.
+    const f = Math.fround;
+    const bc1 = f(1 - f(Math.pow(f(a.beta1), a.step)));
+    const bc2 = f(1 - f(Math.pow(f(a.beta2), a.step)));
     this.launch1d(`md_adam_${grad.dtype}`, param.size, [
       this.ptr(param),
       this.ptr(grad),
