@@ -7,12 +7,21 @@ import { GPTModel, type LossOutput } from "../../src/models/mod.ts";
 import { makeParallelState, SingleRankCommunicator } from "../../src/parallel/types.ts";
 import type { ParamsDType } from "../../src/models/mod.ts";
 import type { Tensor } from "../../src/tensor/tensor.ts";
+import type { CudaBackend } from "../../src/backend/cuda/cuda_backend.ts";
 import { printTable, type Row, setup } from "./harness.ts";
 
 const ctx = await setup(false); // ops.test.ts prints the skip line
 const opts = { sanitizeResources: false, sanitizeOps: false };
 
-async function train(be: Backend, paramsDtype: ParamsDType, steps: number): Promise<number[]> {
+interface TrainResult {
+  losses: number[];
+  /** cudaMalloc calls after step 3 and at the end (CUDA only): equal in steady state. */
+  mallocs: [number, number] | null;
+}
+
+async function train(be: Backend, paramsDtype: ParamsDType, steps: number): Promise<TrainResult> {
+  const stats = (be as Partial<CudaBackend>).memoryStats?.bind(be);
+  let mallocsAt3 = -1;
   const ps = makeParallelState({ tp: 1, pp: 1, dp: 1 }, 0);
   const model = new GPTModel(
     {
@@ -74,9 +83,10 @@ async function train(be: Backend, paramsDtype: ParamsDType, steps: number): Prom
       if (p.main) be.copy(p.main, p.value);
     });
     for (const t of tensors) be.free(t);
+    if (it === 3 && stats) mallocsAt3 = stats().deviceMallocs;
   }
   be.synchronize();
-  return losses;
+  return { losses, mallocs: stats ? [mallocsAt3, stats().deviceMallocs] : null };
 }
 
 if (ctx) {
@@ -85,8 +95,25 @@ if (ctx) {
   // model's activations are rounded to 8 bits, so 1-ulp differences propagate through training.
   for (const [dt, bound] of [["f32", 1e-4], ["bf16", 3e-2]] as const) {
     Deno.test({ name: `gpu: tiny GPT 20 steps, ${dt} params, CUDA vs CPU losses`, ...opts }, async () => {
-      const lc = await train(ctx.cuda, dt, 20);
-      const lr = await train(ctx.cpu, dt, 20);
+      const rc = await train(ctx.cuda, dt, 20), rr = await train(ctx.cpu, dt, 20);
+      const lc = rc.losses, lr = rr.losses;
+      // Step 1 runs the same initialization through one forward: only reduction order differs.
+      const first = Math.abs(lc[0] - lr[0]) / Math.abs(lr[0]);
+      rows.push({
+        op: "GPT step-1 loss",
+        dtype: dt,
+        relErr: first,
+        bound: dt === "f32" ? 1e-5 : 1e-2,
+        ok: true,
+      });
+      assert.ok(first <= (dt === "f32" ? 1e-5 : 1e-2), `step-1 loss differs: cuda ${lc[0]} cpu ${lr[0]}`);
+      if (rc.mallocs) {
+        assert.equal(
+          rc.mallocs[1],
+          rc.mallocs[0],
+          `cudaMalloc calls grew after step 3: ${rc.mallocs.join(" -> ")}`,
+        );
+      }
       let worst = 0;
       for (let i = 0; i < lr.length; i++) worst = Math.max(worst, Math.abs(lc[i] - lr[i]) / Math.abs(lr[i]));
       rows.push({
