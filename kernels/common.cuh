@@ -74,22 +74,32 @@ __device__ __forceinline__ float blockMax(float v, float* sh) {
 #define PHILOX_W1 0xbb67ae85u
 #define PHILOX_KEY_HI 0x4d454741u
 
-__device__ __forceinline__ uint4 philox10(uint4 c, uint32_t k0, uint32_t k1) {
+// Host versions too, so tests/cuda_philox_host.test.ts can check these exact functions against
+// src/rng/philox.ts on a machine without a GPU.
+__host__ __device__ __forceinline__ uint32_t mulhi32(uint32_t a, uint32_t b) {
+#ifdef __CUDA_ARCH__
+  return __umulhi(a, b);
+#else
+  return (uint32_t)(((u64)a * (u64)b) >> 32);
+#endif
+}
+
+__host__ __device__ __forceinline__ uint4 philox10(uint4 c, uint32_t k0, uint32_t k1) {
 #pragma unroll
   for (int r = 0; r < 10; r++) {
     if (r > 0) {
       k0 += PHILOX_W0;
       k1 += PHILOX_W1;
     }
-    const uint32_t hi0 = __umulhi(PHILOX_M0, c.x), lo0 = PHILOX_M0 * c.x;
-    const uint32_t hi1 = __umulhi(PHILOX_M1, c.z), lo1 = PHILOX_M1 * c.z;
+    const uint32_t hi0 = mulhi32(PHILOX_M0, c.x), lo0 = PHILOX_M0 * c.x;
+    const uint32_t hi1 = mulhi32(PHILOX_M1, c.z), lo1 = PHILOX_M1 * c.z;
     c = make_uint4(hi1 ^ c.y ^ k0, lo1, hi0 ^ c.w ^ k1, lo0);
   }
   return c;
 }
 
 // Random bits of counter index e for (seed, stream, iteration).
-__device__ __forceinline__ uint32_t philoxBits(u64 e, uint32_t seed, uint32_t stream, uint32_t iteration) {
+__host__ __device__ __forceinline__ uint32_t philoxBits(u64 e, uint32_t seed, uint32_t stream, uint32_t iteration) {
   const u64 block = e >> 2;
   const uint4 r = philox10(make_uint4((uint32_t)block, (uint32_t)(block >> 32), iteration, stream), seed,
                            PHILOX_KEY_HI);
@@ -102,8 +112,13 @@ __device__ __forceinline__ uint32_t philoxBits(u64 e, uint32_t seed, uint32_t st
 }
 
 // (bits >> 8) * 2^-24: exact in f32, in [0, 1).
-__device__ __forceinline__ float philoxUniform(u64 e, uint32_t seed, uint32_t stream, uint32_t iteration) {
+__host__ __device__ __forceinline__ float philoxUniform(u64 e, uint32_t seed, uint32_t stream, uint32_t iteration) {
   return (float)(philoxBits(e, seed, stream, iteration) >> 8) * 5.9604644775390625e-8f;
+}
+
+// Counter index of flat element i of a tensor viewed as [rows, rowLen] (see RngAddress).
+__host__ __device__ __forceinline__ u64 rngIndex(u64 i, u64 base, u64 rowStride, u64 rowLen) {
+  return base + (i / rowLen) * rowStride + (i % rowLen);
 }
 
 // ---- instantiation lists ----------------------------------------------------------------------

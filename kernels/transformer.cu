@@ -200,7 +200,7 @@ __device__ __forceinline__ void dropoutImpl(const T* x, T* y, u64 n, float p, fl
                                             uint32_t stream, uint32_t iteration, u64 base, u64 rowStride,
                                             u64 rowLen) {
   GRID_STRIDE(i, n) {
-    const u64 e = base + (i / rowLen) * rowStride + (i % rowLen);
+    const u64 e = rngIndex(i, base, rowStride, rowLen);
     const bool keep = philoxUniform(e, seed, stream, iteration) >= p;
     stf(y, i, keep ? ldf(x, i) * keepScale : 0.f);
   }
@@ -222,7 +222,7 @@ __device__ __forceinline__ void biasDropoutAddImpl(const A* x, const A* bias, co
     const float v = ldf(x, i) + (bias ? ldf(bias, i % h) : 0.f);
     float d = v;
     if (p > 0.f) {
-      const u64 e = base + (i / rowLen) * rowStride + (i % rowLen);
+      const u64 e = rngIndex(i, base, rowStride, rowLen);
       // Separate rounded multiply and add (no FMA contraction), as the reference computes it.
       d = philoxUniform(e, seed, stream, iteration) >= p ? __fmul_rn(v, keepScale) : 0.f;
     }
