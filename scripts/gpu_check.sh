@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One-shot check on the offline GPU host (one device call). From the project root, after
 # ../shared/gpu/pack-deno.sh and `deno install` here, carry .gpu and node_modules and run:
-#     bash scripts/gpu_check.sh
+#     bash scripts/gpu_check.sh [--bench]
 # Steps: device info, `deno task build:kernels --check` (only when nvcc exists),
-# `deno task test:gpu` (op-by-op vs the CPU reference + tiny GPT training); a short table last.
+# `deno task test:gpu` (op-by-op vs the CPU reference + tiny GPT training), with --bench also
+# `deno task bench:gpu` (GEMM TFLOP/s, kernel GB/s, GPT-345M-shape step); a short table last.
 # Exit status: non-zero when any step failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +41,9 @@ else
   names+=("kernels --check"); results+=("skipped (no nvcc)"); times+=(0)
 fi
 run_step "test:gpu" deno task test:gpu
+if [ "${1:-}" = "--bench" ]; then
+  run_step "bench:gpu" deno task bench:gpu
+fi
 
 echo
 echo "gpu_check summary (logs in $log_dir)"
