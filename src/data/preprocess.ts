@@ -10,7 +10,7 @@
 
 import { parseArgs } from "node:util";
 import { bestDtypeForVocab, MMapIndexedDatasetBuilder } from "./indexed_dataset.ts";
-import { readTokenizerFiles, TOKENIZER_TYPES, tokenizerFromFiles } from "../tokenizer/mod.ts";
+import { NullTokenizer, readTokenizerFiles, TOKENIZER_TYPES, tokenizerFromFiles } from "../tokenizer/mod.ts";
 import type { TokenizerFiles, TokenizerType } from "../tokenizer/mod.ts";
 
 /** The tokenizer surface preprocessing needs. */
@@ -26,6 +26,8 @@ export interface TokenizerSpec {
   vocabFile?: string;
   mergeFile?: string;
   vocabExtraIds?: number;
+  /** Ids without eod, for NullTokenizer (text is space-separated ids). */
+  vocabSize?: number;
   /**
    * Module URL exporting `buildTokenizer(spec)` to use instead of src/tokenizer (tests use this to
    * inject a tiny tokenizer).
@@ -66,7 +68,8 @@ Tokenizes loose JSON lines (one JSON object per line; .gz accepted) into Megatro
   --json-keys KEY [KEY..]  keys to extract (default: text)
   --split-sentences        one item per sentence (Intl.Segmenter), output level "sentence"
   --keep-newlines          keep newlines between sentences (with --split-sentences)
-  --tokenizer-type TYPE    GPT2BPETokenizer | BertWordPieceLowerCase | BertWordPieceCase
+  --tokenizer-type TYPE    GPT2BPETokenizer | BertWordPieceLowerCase | BertWordPieceCase | NullTokenizer
+  --vocab-size N           ids without eod, for NullTokenizer (text: space-separated ids)
   --vocab-file FILE        vocabulary file
   --merge-file FILE        BPE merges file (GPT-2)
   --vocab-extra-ids N      extra ids for T5-style sentinels (default 0)
@@ -125,6 +128,7 @@ export function parsePreprocessArgs(argv: string[]): PreprocessOptions | null {
         "vocab-file": { type: "string" },
         "merge-file": { type: "string" },
         "vocab-extra-ids": { type: "string" },
+        "vocab-size": { type: "string" },
         "append-eod": { type: "boolean" },
         "output-prefix": { type: "string" },
         "dataset-impl": { type: "string" },
@@ -142,8 +146,19 @@ export function parsePreprocessArgs(argv: string[]): PreprocessOptions | null {
     if (values[req] === undefined) throw new UsageError(`preprocess: the flag --${req} is required`);
   }
   const ttype = values["tokenizer-type"]!;
-  if (!(TOKENIZER_TYPES as readonly string[]).includes(ttype)) {
-    throw new UsageError(`--tokenizer-type: expected one of ${TOKENIZER_TYPES.join(", ")}, found "${ttype}"`);
+  if (!(TOKENIZER_TYPES as readonly string[]).includes(ttype) && ttype !== "NullTokenizer") {
+    throw new UsageError(
+      `--tokenizer-type: expected one of ${
+        [...TOKENIZER_TYPES, "NullTokenizer"].join(", ")
+      }, found "${ttype}"`,
+    );
+  }
+  if ((ttype === "NullTokenizer") !== (values["vocab-size"] !== undefined)) {
+    throw new UsageError(
+      ttype === "NullTokenizer"
+        ? "--tokenizer-type NullTokenizer needs --vocab-size"
+        : `--vocab-size applies only to --tokenizer-type NullTokenizer, found ${ttype}`,
+    );
   }
   const impl = values["dataset-impl"] ?? "mmap";
   if (impl !== "mmap") {
@@ -162,6 +177,9 @@ export function parsePreprocessArgs(argv: string[]): PreprocessOptions | null {
     vocabFile: values["vocab-file"],
     mergeFile: values["merge-file"],
     vocabExtraIds: intFlag("vocab-extra-ids", values["vocab-extra-ids"], 0, 0),
+    ...(values["vocab-size"] !== undefined
+      ? { vocabSize: intFlag("vocab-size", values["vocab-size"], 0, 1) }
+      : {}),
     appendEod: values["append-eod"] ?? false,
     outputPrefix: values["output-prefix"]!,
     datasetImpl: "mmap",
@@ -177,7 +195,8 @@ export function parsePreprocessArgs(argv: string[]): PreprocessOptions | null {
  */
 export type TokenizerSource =
   | { kind: "files"; files: TokenizerFiles }
-  | { kind: "module"; url: string; spec: TokenizerSpec };
+  | { kind: "module"; url: string; spec: TokenizerSpec }
+  | { kind: "null"; vocabSize: number };
 
 function buildArgs(spec: TokenizerSpec) {
   return {
@@ -191,12 +210,17 @@ function buildArgs(spec: TokenizerSpec) {
 /** Where the tokenizer comes from: src/tokenizer's files (read here, once) or an injected module. */
 export async function tokenizerSourceFor(spec: TokenizerSpec): Promise<TokenizerSource> {
   if (spec.tokenizerModule !== undefined) return { kind: "module", url: spec.tokenizerModule, spec };
+  if (spec.tokenizerType === "NullTokenizer") {
+    if (spec.vocabSize === undefined) throw new Error("--tokenizer-type NullTokenizer needs --vocab-size");
+    return { kind: "null", vocabSize: spec.vocabSize };
+  }
   return { kind: "files", files: await readTokenizerFiles(buildArgs(spec)) };
 }
 
 /** Builds a tokenizer from a source (used by workers). */
 export async function tokenizerFromSource(source: TokenizerSource): Promise<PreprocessTokenizer> {
   if (source.kind === "files") return tokenizerFromFiles(source.files);
+  if (source.kind === "null") return new NullTokenizer(source.vocabSize);
   const mod = await import(source.url);
   return await mod.buildTokenizer(buildArgs(source.spec)) as PreprocessTokenizer;
 }
