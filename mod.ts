@@ -1,7 +1,62 @@
-// megatron-deno public API. Everything here is importable from a URL.
+// megatron-deno public API. Everything here is importable from a URL: relative imports plus fully
+// qualified npm:/node: specifiers only. Importing this module has no side effects.
+//
+// Layers, bottom to top: tensor, rng -> backend -> tokenizer -> data -> optimizer -> parallel ->
+// transformer -> models -> pipeline -> training.
+
+// ---- tensor, dtype, parameters ------------------------------------------------------------------
 export * from "./src/tensor/dtype.ts";
 export * from "./src/tensor/tensor.ts";
-export type * from "./src/backend/backend.ts";
-export * from "./src/rng/philox.ts";
-export * from "./src/parallel/types.ts";
 export type * from "./src/tensor/param.ts";
+
+// ---- counter-based RNG --------------------------------------------------------------------------
+export * from "./src/rng/philox.ts";
+
+// ---- backends -----------------------------------------------------------------------------------
+export type * from "./src/backend/backend.ts";
+export { CpuBackend, type CpuBackendOptions, createCpuBackend } from "./src/backend/cpu/cpu_backend.ts";
+export {
+  type DeviceFlag,
+  parseDeviceFlag,
+  selectBackend,
+  type SelectedBackend,
+} from "./src/backend/cuda/select.ts";
+
+// ---- tokenizers ---------------------------------------------------------------------------------
+export * from "./src/tokenizer/mod.ts";
+
+// ---- data: indexed datasets, GPT datasets, samplers, preprocessing ------------------------------
+export * from "./src/data/indexed_dataset.ts";
+export * from "./src/data/gpt_dataset.ts";
+export * from "./src/data/blendable.ts";
+export * from "./src/data/sampler.ts";
+export * from "./src/data/split.ts";
+export * from "./src/data/npy.ts";
+export * from "./src/data/numpy_random.ts";
+export * from "./src/data/corpus.ts";
+export * from "./src/data/preprocess.ts";
+
+// ---- optimizer, mixed precision, LR schedule ----------------------------------------------------
+export * from "./src/optimizer/mod.ts";
+// checkpoint.ts declares the same {scale, growthTracker, hysteresisTracker} shape; this one wins.
+export type { GradScalerState } from "./src/optimizer/mod.ts";
+
+// ---- parallel state and communicators -----------------------------------------------------------
+export * from "./src/parallel/types.ts";
+export * from "./src/parallel/local_comm.ts";
+export * from "./src/parallel/ddp.ts";
+
+// ---- transformer building blocks and models -----------------------------------------------------
+export * from "./src/transformer/mod.ts";
+export * from "./src/models/mod.ts";
+
+// ---- pipeline schedules -------------------------------------------------------------------------
+export * from "./src/pipeline/schedules.ts";
+
+// ---- training: loop, flags, checkpoints, logs ---------------------------------------------------
+export * from "./src/training/train.ts";
+export * from "./src/training/config.ts";
+export * from "./src/training/checkpoint.ts";
+export * from "./src/training/safetensors.ts";
+export * from "./src/training/tensorboard.ts";
+export * from "./src/training/metrics.ts";
