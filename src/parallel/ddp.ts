@@ -17,12 +17,18 @@ export class GradBuffer {
   readonly numel: number;
 
   /** Moves every param's grad into one contiguous buffer (zeroed), replacing Param.grad with views. */
-  constructor(readonly backend: Backend, params: readonly Param[], readonly bucketElements = DEFAULT_BUCKET_ELEMENTS) {
+  constructor(
+    readonly backend: Backend,
+    params: readonly Param[],
+    readonly bucketElements = DEFAULT_BUCKET_ELEMENTS,
+  ) {
     if (params.length === 0) throw new Error("GradBuffer: no parameters");
     const dtype: DType = params[0].grad.dtype;
     for (const p of params) {
       if (p.grad.dtype !== dtype) {
-        throw new Error(`GradBuffer: ${p.name} has grad dtype ${p.grad.dtype}, expected ${dtype} like the others`);
+        throw new Error(
+          `GradBuffer: ${p.name} has grad dtype ${p.grad.dtype}, expected ${dtype} like the others`,
+        );
       }
     }
     this.numel = params.reduce((s, p) => s + p.grad.size, 0);

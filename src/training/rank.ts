@@ -83,9 +83,11 @@ export class RankState {
     this.grads = new GradBuffer(backend, this.params);
     // Chunks reuse stage-local names (layers.0, ...); the optimizer sees them as Megatron's
     // checkpoint does, prefixed model0., model1., ... (views that read through to the real Param).
-    const named = vp === 1 ? this.params : this.chunks.flatMap((c, v) =>
-      c.params().map((p) => Object.create(p, { name: { value: chunkPrefix(v, vp) + p.name } }) as Param)
-    );
+    const named = vp === 1
+      ? this.params
+      : this.chunks.flatMap((c, v) =>
+        c.params().map((p) => Object.create(p, { name: { value: chunkPrefix(v, vp) + p.name } }) as Param)
+      );
     this.optimizer = new MegatronOptimizer(backend, named, scheduler, {
       optimizer: cfg.optimizer,
       weightDecay: cfg.weightDecay,
