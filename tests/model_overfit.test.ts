@@ -73,7 +73,10 @@ interface Run {
   steps: number;
 }
 
-async function overfit(dtype: ParamsDType, flags: { fp16?: boolean; bf16?: boolean }): Promise<Run> {
+async function overfit(
+  dtype: ParamsDType,
+  flags: { fp16?: boolean; bf16?: boolean; lossScale?: number },
+): Promise<Run> {
   const ps = makeParallelState({ tp: 1, pp: 1, dp: 1 }, 0);
   const model = new GPTModel(config(dtype), backend, ps, new SingleRankCommunicator());
   const scheduler = createLrScheduler({
@@ -163,6 +166,16 @@ Deno.test("overfit one batch: fp16 params with the dynamic loss scaler", async (
   assert.ok(r.finalScale < 2 ** 32 && r.finalScale >= 1);
   // Skipped steps report the loss of unchanged params: the same value as step 0.
   for (let i = 1; i < leading; i++) assert.equal(r.losses[i], r.losses[0]);
+});
+
+Deno.test("overfit one batch: fp16 params with a constant loss scale (--loss-scale 4096)", async () => {
+  const r = await overfit("f16", { fp16: true, lossScale: 4096 });
+  report("fp16 constant", r);
+  assertOverfit("fp16 constant", r);
+  // 4096 is far below the scale the dynamic run settles at, so nothing overflows.
+  assert.deepEqual(r.skipped, []);
+  assert.equal(r.initialScale, 4096);
+  assert.equal(r.finalScale, 4096);
 });
 
 Deno.test("overfit one batch: bf16 params, no loss scaling", async () => {
