@@ -212,6 +212,12 @@ const FLAGS = {
   dataParallelSize: intOpt(G.dist, "Data-parallel size.", 1, "world-size / (tensor * pipeline)"),
   localRank: withFlag(intOpt(G.dist, "Local rank from a launcher (accepted).", 0), "--local_rank"),
   useCpuInitialization: bool(G.dist, "Initialize weights on the host (ours always does; accepted)."),
+  distributedTimeoutMinutes: num(
+    G.dist,
+    10,
+    "Minutes a collective or receive waits for its peers before every waiting rank fails.",
+    1e-6,
+  ),
   // validation
   evalIters: int(G.valid, 100, "Iterations per evaluation.", 0),
   evalInterval: int(G.valid, 1000, "Evaluate every this many iterations.", 1),

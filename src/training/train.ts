@@ -382,7 +382,9 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
   if (!data.train) throw new Error(`--split ${cfg.split}: the training split is empty`);
 
   // One rank state per (tp, pp, dp), sharing the backend.
-  const world = tp * pp * dp > 1 ? new LocalWorld(env.backend, { tp, pp, dp, vp }) : null;
+  const world = tp * pp * dp > 1
+    ? new LocalWorld(env.backend, { tp, pp, dp, vp }, { timeoutMs: cfg.distributedTimeoutMinutes * 60_000 })
+    : null;
   const ranks: RankState[] = [];
   const scalers: (GradScaler | null)[] = [];
   for (let g = 0; g < tp * pp * dp; g++) {
