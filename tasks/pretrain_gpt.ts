@@ -98,7 +98,13 @@ async function main(argv: string[]): Promise<void> {
 
   const peak = devicePeak(backend, cfg.paramsDtype);
   log(`> MFU is measured against ${peak.what}: ${(peak.flops / 1e12).toFixed(3)} TFLOP/s`);
-  const result = await pretrainGPT(cfg, { backend, log, progress, stopRequest, peak });
+  const result = await pretrainGPT(cfg, {
+    backend,
+    log,
+    progress,
+    stopRequest: cfg.exitSignalHandler ? stopRequest : undefined,
+    peak,
+  });
   clearStatus();
   const last = result.validation.at(-1);
   const first = result.validation[0];

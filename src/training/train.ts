@@ -455,6 +455,7 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
     log(`saved checkpoint at iteration ${iteration} to ${cfg.save} (${(now() - t0).toFixed(0)} ms)`);
   };
 
+  let lastYield = performance.now();
   while (iteration < trainIters) {
     calc.update(consumedTrain, true);
     const numMicro = calc.numMicroBatches;
@@ -552,6 +553,12 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
 
     if (cfg.save && cfg.saveInterval && iteration % cfg.saveInterval === 0) doSave();
 
+    // A CPU step never returns to the event loop by itself, so signal listeners would never run:
+    // give the loop a turn (a timer costs ~1 ms, so at most every 50 ms) when a stop can be requested.
+    if (env.stopRequest && performance.now() - lastYield >= 50) {
+      await new Promise((r) => setTimeout(r, 0));
+      lastYield = performance.now();
+    }
     // Exit conditions: each saves a checkpoint first (when --save is set), then stops cleanly.
     let stop: TrainResult["exitReason"] | null = null;
     if (env.stopRequest?.stop) stop = "signal";
