@@ -303,7 +303,7 @@ Deno.test("gpt: collectives per step: 2 tensor all-reduces per layer each way, p
   const calls: string[] = [];
   const inner = new SingleRankCommunicator();
   const comm = Object.assign(Object.create(inner), {
-    allReduce(t: Tensor, op: "sum" | "max", group: string) {
+    allReduce(_t: Tensor, op: "sum" | "max", group: string) {
       calls.push(`${op}:${group}`);
       return Promise.resolve();
     },
