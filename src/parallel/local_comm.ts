@@ -17,7 +17,8 @@ import {
 } from "./types.ts";
 
 export interface LocalWorldOptions {
-  /** Milliseconds a collective or recv may wait for its peers (default 60 s). */
+  /** Milliseconds a collective or recv may wait for its peers (default 10 minutes, as Megatron-Core's
+   *  --distributed-timeout-minutes). */
   timeoutMs?: number;
 }
 
@@ -66,7 +67,7 @@ export class LocalWorld {
   ) {
     this.size = sizes.tp * sizes.pp * sizes.dp;
     this.states = Array.from({ length: this.size }, (_, r) => makeParallelState(sizes, r));
-    this.timeoutMs = opts.timeoutMs ?? 60_000;
+    this.timeoutMs = opts.timeoutMs ?? 600_000;
   }
 
   communicator(rank: number): Communicator {
