@@ -471,3 +471,25 @@ Deno.test("a transformer layer communicates like Megatron: 2 all-reduces forward
   });
   for (const r of res) assert.deepEqual(r, [2, 2]);
 });
+
+Deno.test("vocab-parallel embedding at TP=4: lookup and table gradient equal TP=1", async () => {
+  const be = createCpuBackend();
+  const V = 32, h = 8;
+  const ids = [0, 5, 31, 8, 8, 17, 24, 7];
+  const DOUT = rand(ids.length * h, 3);
+  const run = (tp: number) =>
+    inWorld(be, tp, 1, "f64", async (env) => {
+      const emb = new VocabParallelEmbedding(env, "e", V, h, INIT);
+      const idT = be.fromHost("i32", [ids.length], ids);
+      const out = await emb.forward(idT);
+      emb.backward(idT, be.fromHost("f64", [ids.length, h], DOUT));
+      return { out: be.toF64(out), grad: be.toF64(emb.weight.grad), reduces: env.comm.allReduces };
+    });
+  const [ref] = await run(1);
+  const shards = await run(4);
+  for (const s of shards) {
+    assert.deepEqual(s.out, ref.out, "replicated lookup equals TP=1");
+    assert.equal(s.reduces, 1, "one all-reduce in forward, none in backward");
+  }
+  assert.deepEqual(cat(shards.map((s) => s.grad), V / 4, h, 0), ref.grad);
+});
