@@ -2,8 +2,10 @@
 // block reductions, the Philox4x32-10 generator with the addressing of src/rng/philox.ts, and the
 // macro lists that instantiate each template under a fixed extern "C" name (<op>_<dtype>...).
 #pragma once
+#ifndef MD_HOST_EMULATION  // tests/gpu/emulator provides host versions of these types
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#endif
 #include <stdint.h>
 
 typedef unsigned long long u64;
