@@ -2,7 +2,9 @@
 // bandwidth, and GPT-345M training steps (bf16 params, micro-batch 8, seq 1024, dropout 0.1,
 // AdamW) on the CUDA backend. Without CUDA it prints one skip line and exits 0.
 //
-//   deno task bench:gpu [--steps 5] [--micro-batch 8] [--layers 24] [--skip-model]
+//   deno task bench:gpu [--steps 5] [--micro-batch 8] [--layers 24] [--skip-model] [--small]
+// --small shrinks every shape (hidden 64, seq 64, vocab 512) to check the script itself, e.g. on
+// the CPU emulator of tests/gpu/emulator; its numbers mean nothing.
 
 import { parseArgs } from "node:util";
 import { createCudaBackend, type CudaBackend, probeCuda } from "../../src/backend/cuda/cuda_backend.ts";
@@ -18,6 +20,7 @@ const { values: args } = parseArgs({
     "micro-batch": { type: "string", default: "8" },
     layers: { type: "string", default: "24" },
     "skip-model": { type: "boolean", default: false },
+    small: { type: "boolean", default: false },
   },
 });
 
@@ -30,15 +33,27 @@ function timeIt(be: CudaBackend, reps: number, fn: () => void): number {
   return be.elapsedMs(a, b) / reps;
 }
 
+interface Sizes {
+  T: number;
+  h: number;
+  V: number;
+  cube: number;
+  heads: number;
+  seq: number;
+}
+const SIZES: Sizes = args.small
+  ? { T: 256, h: 64, V: 512, cube: 128, heads: 4, seq: 64 }
+  : { T: 8192, h: 1024, V: 50304, cube: 8192, heads: 16, seq: 1024 };
+
 function gemmBench(be: CudaBackend, rows: string[][]): void {
-  const T = 8192, h = 1024, V = 50304;
+  const { T, h, V, cube } = SIZES;
   const shapes: [string, number, number, number, boolean][] = [
     ["qkv fwd", T, 3 * h, h, true],
     ["attn proj fwd", T, h, h, true],
     ["h->4h fwd", T, 4 * h, h, true],
     ["4h->h fwd", T, h, 4 * h, true],
     ["logits fwd", T, V, h, true],
-    ["8192^3", 8192, 8192, 8192, false],
+    [`${cube}^3`, cube, cube, cube, false],
   ];
   for (const [name, m, n, k, transB] of shapes) {
     const a = be.empty("bf16", [m, k]),
@@ -59,7 +74,7 @@ function gemmBench(be: CudaBackend, rows: string[][]): void {
 
 function kernelBench(be: CudaBackend, rows: string[][]): void {
   const dt: DType = "bf16";
-  const T = 8192, h = 1024;
+  const { T, h, heads, seq } = SIZES;
   const x = be.empty(dt, [T, h]), y = be.empty(dt, [T, h]), g = be.empty(dt, [h]), bb = be.empty(dt, [h]);
   const mean = be.empty("f32", [T]), rstd = be.empty("f32", [T]);
   for (const t of [x, g, bb]) be.fill(t, 0.5);
@@ -74,17 +89,18 @@ function kernelBench(be: CudaBackend, rows: string[][]): void {
   be.fill(b4, 0.1);
   ms = timeIt(be, 20, () => be.biasGeluFwd(x4, b4, y4));
   rows.push(["biasGeluFwd bf16", `${T}x${4 * h}`, ms.toFixed(3), gb(4 * T * 4 * h, ms)]);
-  const s = be.empty(dt, [8, 16, 1024, 1024]), p = be.empty(dt, [8, 16, 1024, 1024]);
+  const sShape = [T / seq, heads, seq, seq];
+  const s = be.empty(dt, sShape), p = be.empty(dt, sShape);
   be.fill(s, 0.1);
   ms = timeIt(be, 10, () => be.softmaxFwd(s, 0.125, { kind: "causal" }, p));
-  rows.push(["softmaxFwd causal bf16", "8x16x1024x1024", ms.toFixed(3), gb(4 * s.size, ms)]);
+  rows.push(["softmaxFwd causal bf16", sShape.join("x"), ms.toFixed(3), gb(4 * s.size, ms)]);
   for (const t of [x, y, g, bb, mean, rstd, x4, y4, b4, s, p]) be.free(t);
 }
 
 async function modelBench(be: CudaBackend, rows: string[][]): Promise<void> {
   const layers = Number(args.layers), mb = Number(args["micro-batch"]), steps = Number(args.steps);
-  const [h, heads, seq] = [1024, 16, 1024];
-  const vocab = padVocabSize(50257, 128, 1);
+  const { h, heads, seq } = SIZES;
+  const vocab = args.small ? SIZES.V : padVocabSize(50257, 128, 1);
   const ps = makeParallelState({ tp: 1, pp: 1, dp: 1 }, 0);
   const model = new GPTModel(
     {
@@ -108,8 +124,8 @@ async function modelBench(be: CudaBackend, rows: string[][]): Promise<void> {
   const params = model.params();
   const nParams = params.reduce((s, p) => s + p.value.size, 0);
   const st = params.map((p) => ({ m: be.zeros("f32", p.value.shape), v: be.zeros("f32", p.value.shape) }));
-  const tok = new Int32Array(mb * seq).map((_, i) => (i * 7919) % 50257);
-  const lab = tok.map((t) => (t + 1) % 50257);
+  const tok = new Int32Array(mb * seq).map((_, i) => (i * 7919) % vocab);
+  const lab = tok.map((t) => (t + 1) % vocab);
   const ids: Tensor[] = [be.fromHost("i32", [mb, seq], tok), be.fromHost("i32", [mb, seq], lab)];
   const mask = be.fromHost("f32", [mb, seq], new Float32Array(mb * seq).fill(1));
   let lastLoss = 0;
@@ -144,7 +160,9 @@ async function modelBench(be: CudaBackend, rows: string[][]): Promise<void> {
   const flops = 72 * mb * seq * layers * h * h * (1 + seq / (6 * h) + vocab / (12 * layers * h));
   const mem = be.memoryStats();
   rows.push([
-    `GPT-345M-shape train step (${layers} layers, ${(nParams / 1e6).toFixed(0)}M params)`,
+    `GPT${args.small ? " (--small)" : "-345M-shape"} train step (${layers} layers, ${
+      (nParams / 1e6).toFixed(1)
+    }M params)`,
     `bf16 mb=${mb} s=${seq}`,
     (sec * 1000).toFixed(1),
     `${(tokens / sec).toFixed(0)} tok/s, ${(flops / sec / 1e12).toFixed(0)} TFLOP/s, loss ${
