@@ -28,11 +28,17 @@ import type { AdamArgs, Backend, GemmArgs, RngAddress, SgdArgs, SoftmaxMask } fr
 import { type Cblas, loadCblas } from "../../../ffi/cblas.ts";
 import { type GemmScratch, gemmTs, newGemmScratch } from "./gemm_ts.ts";
 import { PHILOX_CHUNK_BLOCKS, PhiloxWasm } from "./philox_wasm.ts";
+import { SimdKernels } from "./simd_wasm.ts";
 
 type F = Float32Array | Float64Array;
 
 const FLOATS: readonly DType[] = ["f32", "f16", "bf16", "f64"];
 const STATS: readonly DType[] = ["f32", "f64"];
+
+/** Rows shorter than this stay on the scalar loops (copy-in and call overhead would dominate). */
+const SIMD_MIN = 64;
+
+const isF32 = (x: number): boolean => Math.fround(x) === x;
 
 /** Host storage for one CPU tensor allocation. */
 export class CpuStorage implements Storage {
@@ -202,6 +208,7 @@ export class CpuBackend implements Backend {
   readonly blas: Cblas | null;
   private readonly scratch: GemmScratch = newGemmScratch();
   private readonly philox = new PhiloxWasm();
+  private readonly simd = new SimdKernels();
 
   constructor(opts: CpuBackendOptions = {}) {
     const r = loadCblas(opts.blas);
@@ -867,10 +874,11 @@ export class CpuBackend implements Backend {
     this.statVec(op, targetLogit, rows, "targetLogit");
     const L = readF(op, logits, "logits"), Tg = readInt(op, targets, "targets");
     const MX = rawView(op, rowMax) as F, TL = rawView(op, targetLogit) as F;
+    const V4 = L instanceof Float32Array && V >= SIMD_MIN ? V & ~3 : 0;
     for (let r = 0; r < rows; r++) {
       const o = r * V;
-      let mx = -Infinity;
-      for (let j = 0; j < V; j++) if (L[o + j] > mx) mx = L[o + j];
+      let mx = V4 > 0 ? this.simd.rowMax(L as Float32Array, o, V4, -Infinity) : -Infinity;
+      for (let j = V4; j < V; j++) if (L[o + j] > mx) mx = L[o + j];
       MX[r] = mx;
       const t = Tg[r] - vocabStart;
       TL[r] = t >= 0 && t < V ? L[o + t] : 0;
@@ -884,11 +892,17 @@ export class CpuBackend implements Backend {
     this.statVec(op, sumExp, rows, "sumExp");
     const L = readF(op, logits, "logits"), GM = readF(op, globalMax), SE = rawView(op, sumExp) as F;
     const f64 = all64(logits, sumExp);
+    const simdOk = !f64 && L instanceof Float32Array && V >= SIMD_MIN;
     for (let r = 0; r < rows; r++) {
       const o = r * V, mx = GM[r];
       let s = 0;
       if (f64) { for (let j = 0; j < V; j++) s += Math.exp(L[o + j] - mx); }
-      else for (let j = 0; j < V; j++) s = Math.fround(s + Math.fround(Math.exp(Math.fround(L[o + j] - mx))));
+      else {
+        // SIMD: same f32 terms, summed in four lanes, then the tail in order.
+        const j0 = simdOk && isF32(mx) ? V & ~3 : 0;
+        if (j0 > 0) s = this.simd.sumExp(L as Float32Array, o, j0, mx);
+        for (let j = j0; j < V; j++) s = Math.fround(s + Math.fround(Math.exp(Math.fround(L[o + j] - mx))));
+      }
       SE[r] = s;
     }
   }
@@ -929,22 +943,26 @@ export class CpuBackend implements Backend {
     const GM = readF(op, globalMax), SE = readF(op, sumExp), DL = readF(op, dloss);
     const O = outF(op, dlogits, false);
     const f64 = all64(logits, dlogits);
+    const simdOk = !f64 && L instanceof Float32Array && O instanceof Float32Array && V >= SIMD_MIN;
     for (let r = 0; r < rows; r++) {
       const o = r * V, mx = GM[r], inv = 1 / SE[r], d = DL[r];
+      // The target's gradient is computed before the row is written, so dlogits may alias logits.
+      const t = Tg[r] - vocabStart;
+      const hit = t >= 0 && t < V;
+      const gt = !hit ? 0 : f64 ? d * (Math.exp(L[o + t] - mx) * inv - 1) : d *
+        Math.fround(
+          Math.fround(Math.fround(Math.exp(Math.fround(L[o + t] - mx))) * Math.fround(inv)) - 1,
+        );
       if (f64) { for (let j = 0; j < V; j++) O[o + j] = d * (Math.exp(L[o + j] - mx) * inv); }
       else {
         const invf = Math.fround(inv);
-        for (let j = 0; j < V; j++) {
+        const j0 = simdOk && isF32(mx) && isF32(d) ? V & ~3 : 0;
+        if (j0 > 0) this.simd.ceGrad(L as Float32Array, o, j0, mx, invf, d, O as Float32Array, o);
+        for (let j = j0; j < V; j++) {
           O[o + j] = d * Math.fround(Math.fround(Math.exp(Math.fround(L[o + j] - mx))) * invf);
         }
       }
-      const t = Tg[r] - vocabStart;
-      if (t >= 0 && t < V) {
-        O[o + t] = f64 ? d * (Math.exp(L[o + t] - mx) * inv - 1) : d *
-          Math.fround(
-            Math.fround(Math.fround(Math.exp(Math.fround(L[o + t] - mx))) * Math.fround(inv)) - 1,
-          );
-      }
+      if (hit) O[o + t] = gt;
     }
     commit(op, dlogits, O);
   }
@@ -973,7 +991,16 @@ export class CpuBackend implements Backend {
       wd = f(args.weightDecay);
     const ob1 = f(1 - b1), ob2 = f(1 - b2);
     const bc1 = f(1 - f(Math.pow(b1, step))), bc2 = f(1 - f(Math.pow(b2, step)));
-    for (let i = 0; i < P.length; i++) {
+    let i0 = 0;
+    if (
+      P instanceof Float32Array && G instanceof Float32Array && M instanceof Float32Array &&
+      Vv instanceof Float32Array && P.length >= SIMD_MIN
+    ) {
+      // SIMD: the same f32 operations four lanes at a time; the tail below.
+      i0 = P.length & ~3;
+      this.simd.adam(P, G, M, Vv, i0, { b1, b2, ob1, ob2, bc1, bc2, eps, wd, lr });
+    }
+    for (let i = i0; i < P.length; i++) {
       const g = G[i];
       const mi = f(f(b1 * M[i]) + f(ob1 * g));
       const vi = f(f(b2 * Vv[i]) + f(f(ob2 * g) * g));

@@ -1,0 +1,522 @@
+// f32 kernels for the CPU backend's hottest loops as a hand-assembled WebAssembly SIMD module:
+// cross-entropy over the vocabulary (row max, sum of exp, softmax gradient) and the Adam update.
+// Each kernel does the same f32 operations as the scalar loops in cpu_backend.ts, element for element:
+// f32x4 add/sub/mul/div/sqrt round exactly like Math.fround of the f64 result. exp is evaluated in f64
+// (Cody-Waite reduction, degree-12 Taylor polynomial, error ~2e-16 relative) and rounded to f32, so it
+// equals Math.fround(Math.exp(x)) except when exp(x) lies within ~1e-16 of an f32 rounding midpoint
+// (about one element in 10^8, then 1 ulp). Only the order of the f32 partial sums in sumExp differs
+// (four lanes, then combined). Operands are copied into the module's memory in chunks: memcpy is far
+// cheaper than the arithmetic it replaces, and the tensors stay ordinary TypedArrays.
+
+function uleb(n: number): number[] {
+  const out: number[] = [];
+  do {
+    let b = n & 0x7f;
+    n >>>= 7;
+    if (n !== 0) b |= 0x80;
+    out.push(b);
+  } while (n !== 0);
+  return out;
+}
+
+function section(id: number, body: number[]): number[] {
+  return [id, ...uleb(body.length), ...body];
+}
+
+const I32 = 0x7f, F32 = 0x7d, V128 = 0x7b;
+
+// Opcodes (core and the 0xfd-prefixed SIMD set).
+const get = (i: number) => [0x20, ...uleb(i)];
+const set = (i: number) => [0x21, ...uleb(i)];
+const tee = (i: number) => [0x22, ...uleb(i)];
+const i32c = (v: number) => [0x41, ...slebI32(v)];
+const simd = (op: number, ...imm: number[]) => [0xfd, ...uleb(op), ...imm];
+const MEM = [4, 0]; // memarg: align 2^4, offset 0
+const load = simd(0x00, ...MEM), store = simd(0x0b, ...MEM);
+const f32x4 = {
+  splat: simd(0x13),
+  lane: (l: number) => simd(0x1f, l),
+  sqrt: simd(0xe3),
+  add: simd(0xe4),
+  sub: simd(0xe5),
+  mul: simd(0xe6),
+  div: simd(0xe7),
+  pmax: simd(0xeb),
+  demote: simd(0x5e), // f32x4.demote_f64x2_zero
+};
+const f64x2 = {
+  promoteLow: simd(0x5f),
+  add: simd(0xf0),
+  sub: simd(0xf1),
+  mul: simd(0xf2),
+  pmin: simd(0xf6),
+  pmax: simd(0xf7),
+};
+const i64x2 = { shl: simd(0xcb), add: simd(0xce) };
+const shuffle = (lanes: number[]) => simd(0x0d, ...lanes);
+
+function slebI32(v: number): number[] {
+  const out: number[] = [];
+  for (;;) {
+    const b = v & 0x7f;
+    v >>= 7;
+    const done = (v === 0 && (b & 0x40) === 0) || (v === -1 && (b & 0x40) !== 0);
+    out.push(done ? b : b | 0x80);
+    if (done) return out;
+  }
+}
+
+function v128f64(x: number): number[] {
+  const b = new Uint8Array(16), d = new DataView(b.buffer);
+  d.setFloat64(0, x, true);
+  d.setFloat64(8, x, true);
+  return simd(0x0c, ...b);
+}
+
+function v128i64(x: bigint): number[] {
+  const b = new Uint8Array(16), d = new DataView(b.buffer);
+  d.setBigInt64(0, x, true);
+  d.setBigInt64(8, x, true);
+  return simd(0x0c, ...b);
+}
+
+const MAGIC = 6755399441055744; // 1.5 * 2^52: adding it rounds to an integer held in the low mantissa bits
+const MAGIC_BITS = 0x4338000000000000n;
+const LN2_HI = 0.6931471803691238; // ln 2 with trailing zero bits: k * LN2_HI is exact for |k| < 2^20
+const LN2_LO = 1.9082149292705877e-10;
+
+// Constants of the exp kernel, splatted once into consecutive v128 locals before the loop (V8 would
+// otherwise rebuild each v128.const inside it).
+const EXP_CONSTS: number[][] = (() => {
+  const c = [v128f64(-120), v128f64(100), v128f64(Math.LOG2E), v128f64(MAGIC), v128f64(LN2_HI)];
+  c.push(v128f64(LN2_LO), v128i64(1023n - MAGIC_BITS));
+  let fact = 1;
+  for (let i = 1; i <= 12; i++) {
+    fact *= i;
+    c.push(v128f64(1 / fact)); // Taylor coefficient of r^i; r^0 reuses the 1 of r^1
+  }
+  return c;
+})();
+const NUM_EXP_CONSTS = EXP_CONSTS.length;
+
+function initExpConsts(k: number): number[] {
+  return EXP_CONSTS.flatMap((c, i) => [...c, ...set(k + i)]);
+}
+
+/** Code for exp of the f64x2 in local `a` (overwritten), leaving the f64x2 result on the stack.
+ *  k: first of the NUM_EXP_CONSTS constant locals. */
+function expF64x2(a: number, t: number, r: number, t2: number, k: number): number[] {
+  const LO = k, HI = k + 1, L2E = k + 2, MG = k + 3, H = k + 4, L = k + 5, BIAS = k + 6;
+  const coef = (i: number) => k + 6 + Math.max(i, 1); // 1/i!, i >= 1
+  const out: number[] = [];
+  // Clamp to [-120, 100]: f32 results there are already 0 / Infinity, and 2^k stays a normal f64.
+  // Pseudo-min/max (one instruction each) keep a NaN in their first operand.
+  out.push(...get(a), ...get(LO), ...f64x2.pmax, ...get(HI), ...f64x2.pmin, ...set(a));
+  // t = a * log2(e) + MAGIC, so k = round(a / ln2) = bits(t) - bits(MAGIC).
+  out.push(...get(a), ...get(L2E), ...f64x2.mul, ...get(MG), ...f64x2.add, ...tee(t));
+  // r = a - k ln2 (two-part constant), |r| <= ln2 / 2.
+  out.push(...get(MG), ...f64x2.sub, ...set(r)); // r temporarily holds k
+  out.push(...get(a), ...get(r), ...get(H), ...f64x2.mul, ...f64x2.sub); // a - k hi
+  out.push(...get(r), ...get(L), ...f64x2.mul, ...f64x2.sub, ...set(r)); // - k lo
+  // Taylor series of exp(r) to degree 12 (truncation error < 2e-16 for |r| <= ln2 / 2), evaluated
+  // by Estrin's scheme (short dependency chains) with r2 = r^2 in `a` and r4 = r^4 in `t2`.
+  const lin = (i: number) => [...get(coef(i)), ...get(r), ...get(coef(i + 1)), ...f64x2.mul, ...f64x2.add];
+  const quad = (i: number) => [...lin(i), ...lin(i + 2), ...get(a), ...f64x2.mul, ...f64x2.add];
+  out.push(...get(r), ...get(r), ...f64x2.mul, ...tee(a), ...get(a), ...f64x2.mul, ...set(t2));
+  out.push(...quad(0), ...quad(4), ...get(t2), ...f64x2.mul, ...f64x2.add);
+  out.push(...quad(8), ...get(coef(12)), ...get(t2), ...f64x2.mul, ...f64x2.add);
+  out.push(...get(t2), ...get(t2), ...f64x2.mul, ...f64x2.mul, ...f64x2.add);
+  // 2^k: (bits(t) - bits(MAGIC) + 1023) << 52.
+  out.push(...get(t), ...get(BIAS), ...i64x2.add, ...i32c(52), ...i64x2.shl);
+  out.push(...f64x2.mul);
+  return out;
+}
+
+/** Code for expf of the f32x4 in local `x`, leaving the f32x4 result on the stack. Uses locals a, t,
+ *  r, lo, lo + 1 and the constants at k. */
+function expF32x4(x: number, a: number, t: number, r: number, lo: number, k: number): number[] {
+  const hiLanes = [8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15];
+  const join = [0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23];
+  return [
+    ...get(x),
+    ...f64x2.promoteLow,
+    ...set(a),
+    ...expF64x2(a, t, r, lo + 1, k),
+    ...f32x4.demote,
+    ...set(lo),
+    ...get(x),
+    ...get(x),
+    ...shuffle(hiLanes),
+    ...f64x2.promoteLow,
+    ...set(a),
+    ...get(lo),
+    ...expF64x2(a, t, r, lo + 1, k),
+    ...f32x4.demote,
+    ...shuffle(join),
+  ];
+}
+
+/** `loop` over p in [p, end) step 16 bytes (p < end checked first); body may use local p. */
+function loop16(p: number, end: number, body: number[]): number[] {
+  return [
+    0x02,
+    0x40, // block
+    ...get(p),
+    ...get(end),
+    0x4f,
+    0x0d,
+    0, // br_if p >= end
+    0x03,
+    0x40, // loop
+    ...body,
+    ...get(p),
+    ...i32c(16),
+    0x6a,
+    ...tee(p),
+    ...get(end),
+    0x49,
+    0x0d,
+    0, // br_if p < end
+    0x0b,
+    0x0b,
+  ];
+}
+
+function func(locals: [number, number][], code: number[]): number[] {
+  const body = [...uleb(locals.length), ...locals.flatMap(([n, t]) => [...uleb(n), t]), ...code, 0x0b];
+  return [...uleb(body.length), ...body];
+}
+
+/** Horizontal f32 sum of the f32x4 in local v: (l0 + l1) + (l2 + l3). */
+function hsum(v: number): number[] {
+  return [
+    ...get(v),
+    ...f32x4.lane(0),
+    ...get(v),
+    ...f32x4.lane(1),
+    0x92,
+    ...get(v),
+    ...f32x4.lane(2),
+    ...get(v),
+    ...f32x4.lane(3),
+    0x92,
+    0x92,
+  ];
+}
+
+function moduleBytes(): Uint8Array<ArrayBuffer> {
+  // rowMax(p, n, init) -> f32: pseudo-max (a < b ? b : a) of init and n floats at byte p; n % 4 == 0.
+  // Pseudo-max skips NaN like the scalar `if (x > mx) mx = x`.
+  const rowMaxCode = [
+    ...get(0),
+    ...get(1),
+    ...i32c(2),
+    0x74,
+    0x6a,
+    ...set(3),
+    ...get(2),
+    ...f32x4.splat,
+    ...set(4),
+    ...loop16(0, 3, [...get(4), ...get(0), ...load, ...f32x4.pmax, ...set(4)]),
+    ...[0, 1, 2, 3].flatMap((l) => [
+      ...get(4),
+      ...f32x4.lane(l),
+      ...set(5), // x
+      // m = m < x ? x : m
+      ...get(5),
+      ...get(2),
+      ...get(2),
+      ...get(5),
+      0x5d, // f32.lt
+      0x1b, // select
+      ...set(2),
+    ]),
+    ...get(2),
+  ];
+  // locals after params (p, n, init): 3 end i32, 4 v v128, 5 x f32
+  const rowMaxF = func([[1, I32], [1, V128], [1, F32]], rowMaxCode);
+
+  // sumExp(p, n, mx) -> f32: sum of fround(exp(fround(x - mx))) in four f32 lanes.
+  // locals: 0 p, 1 n, 2 mx | 3 end, 4 mxv, 5 acc, 6 x, 7 a, 8 t, 9 r, 10 lo
+  const sumExp = func([[1, I32], [8 + NUM_EXP_CONSTS, V128]], [
+    ...initExpConsts(12),
+    ...get(0),
+    ...get(1),
+    ...i32c(2),
+    0x74,
+    0x6a,
+    ...set(3),
+    ...get(2),
+    ...f32x4.splat,
+    ...set(4),
+    ...loop16(0, 3, [
+      ...get(0),
+      ...load,
+      ...get(4),
+      ...f32x4.sub,
+      ...set(6),
+      ...get(5),
+      ...expF32x4(6, 7, 8, 9, 10, 12),
+      ...f32x4.add,
+      ...set(5),
+    ]),
+    ...hsum(5),
+  ]);
+
+  // ceGrad(p, n, mx, inv, d): x[i] = d * fround(fround(exp(fround(x[i] - mx))) * inv), in place.
+  // locals: 0 p, 1 n, 2 mx, 3 inv, 4 d | 5 end, 6 mxv, 7 invv, 8 dv, 9 x, 10 a, 11 t, 12 r, 13 lo
+  const ceGrad = func([[1, I32], [10 + NUM_EXP_CONSTS, V128]], [
+    ...initExpConsts(15),
+    ...get(0),
+    ...get(1),
+    ...i32c(2),
+    0x74,
+    0x6a,
+    ...set(5),
+    ...get(2),
+    ...f32x4.splat,
+    ...set(6),
+    ...get(3),
+    ...f32x4.splat,
+    ...set(7),
+    ...get(4),
+    ...f32x4.splat,
+    ...set(8),
+    ...loop16(0, 5, [
+      ...get(0),
+      ...get(0),
+      ...load,
+      ...get(6),
+      ...f32x4.sub,
+      ...set(9),
+      ...expF32x4(9, 10, 11, 12, 13, 15),
+      ...get(7),
+      ...f32x4.mul,
+      ...get(8),
+      ...f32x4.mul,
+      ...store,
+    ]),
+  ]);
+
+  // adam(pp, pg, pm, pv, n, b1, b2, ob1, ob2, bc1, bc2, eps, wd, lr): the AdamW update of cpu_backend's
+  // adamStep on n floats (n % 4 == 0) at byte offsets pp (param), pg (grad), pm, pv (moments).
+  // locals: 0 pp 1 pg 2 pm 3 pv 4 n 5 b1 6 b2 7 ob1 8 ob2 9 bc1 10 bc2 11 eps 12 wd 13 lr |
+  //   14 end 15 off | 16..24 splats (b1 b2 ob1 ob2 bc1 bc2 eps wd lr) 25 g 26 mi 27 vi 28 pv
+  const sp = (i: number) => 16 + i - 5; // splat local of scalar param i
+  const at = (base: number) => [...get(base), ...get(15), 0x6a]; // base + off
+  const adam = func([[2, I32], [13, V128]], [
+    ...get(4),
+    ...i32c(2),
+    0x74,
+    ...set(14),
+    ...[5, 6, 7, 8, 9, 10, 11, 12, 13].flatMap((i) => [...get(i), ...f32x4.splat, ...set(sp(i))]),
+    ...loop16(15, 14, [
+      ...at(1),
+      ...load,
+      ...set(25), // g
+      // mi = b1 * m + ob1 * g
+      ...at(2),
+      ...get(sp(5)),
+      ...at(2),
+      ...load,
+      ...f32x4.mul,
+      ...get(sp(7)),
+      ...get(25),
+      ...f32x4.mul,
+      ...f32x4.add,
+      ...tee(26),
+      ...store,
+      // vi = b2 * v + (ob2 * g) * g
+      ...at(3),
+      ...get(sp(6)),
+      ...at(3),
+      ...load,
+      ...f32x4.mul,
+      ...get(sp(8)),
+      ...get(25),
+      ...f32x4.mul,
+      ...get(25),
+      ...f32x4.mul,
+      ...f32x4.add,
+      ...tee(27),
+      ...store,
+      // upd = (mi / bc1) / (sqrt(vi / bc2) + eps) + wd * p; p -= lr * upd
+      ...at(0),
+      ...load,
+      ...set(28),
+      ...at(0),
+      ...get(28),
+      ...get(26),
+      ...get(sp(9)),
+      ...f32x4.div,
+      ...get(27),
+      ...get(sp(10)),
+      ...f32x4.div,
+      ...f32x4.sqrt,
+      ...get(sp(11)),
+      ...f32x4.add,
+      ...f32x4.div,
+      ...get(sp(12)),
+      ...get(28),
+      ...f32x4.mul,
+      ...f32x4.add,
+      ...get(sp(13)),
+      ...f32x4.mul,
+      ...f32x4.sub,
+      ...store,
+    ]),
+  ]);
+
+  const name = (s: string) => [s.length, ...Array.from(s, (c) => c.charCodeAt(0))];
+  const types = [
+    4,
+    ...[0x60, 3, I32, I32, F32, 1, F32], // 0: rowMax, sumExp
+    ...[0x60, 5, I32, I32, F32, F32, F32, 0], // 1: ceGrad
+    ...[0x60, 14, I32, I32, I32, I32, I32, ...Array(9).fill(F32), 0], // 2: adam
+    ...[0x60, 0, 0], // 3: unused
+  ];
+  const exports = [
+    5,
+    ...name("rowMax"),
+    0,
+    0,
+    ...name("sumExp"),
+    0,
+    1,
+    ...name("ceGrad"),
+    0,
+    2,
+    ...name("adam"),
+    0,
+    3,
+    ...name("mem"),
+    2,
+    0,
+  ];
+  return new Uint8Array([
+    0x00,
+    0x61,
+    0x73,
+    0x6d,
+    0x01,
+    0x00,
+    0x00,
+    0x00,
+    ...section(1, types),
+    ...section(3, [4, 0, 0, 1, 2]),
+    ...section(5, [1, 0, 1]), // memory: 1 page initially, grown on demand
+    ...section(7, exports),
+    ...section(10, [4, ...rowMaxF, ...sumExp, ...ceGrad, ...adam]),
+  ]);
+}
+
+/** Elements per Adam chunk (4 arrays of this many floats live in the module's memory at once). */
+export const ADAM_CHUNK = 16384;
+
+/** One instance per backend: the SIMD kernels and their memory. */
+export class SimdKernels {
+  private readonly mem: WebAssembly.Memory;
+  private readonly k: {
+    rowMax(p: number, n: number, init: number): number;
+    sumExp(p: number, n: number, mx: number): number;
+    ceGrad(p: number, n: number, mx: number, inv: number, d: number): void;
+    adam(
+      pp: number,
+      pg: number,
+      pm: number,
+      pv: number,
+      n: number,
+      b1: number,
+      b2: number,
+      ob1: number,
+      ob2: number,
+      bc1: number,
+      bc2: number,
+      eps: number,
+      wd: number,
+      lr: number,
+    ): void;
+  };
+  private f32: Float32Array;
+
+  constructor() {
+    const inst = new WebAssembly.Instance(new WebAssembly.Module(moduleBytes()));
+    this.mem = inst.exports.mem as WebAssembly.Memory;
+    this.k = inst.exports as unknown as SimdKernels["k"];
+    this.f32 = new Float32Array(this.mem.buffer);
+  }
+
+  /** A view of at least n floats of module memory (grown as needed). */
+  private floats(n: number): Float32Array {
+    if (this.f32.length < n) {
+      const need = Math.ceil((n * 4 - this.mem.buffer.byteLength) / 65536);
+      this.mem.grow(need);
+      this.f32 = new Float32Array(this.mem.buffer);
+    }
+    return this.f32;
+  }
+
+  /** Max over x[o, o + n4) (n4 % 4 == 0) folded into init with `if (x > m) m = x` semantics. */
+  rowMax(x: Float32Array, o: number, n4: number, init: number): number {
+    const m = this.floats(n4);
+    m.set(x.subarray(o, o + n4));
+    return this.k.rowMax(0, n4, init);
+  }
+
+  /** Sum over x[o, o + n4) of fround(exp(fround(x - mx))) (f32 lane sums); mx must be an f32 value. */
+  sumExp(x: Float32Array, o: number, n4: number, mx: number): number {
+    const m = this.floats(n4);
+    m.set(x.subarray(o, o + n4));
+    return this.k.sumExp(0, n4, mx);
+  }
+
+  /** out[oo + i] = d * fround(fround(exp(fround(x[o + i] - mx))) * inv) for i < n4; mx, inv, d f32 values. */
+  ceGrad(
+    x: Float32Array,
+    o: number,
+    n4: number,
+    mx: number,
+    inv: number,
+    d: number,
+    out: Float32Array,
+    oo: number,
+  ): void {
+    const m = this.floats(n4);
+    m.set(x.subarray(o, o + n4));
+    this.k.ceGrad(0, n4, mx, inv, d);
+    out.set(m.subarray(0, n4), oo);
+  }
+
+  /** AdamW on elements [0, n4) (n4 % 4 == 0) with f32 constants (see cpu_backend adamStep). */
+  adam(
+    P: Float32Array,
+    G: Float32Array,
+    M: Float32Array,
+    V: Float32Array,
+    n4: number,
+    c: {
+      b1: number;
+      b2: number;
+      ob1: number;
+      ob2: number;
+      bc1: number;
+      bc2: number;
+      eps: number;
+      wd: number;
+      lr: number;
+    },
+  ): void {
+    const C = ADAM_CHUNK, m = this.floats(4 * C);
+    for (let s = 0; s < n4; s += C) {
+      const n = Math.min(C, n4 - s), e = s + n;
+      m.set(P.subarray(s, e), 0);
+      m.set(G.subarray(s, e), C);
+      m.set(M.subarray(s, e), 2 * C);
+      m.set(V.subarray(s, e), 3 * C);
+      this.k.adam(0, 4 * C, 8 * C, 12 * C, n, c.b1, c.b2, c.ob1, c.ob2, c.bc1, c.bc2, c.eps, c.wd, c.lr);
+      P.set(m.subarray(0, n), s);
+      M.set(m.subarray(2 * C, 2 * C + n), s);
+      V.set(m.subarray(3 * C, 3 * C + n), s);
+    }
+  }
+}

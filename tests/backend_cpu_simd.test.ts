@@ -1,0 +1,119 @@
+// CPU backend SIMD paths (WebAssembly kernels for cross-entropy and Adam) against the scalar f32
+// reference loops they replace: element-for-element equality where the math is identical, and the
+// f32 sum of exps within the reordering bound.
+import assert from "node:assert/strict";
+import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
+import { PhiloxStream } from "../src/rng/philox.ts";
+
+const be = createCpuBackend({ blas: "none", log: () => {} });
+const f = Math.fround;
+
+function rnd(n: number, seed: number, scale: number): Float32Array {
+  const g = new PhiloxStream(seed, 7, 0);
+  return Float32Array.from({ length: n }, (_, i) => (g.uniform(i) * 2 - 1) * scale);
+}
+
+/** Rows whose lengths exercise the 4-lane body and every tail length. */
+const SHAPES: [number, number][] = [[3, 1031], [2, 4096], [5, 130], [1, 50307]];
+
+function ceRef(L: Float32Array, V: number, tg: number[]) {
+  const rows = L.length / V;
+  const mx = new Float32Array(rows), tl = new Float32Array(rows), se = new Float64Array(rows);
+  for (let r = 0; r < rows; r++) {
+    const o = r * V;
+    let m = -Infinity;
+    for (let j = 0; j < V; j++) if (L[o + j] > m) m = L[o + j];
+    mx[r] = m;
+    tl[r] = L[o + tg[r]];
+    let s64 = 0;
+    for (let j = 0; j < V; j++) {
+      const e = f(Math.exp(f(L[o + j] - m)));
+      s64 += e;
+    }
+    se[r] = s64;
+  }
+  return { mx, tl, se };
+}
+
+Deno.test("simd cross-entropy: row max, sum of exps, gradient match the scalar f32 loops", () => {
+  for (const [rows, V] of SHAPES) {
+    const L = rnd(rows * V, V, 12);
+    L[5] = -1e30; // far below the exp underflow
+    L[V + 3] = 40; // a dominant logit in row 1
+    const tg = Array.from({ length: rows }, (_, r) => (r * 977 + 5) % V), dls = [1, 0.5, 2, 0.25, 3];
+    const ref = ceRef(L, V, tg);
+    const logits = be.fromHost("f32", [rows, V], L), targets = be.fromHost("i32", [rows], tg);
+    const mx = be.empty("f32", [rows]), tl = be.empty("f32", [rows]), se = be.empty("f32", [rows]);
+    be.ceStats(logits, targets, 0, mx, tl);
+    assert.deepEqual(be.toHost(mx), ref.mx, `rowMax V=${V}`);
+    assert.deepEqual(be.toHost(tl), ref.tl, `targetLogit V=${V}`);
+    be.ceSumExp(logits, mx, se);
+    const got = be.toF64(se);
+    for (let r = 0; r < rows; r++) {
+      // Each f32 partial sum rounds by <= 2^-24 relative; the exact sum (f64) bounds both orders.
+      const bound = V * 2 ** -24 * ref.se[r];
+      assert.ok(Math.abs(got[r] - ref.se[r]) <= bound, `sumExp[${r}] ${got[r]} vs ${ref.se[r]} (V=${V})`);
+    }
+    const dloss = be.fromHost("f32", [rows], dls.slice(0, rows));
+    const dlog = be.empty("f32", [rows, V]);
+    be.ceBwd(logits, targets, 0, mx, se, dloss, dlog);
+    const D = be.toHost(dlog) as Float32Array, S = be.toHost(se) as Float32Array;
+    let diff = 0;
+    for (let r = 0; r < rows; r++) {
+      const o = r * V, inv = f(1 / S[r]), d = dls[r], m = ref.mx[r];
+      for (let j = 0; j < V; j++) {
+        let w = f(d * f(f(Math.exp(f(L[o + j] - m))) * inv));
+        if (j === tg[r]) w = f(d * f(f(f(Math.exp(f(L[o + j] - m))) * inv) - 1));
+        if (w !== D[o + j]) diff++;
+      }
+    }
+    // exp is evaluated to ~2e-16 and rounded to f32: equal to fround(Math.exp) except at ~1e-8 odds.
+    assert.ok(diff <= 1, `ceBwd V=${V}: ${diff} elements differ from the scalar loop`);
+    // In place (dlogits aliasing logits) gives the same gradient.
+    be.ceBwd(logits, targets, 0, mx, se, dloss, logits);
+    assert.deepEqual(be.toHost(logits), D, `in-place ceBwd V=${V}`);
+  }
+});
+
+Deno.test("simd cross-entropy: NaN and infinite logits propagate like the scalar loop", () => {
+  const V = 256;
+  const L = rnd(2 * V, 3, 4);
+  L[17] = NaN;
+  L[V + 9] = -Infinity;
+  const logits = be.fromHost("f32", [2, V], L), targets = be.fromHost("i32", [2], [0, 1]);
+  const mx = be.empty("f32", [2]), tl = be.empty("f32", [2]), se = be.empty("f32", [2]);
+  be.ceStats(logits, targets, 0, mx, tl);
+  let m0 = -Infinity;
+  for (let j = 0; j < V; j++) if (L[j] > m0) m0 = L[j];
+  assert.equal(be.toF64(mx)[0], m0, "NaN is skipped by the max");
+  be.ceSumExp(logits, mx, se);
+  const s = be.toF64(se);
+  assert.ok(Number.isNaN(s[0]), "NaN logit gives a NaN sum");
+  assert.ok(Number.isFinite(s[1]) && s[1] >= 1, "-Infinity logit contributes exp(-inf) = 0");
+});
+
+Deno.test("simd adamStep equals the scalar AdamW loop bit for bit", () => {
+  for (const n of [64, 1001, 40003]) {
+    const p0 = rnd(n, 1, 1), g = rnd(n, 2, 0.1), m0 = rnd(n, 3, 0.01), v0 = rnd(n, 4, 1e-4).map(Math.abs);
+    g[7] = 0;
+    v0[7] = 0;
+    const args = { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, step: 3 };
+    const P = be.fromHost("f32", [n], p0), G = be.fromHost("f32", [n], g);
+    const M = be.fromHost("f32", [n], m0), Vt = be.fromHost("f32", [n], v0);
+    be.adamStep(P, G, M, Vt, args);
+    const b1 = f(0.9), b2 = f(0.999), lr = f(1e-3), eps = f(1e-8), wd = f(0.01);
+    const ob1 = f(1 - b1), ob2 = f(1 - b2), bc1 = f(1 - f(b1 ** 3)), bc2 = f(1 - f(b2 ** 3));
+    const wp = new Float32Array(n), wm = new Float32Array(n), wv = new Float32Array(n);
+    for (let i = 0; i < n; i++) {
+      const mi = f(f(b1 * m0[i]) + f(ob1 * g[i]));
+      const vi = f(f(b2 * v0[i]) + f(f(ob2 * g[i]) * g[i]));
+      const upd = f(f(f(mi / bc1) / f(f(Math.sqrt(f(vi / bc2))) + eps)) + f(wd * p0[i]));
+      wm[i] = mi;
+      wv[i] = vi;
+      wp[i] = f(p0[i] - f(lr * upd));
+    }
+    assert.deepEqual(be.toHost(M), wm, `m n=${n}`);
+    assert.deepEqual(be.toHost(Vt), wv, `v n=${n}`);
+    assert.deepEqual(be.toHost(P), wp, `param n=${n}`);
+  }
+});
