@@ -8,6 +8,7 @@ import { createCudaBackend, type CudaBackend, probeCuda } from "../../src/backen
 import { type DType, isFloat } from "../../src/tensor/dtype.ts";
 import type { Shape, Tensor } from "../../src/tensor/tensor.ts";
 import { numel } from "../../src/tensor/tensor.ts";
+import { buildEmulator } from "./emulator/build.ts";
 
 /**
  * Error bound, as max|cuda - cpu| / max|cpu| over a tensor.
@@ -42,6 +43,22 @@ export async function setup(announceSkip = true): Promise<Ctx | null> {
   if (Deno.env.get("MEGATRON_DENO_GPU_TEST_DRYRUN") === "1") {
     console.log("test:gpu: DRY RUN — comparing the CPU backend with itself (no CUDA involved)");
     return { cuda: createCpuBackend({ log: () => {} }), cpu: createCpuBackend({ log: () => {} }), rows: [] };
+  }
+  // MEGATRON_DENO_GPU_TEST_EMULATOR=1 runs the suite on the CPU emulator of the CUDA stack
+  // (tests/gpu/emulator: the real kernels, fibers for threads): slow, but checks kernel logic.
+  if (Deno.env.get("MEGATRON_DENO_GPU_TEST_EMULATOR") === "1") {
+    const built = await buildEmulator();
+    if ("skip" in built) throw new Error(`MEGATRON_DENO_GPU_TEST_EMULATOR: ${built.skip}`);
+    const lib = built.path;
+    const vars: Record<string, string> = {
+      MEGATRON_DENO_CUDART: lib,
+      MEGATRON_DENO_CUDA: lib,
+      MEGATRON_DENO_CUBLAS: lib,
+    };
+    const env = { get: (n: string) => vars[n], sitePackages: [], pythonSitePackages: () => [] };
+    const cuda = await createCudaBackend({ env });
+    console.log(`test:gpu: EMULATED — ${cuda.description}`);
+    return { cuda, cpu: createCpuBackend({ log: () => {} }), rows: [] };
   }
   const p = probeCuda();
   if (!p.ok) {
