@@ -257,3 +257,28 @@ Deno.test("cli: trains, saves, says where; --load with another architecture name
       "--hidden-size: checkpoint 16, run 32; --max-position-embeddings: checkpoint 16, run 32",
   );
 });
+
+Deno.test("cli: scripts/pretrain_gpt.sh (GPT-345M flags) passes validation up to the data", async () => {
+  // Every flag in the script must parse and validate: the first error is then the missing dataset.
+  const script = new URL("../scripts/pretrain_gpt.sh", import.meta.url).pathname;
+  const out = await new Deno.Command("bash", {
+    args: [script],
+    cwd: DIR,
+    env: { DATA_PATH: "nope/prefix", CHECKPOINT_PATH: "ck", DEVICE: "cpu", NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const r = { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+  assert.equal(r.code, 1, r.stderr);
+  // Relative paths were made absolute against the caller's directory.
+  assert.equal(
+    errorLine(r),
+    `--data-path ${DIR}/nope/prefix: no ${DIR}/nope/prefix.idx / ${DIR}/nope/prefix.bin found`,
+  );
+  assert.match(r.stdout, /padded vocab \(size: 50257\) with 47 dummy tokens \(new size: 50304\)/);
+  for (
+    const f of ["'--num-layers' '24'", "'--hidden-size' '1024'", "'--global-batch-size' '8'", "'--fp16'"]
+  ) {
+    assert.ok(r.stderr.includes(f), `${f} not passed to the task:\n${r.stderr}`);
+  }
+});

@@ -150,3 +150,20 @@ Deno.test("e2e: --exit-duration-in-mins saves and stops once the (injected) cloc
   assert.equal(meta.iteration, 3);
   assert.equal(meta.consumed_train_samples, 12);
 });
+
+Deno.test("e2e: fp16 overflow iterations are logged as skipped, without an lm loss (as Megatron)", async () => {
+  const logs: string[] = [];
+  const r = await train([
+    ...["--global-batch-size", "4", "--train-iters", "3", "--eval-interval", "100", "--eval-iters", "0"],
+    ...["--fp16", "--initial-loss-scale", String(2 ** 40), "--hysteresis", "1"],
+  ], { log: (l) => logs.push(l) });
+  assert.ok(r.history.every((h) => h.skipped), JSON.stringify(r.history));
+  const lines = logs.filter((l) => l.startsWith(" iteration"));
+  assert.equal(lines.length, 3);
+  for (const l of lines) {
+    assert.ok(!l.includes("lm loss"), l);
+    assert.match(l, /number of skipped iterations:\s+1 \|/);
+    assert.match(l, /grad norm: - \|/);
+  }
+  assert.deepEqual(r.history.map((h) => h.lossScale), [2 ** 39, 2 ** 38, 2 ** 37]);
+});

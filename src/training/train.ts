@@ -507,7 +507,9 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
           ` consumed samples: ${String(consumedTrain).padStart(10)} |` +
           ` elapsed time per iteration (ms): ${msPerIter.toFixed(1)} |` +
           ` learning rate: ${r.nextLr.toExponential(3)} | global batch size: ${String(batch).padStart(5)} |` +
-          ` lm loss: ${avgLoss.toExponential(6)} | loss scale: ${r.lossScale.toFixed(1)} |` +
+          // As Megatron, no loss when every iteration of the interval was skipped or NaN.
+          (intervalLoss.length > 0 ? ` lm loss: ${avgLoss.toExponential(6)} |` : "") +
+          ` loss scale: ${r.lossScale.toFixed(1)} |` +
           ` grad norm: ${fmtNum(r.gradNorm, 3)} | number of skipped iterations: ${
             String(skippedInInterval).padStart(3)
           } |` +
