@@ -21,6 +21,7 @@ export {
   selectBackend,
   type SelectedBackend,
 } from "./src/backend/cuda/select.ts";
+export { createCudaBackend, type CudaBackend, probeCuda } from "./src/backend/cuda/cuda_backend.ts";
 
 // ---- tokenizers ---------------------------------------------------------------------------------
 export * from "./src/tokenizer/mod.ts";
