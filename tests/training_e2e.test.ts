@@ -118,17 +118,22 @@ async function resumeCase(name: string, extra: string[], k: number) {
   assert.deepEqual([...B1.validation, ...B2.validation], A.validation);
   assert.deepEqual(B2.test, A.test);
   assert.deepEqual(metricsNoTiming(`${b}/metrics.jsonl`), metricsNoTiming(`${a}/metrics.jsonl`));
-  // Final weights and optimizer state: same bytes.
-  for (const f of ["model.safetensors", "optim.safetensors"]) {
-    const pa = `${a}/iter_0000008/mp_rank_00/${f}`, pb = `${b}/iter_0000008/mp_rank_00/${f}`;
-    assert.ok(bytes(pa).length > 0);
-    assert.deepEqual(bytes(pb), bytes(pa), `${f} differs after resume`);
+  // Final weights and optimizer state of every rank directory: same bytes.
+  const rankDirs = [...Deno.readDirSync(`${a}/iter_0000008`)].map((e) => e.name).sort();
+  assert.ok(rankDirs.length >= 1 && rankDirs.every((d) => d.startsWith("mp_rank_")), rankDirs.join(","));
+  assert.deepEqual([...Deno.readDirSync(`${b}/iter_0000008`)].map((e) => e.name).sort(), rankDirs);
+  for (const d of rankDirs) {
+    for (const f of ["model.safetensors", "optim.safetensors"]) {
+      const pa = `${a}/iter_0000008/${d}/${f}`, pb = `${b}/iter_0000008/${d}/${f}`;
+      assert.ok(bytes(pa).length > 0);
+      assert.deepEqual(bytes(pb), bytes(pa), `${d}/${f} differs after resume`);
+    }
   }
-  return A;
+  return { A, rankDirs };
 }
 
 Deno.test("e2e: preprocess -> train -> --exit-interval save -> --load resume is bit-exact (f32, dropout)", async () => {
-  const A = await resumeCase("f32", [], 3);
+  const { A } = await resumeCase("f32", [], 3);
   // Sanity: the run really trains and evaluates.
   assert.equal(A.validation.length, 2);
   assert.ok(A.history.every((h) => Number.isFinite(h.loss) && !h.skipped));
@@ -147,7 +152,7 @@ Deno.test("e2e: fp16 resume is bit-exact, dynamic loss scaler state (scale, grow
     "--loss-scale-window",
     "2",
   ];
-  const A = await resumeCase("fp16", extra, 3);
+  const { A } = await resumeCase("fp16", extra, 3);
   const skipped = A.history.filter((h) => h.skipped).length;
   assert.ok(skipped > 0 && skipped < A.history.length, `expected some skipped steps, found ${skipped}`);
   assert.ok(new Set(A.history.map((h) => h.lossScale)).size >= 3, "loss scale should move");
@@ -155,6 +160,20 @@ Deno.test("e2e: fp16 resume is bit-exact, dynamic loss scaler state (scale, grow
   assert.equal(typeof meta.grad_scaler.scale, "number");
   assert.equal(typeof meta.grad_scaler.growth_tracker, "number");
   assert.equal(typeof meta.grad_scaler.hysteresis_tracker, "number");
+});
+
+Deno.test("e2e: bf16 resume is bit-exact", async () => {
+  await resumeCase("bf16", ["--bf16"], 5);
+});
+
+Deno.test("e2e: TP=2 x PP=2 x DP=2 fp16 resume is bit-exact across all rank checkpoints", async () => {
+  const extra = [
+    ...["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2", "--world-size", "8"],
+    ...["--global-batch-size", "8", "--fp16", "--initial-loss-scale", String(2 ** 26)],
+    ...["--hysteresis", "2", "--loss-scale-window", "2"],
+  ];
+  const { rankDirs } = await resumeCase("par", extra, 3);
+  assert.deepEqual(rankDirs, ["mp_rank_00_000", "mp_rank_00_001", "mp_rank_01_000", "mp_rank_01_001"]);
 });
 
 Deno.test("e2e: --finetune loads weights only: iteration 0, fresh optimizer, LR schedule and data order", async () => {
