@@ -40,6 +40,11 @@ const SIMD_MIN = 64;
 
 const isF32 = (x: number): boolean => Math.fround(x) === x;
 
+/** f32 allocations at least this large are recycled after free (see CpuBackend.empty). */
+const POOL_MIN_ELEMENTS = 1 << 20;
+/** Upper bound on the bytes held by freed, recycled f32 arrays. */
+const POOL_MAX_BYTES = 1024 * 1024 * 1024;
+
 /** Host storage for one CPU tensor allocation. */
 export class CpuStorage implements Storage {
   freed = false;
@@ -209,6 +214,10 @@ export class CpuBackend implements Backend {
   private readonly scratch: GemmScratch = newGemmScratch();
   private readonly philox = new PhiloxWasm();
   private readonly simd = new SimdKernels();
+  /** Freed large f32 arrays by length. Re-zeroing one (memset) is several times cheaper than the page
+   *  faults of fresh memory, which the [tokens, vocab] logits and their gradient pay every step. */
+  private readonly pool = new Map<number, Float32Array[]>();
+  private pooledBytes = 0;
 
   constructor(opts: CpuBackendOptions = {}) {
     const r = loadCblas(opts.blas);
@@ -230,7 +239,16 @@ export class CpuBackend implements Backend {
   // ---- memory ---------------------------------------------------------------------------------
 
   empty(dtype: DType, shape: Shape): Tensor {
-    return new Tensor(dtype, shape, new CpuStorage(allocHost(dtype, numel(shape))));
+    const n = numel(shape);
+    if (dtype === "f32" && n >= POOL_MIN_ELEMENTS) {
+      const a = this.pool.get(n)?.pop();
+      if (a) {
+        this.pooledBytes -= a.byteLength;
+        a.fill(0);
+        return new Tensor(dtype, shape, new CpuStorage(a));
+      }
+    }
+    return new Tensor(dtype, shape, new CpuStorage(allocHost(dtype, n)));
   }
 
   zeros(dtype: DType, shape: Shape): Tensor {
@@ -295,8 +313,18 @@ export class CpuBackend implements Backend {
   free(t: Tensor): void {
     const s = t.storage as CpuStorage;
     if (s.freed) throw new Error(`free: tensor ${t} already freed`);
+    const d = s.data;
     s.freed = true;
     s.data = null;
+    if (
+      d instanceof Float32Array && d.length >= POOL_MIN_ELEMENTS && d.byteOffset === 0 &&
+      d.byteLength === d.buffer.byteLength && this.pooledBytes + d.byteLength <= POOL_MAX_BYTES
+    ) {
+      const list = this.pool.get(d.length) ?? [];
+      list.push(d);
+      this.pool.set(d.length, list);
+      this.pooledBytes += d.byteLength;
+    }
   }
 
   synchronize(): void {}
