@@ -46,7 +46,8 @@ interface Message {
 type Waiter = {
   resolve: (m: Message) => void;
   reject: (e: Error) => void;
-  timer: ReturnType<typeof setTimeout>;
+  timer: ReturnType<typeof setTimeout> | undefined;
+  settled: boolean;
 };
 
 /** Shared state of one in-process world. Created per run (never module-level). */
@@ -203,6 +204,7 @@ export class LocalWorld {
     const ws = this.waiters.get(key);
     if (ws && ws.length > 0) {
       const w = ws.shift()!;
+      w.settled = true;
       clearTimeout(w.timer);
       w.resolve(msg);
     } else {
@@ -220,14 +222,19 @@ export class LocalWorld {
     if (q && q.length > 0) msg = q.shift()!;
     else {
       msg = await new Promise<Message>((resolve, reject) => {
+        // Register before arming the timer: Deno's first setTimeout call in a process can run
+        // pending microtasks (other ranks) before it returns, and a send made then must find us.
+        const w: Waiter = { resolve, reject, timer: undefined, settled: false };
+        const ws = this.waiters.get(key) ?? [];
+        ws.push(w);
+        this.waiters.set(key, ws);
         const timer = setTimeout(() => {
-          const ws = this.waiters.get(key) ?? [];
-          this.waiters.set(key, ws.filter((w) => w.timer !== timer));
+          w.settled = true;
+          this.waiters.set(key, (this.waiters.get(key) ?? []).filter((x) => x !== w));
           reject(new Error(`recv on rank ${to} from rank ${from} timed out after ${this.timeoutMs} ms`));
         }, this.timeoutMs);
-        const ws = this.waiters.get(key) ?? [];
-        ws.push({ resolve, reject, timer });
-        this.waiters.set(key, ws);
+        if (w.settled) clearTimeout(timer);
+        else w.timer = timer;
       });
     }
     if (tag !== undefined && msg.tag !== undefined && tag !== msg.tag) {
