@@ -117,3 +117,30 @@ Deno.test("simd adamStep equals the scalar AdamW loop bit for bit", () => {
     assert.deepEqual(be.toHost(P), wp, `param n=${n}`);
   }
 });
+
+Deno.test("simd biasGelu forward/backward equal the scalar tanh-GeLU loops (incl. saturated inputs)", () => {
+  const rows = 37, w = 68; // 2516 elements: SIMD path (w % 4 == 0), several bias rows per chunk
+  const xs = rnd(rows * w, 5, 6), bs = rnd(w, 6, 0.5), dys = rnd(rows * w, 7, 1);
+  for (const [i, v] of [[3, -200], [9, 300], [20, -9.2], [21, -8.7], [40, 0], [41, -0]]) xs[i] = v;
+  const sig = (v: number) => {
+    const z = -1.5957691216057308 * (v + 0.044715 * v * v * v);
+    return 1 / (1 + (z < -40 ? 0 : Math.exp(z)));
+  };
+  const grad = (v: number) => {
+    const s = sig(v);
+    return s + 2 * v * s * (1 - s) * 0.7978845608028654 * (1 + 3 * 0.044715 * v * v);
+  };
+  const x = be.fromHost("f32", [rows, w], xs), b = be.fromHost("f32", [w], bs);
+  const dy = be.fromHost("f32", [rows, w], dys);
+  const y = be.empty("f32", [rows, w]), dx = be.empty("f32", [rows, w]);
+  be.biasGeluFwd(x, b, y);
+  be.biasGeluBwd(dy, x, b, dx);
+  const Y = be.toHost(y) as Float32Array, DX = be.toHost(dx) as Float32Array;
+  let bad = 0;
+  for (let i = 0; i < xs.length; i++) {
+    const v = f(xs[i] + bs[i % w]);
+    if (!Object.is(f(v * sig(v)), Y[i])) bad++;
+    if (!Object.is(f(dys[i] * f(grad(v))), DX[i])) bad++;
+  }
+  assert.ok(bad <= 1, `${bad} GeLU values differ from the scalar loops`);
+});

@@ -682,6 +682,13 @@ export class CpuBackend implements Backend {
     assertShape(op, y, x.shape, "y");
     const X = readF(op, x), Bs = readF(op, bias, "bias"), Y = outF(op, y, false);
     const f64 = all64(x, bias, y);
+    if (
+      !f64 && f % 4 === 0 && X.length >= SIMD_MIN && X instanceof Float32Array && Bs instanceof Float32Array
+    ) {
+      this.simd.geluFwd(X, Bs, Y as Float32Array);
+      commit(op, y, Y);
+      return;
+    }
     for (let o = 0; o < X.length; o += f) {
       for (let j = 0; j < f; j++) {
         const v = f64 ? X[o + j] + Bs[j] : Math.fround(X[o + j] + Bs[j]);
@@ -700,6 +707,15 @@ export class CpuBackend implements Backend {
     assertShape(op, dx, x.shape, "dx");
     const X = readF(op, x), Bs = readF(op, bias, "bias"), DY = readF(op, dy, "dy"), DX = outF(op, dx, false);
     const f64 = all64(dy, x, bias, dx);
+    if (
+      !f64 && f % 4 === 0 && X.length >= SIMD_MIN && X instanceof Float32Array &&
+      Bs instanceof Float32Array &&
+      DY instanceof Float32Array
+    ) {
+      this.simd.geluBwd(DY, X, Bs, DX as Float32Array);
+      commit(op, dx, DX);
+      return;
+    }
     for (let o = 0; o < X.length; o += f) {
       for (let j = 0; j < f; j++) {
         const v = f64 ? X[o + j] + Bs[j] : Math.fround(X[o + j] + Bs[j]);

@@ -49,10 +49,13 @@ const f64x2 = {
   add: simd(0xf0),
   sub: simd(0xf1),
   mul: simd(0xf2),
+  div: simd(0xf3),
   pmin: simd(0xf6),
   pmax: simd(0xf7),
 };
 const i64x2 = { shl: simd(0xcb), add: simd(0xce) };
+// Relaxed SIMD: a * b + c and -(a * b) + c, fused where the CPU has FMA (then more accurate, never less).
+const RELAXED_MADD = simd(0x107), RELAXED_NMADD = simd(0x108);
 const shuffle = (lanes: number[]) => simd(0x0d, ...lanes);
 
 function slebI32(v: number): number[] {
@@ -87,8 +90,11 @@ const LN2_LO = 1.9082149292705877e-10;
 
 // Constants of the exp kernel, splatted once into consecutive v128 locals before the loop (V8 would
 // otherwise rebuild each v128.const inside it).
-const EXP_CONSTS: number[][] = (() => {
-  const c = [v128f64(-120), v128f64(100), v128f64(Math.LOG2E), v128f64(MAGIC), v128f64(LN2_HI)];
+// The clamp range [lo, hi] must cover the inputs whose result the caller can tell apart from 0 /
+// Infinity, with lo >= -708 (2^k stays normal) and hi <= 710 (k <= 1024, where 2^k is +Infinity like
+// Math.exp beyond ~709.4).
+function expConsts(lo: number, hi: number): number[][] {
+  const c = [v128f64(lo), v128f64(hi), v128f64(Math.LOG2E), v128f64(MAGIC), v128f64(LN2_HI)];
   c.push(v128f64(LN2_LO), v128i64(1023n - MAGIC_BITS));
   let fact = 1;
   for (let i = 1; i <= 12; i++) {
@@ -96,36 +102,53 @@ const EXP_CONSTS: number[][] = (() => {
     c.push(v128f64(1 / fact)); // Taylor coefficient of r^i; r^0 reuses the 1 of r^1
   }
   return c;
-})();
-const NUM_EXP_CONSTS = EXP_CONSTS.length;
+}
+const NUM_EXP_CONSTS = expConsts(0, 0).length;
 
-function initExpConsts(k: number): number[] {
-  return EXP_CONSTS.flatMap((c, i) => [...c, ...set(k + i)]);
+/** expf clamp: f32 exp is 0 below -104 and Infinity above 89. */
+function initExpConsts(k: number, lo = -120, hi = 100): number[] {
+  return expConsts(lo, hi).flatMap((c, i) => [...c, ...set(k + i)]);
 }
 
 /** Code for exp of the f64x2 in local `a` (overwritten), leaving the f64x2 result on the stack.
  *  k: first of the NUM_EXP_CONSTS constant locals. */
-function expF64x2(a: number, t: number, r: number, t2: number, k: number): number[] {
+function expF64x2(a: number, t: number, r: number, t2: number, k: number, fma: boolean): number[] {
   const LO = k, HI = k + 1, L2E = k + 2, MG = k + 3, H = k + 4, L = k + 5, BIAS = k + 6;
   const coef = (i: number) => k + 6 + Math.max(i, 1); // 1/i!, i >= 1
   const out: number[] = [];
-  // Clamp to [-120, 100]: f32 results there are already 0 / Infinity, and 2^k stays a normal f64.
+  // Clamp to the constants' range (see expConsts).
   // Pseudo-min/max (one instruction each) keep a NaN in their first operand.
   out.push(...get(a), ...get(LO), ...f64x2.pmax, ...get(HI), ...f64x2.pmin, ...set(a));
-  // t = a * log2(e) + MAGIC, so k = round(a / ln2) = bits(t) - bits(MAGIC).
-  out.push(...get(a), ...get(L2E), ...f64x2.mul, ...get(MG), ...f64x2.add, ...tee(t));
-  // r = a - k ln2 (two-part constant), |r| <= ln2 / 2.
-  out.push(...get(MG), ...f64x2.sub, ...set(r)); // r temporarily holds k
-  out.push(...get(a), ...get(r), ...get(H), ...f64x2.mul, ...f64x2.sub); // a - k hi
-  out.push(...get(r), ...get(L), ...f64x2.mul, ...f64x2.sub, ...set(r)); // - k lo
-  // Taylor series of exp(r) to degree 12 (truncation error < 2e-16 for |r| <= ln2 / 2), evaluated
-  // by Estrin's scheme (short dependency chains) with r2 = r^2 in `a` and r4 = r^4 in `t2`.
-  const lin = (i: number) => [...get(coef(i)), ...get(r), ...get(coef(i + 1)), ...f64x2.mul, ...f64x2.add];
-  const quad = (i: number) => [...lin(i), ...lin(i + 2), ...get(a), ...f64x2.mul, ...f64x2.add];
-  out.push(...get(r), ...get(r), ...f64x2.mul, ...tee(a), ...get(a), ...f64x2.mul, ...set(t2));
-  out.push(...quad(0), ...quad(4), ...get(t2), ...f64x2.mul, ...f64x2.add);
-  out.push(...quad(8), ...get(coef(12)), ...get(t2), ...f64x2.mul, ...f64x2.add);
-  out.push(...get(t2), ...get(t2), ...f64x2.mul, ...f64x2.mul, ...f64x2.add);
+  if (fma) {
+    // The same steps with multiply-adds (relaxed SIMD); madd(x, y, z) = x * y + z with operands
+    // pushed in that order, nmadd = z - x * y.
+    out.push(...get(a), ...get(L2E), ...get(MG), ...RELAXED_MADD, ...tee(t));
+    out.push(...get(MG), ...f64x2.sub, ...set(r)); // r temporarily holds k
+    out.push(...get(r), ...get(H), ...get(a), ...RELAXED_NMADD, ...set(t2)); // a - k hi
+    out.push(...get(r), ...get(L), ...get(t2), ...RELAXED_NMADD, ...set(r)); // ... - k lo
+    const lin = (i: number) => [...get(r), ...get(coef(i + 1)), ...get(coef(i)), ...RELAXED_MADD];
+    const quad = (i: number) => [...lin(i + 2), ...get(a), ...lin(i), ...RELAXED_MADD];
+    out.push(...get(r), ...get(r), ...f64x2.mul, ...tee(a), ...get(a), ...f64x2.mul, ...set(t2));
+    out.push(...get(coef(12)), ...get(t2), ...quad(8), ...RELAXED_MADD); // B = c12 r^4 + quad(8)
+    out.push(...get(t2), ...get(t2), ...f64x2.mul); // r^8
+    out.push(...quad(4), ...get(t2), ...quad(0), ...RELAXED_MADD); // A = quad(4) r^4 + quad(0)
+    out.push(...RELAXED_MADD); // B r^8 + A
+  } else {
+    // t = a * log2(e) + MAGIC, so k = round(a / ln2) = bits(t) - bits(MAGIC).
+    out.push(...get(a), ...get(L2E), ...f64x2.mul, ...get(MG), ...f64x2.add, ...tee(t));
+    // r = a - k ln2 (two-part constant), |r| <= ln2 / 2.
+    out.push(...get(MG), ...f64x2.sub, ...set(r)); // r temporarily holds k
+    out.push(...get(a), ...get(r), ...get(H), ...f64x2.mul, ...f64x2.sub); // a - k hi
+    out.push(...get(r), ...get(L), ...f64x2.mul, ...f64x2.sub, ...set(r)); // - k lo
+    // Taylor series of exp(r) to degree 12 (truncation error < 2e-16 for |r| <= ln2 / 2), evaluated
+    // by Estrin's scheme (short dependency chains) with r2 = r^2 in `a` and r4 = r^4 in `t2`.
+    const lin = (i: number) => [...get(coef(i)), ...get(r), ...get(coef(i + 1)), ...f64x2.mul, ...f64x2.add];
+    const quad = (i: number) => [...lin(i), ...lin(i + 2), ...get(a), ...f64x2.mul, ...f64x2.add];
+    out.push(...get(r), ...get(r), ...f64x2.mul, ...tee(a), ...get(a), ...f64x2.mul, ...set(t2));
+    out.push(...quad(0), ...quad(4), ...get(t2), ...f64x2.mul, ...f64x2.add);
+    out.push(...quad(8), ...get(coef(12)), ...get(t2), ...f64x2.mul, ...f64x2.add);
+    out.push(...get(t2), ...get(t2), ...f64x2.mul, ...f64x2.mul, ...f64x2.add);
+  }
   // 2^k: (bits(t) - bits(MAGIC) + 1023) << 52.
   out.push(...get(t), ...get(BIAS), ...i64x2.add, ...i32c(52), ...i64x2.shl);
   out.push(...f64x2.mul);
@@ -134,14 +157,14 @@ function expF64x2(a: number, t: number, r: number, t2: number, k: number): numbe
 
 /** Code for expf of the f32x4 in local `x`, leaving the f32x4 result on the stack. Uses locals a, t,
  *  r, lo, lo + 1 and the constants at k. */
-function expF32x4(x: number, a: number, t: number, r: number, lo: number, k: number): number[] {
+function expF32x4(x: number, a: number, t: number, r: number, lo: number, k: number, fma: boolean): number[] {
   const hiLanes = [8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15];
   const join = [0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23];
   return [
     ...get(x),
     ...f64x2.promoteLow,
     ...set(a),
-    ...expF64x2(a, t, r, lo + 1, k),
+    ...expF64x2(a, t, r, lo + 1, k, fma),
     ...f32x4.demote,
     ...set(lo),
     ...get(x),
@@ -150,7 +173,7 @@ function expF32x4(x: number, a: number, t: number, r: number, lo: number, k: num
     ...f64x2.promoteLow,
     ...set(a),
     ...get(lo),
-    ...expF64x2(a, t, r, lo + 1, k),
+    ...expF64x2(a, t, r, lo + 1, k, fma),
     ...f32x4.demote,
     ...shuffle(join),
   ];
@@ -204,7 +227,7 @@ function hsum(v: number): number[] {
   ];
 }
 
-function moduleBytes(): Uint8Array<ArrayBuffer> {
+function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
   // rowMax(p, n, init) -> f32: pseudo-max (a < b ? b : a) of init and n floats at byte p; n % 4 == 0.
   // Pseudo-max skips NaN like the scalar `if (x > mx) mx = x`.
   const rowMaxCode = [
@@ -256,7 +279,7 @@ function moduleBytes(): Uint8Array<ArrayBuffer> {
       ...f32x4.sub,
       ...set(6),
       ...get(5),
-      ...expF32x4(6, 7, 8, 9, 10, 12),
+      ...expF32x4(6, 7, 8, 9, 10, 12, fma),
       ...f32x4.add,
       ...set(5),
     ]),
@@ -289,7 +312,7 @@ function moduleBytes(): Uint8Array<ArrayBuffer> {
       ...get(6),
       ...f32x4.sub,
       ...set(9),
-      ...expF32x4(9, 10, 11, 12, 13, 15),
+      ...expF32x4(9, 10, 11, 12, 13, 15, fma),
       ...get(7),
       ...f32x4.mul,
       ...get(8),
@@ -367,15 +390,154 @@ function moduleBytes(): Uint8Array<ArrayBuffer> {
     ]),
   ]);
 
+  // geluFwd(px, pb, n, f): x[i] = gelu_tanh(fround(x[i] + b[i % f])) in place; geluBwd(px, pdy, pb, n, f):
+  // dy[i] *= fround(gelu_tanh'(fround(x[i] + b[i % f]))) in place. n % 4 == 0, f % 4 == 0. Evaluated in
+  // f64 with the operation order of cpu_backend's geluTanh / geluTanhGrad (x * sigmoid(2u) form).
+  const gelu = (bwd: boolean) => {
+    // params: 0 px, [1 pdy], 1|2 pb, n, f; then i32 end, q, qend; v128 x, a, t, r, lo, t2(lo+1), aa, s,
+    // g, consts C K ONE K2 C3 TWO, exp consts.
+    const np = bwd ? 5 : 4;
+    const PX = 0, PDY = 1, PB = bwd ? 2 : 1, N = np - 2, F = np - 1;
+    const END = np, Q = np + 1, QEND = np + 2;
+    const X = np + 3, A = X + 1, T = X + 2, R = X + 3, LO = X + 4, AA = X + 6, S = X + 7, G = X + 8;
+    const C = X + 9, K = C + 1, ONE = C + 2, K2 = C + 3, C3 = C + 4, TWO = C + 5, EK = C + 6;
+    const half = [
+      // aa = promoted input; z = K * (aa + ((C * aa) * aa) * aa) into a
+      ...get(K),
+      ...get(AA),
+      ...get(C),
+      ...get(AA),
+      ...f64x2.mul,
+      ...get(AA),
+      ...f64x2.mul,
+      ...get(AA),
+      ...f64x2.mul,
+      ...f64x2.add,
+      ...f64x2.mul,
+      ...set(A),
+      // s = 1 / (1 + exp(z))
+      ...get(ONE),
+      ...get(ONE),
+      ...expF64x2(A, T, R, LO + 1, EK, fma),
+      ...f64x2.add,
+      ...f64x2.div,
+      ...set(S),
+      ...(bwd
+        ? [
+          // s + ((((2 aa) s) (1 - s)) K2) (1 + (C3 aa) aa)
+          ...get(S),
+          ...get(TWO),
+          ...get(AA),
+          ...f64x2.mul,
+          ...get(S),
+          ...f64x2.mul,
+          ...get(ONE),
+          ...get(S),
+          ...f64x2.sub,
+          ...f64x2.mul,
+          ...get(K2),
+          ...f64x2.mul,
+          ...get(ONE),
+          ...get(C3),
+          ...get(AA),
+          ...f64x2.mul,
+          ...get(AA),
+          ...f64x2.mul,
+          ...f64x2.add,
+          ...f64x2.mul,
+          ...f64x2.add,
+        ]
+        : [...get(AA), ...get(S), ...f64x2.mul]),
+      ...f32x4.demote,
+    ];
+    const hiLanes = [8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15];
+    const join = [0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23];
+    return func([[3, I32], [9 + 6 + NUM_EXP_CONSTS, V128]], [
+      ...v128f64(0.044715),
+      ...set(C),
+      ...v128f64(-1.5957691216057308),
+      ...set(K),
+      ...v128f64(1),
+      ...set(ONE),
+      ...v128f64(0.7978845608028654),
+      ...set(K2),
+      ...v128f64(3 * 0.044715),
+      ...set(C3),
+      ...v128f64(2),
+      ...set(TWO),
+      ...initExpConsts(EK, -700, 710),
+      ...get(PX),
+      ...get(N),
+      ...i32c(2),
+      0x74,
+      0x6a,
+      ...set(END),
+      ...get(PB),
+      ...tee(Q),
+      ...get(F),
+      ...i32c(2),
+      0x74,
+      0x6a,
+      ...set(QEND),
+      ...loop16(PX, END, [
+        ...get(PX),
+        ...load,
+        ...get(Q),
+        ...load,
+        ...f32x4.add,
+        ...tee(X),
+        ...f64x2.promoteLow,
+        ...set(AA),
+        ...half,
+        ...set(G),
+        ...get(X),
+        ...get(X),
+        ...shuffle(hiLanes),
+        ...f64x2.promoteLow,
+        ...set(AA),
+        ...get(G),
+        ...half,
+        ...shuffle(join),
+        ...(bwd ? [...set(G), ...get(PDY), ...get(PDY), ...load, ...get(G), ...f32x4.mul, ...store] : [
+          ...set(G),
+          ...get(PX),
+          ...get(G),
+          ...store,
+        ]),
+        ...(bwd ? [...get(PDY), ...i32c(16), 0x6a, ...set(PDY)] : []),
+        // q += 16, wrapping to pb at the end of the bias row
+        ...get(PB),
+        ...get(Q),
+        ...i32c(16),
+        0x6a,
+        ...tee(Q),
+        ...get(Q),
+        ...get(QEND),
+        0x46, // i32.eq
+        0x1b, // select(pb, q, q == qend)
+        ...set(Q),
+      ]),
+    ]);
+  };
+  const geluFwd = gelu(false), geluBwd = gelu(true);
+
   const name = (s: string) => [s.length, ...Array.from(s, (c) => c.charCodeAt(0))];
   const types = [
-    4,
+    6,
     ...[0x60, 3, I32, I32, F32, 1, F32], // 0: rowMax, sumExp
     ...[0x60, 5, I32, I32, F32, F32, F32, 0], // 1: ceGrad
     ...[0x60, 14, I32, I32, I32, I32, I32, ...Array(9).fill(F32), 0], // 2: adam
     ...[0x60, 0, 0], // 3: unused
+    ...[0x60, 4, I32, I32, I32, I32, 0], // 4: geluFwd
+    ...[0x60, 5, I32, I32, I32, I32, I32, 0], // 5: geluBwd
   ];
   const exports = [
+    7,
+    ...name("geluFwd"),
+    0,
+    4,
+    ...name("geluBwd"),
+    0,
     5,
     ...name("rowMax"),
     0,
@@ -403,10 +565,10 @@ function moduleBytes(): Uint8Array<ArrayBuffer> {
     0x00,
     0x00,
     ...section(1, types),
-    ...section(3, [4, 0, 0, 1, 2]),
+    ...section(3, [6, 0, 0, 1, 2, 4, 5]),
     ...section(5, [1, 0, 1]), // memory: 1 page initially, grown on demand
     ...section(7, exports),
-    ...section(10, [4, ...rowMaxF, ...sumExp, ...ceGrad, ...adam]),
+    ...section(10, [6, ...rowMaxF, ...sumExp, ...ceGrad, ...adam, ...geluFwd, ...geluBwd]),
   ]);
 }
 
@@ -436,11 +598,19 @@ export class SimdKernels {
       wd: number,
       lr: number,
     ): void;
+    geluFwd(px: number, pb: number, n: number, f: number): void;
+    geluBwd(px: number, pdy: number, pb: number, n: number, f: number): void;
   };
   private f32: Float32Array;
 
   constructor() {
-    const inst = new WebAssembly.Instance(new WebAssembly.Module(moduleBytes()));
+    let mod: WebAssembly.Module;
+    try {
+      mod = new WebAssembly.Module(moduleBytes(true));
+    } catch {
+      mod = new WebAssembly.Module(moduleBytes(false)); // no relaxed SIMD in this runtime
+    }
+    const inst = new WebAssembly.Instance(mod);
     this.mem = inst.exports.mem as WebAssembly.Memory;
     this.k = inst.exports as unknown as SimdKernels["k"];
     this.f32 = new Float32Array(this.mem.buffer);
@@ -485,6 +655,34 @@ export class SimdKernels {
     m.set(x.subarray(o, o + n4));
     this.k.ceGrad(0, n4, mx, inv, d);
     out.set(m.subarray(0, n4), oo);
+  }
+
+  /** y = gelu_tanh(fround(x + bias)) for x [rows, f] (f % 4 == 0), as cpu_backend's biasGeluFwd. */
+  geluFwd(x: Float32Array, bias: Float32Array, y: Float32Array): void {
+    this.gelu(x, bias, null, y);
+  }
+
+  /** dx = dy * fround(gelu_tanh'(fround(x + bias))) (f % 4 == 0), as cpu_backend's biasGeluBwd. */
+  geluBwd(dy: Float32Array, x: Float32Array, bias: Float32Array, dx: Float32Array): void {
+    this.gelu(x, bias, dy, dx);
+  }
+
+  private gelu(x: Float32Array, bias: Float32Array, dy: Float32Array | null, out: Float32Array): void {
+    const f = bias.length, rowsPer = Math.max(1, Math.floor(16384 / f)), C = rowsPer * f;
+    const m = this.floats(f + 2 * C), pb = 0, px = 4 * f, pd = 4 * (f + C);
+    m.set(bias, 0);
+    for (let s = 0; s < x.length; s += C) {
+      const n = Math.min(C, x.length - s), e = s + n;
+      m.set(x.subarray(s, e), f);
+      if (dy) {
+        m.set(dy.subarray(s, e), f + C);
+        this.k.geluBwd(px, pd, pb, n, f);
+        out.set(m.subarray(f + C, f + C + n), s);
+      } else {
+        this.k.geluFwd(px, pb, n, f);
+        out.set(m.subarray(f, f + n), s);
+      }
+    }
   }
 
   /** AdamW on elements [0, n4) (n4 % 4 == 0) with f32 constants (see cpu_backend adamStep). */
