@@ -195,6 +195,8 @@ Deno.test("cli: -h is --help", async () => {
 // --- runtime errors (exit 1) on a tiny preprocessed corpus ---
 
 const DIR = Deno.makeTempDirSync({ prefix: "mdeno_cli_" });
+// Remove the scratch directory when the test module ends.
+globalThis.addEventListener("unload", () => Deno.removeSync(DIR, { recursive: true }));
 
 async function tinyData(): Promise<string> {
   const lines = Array.from(

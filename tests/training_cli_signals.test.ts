@@ -10,6 +10,8 @@ import { loadCheckpoint, readTracker } from "../src/training/checkpoint.ts";
 const SCRIPT = new URL("../tasks/pretrain_gpt.ts", import.meta.url).pathname;
 const dec = new TextDecoder();
 const DIR = Deno.makeTempDirSync({ prefix: "mdeno_sig_" });
+// Remove the scratch directory when the test module ends.
+globalThis.addEventListener("unload", () => Deno.removeSync(DIR, { recursive: true }));
 
 async function tinyData(): Promise<string> {
   const lines = Array.from(
@@ -139,11 +141,12 @@ for (const sig of ["SIGTERM", "SIGINT"] as const) {
 }
 
 Deno.test("cli: SIGKILL while the CLI saves every iteration never leaves an unloadable checkpoint", async () => {
-  // hidden 96: ~0.2M parameters, ~2.5 MB per save with the Adam state, so kills land inside saves too.
+  // hidden 256: ~1.6M parameters, ~19 MB per save with the Adam state; an iteration plus its save takes
+  // ~50-150 ms here, so the delays spread the kills over steps and saves.
   const save = `${DIR}/kill`;
-  const args = await flags(96, ["--train-iters", "1000000", "--save", save, "--save-interval", "1"]);
+  const args = await flags(256, ["--train-iters", "1000000", "--save", save, "--save-interval", "1"]);
   const seen: number[] = [];
-  for (const [i, delayMs] of [0, 3, 7, 12].entries()) {
+  for (const [i, delayMs] of [10, 35, 60, 85, 110, 135].entries()) {
     const p = spawnCli([...args, ...(i > 0 ? ["--load", save] : [])]);
     await p.waitFor(/^saved checkpoint at iteration/, 2);
     await new Promise((r) => setTimeout(r, delayMs));

@@ -59,6 +59,8 @@ async function preprocessCli(dir: string): Promise<string> {
 }
 
 const DIR = Deno.makeTempDirSync({ prefix: "mdeno_e2e_" });
+// Remove the scratch directory when the test module ends.
+globalThis.addEventListener("unload", () => Deno.removeSync(DIR, { recursive: true }));
 const DATA = preprocessCli(DIR);
 const backend = createCpuBackend({ log: () => {} });
 

@@ -33,6 +33,8 @@ async function prepare(dir: string): Promise<string> {
 }
 
 const DIR = Deno.makeTempDirSync({ prefix: "mdeno_e2e_logs_" });
+// Remove the scratch directory when the test module ends.
+globalThis.addEventListener("unload", () => Deno.removeSync(DIR, { recursive: true }));
 const DATA = prepare(DIR);
 const backend = createCpuBackend({ log: () => {} });
 
