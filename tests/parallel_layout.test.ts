@@ -243,6 +243,7 @@ const LAYOUTS: Layout[] = [
   { tp: 1, pp: 2, dp: 1 },
   { tp: 1, pp: 1, dp: 2 },
   { tp: 2, pp: 2, dp: 2 },
+  { tp: 1, pp: 4, dp: 1 }, // 1F1B over 4 stages
   { tp: 1, pp: 4, dp: 1, lpv: 1 }, // 4 stages x 2 chunks of 1 layer
   { tp: 1, pp: 2, dp: 1, lpv: 2 }, // 2 stages x 2 chunks of 2 layers
   { tp: 4, pp: 1, dp: 1 },
