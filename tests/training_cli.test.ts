@@ -284,3 +284,48 @@ Deno.test("cli: scripts/pretrain_gpt.sh (GPT-345M flags) passes validation up to
     assert.ok(r.stderr.includes(f), `${f} not passed to the task:\n${r.stderr}`);
   }
 });
+
+Deno.test("cli: progress bar on a terminal only (script(1) provides the pty)", async () => {
+  const hasScript = await new Deno.Command("sh", { args: ["-c", "command -v script"], stdout: "null" })
+    .output()
+    .then((o) => o.success, () => false);
+  if (!hasScript) return; // no util-linux script(1): nothing to drive a terminal with
+  const args = await tiny(["--eval-interval", "100", "--log-interval", "4"]);
+  const quoted = ["run", "-A", SCRIPT, ...args].map((a) => `'${a}'`).join(" ");
+  const viaPty = async (extra: string) => {
+    const out = await new Deno.Command("script", {
+      args: ["-qec", `'${Deno.execPath()}' ${quoted}${extra}`, "/dev/null"],
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).output();
+    assert.equal(out.code, 0, dec.decode(out.stderr));
+    return dec.decode(out.stdout);
+  };
+  const tty = await viaPty("");
+  const CLEAR = "\r\x1b[2K"; // carriage return + erase line, as the CLI draws its status
+  const plain = tty.replaceAll(CLEAR, "<CLEAR>");
+  const status = [...plain.matchAll(/<CLEAR>iteration (\d+)\/4 \| loss \d/g)].map((m) => Number(m[1]));
+  assert.deepEqual(status, [1, 2, 3, 4]);
+  // The status line is cleared before each log line, so log lines start clean.
+  assert.match(plain, /<CLEAR> iteration\s+4\/\s+4 \|/);
+  assert.ok(!(await viaPty(" --no-progress")).includes("\x1b[2K"), "--no-progress still drew a bar");
+  const piped = await cli(args);
+  assert.ok(!piped.stdout.includes("\x1b[2K"), "progress bar drawn into a pipe");
+});
+
+Deno.test("cli: --load without a tracker starts from scratch; a tracker naming a missing iteration is one line, exit 1", async () => {
+  const empty = `${DIR}/empty`;
+  Deno.mkdirSync(empty, { recursive: true });
+  const fresh = await cli(await tiny(["--load", empty]));
+  assert.equal(fresh.code, 0, fresh.stderr);
+  assert.ok(fresh.stdout.includes(`no checkpoint found in ${empty}`), fresh.stdout);
+  assert.match(fresh.stdout, /^ iteration\s+1\/\s+4 \|/m);
+
+  const broken = `${DIR}/broken`;
+  Deno.mkdirSync(broken, { recursive: true });
+  Deno.writeTextFileSync(`${broken}/latest_checkpointed_iteration.txt`, "7");
+  const r = await cli(await tiny(["--load", broken]));
+  assert.equal(r.code, 1, r.stderr);
+  assert.equal(errorLine(r), `${broken}/iter_0000007: missing (the tracker names iteration 7)`);
+});
