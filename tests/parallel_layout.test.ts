@@ -81,10 +81,10 @@ function baseArgs(data: string, iters: number): string[] {
       "--data-path",
       data,
       "--split",
-      "100,0,0",
+      "80,20,0",
     ],
     ...["--hidden-dropout", "0.1", "--attention-dropout", "0.1", "--seed", "1234"],
-    ...["--eval-iters", "0", "--log-interval", "1000"],
+    ...["--eval-iters", "2", "--eval-interval", "5", "--log-interval", "1000"],
   ];
 }
 
@@ -172,6 +172,8 @@ function mergeCheckpoint(dir: string, l: Layout): Map<string, Full> {
 
 interface RunOut {
   losses: number[];
+  /** Validation losses (forward-only schedule, dropout off) at iterations 5 and 10. */
+  valid: number[];
   weights: Map<string, Full>;
 }
 
@@ -182,7 +184,11 @@ async function train(data: string, l: Layout, extra: string[], iters = 10): Prom
       parseArgs([...baseArgs(data, iters), ...layoutArgs(l), ...extra, "--save", save]),
     );
     const r = await pretrainGPT(cfg, { backend: createCpuBackend(), log: () => {} });
-    return { losses: r.history.map((h) => h.loss), weights: mergeCheckpoint(save, l) };
+    return {
+      losses: r.history.map((h) => h.loss),
+      valid: r.validation.map((v) => v.loss),
+      weights: mergeCheckpoint(save, l),
+    };
   } finally {
     Deno.removeSync(save, { recursive: true });
   }
@@ -207,6 +213,8 @@ function isKeyBias(paramName: string, i: number): boolean {
 function assertSameRun(got: RunOut, ref: RunOut, what: string): number {
   assert.equal(got.losses.length, ref.losses.length);
   got.losses.forEach((x, i) => assertClose(x, ref.losses[i], 1e-5, `${what}: loss at iteration ${i + 1}`));
+  assert.equal(got.valid.length, 2, `${what}: validation runs`);
+  got.valid.forEach((x, i) => assertClose(x, ref.valid[i], 1e-5, `${what}: validation loss ${i}`));
   assert.deepEqual(
     [...got.weights.keys()].sort(),
     [...ref.weights.keys()].sort(),
