@@ -5,7 +5,7 @@
 // member with a message naming the group and the ranks that did not arrive.
 
 import type { Backend } from "../backend/backend.ts";
-import type { HostArray } from "../tensor/dtype.ts";
+import { isFloat } from "../tensor/dtype.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 import { shapeStr } from "../tensor/tensor.ts";
 import {
@@ -38,7 +38,8 @@ interface Meeting {
 }
 
 interface Message {
-  data: HostArray;
+  /** A backend-side copy owned by the mailbox until received. */
+  data: Tensor;
   shape: string;
   tag: string | undefined;
 }
@@ -139,53 +140,90 @@ export class LocalWorld {
     if (kind === "barrier") return;
     const be = this.backend;
     const n = ordered.length;
-    const hosts = ordered.map((a) => be.toF64(a.src));
+    const srcs = ordered.map((a) => a.src);
+    const size = srcs[0].size;
+    if (kind !== "allGather" && srcs.some((t) => t.size !== size)) {
+      throw new Error(
+        `${kind}: members passed tensors of different sizes (${srcs.map((t) => t.size).join(", ")})`,
+      );
+    }
+    // Float sums, gathers and broadcasts stay on the backend (no host round trip on a GPU); every
+    // result is computed before any member's destination is written (allReduce is in place).
+    const deviceOk = srcs.every((t) => isFloat(t.dtype) && t.dtype === srcs[0].dtype);
     switch (kind) {
       case "allReduce:sum":
-      case "allReduce:max": {
-        const len = hosts[0].length;
-        for (const h of hosts) {
-          if (h.length !== len) throw new Error(`allReduce: members passed tensors of different sizes`);
+      case "reduceScatter": {
+        if (deviceOk) {
+          const acc = this.sumInGroupOrder(srcs);
+          const part = kind === "reduceScatter" ? size / n : size;
+          ordered.forEach((a, r) =>
+            be.copy(kind === "reduceScatter" ? acc.flat(r * part, part) : acc, a.dst)
+          );
+          be.free(acc);
+          return;
         }
+        const hosts = srcs.map((t) => be.toF64(t));
         const acc = new Float64Array(hosts[0]);
-        const isMax = kind.endsWith("max");
+        for (let r = 1; r < n; r++) for (let i = 0; i < size; i++) acc[i] += hosts[r][i];
+        const part = kind === "reduceScatter" ? size / n : size;
+        ordered.forEach((a, r) => {
+          const start = kind === "reduceScatter" ? r * part : 0;
+          this.writeInto(a.dst, acc.subarray(start, start + part));
+        });
+        return;
+      }
+      case "allReduce:max": {
+        const hosts = srcs.map((t) => be.toF64(t));
+        const acc = new Float64Array(hosts[0]);
         for (let r = 1; r < n; r++) {
           const h = hosts[r];
-          if (isMax) { for (let i = 0; i < len; i++) if (h[i] > acc[i] || Number.isNaN(h[i])) acc[i] = h[i]; }
-          else for (let i = 0; i < len; i++) acc[i] += h[i];
+          for (let i = 0; i < size; i++) if (h[i] > acc[i] || Number.isNaN(h[i])) acc[i] = h[i];
         }
         for (const a of ordered) this.writeInto(a.dst, acc);
         return;
       }
       case "allGather": {
-        const total = hosts.reduce((s, h) => s + h.length, 0);
-        const out = new Float64Array(total);
+        // Stage the concatenation once, then copy it to every member.
+        const total = srcs.reduce((t, x) => t + x.size, 0);
+        const out = be.empty(deviceOk ? srcs[0].dtype : "f64", [total]);
         let off = 0;
-        for (const h of hosts) {
-          out.set(h, off);
-          off += h.length;
+        for (const t of srcs) {
+          be.copy(t, out.flat(off, t.size));
+          off += t.size;
         }
-        for (const a of ordered) this.writeInto(a.dst, out);
-        return;
-      }
-      case "reduceScatter": {
-        const len = hosts[0].length;
-        const acc = new Float64Array(hosts[0]);
-        for (let r = 1; r < n; r++) for (let i = 0; i < len; i++) acc[i] += hosts[r][i];
-        const part = len / n;
-        ordered.forEach((a, r) => this.writeInto(a.dst, acc.subarray(r * part, (r + 1) * part)));
+        for (const a of ordered) be.copy(out, a.dst);
+        be.free(out);
         return;
       }
       case "broadcast": {
         const root = ordered[0].extra;
-        const src = hosts[root];
         ordered.forEach((a, r) => {
-          if (r !== root) this.writeInto(a.dst, src);
+          if (r !== root) be.copy(srcs[root], a.dst);
         });
         return;
       }
     }
     throw new Error(`local communicator: unknown collective ${kind}`);
+  }
+
+  /** Sum of same-dtype float tensors, added in group order (deterministic) into a new f32 tensor (f64
+   *  for f64 inputs; half inputs are widened first). */
+  private sumInGroupOrder(srcs: Tensor[]): Tensor {
+    const be = this.backend;
+    const dt = srcs[0].dtype === "f64" ? "f64" : "f32";
+    const acc = be.empty(dt, [srcs[0].size]);
+    be.copy(srcs[0], acc);
+    const wide = srcs[0].dtype === dt ? null : be.empty(dt, [srcs[0].size]);
+    for (let r = 1; r < srcs.length; r++) {
+      let t = srcs[r].view([srcs[r].size]);
+      if (wide) {
+        be.copy(t, wide);
+        t = wide;
+      }
+      be.add(acc, t, acc);
+    }
+    if (wide) be.free(wide);
+    return acc;
   }
 
   /** Copy f64 host values into a device tensor (rounded to its dtype). */
@@ -200,7 +238,9 @@ export class LocalWorld {
 
   send(from: number, to: number, t: Tensor, tag?: string): Promise<void> {
     const key = `${from}->${to}`;
-    const msg: Message = { data: this.backend.toHost(t).slice(), shape: shapeStr(t.shape), tag };
+    const data = this.backend.empty(t.dtype, [t.size]);
+    this.backend.copy(t, data);
+    const msg: Message = { data, shape: shapeStr(t.shape), tag };
     const ws = this.waiters.get(key);
     if (ws && ws.length > 0) {
       const w = ws.shift()!;
@@ -237,17 +277,19 @@ export class LocalWorld {
         else w.timer = timer;
       });
     }
-    if (tag !== undefined && msg.tag !== undefined && tag !== msg.tag) {
-      throw new Error(`recv on rank ${to} from rank ${from}: expected message ${tag}, got ${msg.tag}`);
+    try {
+      if (tag !== undefined && msg.tag !== undefined && tag !== msg.tag) {
+        throw new Error(`recv on rank ${to} from rank ${from}: expected message ${tag}, got ${msg.tag}`);
+      }
+      if (msg.shape !== shapeStr(t.shape)) {
+        throw new Error(
+          `recv on rank ${to} from rank ${from}: sent ${msg.shape}, receiving into ${shapeStr(t.shape)}`,
+        );
+      }
+      this.backend.copy(msg.data, t);
+    } finally {
+      this.backend.free(msg.data);
     }
-    if (msg.shape !== shapeStr(t.shape)) {
-      throw new Error(
-        `recv on rank ${to} from rank ${from}: sent ${msg.shape}, receiving into ${shapeStr(t.shape)}`,
-      );
-    }
-    const tmp = this.backend.fromHost(t.dtype, t.shape, msg.data);
-    this.backend.copy(tmp, t);
-    this.backend.free(tmp);
   }
 }
 
