@@ -183,16 +183,27 @@ export class LocalWorld {
         return;
       }
       case "allGather": {
-        // Stage the concatenation once, then copy it to every member.
+        // Stage the concatenation once, then copy it to every member (same-dtype copies only, which
+        // every backend does for any dtype; mixed dtypes go through the host).
         const total = srcs.reduce((t, x) => t + x.size, 0);
-        const out = be.empty(deviceOk ? srcs[0].dtype : "f64", [total]);
+        if (srcs.every((t) => t.dtype === srcs[0].dtype)) {
+          const out = be.empty(srcs[0].dtype, [total]);
+          let off = 0;
+          for (const t of srcs) {
+            be.copy(t, out.flat(off, t.size));
+            off += t.size;
+          }
+          for (const a of ordered) be.copy(out, a.dst);
+          be.free(out);
+          return;
+        }
+        const out = new Float64Array(total);
         let off = 0;
         for (const t of srcs) {
-          be.copy(t, out.flat(off, t.size));
+          out.set(be.toF64(t), off);
           off += t.size;
         }
-        for (const a of ordered) be.copy(out, a.dst);
-        be.free(out);
+        for (const a of ordered) this.writeInto(a.dst, out);
         return;
       }
       case "broadcast": {
