@@ -20,16 +20,16 @@ export function parseDeviceFlag(value: string): DeviceFlag {
 
 export async function selectBackend(
   device: DeviceFlag,
-  opts: CudaBackendOptions & { probe?: () => CudaProbe } = {},
+  opts: CudaBackendOptions & { probe?: () => CudaProbe; log?: (line: string) => void } = {},
 ): Promise<SelectedBackend> {
   if (device === "cpu") {
-    const b = createCpuBackend();
+    const b = createCpuBackend({ log: opts.log });
     return { backend: b, note: `device: ${b.description}` };
   }
   const probe = (opts.probe ?? (() => probeCuda(opts.env)))();
   if (!probe.ok) {
     if (device === "cuda") throw new Error(`--device cuda: CUDA is not usable: ${probe.reason}`);
-    const b = createCpuBackend();
+    const b = createCpuBackend({ log: opts.log });
     return { backend: b, note: `device: auto chose cpu (no CUDA: ${probe.reason}); ${b.description}` };
   }
   const b = await createCudaBackend(opts);
