@@ -141,3 +141,26 @@ Deno.test("--distributed-timeout-minutes: default 10, configurable", () => {
   assert.equal(parseArgs(["--distributed-timeout-minutes", "0.5"]).distributedTimeoutMinutes, 0.5);
   assert.throws(() => parseArgs(["--distributed-timeout-minutes", "0"]), /--distributed-timeout-minutes/);
 });
+
+Deno.test("sums per dtype: f64 without f32 rounding, bf16, i32 (host path); f64 all-gather", async () => {
+  const world = new LocalWorld(be, { tp: 2, pp: 1, dp: 1 }, { timeoutMs: 5000 });
+  const out = await all(world, async (r) => {
+    const c = world.communicator(r);
+    const d = be.fromHost("f64", [1], [r === 0 ? 0.1 : 0.2]);
+    await c.allReduce(d, "sum", "tensor");
+    const h = be.fromHost("bf16", [2], r === 0 ? [1.5, 256] : [2.25, 2]);
+    await c.allReduce(h, "sum", "tensor");
+    const i = be.fromHost("i32", [1], [r + 5]);
+    await c.allReduce(i, "sum", "tensor");
+    const g = be.fromHost("f64", [2], [r + 0.1, r + 0.2]);
+    const gd = be.empty("f64", [4]);
+    await c.allGather(g, gd, "tensor");
+    return { d: be.toF64(d)[0], h: [...be.toF64(h)], i: be.toF64(i)[0], gd: [...be.toF64(gd)] };
+  });
+  for (const o of out) {
+    assert.equal(o.d, 0.1 + 0.2, "f64 sum without f32 rounding");
+    assert.deepEqual(o.h, [3.75, 258]);
+    assert.equal(o.i, 11);
+    assert.deepEqual(o.gd, [0.1, 0.2, 1.1, 1.2]);
+  }
+});
