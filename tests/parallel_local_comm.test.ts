@@ -164,3 +164,29 @@ Deno.test("sums per dtype: f64 without f32 rounding, bf16, i32 (host path); f64 
     assert.deepEqual(o.gd, [0.1, 0.2, 1.1, 1.2]);
   }
 });
+
+Deno.test("run: when one rank fails, waiting ranks are released at once and the first error is rethrown", async () => {
+  const world = new LocalWorld(be, { tp: 2, pp: 2, dp: 1 }, { timeoutMs: 60_000 });
+  const outcome: string[] = new Array(4).fill("");
+  const t0 = performance.now();
+  await assert.rejects(
+    world.run(async (r) => {
+      try {
+        const c = world.communicator(r);
+        if (r === 1) throw new Error("rank 1: bad micro-batch");
+        if (r === 3) await c.recv(be.empty("f32", [1]), 1); // waits on the failed rank
+        else await c.allReduce(be.fromHost("f32", [1], [r]), "sum", r === 0 ? "tensor" : "pipeline");
+        outcome[r] = "finished";
+      } catch (e) {
+        outcome[r] = (e as Error).message;
+        throw e;
+      }
+    }),
+    /rank 1: bad micro-batch/,
+  );
+  assert.ok(performance.now() - t0 < 5000, "no rank waited for the 60 s timeout");
+  for (const r of [0, 2, 3]) {
+    assert.match(outcome[r], /aborted because another rank failed: rank 1: bad micro-batch/);
+  }
+  await assert.rejects(world.communicator(0).barrier("world"), /aborted/);
+});

@@ -61,6 +61,8 @@ export class LocalWorld {
   private readonly callNo = new Map<string, number>();
   private readonly mailbox = new Map<string, Message[]>();
   private readonly waiters = new Map<string, Waiter[]>();
+  /** Set by abort(): every later collective or receive fails at once with this error. */
+  private aborted: Error | null = null;
 
   constructor(
     readonly backend: Backend,
@@ -76,6 +78,41 @@ export class LocalWorld {
     return new LocalCommunicator(this, this.states[rank]);
   }
 
+  /** Fail every pending and later collective and receive with `reason`, clearing their timers (one
+   *  rank failed: the others must not wait for the timeout). The world is unusable afterwards. */
+  abort(reason: Error): void {
+    if (this.aborted) return;
+    this.aborted = reason;
+    for (const m of this.meetings.values()) {
+      clearTimeout(m.timer);
+      for (const a of m.arrivals) a.reject(reason);
+    }
+    this.meetings.clear();
+    for (const ws of this.waiters.values()) {
+      for (const w of ws) {
+        w.settled = true;
+        clearTimeout(w.timer);
+        w.reject(reason);
+      }
+    }
+    this.waiters.clear();
+    for (const q of this.mailbox.values()) for (const m of q) this.backend.free(m.data);
+    this.mailbox.clear();
+  }
+
+  /** Run fn for every rank concurrently. If one fails, the world is aborted (so no rank waits for a
+   *  peer that will never come), every rank is let finish, and the first failure is rethrown. */
+  async run<T>(fn: (rank: number) => Promise<T>): Promise<T[]> {
+    const all = this.states.map((_, r) => fn(r));
+    try {
+      return await Promise.all(all);
+    } catch (e) {
+      this.abort(new Error(`aborted because another rank failed: ${(e as Error).message}`));
+      await Promise.allSettled(all);
+      throw e;
+    }
+  }
+
   /** Join collective `kind` of `group` as `ps.globalRank`. */
   collective(
     ps: ParallelState,
@@ -85,6 +122,7 @@ export class LocalWorld {
     dst: Tensor,
     extra = 0,
   ): Promise<void> {
+    if (this.aborted) return Promise.reject(this.aborted);
     const g = ps.group(group);
     if (g.rank < 0) throw new Error(`${kind}: rank ${ps.globalRank} is not a member of the ${group} group`);
     if (g.size === 1) {
@@ -248,6 +286,7 @@ export class LocalWorld {
   }
 
   send(from: number, to: number, t: Tensor, tag?: string): Promise<void> {
+    if (this.aborted) return Promise.reject(this.aborted);
     const key = `${from}->${to}`;
     const data = this.backend.empty(t.dtype, [t.size]);
     this.backend.copy(t, data);
@@ -267,6 +306,7 @@ export class LocalWorld {
   }
 
   async recv(from: number, to: number, t: Tensor, tag?: string): Promise<void> {
+    if (this.aborted) throw this.aborted;
     const key = `${from}->${to}`;
     const q = this.mailbox.get(key);
     let msg: Message;

@@ -177,9 +177,16 @@ function mean(xs: number[]): number {
   return xs.length === 0 ? NaN : xs.reduce((a, b) => a + b, 0) / xs.length;
 }
 
+/** fn on every rank concurrently; if one rank fails, the others are released from their waits at
+ *  once (LocalWorld.run) instead of after --distributed-timeout-minutes. */
+function allRanks<T>(run: Run, fn: (r: RankState) => Promise<T>): Promise<T[]> {
+  return run.world ? run.world.run((g) => fn(run.ranks[g])) : Promise.all(run.ranks.map(fn));
+}
+
 async function trainStep(run: Run, consumed: number, iteration: number, numMicro: number) {
-  const results: RankStepResult[] = await Promise.all(
-    run.ranks.map((r) => r.trainStep(stepInputs(run, r, run.data.train!, consumed, iteration, numMicro))),
+  const results: RankStepResult[] = await allRanks(
+    run,
+    (r) => r.trainStep(stepInputs(run, r, run.data.train!, consumed, iteration, numMicro)),
   );
   // Loss averaged over micro-batches and DP ranks (Megatron's average_losses_across_data_parallel_group).
   const lr = lossRanks(run);
@@ -196,9 +203,7 @@ async function evaluate(run: Run, source: SampleSource, iters: number, consumedS
   const losses: number[] = [];
   for (let i = 0; i < iters; i++) {
     const consumed = consumedStart + i * gbs;
-    const per = await Promise.all(
-      run.ranks.map((r) => r.evalStep(stepInputs(run, r, source, consumed, 0, numMicro))),
-    );
+    const per = await allRanks(run, (r) => r.evalStep(stepInputs(run, r, source, consumed, 0, numMicro)));
     for (const r of lossRanks(run)) losses.push(mean(per[run.ranks.indexOf(r)]));
   }
   const loss = mean(losses);
