@@ -31,6 +31,7 @@ import type { DType } from "../src/tensor/dtype.ts";
 import type { Tensor } from "../src/tensor/tensor.ts";
 import { initStream, newMicroBatchContext, ParamKind } from "../src/transformer/common.ts";
 import { resolveConfig } from "../src/transformer/config.ts";
+import { Embedding } from "../src/transformer/embedding.ts";
 import { TransformerLayer } from "../src/transformer/layer.ts";
 import { ParallelMLP } from "../src/transformer/mlp.ts";
 
@@ -492,4 +493,36 @@ Deno.test("vocab-parallel embedding at TP=4: lookup and table gradient equal TP=
     assert.equal(s.reduces, 1, "one all-reduce in forward, none in backward");
   }
   assert.deepEqual(cat(shards.map((s) => s.grad), V / 4, h, 0), ref.grad);
+});
+
+Deno.test("transformer TP shards at TP=2 equal the reference classes' shards (QKV, dense, word embeddings)", async () => {
+  const be = createCpuBackend();
+  await inWorld(be, 2, 1, "f32", (env) => {
+    const cfg = gptCfg(env.ps.tpSize);
+    const menv = { cfg, backend: be, ps: env.ps, comm: env.comm };
+    const layer = new TransformerLayer(menv, 1, "layers.1.");
+    const emb = new Embedding(menv);
+    const h = cfg.hiddenSize, std = cfg.initMethodStd, seed = cfg.seed;
+    const qkv = new ColumnParallelLinear(env, "qkv", h, 3 * h, {
+      seed,
+      std,
+      stream: initStream(1, ParamKind.qkv),
+    });
+    const dense = new RowParallelLinear(env, "dense", h, h, {
+      seed,
+      std: std / Math.sqrt(2 * cfg.numLayers),
+      stream: initStream(1, ParamKind.attnDense),
+    });
+    const word = new VocabParallelEmbedding(env, "word", cfg.vocabSize, h, {
+      seed,
+      std,
+      stream: initStream(-1, ParamKind.wordEmbeddings),
+    });
+    const att = layer.selfAttention;
+    assert.deepEqual(be.toF64(att.qkvWeight.value), be.toF64(qkv.weight.value), "query_key_value shard");
+    assert.deepEqual(be.toF64(att.denseWeight.value), be.toF64(dense.weight.value), "attention dense shard");
+    assert.deepEqual(be.toF64(emb.wordEmbeddings.value), be.toF64(word.weight.value), "word embedding shard");
+    assert.equal(emb.vocabStart, word.vocabStart);
+    return Promise.resolve();
+  });
 });
