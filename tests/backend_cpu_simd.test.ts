@@ -3,7 +3,8 @@
 // f32 sum of exps within the reordering bound.
 import assert from "node:assert/strict";
 import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
-import { PhiloxStream } from "../src/rng/philox.ts";
+import { PhiloxStream, streamId } from "../src/rng/philox.ts";
+import type { RngAddress } from "../src/backend/backend.ts";
 
 const be = createCpuBackend({ blas: "none", log: () => {} });
 const f = Math.fround;
@@ -143,4 +144,41 @@ Deno.test("simd biasGelu forward/backward equal the scalar tanh-GeLU loops (incl
     if (!Object.is(f(dys[i] * f(grad(v))), DX[i])) bad++;
   }
   assert.ok(bad <= 1, `${bad} GeLU values differ from the scalar loops`);
+});
+
+Deno.test("simd dropout / biasDropoutAdd follow the Philox addressing exactly (unaligned base, 2^32 block carry)", () => {
+  const seed = 1234, stream = streamId(3, 5), iteration = 17, p = 0.3;
+  const keepScale = f(1 / (1 - f(p)));
+  for (const [rows, h, base] of [[6, 132, 12345], [3, 4096, 4 * 4294967295 - 600], [40, 128, 2]]) {
+    const n = rows * h;
+    const xs = rnd(n, 11, 3), bs = rnd(h, 12, 1), rs = rnd(n, 13, 1);
+    xs[1] = -0;
+    xs[2] = NaN;
+    const a: RngAddress = { seed, stream, iteration, base, rowStride: h, rowLen: h };
+    const g = new PhiloxStream(seed, stream, iteration);
+    const x = be.fromHost("f32", [rows, h], xs), y = be.empty("f32", [rows, h]);
+    be.dropout(x, p, a, y);
+    const Y = be.toHost(y) as Float32Array;
+    const b = be.fromHost("f32", [h], bs), r = be.fromHost("f32", [rows, h], rs);
+    const o = be.empty("f32", [rows, h]), o2 = be.empty("f32", [rows, h]);
+    be.biasDropoutAdd(x, b, r, p, a, o);
+    be.biasDropoutAdd(x, null, r, p, a, o2);
+    const O = be.toHost(o) as Float32Array, O2 = be.toHost(o2) as Float32Array;
+    for (let i = 0; i < n; i++) {
+      const keep = g.uniform(base + i) >= f(p);
+      assert.ok(Object.is(Y[i], keep ? f(xs[i] * keepScale) : 0), `dropout[${i}] base ${base}`);
+      const v = f(xs[i] + bs[i % h]);
+      assert.ok(
+        Object.is(O[i], f(rs[i] + (keep ? f(v * keepScale) : 0))),
+        `biasDropoutAdd[${i}] base ${base}`,
+      );
+      assert.ok(
+        Object.is(O2[i], f(rs[i] + (keep ? f(xs[i] * keepScale) : 0))),
+        `no-bias [${i}] base ${base}`,
+      );
+    }
+    // In place (y aliasing x) gives the same values.
+    be.dropout(x, p, a, x);
+    assert.deepEqual(be.toHost(x), Y);
+  }
 });

@@ -29,6 +29,7 @@ import { type Cblas, loadCblas } from "../../../ffi/cblas.ts";
 import { type GemmScratch, gemmTs, newGemmScratch } from "./gemm_ts.ts";
 import { PHILOX_CHUNK_BLOCKS, PhiloxWasm } from "./philox_wasm.ts";
 import { SimdKernels } from "./simd_wasm.ts";
+import { KEY_HI } from "../../rng/philox.ts";
 
 type F = Float32Array | Float64Array;
 
@@ -174,6 +175,11 @@ function checkAddr(op: string, size: number, addr: RngAddress): number {
     throw new Error(`${op}: addr.base ${base} and addr.rowStride ${rowStride} must be non-negative integers`);
   }
   return size / rowLen;
+}
+
+/** Integer form of dropoutMask's test: (bits >>> 8) >= fround(p) * 2^24 <=> (bits >>> 8) >= ceil(...). */
+function keepThr(p: number): number {
+  return Math.ceil(Math.fround(p) * 16777216);
 }
 
 function checkP(op: string, p: number): void {
@@ -794,6 +800,16 @@ export class CpuBackend implements Backend {
     commit(op, dscores, DS);
   }
 
+  /** The SIMD dropout applies: f32 data, a whole number of 4-lane groups, one contiguous counter range. */
+  private simdDropout(f64: boolean, addr: RngAddress, rows: number, X: F, Y: F): boolean {
+    return !f64 && (addr.rowStride === addr.rowLen || rows === 1) && X instanceof Float32Array &&
+      Y instanceof Float32Array && X.length % 4 === 0 && X.length >= SIMD_MIN;
+  }
+
+  private key(addr: RngAddress) {
+    return { seed: addr.seed, stream: addr.stream, iteration: addr.iteration, keyHi: KEY_HI };
+  }
+
   dropout(x: Tensor, p: number, addr: RngAddress, y: Tensor): void {
     const op = "dropout";
     checkFloat(op, x, "x");
@@ -808,6 +824,20 @@ export class CpuBackend implements Backend {
     const X = readF(op, x), Y = outF(op, y, false);
     const f64 = all64(x, y);
     const s = f64 ? 1 / (1 - p) : Math.fround(1 / (1 - Math.fround(p)));
+    if (this.simdDropout(f64, addr, rows, X, Y)) {
+      this.simd.dropout(
+        X as Float32Array,
+        Y as Float32Array,
+        X.length,
+        addr.base,
+        this.key(addr),
+        keepThr(p),
+        s,
+        null,
+      );
+      commit(op, y, Y);
+      return;
+    }
     const keep = new Uint8Array(x.size);
     dropoutMask(addr, p, rows, keep, this.philox);
     for (let i = 0; i < X.length; i++) Y[i] = keep[i] ? X[i] * s : 0;
@@ -834,6 +864,27 @@ export class CpuBackend implements Backend {
     const O = outF(op, out, false);
     const f64 = all64(x, bias, residual, out);
     const s = f64 ? 1 / (1 - p) : Math.fround(1 / (1 - Math.fround(p)));
+    if (
+      p > 0 && h % 4 === 0 && (Bs === null || Bs instanceof Float32Array) && Rs instanceof Float32Array &&
+      this.simdDropout(f64, addr, rows, X, O)
+    ) {
+      this.simd.dropout(
+        X as Float32Array,
+        O as Float32Array,
+        X.length,
+        addr.base,
+        this.key(addr),
+        keepThr(p),
+        s,
+        {
+          bias: Bs as Float32Array | null,
+          r: Rs,
+          f: h,
+        },
+      );
+      commit(op, out, O);
+      return;
+    }
     let keep: Uint8Array | null = null;
     if (p > 0) {
       keep = new Uint8Array(x.size);

@@ -57,6 +57,24 @@ const i64x2 = { shl: simd(0xcb), add: simd(0xce) };
 // Relaxed SIMD: a * b + c and -(a * b) + c, fused where the CPU has FMA (then more accurate, never less).
 const RELAXED_MADD = simd(0x107), RELAXED_NMADD = simd(0x108);
 const shuffle = (lanes: number[]) => simd(0x0d, ...lanes);
+/** Shuffle of 32-bit lanes (0-3 from the first operand, 4-7 from the second). */
+const shuffle32 = (l: number[]) => shuffle(l.flatMap((x) => [4 * x, 4 * x + 1, 4 * x + 2, 4 * x + 3]));
+const i32x4 = {
+  splat: simd(0x11),
+  add: simd(0xae),
+  sub: simd(0xb1),
+  mul: simd(0xb5),
+  shrU: simd(0xad),
+  ltU: simd(0x3a),
+  geU: simd(0x40),
+};
+const V_AND = simd(0x4e), V_XOR = simd(0x51);
+const EXTMUL_LO_U = simd(0xde), EXTMUL_HI_U = simd(0xdf); // i64x2.extmul_{low,high}_i32x4_u
+function v128i32(l: number[]): number[] {
+  const b = new Uint8Array(16), d = new DataView(b.buffer);
+  l.forEach((x, i) => d.setInt32(4 * i, x, true));
+  return simd(0x0c, ...b);
+}
 
 function slebI32(v: number): number[] {
   const out: number[] = [];
@@ -521,18 +539,278 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
   };
   const geluFwd = gelu(false), geluBwd = gelu(true);
 
+  // philox(out, blo, bhi, nb, c2, c3, k0, k1): Philox4x32-10 blocks blo + 2^32 bhi + [0, nb) (nb % 4 == 0)
+  // written as 4 u32 per block at byte `out`, the layout of PhiloxWasm.lanes (src/rng/philox.ts).
+  // Four blocks per step, one per lane; the 32x32 -> 64-bit products are extending multiplies.
+  // locals: 0 out 1 blo 2 bhi 3 nb 4 c2 5 c3 6 k0 7 k1 | 8 end | 9 lo 10 hi 11 x0 12 x1 13 x2 14 x3
+  //   15 kk0 16 kk1 17 p0lo 18 p1lo 19 t0 20 t1 21 t2 22 nlo
+  const M0 = 0xd2511f53 | 0, M1 = 0xcd9e8d57 | 0, W0 = 0x9e3779b9 | 0, W1 = 0xbb67ae85 | 0;
+  const hiOf = (x: number, m: number) => [
+    ...get(x),
+    ...v128i32([m, m, m, m]),
+    ...EXTMUL_LO_U,
+    ...get(x),
+    ...v128i32([m, m, m, m]),
+    ...EXTMUL_HI_U,
+    ...shuffle32([1, 3, 5, 7]),
+  ];
+  const round = [
+    // x0' = hi(M1 x2) ^ x1 ^ kk0, x2' = hi(M0 x0) ^ x3 ^ kk1, x1' = lo(M1 x2), x3' = lo(M0 x0)
+    ...get(11),
+    ...v128i32([M0, M0, M0, M0]),
+    ...i32x4.mul,
+    ...set(17),
+    ...get(13),
+    ...v128i32([M1, M1, M1, M1]),
+    ...i32x4.mul,
+    ...set(18),
+    ...hiOf(11, M0),
+    ...get(14),
+    ...V_XOR,
+    ...get(16),
+    ...V_XOR,
+    ...set(19), // new x2
+    ...hiOf(13, M1),
+    ...get(12),
+    ...V_XOR,
+    ...get(15),
+    ...V_XOR,
+    ...set(11),
+    ...get(19),
+    ...set(13),
+    ...get(18),
+    ...set(12),
+    ...get(17),
+    ...set(14),
+    ...get(15),
+    ...v128i32([W0, W0, W0, W0]),
+    ...i32x4.add,
+    ...set(15),
+    ...get(16),
+    ...v128i32([W1, W1, W1, W1]),
+    ...i32x4.add,
+    ...set(16),
+  ];
+  const philox = func([[1, I32], [14, V128]], [
+    // end = out + 16 nb; lo = blo + [0,1,2,3]; hi = bhi + carry
+    ...get(0),
+    ...get(3),
+    ...i32c(4),
+    0x74,
+    0x6a,
+    ...set(8),
+    ...get(1),
+    ...i32x4.splat,
+    ...v128i32([0, 1, 2, 3]),
+    ...i32x4.add,
+    ...set(9),
+    ...get(2),
+    ...i32x4.splat,
+    ...get(9),
+    ...get(1),
+    ...i32x4.splat,
+    ...i32x4.ltU, // -1 where lo wrapped
+    ...i32x4.sub,
+    ...set(10),
+    ...loop16(0, 8, [
+      ...get(9),
+      ...set(11),
+      ...get(10),
+      ...set(12),
+      ...get(4),
+      ...i32x4.splat,
+      ...set(13),
+      ...get(5),
+      ...i32x4.splat,
+      ...set(14),
+      ...get(6),
+      ...i32x4.splat,
+      ...set(15),
+      ...get(7),
+      ...i32x4.splat,
+      ...set(16),
+      ...Array.from({ length: 10 }, () => round).flat(),
+      // transpose: lane b of x0..x3 -> the 4 words of block b
+      ...get(11),
+      ...get(12),
+      ...shuffle32([0, 4, 1, 5]),
+      ...set(19), // a0 a1 b0 b1
+      ...get(11),
+      ...get(12),
+      ...shuffle32([2, 6, 3, 7]),
+      ...set(20), // c0 c1 d0 d1
+      ...get(13),
+      ...get(14),
+      ...shuffle32([0, 4, 1, 5]),
+      ...set(21), // a2 a3 b2 b3
+      ...get(0),
+      ...get(19),
+      ...get(21),
+      ...shuffle32([0, 1, 4, 5]),
+      ...store,
+      ...get(0),
+      ...get(19),
+      ...get(21),
+      ...shuffle32([2, 3, 6, 7]),
+      ...simd(0x0b, 4, 16),
+      ...get(13),
+      ...get(14),
+      ...shuffle32([2, 6, 3, 7]),
+      ...set(21), // c2 c3 d2 d3
+      ...get(0),
+      ...get(20),
+      ...get(21),
+      ...shuffle32([0, 1, 4, 5]),
+      ...simd(0x0b, 4, 32),
+      ...get(0),
+      ...get(20),
+      ...get(21),
+      ...shuffle32([2, 3, 6, 7]),
+      ...simd(0x0b, 4, 48),
+      // next 4 blocks
+      ...get(9),
+      ...v128i32([4, 4, 4, 4]),
+      ...i32x4.add,
+      ...set(22),
+      ...get(10),
+      ...get(22),
+      ...get(9),
+      ...i32x4.ltU, // -1 where lo wrapped
+      ...i32x4.sub,
+      ...set(10),
+      ...get(22),
+      ...set(9),
+      // loop16 adds 16 to out; three more stores were 48 bytes further
+      ...get(0),
+      ...i32c(48),
+      0x6a,
+      ...set(0),
+    ]),
+  ]);
+
+  // dropMask(pu, px, n, thr, s): x = (u >>> 8) >= thr ? x * s : 0, in place at px (n % 4 == 0).
+  // dropAdd(pu, px, pb, pr, n, f, thr, s): x = r + ((u >>> 8) >= thr ? fround(fround(x + b) * s) : 0),
+  // b broadcast over rows of f (f % 4 == 0; pb < 0: no bias).
+  // locals dropMask: 0 pu 1 px 2 n 3 thr 4 s | 5 end | 6 thrv 7 sv
+  const dropMask = func([[1, I32], [2, V128]], [
+    ...get(1),
+    ...get(2),
+    ...i32c(2),
+    0x74,
+    0x6a,
+    ...set(5),
+    ...get(3),
+    ...i32x4.splat,
+    ...set(6),
+    ...get(4),
+    ...f32x4.splat,
+    ...set(7),
+    ...loop16(1, 5, [
+      ...get(1),
+      ...get(1),
+      ...load,
+      ...get(7),
+      ...f32x4.mul,
+      ...get(0),
+      ...simd(0x00, 2, 0), // unaligned u32 lanes (align hint 4 bytes)
+      ...i32c(8),
+      ...i32x4.shrU,
+      ...get(6),
+      ...i32x4.geU,
+      ...V_AND,
+      ...store,
+      ...get(0),
+      ...i32c(16),
+      0x6a,
+      ...set(0),
+    ]),
+  ]);
+  // locals dropAdd: 0 pu 1 px 2 pb 3 pr 4 n 5 f 6 thr 7 s | 8 end 9 q 10 qend | 11 thrv 12 sv
+  const dropAdd = func([[3, I32], [2, V128]], [
+    ...get(1),
+    ...get(4),
+    ...i32c(2),
+    0x74,
+    0x6a,
+    ...set(8),
+    ...get(2),
+    ...tee(9),
+    ...get(5),
+    ...i32c(2),
+    0x74,
+    0x6a,
+    ...set(10),
+    ...get(6),
+    ...i32x4.splat,
+    ...set(11),
+    ...get(7),
+    ...f32x4.splat,
+    ...set(12),
+    ...loop16(1, 8, [
+      ...get(1),
+      ...get(3),
+      ...load,
+      ...get(1),
+      ...load,
+      ...get(9),
+      ...load,
+      ...f32x4.add,
+      ...get(12),
+      ...f32x4.mul,
+      ...get(0),
+      ...simd(0x00, 2, 0),
+      ...i32c(8),
+      ...i32x4.shrU,
+      ...get(11),
+      ...i32x4.geU,
+      ...V_AND,
+      ...f32x4.add,
+      ...store,
+      ...get(0),
+      ...i32c(16),
+      0x6a,
+      ...set(0),
+      ...get(3),
+      ...i32c(16),
+      0x6a,
+      ...set(3),
+      ...get(2),
+      ...get(9),
+      ...i32c(16),
+      0x6a,
+      ...tee(9),
+      ...get(9),
+      ...get(10),
+      0x46,
+      0x1b,
+      ...set(9),
+    ]),
+  ]);
+
   const name = (s: string) => [s.length, ...Array.from(s, (c) => c.charCodeAt(0))];
   const types = [
-    6,
+    9,
     ...[0x60, 3, I32, I32, F32, 1, F32], // 0: rowMax, sumExp
     ...[0x60, 5, I32, I32, F32, F32, F32, 0], // 1: ceGrad
     ...[0x60, 14, I32, I32, I32, I32, I32, ...Array(9).fill(F32), 0], // 2: adam
     ...[0x60, 0, 0], // 3: unused
     ...[0x60, 4, I32, I32, I32, I32, 0], // 4: geluFwd
     ...[0x60, 5, I32, I32, I32, I32, I32, 0], // 5: geluBwd
+    ...[0x60, 8, ...Array(8).fill(I32), 0], // 6: philox
+    ...[0x60, 5, I32, I32, I32, I32, F32, 0], // 7: dropMask
+    ...[0x60, 8, ...Array(7).fill(I32), F32, 0], // 8: dropAdd
   ];
   const exports = [
+    10,
+    ...name("philox"),
+    0,
+    6,
+    ...name("dropMask"),
+    0,
     7,
+    ...name("dropAdd"),
+    0,
+    8,
     ...name("geluFwd"),
     0,
     4,
@@ -565,10 +843,21 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
     0x00,
     0x00,
     ...section(1, types),
-    ...section(3, [6, 0, 0, 1, 2, 4, 5]),
+    ...section(3, [9, 0, 0, 1, 2, 4, 5, 6, 7, 8]),
     ...section(5, [1, 0, 1]), // memory: 1 page initially, grown on demand
     ...section(7, exports),
-    ...section(10, [6, ...rowMaxF, ...sumExp, ...ceGrad, ...adam, ...geluFwd, ...geluBwd]),
+    ...section(10, [
+      9,
+      ...rowMaxF,
+      ...sumExp,
+      ...ceGrad,
+      ...adam,
+      ...geluFwd,
+      ...geluBwd,
+      ...philox,
+      ...dropMask,
+      ...dropAdd,
+    ]),
   ]);
 }
 
@@ -600,6 +889,27 @@ export class SimdKernels {
     ): void;
     geluFwd(px: number, pb: number, n: number, f: number): void;
     geluBwd(px: number, pdy: number, pb: number, n: number, f: number): void;
+    philox(
+      out: number,
+      blo: number,
+      bhi: number,
+      nb: number,
+      c2: number,
+      c3: number,
+      k0: number,
+      k1: number,
+    ): void;
+    dropMask(pu: number, px: number, n: number, thr: number, s: number): void;
+    dropAdd(
+      pu: number,
+      px: number,
+      pb: number,
+      pr: number,
+      n: number,
+      f: number,
+      thr: number,
+      s: number,
+    ): void;
   };
   private f32: Float32Array;
 
@@ -682,6 +992,78 @@ export class SimdKernels {
         this.k.geluFwd(px, pb, n, f);
         out.set(m.subarray(f, f + n), s);
       }
+    }
+  }
+
+  /** Philox blocks [first, first + nb) (nb % 4 == 0) of counter [., ., iteration, stream], key [seed, keyHi],
+   *  as u32 words (4 per block) at the start of module memory; returns that view. */
+  philoxBlocks(
+    first: number,
+    nb: number,
+    seed: number,
+    stream: number,
+    iteration: number,
+    keyHi: number,
+  ): Uint32Array {
+    this.floats(4 * nb);
+    this.k.philox(
+      0,
+      first % 4294967296,
+      Math.floor(first / 4294967296),
+      nb,
+      iteration | 0,
+      stream | 0,
+      seed | 0,
+      keyHi | 0,
+    );
+    return new Uint32Array(this.mem.buffer, 0, 4 * nb);
+  }
+
+  /**
+   * Dropout over the contiguous counter range e0 + [0, n): out[i] = keep ? fround(v * s) : 0 with
+   * keep = (bits(e0 + i) >>> 8) >= thrInt and v = x[i], or for biasDropoutAdd (bias given)
+   * out[i] = r[i] + (keep ? fround(fround(x[i] + bias[i % f]) * s) : 0). bits(e) is lane e % 4 of Philox
+   * block floor(e / 4). n % 4 == 0 and f % 4 == 0 are the caller's to ensure.
+   */
+  dropout(
+    x: Float32Array,
+    out: Float32Array,
+    n: number,
+    e0: number,
+    key: { seed: number; stream: number; iteration: number; keyHi: number },
+    thrInt: number,
+    s: number,
+    add: { bias: Float32Array | null; r: Float32Array; f: number } | null,
+  ): void {
+    const C = 16384, BL = C / 4 + 8; // elements per chunk; blocks per chunk (with alignment slack)
+    const f = add ? add.f : 0;
+    // memory: [lanes 16 BL bytes][x C floats][r C floats][bias f floats]
+    const xo = 4 * BL, ro = xo + C, bo = ro + C;
+    const m = this.floats(bo + f);
+    if (add) {
+      if (add.bias) m.set(add.bias, bo);
+      else m.fill(-0, bo, bo + f); // x + (-0) == x exactly, signed zeros included
+    }
+    for (let i = 0; i < n; i += C) {
+      const len = Math.min(C, n - i), e = e0 + i;
+      const b0 = Math.floor(e / 4), shift = e - 4 * b0;
+      const nb = (Math.floor((e + len - 1) / 4) - b0 + 1 + 3) & ~3;
+      this.k.philox(
+        0,
+        b0 % 4294967296,
+        Math.floor(b0 / 4294967296),
+        nb,
+        key.iteration | 0,
+        key.stream | 0,
+        key.seed | 0,
+        key.keyHi | 0,
+      );
+      m.set(x.subarray(i, i + len), xo);
+      if (add) {
+        m.set(add.r.subarray(i, i + len), ro);
+        this.k.dropAdd(4 * shift, 4 * xo, 4 * bo, 4 * ro, len, f, thrInt, s);
+      } else this.k.dropMask(4 * shift, 4 * xo, len, thrInt, s);
+      out.set(m.subarray(xo, xo + len), i);
     }
   }
 
