@@ -283,6 +283,27 @@ for (const mode of MODES) {
   });
 }
 
+// Half precision: TP changes which partial sums get rounded to bf16/fp16, so only closeness is
+// expected (bf16 keeps 8 significant bits); this shows the mixed-precision paths (f32 main params and
+// grads, loss scaling for fp16, overflow and grad norm over the model group) work in every layout.
+for (const [flag, rel] of [["--bf16", 1e-3], ["--fp16", 1e-4]] as const) {
+  Deno.test(`${flag}: layouts track one rank's losses (relative ${rel})`, async () => {
+    const dir = Deno.makeTempDirSync({ prefix: "layout_half_" });
+    try {
+      const data = writeCorpus(dir);
+      const ref = await train(data, { tp: 1, pp: 1, dp: 1 }, [flag]);
+      for (const l of [{ tp: 2, pp: 2, dp: 2 }, { tp: 1, pp: 2, dp: 1, lpv: 2 }, { tp: 4, pp: 1, dp: 1 }]) {
+        const got = await train(data, l, [flag]);
+        got.losses.forEach((x, i) =>
+          assertClose(x, ref.losses[i], rel, `${flag} ${name(l)}: iteration ${i + 1}`)
+        );
+      }
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  });
+}
+
 Deno.test("checkpoint saved with a layout reloads into the same layout bit-exactly", async (t) => {
   const dir = Deno.makeTempDirSync({ prefix: "layout_resume_" });
   try {
