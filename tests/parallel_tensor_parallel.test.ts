@@ -526,3 +526,20 @@ Deno.test("transformer TP shards at TP=2 equal the reference classes' shards (QK
     return Promise.resolve();
   });
 });
+
+Deno.test("bf16 layers: f32 master copies equal the initial values; f32 grads", () => {
+  const be = createCpuBackend();
+  const env: TPEnv = {
+    backend: be,
+    comm: new SingleRankCommunicator(),
+    ps: makeParallelState({ tp: 1, pp: 1, dp: 1 }, 0),
+    dtype: "bf16",
+  };
+  const col = new ColumnParallelLinear(env, "c", 8, 8, INIT);
+  assert.equal(col.weight.value.dtype, "bf16");
+  assert.equal(col.weight.grad.dtype, "f32");
+  assert.equal(col.weight.main?.dtype, "f32");
+  const f32 = new ColumnParallelLinear({ ...env, dtype: "f32" }, "c", 8, 8, INIT);
+  assert.deepEqual(be.toF64(col.weight.main!), be.toF64(f32.weight.value));
+  assert.equal(f32.weight.main, null);
+});

@@ -12,7 +12,7 @@
 
 import type { Backend } from "../backend/backend.ts";
 import { fillNormal } from "../rng/philox.ts";
-import type { DType } from "../tensor/dtype.ts";
+import { type DType, isHalf } from "../tensor/dtype.ts";
 import type { Param, TensorParallelInfo } from "../tensor/param.ts";
 import { shapeStr, type Tensor } from "../tensor/tensor.ts";
 import type { Communicator, ParallelState } from "./types.ts";
@@ -87,7 +87,8 @@ function newParam(
     name,
     value: data ? be.fromHost(env.dtype, shape, data) : be.zeros(env.dtype, shape),
     grad: be.zeros(gradDType(env.dtype), shape),
-    main: null,
+    // Half-precision params get the f32 master copy the optimizer updates.
+    main: isHalf(env.dtype) ? (data ? be.fromHost("f32", shape, data) : be.zeros("f32", shape)) : null,
     noWeightDecay,
     tensorParallel: tp,
     shared: false,
