@@ -45,5 +45,8 @@ export function devicePeak(backend: Backend, dtype: DType): DevicePeak {
   }
   // Half GEMMs on the CPU convert to f32 and run sgemm, so the f32 rate is the ceiling.
   const d = dtype === "f64" ? "f64" : "f32";
-  return { flops: measureGemmPeak(backend, d, 512), what: `measured ${d} GEMM 512^3 on ${backend.description}` };
+  return {
+    flops: measureGemmPeak(backend, d, 512),
+    what: `measured ${d} GEMM 512^3 on ${backend.description}`,
+  };
 }
