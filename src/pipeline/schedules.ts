@@ -151,7 +151,17 @@ export async function runSchedule(
   comm: Communicator,
   peers: PipelinePeers,
 ): Promise<{ maxInFlight: number }> {
-  const ops = buildSchedule(s);
+  return runOps(s, buildSchedule(s), stage, comm, peers);
+}
+
+/** Execute one rank's op list: receive buffers, run chunks, send outputs and gradients. */
+async function runOps(
+  s: ScheduleShape,
+  ops: PipeOp[],
+  stage: StageRunner,
+  comm: Communicator,
+  peers: PipelinePeers,
+): Promise<{ maxInFlight: number }> {
   const received = new Map<string, Tensor>();
   const outputs = new Map<string, Tensor>();
   const grads = new Map<string, Tensor>();
@@ -234,26 +244,5 @@ export async function runForwardOnly(
   comm: Communicator,
   peers: PipelinePeers,
 ): Promise<void> {
-  const received = new Map<string, Tensor>();
-  const outputs = new Map<string, Tensor>();
-  for (const o of buildForwardOnlySchedule(s)) {
-    const k = `${o.chunk}:${o.mb}`;
-    if (o.op === "recvForward") {
-      const buf = stage.allocActivation();
-      await comm.recv(buf, peers.prev, `fwd:c${o.chunk}:m${o.mb}`);
-      received.set(k, buf);
-    } else if (o.op === "forward") {
-      const input = received.get(k) ?? null;
-      received.delete(k);
-      const out = await stage.forward(o.chunk, o.mb, input);
-      if (out) outputs.set(k, out);
-    } else if (o.op === "sendForward") {
-      const out = outputs.get(k)!;
-      outputs.delete(k);
-      const c = s.r === s.p - 1 ? o.chunk + 1 : o.chunk;
-      await comm.send(out, peers.next, `fwd:c${c}:m${o.mb}`);
-      stage.release(out);
-    }
-  }
-  for (const t of outputs.values()) stage.release(t);
+  await runOps(s, buildForwardOnlySchedule(s), stage, comm, peers);
 }
