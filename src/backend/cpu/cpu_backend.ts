@@ -749,7 +749,9 @@ export class CpuBackend implements Backend {
     const S = readF(op, scores, "scores"), P = outF(op, probs, false);
     const f64 = all64(scores, probs);
     const sc = f64 ? scale : Math.fround(scale);
-    const row = f64 ? new Float64Array(sk) : new Float32Array(sk);
+    // f32 rows of a multiple of 4 are staged in the SIMD module's memory for the exp pass.
+    const simd = !f64 && sk % 4 === 0 && sk >= 16;
+    const row = simd ? this.simd.staging(sk) : f64 ? new Float64Array(sk) : new Float32Array(sk);
     const cut = f64 ? -746 : -110;
     for (let bi = 0; bi < b; bi++) {
       for (let hi = 0; hi < np; hi++) {
@@ -768,11 +770,14 @@ export class CpuBackend implements Backend {
             if (mx < -10000) mx = -10000;
           }
           let sum = 0;
-          for (let j = 0; j < sk; j++) {
-            // Math.exp takes a slow path far below its underflow; expf is already 0 there.
-            const d = row[j] - mx;
-            row[j] = d < cut ? 0 : Math.exp(d);
-            sum += row[j];
+          if (simd) sum = this.simd.softmaxExp(sk, mx);
+          else {
+            for (let j = 0; j < sk; j++) {
+              // Math.exp takes a slow path far below its underflow; expf is already 0 there.
+              const d = row[j] - mx;
+              row[j] = d < cut ? 0 : Math.exp(d);
+              sum += row[j];
+            }
           }
           if (!f64) sum = Math.fround(sum);
           for (let j = 0; j < sk; j++) P[o + j] = row[j] / sum;

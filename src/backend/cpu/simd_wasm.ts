@@ -339,6 +339,71 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
     ]),
   ]);
 
+  // smExp(p, n, mx: f64) -> f64: x[i] = fround(exp(x[i] - mx)) with the difference in f64 (softmaxFwd's
+  // f32 path), in place; returns the f64 sum of the rounded values (two lanes per half, then combined).
+  // locals: 0 p 1 n 2 mx | 3 end | 4 mxv 5 x 6 a 7 t 8 r 9 lo 10 t2 11 acc1 12 acc2 13 hi, consts from 14
+  const hiLanes = [8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15];
+  const join = [0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23];
+  const smExp = func([[1, I32], [10 + NUM_EXP_CONSTS, V128]], [
+    ...initExpConsts(14),
+    ...get(0),
+    ...get(1),
+    ...i32c(2),
+    0x74,
+    0x6a,
+    ...set(3),
+    ...get(2),
+    ...simd(0x14), // f64x2.splat
+    ...set(4),
+    ...loop16(0, 3, [
+      ...get(0),
+      ...load,
+      ...tee(5),
+      ...f64x2.promoteLow,
+      ...get(4),
+      ...f64x2.sub,
+      ...set(6),
+      ...expF64x2(6, 7, 8, 10, 14, fma),
+      ...f32x4.demote,
+      ...tee(9),
+      ...f64x2.promoteLow,
+      ...get(11),
+      ...f64x2.add,
+      ...set(11),
+      ...get(5),
+      ...get(5),
+      ...shuffle(hiLanes),
+      ...f64x2.promoteLow,
+      ...get(4),
+      ...f64x2.sub,
+      ...set(6),
+      ...expF64x2(6, 7, 8, 10, 14, fma),
+      ...f32x4.demote,
+      ...tee(13),
+      ...f64x2.promoteLow,
+      ...get(12),
+      ...f64x2.add,
+      ...set(12),
+      ...get(0),
+      ...get(9),
+      ...get(13),
+      ...shuffle(join),
+      ...store,
+    ]),
+    // (acc1[0] + acc1[1]) + (acc2[0] + acc2[1])
+    ...get(11),
+    ...simd(0x21, 0),
+    ...get(11),
+    ...simd(0x21, 1),
+    0xa0,
+    ...get(12),
+    ...simd(0x21, 0),
+    ...get(12),
+    ...simd(0x21, 1),
+    0xa0,
+    0xa0,
+  ]);
+
   // adam(pp, pg, pm, pv, n, b1, b2, ob1, ob2, bc1, bc2, eps, wd, lr): the AdamW update of cpu_backend's
   // adamStep on n floats (n % 4 == 0) at byte offsets pp (param), pg (grad), pm, pv (moments).
   // locals: 0 pp 1 pg 2 pm 3 pv 4 n 5 b1 6 b2 7 ob1 8 ob2 9 bc1 10 bc2 11 eps 12 wd 13 lr |
@@ -789,7 +854,7 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
 
   const name = (s: string) => [s.length, ...Array.from(s, (c) => c.charCodeAt(0))];
   const types = [
-    9,
+    10,
     ...[0x60, 3, I32, I32, F32, 1, F32], // 0: rowMax, sumExp
     ...[0x60, 5, I32, I32, F32, F32, F32, 0], // 1: ceGrad
     ...[0x60, 14, I32, I32, I32, I32, I32, ...Array(9).fill(F32), 0], // 2: adam
@@ -799,9 +864,13 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
     ...[0x60, 8, ...Array(8).fill(I32), 0], // 6: philox
     ...[0x60, 5, I32, I32, I32, I32, F32, 0], // 7: dropMask
     ...[0x60, 8, ...Array(7).fill(I32), F32, 0], // 8: dropAdd
+    ...[0x60, 3, I32, I32, 0x7c, 1, 0x7c], // 9: smExp (i32, i32, f64) -> f64
   ];
   const exports = [
-    10,
+    11,
+    ...name("smExp"),
+    0,
+    9,
     ...name("philox"),
     0,
     6,
@@ -843,11 +912,11 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
     0x00,
     0x00,
     ...section(1, types),
-    ...section(3, [9, 0, 0, 1, 2, 4, 5, 6, 7, 8]),
+    ...section(3, [10, 0, 0, 1, 2, 4, 5, 6, 7, 8, 9]),
     ...section(5, [1, 0, 1]), // memory: 1 page initially, grown on demand
     ...section(7, exports),
     ...section(10, [
-      9,
+      10,
       ...rowMaxF,
       ...sumExp,
       ...ceGrad,
@@ -857,6 +926,7 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
       ...philox,
       ...dropMask,
       ...dropAdd,
+      ...smExp,
     ]),
   ]);
 }
@@ -910,6 +980,7 @@ export class SimdKernels {
       thr: number,
       s: number,
     ): void;
+    smExp(p: number, n: number, mx: number): number;
   };
   private f32: Float32Array;
 
@@ -993,6 +1064,17 @@ export class SimdKernels {
         out.set(m.subarray(f, f + n), s);
       }
     }
+  }
+
+  /** Module memory as floats (at least n); a view for callers that stage rows themselves. */
+  staging(n: number): Float32Array {
+    return this.floats(n);
+  }
+
+  /** In place on staging(n)[0, n) (n % 4 == 0): x = fround(exp(x - mx)) (difference in f64); returns
+   *  the f64 sum of the results. */
+  softmaxExp(n: number, mx: number): number {
+    return this.k.smExp(0, n, mx);
   }
 
   /** Philox blocks [first, first + nb) (nb % 4 == 0) of counter [., ., iteration, stream], key [seed, keyHi],
