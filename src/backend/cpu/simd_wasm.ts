@@ -130,7 +130,7 @@ function initExpConsts(k: number, lo = -120, hi = 100): number[] {
 
 /** Code for exp of the f64x2 in local `a` (overwritten), leaving the f64x2 result on the stack.
  *  k: first of the NUM_EXP_CONSTS constant locals. */
-function expF64x2(a: number, t: number, r: number, t2: number, k: number, fma: boolean): number[] {
+function expPolyF64x2(a: number, t: number, r: number, t2: number, k: number, fma: boolean): number[] {
   const LO = k, HI = k + 1, L2E = k + 2, MG = k + 3, H = k + 4, L = k + 5, BIAS = k + 6;
   const coef = (i: number) => k + 6 + Math.max(i, 1); // 1/i!, i >= 1
   const out: number[] = [];
@@ -173,11 +173,132 @@ function expF64x2(a: number, t: number, r: number, t2: number, k: number, fma: b
   return out;
 }
 
+// Table-driven exp for the cross-entropy kernels (needs relaxed multiply-add): k = round(64 x / ln2),
+// exp(x) = 2^(k >> 6) * 2^((k & 63) / 64) * exp(r), |r| <= ln2 / 128, exp(r) by a degree-5 Taylor
+// polynomial (truncation < 4e-17). The 64 table words are bits(2^(j/64)) - TAB_BIAS, so adding
+// (bits(t) >>> 6) << 52 yields the scaled power of two directly (see expTabF64x2). The kernel reads the
+// table at its row end (byte p + 4 n), where SimdKernels writes it before each call.
+const TAB_BIAS = BigInt.asUintN(64, (MAGIC_BITS >> 6n) << 52n);
+
+/** The 64 table words (u64 bit patterns). */
+function expTable(): BigUint64Array {
+  const t = new BigUint64Array(64), f = new Float64Array(1), u = new BigUint64Array(f.buffer);
+  for (let j = 0; j < 64; j++) {
+    f[0] = 2 ** (j / 64);
+    t[j] = BigInt.asUintN(64, u[0] - TAB_BIAS);
+  }
+  return t;
+}
+
+function tabConsts(): number[][] {
+  return [
+    v128f64(-120),
+    v128f64(100),
+    v128f64(64 / Math.LN2),
+    v128f64(MAGIC),
+    v128f64(LN2_HI / 64),
+    v128f64(LN2_LO / 64),
+    v128f64(1),
+    v128f64(1 / 2),
+    v128f64(1 / 6),
+    v128f64(1 / 24),
+    v128f64(1 / 120),
+  ];
+}
+
+/** exp of the f64x2 in local `a` (clamped to [-120, 100], so for expf only) via the table at the byte
+ *  address in i32 local `tab`; leaves the f64x2 on the stack. Uses locals t, r, t2; constants at k. */
+function expTabF64x2(a: number, t: number, r: number, t2: number, k: number, tab: number): number[] {
+  const LO = k, HI = k + 1, L2E = k + 2, MG = k + 3, H = k + 4, L = k + 5, ONE = k + 6;
+  const C = (i: number) => k + 5 + i; // 1/i!, i = 2..5
+  const lane = (l: number) => [
+    ...get(t),
+    ...simd(0x1d, l), // i64x2.extract_lane
+    0xa7, // i32.wrap_i64
+    ...i32c(63),
+    0x71, // i32.and
+    ...i32c(3),
+    0x74, // i32.shl
+    ...get(tab),
+    0x6a,
+    0x29,
+    3,
+    0, // i64.load
+  ];
+  return [
+    ...get(a),
+    ...get(LO),
+    ...f64x2.pmax,
+    ...get(HI),
+    ...f64x2.pmin,
+    ...tee(a),
+    ...get(L2E),
+    ...get(MG),
+    ...RELAXED_MADD,
+    ...tee(t), // t = a 64/ln2 + MAGIC
+    ...get(MG),
+    ...f64x2.sub,
+    ...set(r), // k
+    ...get(r),
+    ...get(H),
+    ...get(a),
+    ...RELAXED_NMADD,
+    ...set(t2),
+    ...get(r),
+    ...get(L),
+    ...get(t2),
+    ...RELAXED_NMADD,
+    ...set(r), // r = a - k ln2/64
+    // p = (1 + r) + r^2 ((1/2 + r/6) + r^2 (1/24 + r/120))
+    ...get(r),
+    ...get(C(5)),
+    ...get(C(4)),
+    ...RELAXED_MADD,
+    ...get(r),
+    ...get(r),
+    ...f64x2.mul,
+    ...tee(a),
+    ...get(r),
+    ...get(C(3)),
+    ...get(C(2)),
+    ...RELAXED_MADD,
+    ...RELAXED_MADD,
+    ...get(a),
+    ...get(r),
+    ...get(ONE),
+    ...f64x2.add,
+    ...RELAXED_MADD,
+    // table word for each lane, plus (bits(t) >>> 6) << 52
+    ...lane(0),
+    ...simd(0x12), // i64x2.splat
+    ...lane(1),
+    ...simd(0x1e, 1), // i64x2.replace_lane 1
+    ...get(t),
+    ...i32c(6),
+    ...simd(0xcd), // i64x2.shr_u
+    ...i32c(52),
+    ...i64x2.shl,
+    ...i64x2.add,
+    ...f64x2.mul,
+  ];
+}
+
 /** Code for expf of the f32x4 in local `x`, leaving the f32x4 result on the stack. Uses locals a, t,
  *  r, lo, lo + 1 and the constants at k. */
-function expF32x4(x: number, a: number, t: number, r: number, lo: number, k: number, fma: boolean): number[] {
+function expF32x4(
+  x: number,
+  a: number,
+  t: number,
+  r: number,
+  lo: number,
+  k: number,
+  fma: boolean,
+  tab: number | null = null,
+): number[] {
   const hiLanes = [8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15];
   const join = [0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23];
+  const expF64x2 = (a: number, t: number, r: number, t2: number, k: number, fma: boolean) =>
+    fma && tab !== null ? expTabF64x2(a, t, r, t2, k, tab) : expPolyF64x2(a, t, r, t2, k, fma);
   return [
     ...get(x),
     ...f64x2.promoteLow,
@@ -280,7 +401,7 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
   // sumExp(p, n, mx) -> f32: sum of fround(exp(fround(x - mx))) in four f32 lanes.
   // locals: 0 p, 1 n, 2 mx | 3 end, 4 mxv, 5 acc, 6 x, 7 a, 8 t, 9 r, 10 lo
   const sumExp = func([[1, I32], [8 + NUM_EXP_CONSTS, V128]], [
-    ...initExpConsts(12),
+    ...(fma ? tabConsts().flatMap((c, i) => [...c, ...set(12 + i)]) : initExpConsts(12)),
     ...get(0),
     ...get(1),
     ...i32c(2),
@@ -297,7 +418,7 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
       ...f32x4.sub,
       ...set(6),
       ...get(5),
-      ...expF32x4(6, 7, 8, 9, 10, 12, fma),
+      ...expF32x4(6, 7, 8, 9, 10, 12, fma, 3),
       ...f32x4.add,
       ...set(5),
     ]),
@@ -307,7 +428,7 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
   // ceGrad(p, n, mx, inv, d): x[i] = d * fround(fround(exp(fround(x[i] - mx))) * inv), in place.
   // locals: 0 p, 1 n, 2 mx, 3 inv, 4 d | 5 end, 6 mxv, 7 invv, 8 dv, 9 x, 10 a, 11 t, 12 r, 13 lo
   const ceGrad = func([[1, I32], [10 + NUM_EXP_CONSTS, V128]], [
-    ...initExpConsts(15),
+    ...(fma ? tabConsts().flatMap((c, i) => [...c, ...set(15 + i)]) : initExpConsts(15)),
     ...get(0),
     ...get(1),
     ...i32c(2),
@@ -330,7 +451,7 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
       ...get(6),
       ...f32x4.sub,
       ...set(9),
-      ...expF32x4(9, 10, 11, 12, 13, 15, fma),
+      ...expF32x4(9, 10, 11, 12, 13, 15, fma, 5),
       ...get(7),
       ...f32x4.mul,
       ...get(8),
@@ -363,7 +484,7 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
       ...get(4),
       ...f64x2.sub,
       ...set(6),
-      ...expF64x2(6, 7, 8, 10, 14, fma),
+      ...expPolyF64x2(6, 7, 8, 10, 14, fma),
       ...f32x4.demote,
       ...tee(9),
       ...f64x2.promoteLow,
@@ -377,7 +498,7 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
       ...get(4),
       ...f64x2.sub,
       ...set(6),
-      ...expF64x2(6, 7, 8, 10, 14, fma),
+      ...expPolyF64x2(6, 7, 8, 10, 14, fma),
       ...f32x4.demote,
       ...tee(13),
       ...f64x2.promoteLow,
@@ -501,7 +622,7 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
       // s = 1 / (1 + exp(z))
       ...get(ONE),
       ...get(ONE),
-      ...expF64x2(A, T, R, LO + 1, EK, fma),
+      ...expPolyF64x2(A, T, R, LO + 1, EK, fma),
       ...f64x2.add,
       ...f64x2.div,
       ...set(S),
@@ -983,6 +1104,7 @@ export class SimdKernels {
     smExp(p: number, n: number, mx: number): number;
   };
   private f32: Float32Array;
+  private readonly table = expTable();
 
   constructor() {
     let mod: WebAssembly.Module;
@@ -1014,10 +1136,17 @@ export class SimdKernels {
     return this.k.rowMax(0, n4, init);
   }
 
+  /** Stages x[o, o + n4) at the start of memory with the exp table right after it. */
+  private stageRow(x: Float32Array, o: number, n4: number): Float32Array {
+    const m = this.floats(n4 + 128);
+    m.set(x.subarray(o, o + n4));
+    new BigUint64Array(this.mem.buffer, 4 * n4, 64).set(this.table);
+    return m;
+  }
+
   /** Sum over x[o, o + n4) of fround(exp(fround(x - mx))) (f32 lane sums); mx must be an f32 value. */
   sumExp(x: Float32Array, o: number, n4: number, mx: number): number {
-    const m = this.floats(n4);
-    m.set(x.subarray(o, o + n4));
+    this.stageRow(x, o, n4);
     return this.k.sumExp(0, n4, mx);
   }
 
@@ -1032,8 +1161,7 @@ export class SimdKernels {
     out: Float32Array,
     oo: number,
   ): void {
-    const m = this.floats(n4);
-    m.set(x.subarray(o, o + n4));
+    const m = this.stageRow(x, o, n4);
     this.k.ceGrad(0, n4, mx, inv, d);
     out.set(m.subarray(0, n4), oo);
   }
