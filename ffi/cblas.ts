@@ -49,6 +49,10 @@ const GEMM_SYMBOLS = {
 } as const;
 
 const CONFIG_SYMBOL = { openblas_get_config: { parameters: [], result: "pointer" } } as const;
+const THREAD_SYMBOLS = {
+  openblas_get_num_threads: { parameters: [], result: "i32" },
+  openblas_set_num_threads: { parameters: ["i32"], result: "void" },
+} as const;
 
 export interface Cblas {
   /** Path (or soname) that was opened. */
@@ -73,6 +77,10 @@ export interface Cblas {
     c: Float32Array,
     ldc: number,
   ): void;
+  /** Threads the library uses for one call (1 when it cannot be told). */
+  readonly threads: number;
+  /** Sets the thread count for later calls (no-op for libraries without openblas_set_num_threads). */
+  setThreads(n: number): void;
   dgemm(
     transA: boolean,
     transB: boolean,
@@ -139,6 +147,12 @@ function tryOpen(path: string): Cblas | null {
   } catch {
     // Not OpenBLAS: no config string.
   }
+  let threadLib: Deno.DynamicLibrary<typeof THREAD_SYMBOLS> | null = null;
+  try {
+    threadLib = Deno.dlopen(path, THREAD_SYMBOLS);
+  } catch {
+    // Not OpenBLAS: the library manages its own threads.
+  }
   let name = path.split("/").pop() ?? path;
   if (config) {
     const m = /^(OpenBLAS\s+\S+)/.exec(config);
@@ -148,10 +162,15 @@ function tryOpen(path: string): Cblas | null {
   else if (path.includes("mkl")) name = "MKL";
   const s = lib.symbols;
   const tr = (t: boolean) => (t ? CBLAS_TRANS : CBLAS_NO_TRANS);
+  const threads = threadLib ? threadLib.symbols.openblas_get_num_threads() : 1;
   return {
     path,
     name,
     config,
+    threads,
+    setThreads(n) {
+      threadLib?.symbols.openblas_set_num_threads(n);
+    },
     sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) {
       s.cblas_sgemm(CBLAS_ROW_MAJOR, tr(ta), tr(tb), m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     },
@@ -159,6 +178,7 @@ function tryOpen(path: string): Cblas | null {
       s.cblas_dgemm(CBLAS_ROW_MAJOR, tr(ta), tr(tb), m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     },
     close() {
+      threadLib?.close();
       lib.close();
     },
   };

@@ -41,6 +41,9 @@ const SIMD_MIN = 64;
 
 const isF32 = (x: number): boolean => Math.fround(x) === x;
 
+/** GEMMs with m * n * k below this run on one BLAS thread. */
+const SMALL_GEMM = 1 << 21;
+
 /** f32 allocations at least this large are recycled after free (see CpuBackend.empty). */
 const POOL_MIN_ELEMENTS = 1 << 20;
 /** Upper bound on the bytes held by freed, recycled f32 arrays. */
@@ -505,6 +508,9 @@ export class CpuBackend implements Backend {
       // and half -> f32 -> half is exact. BLAS and gemmTs ignore C's values when beta == 0.
       C.set(readF(op, c));
     }
+    // Small products lose more to waking OpenBLAS's threads than they gain from them.
+    const single = this.blas !== null && this.blas.threads > 1 && m * n * k < SMALL_GEMM;
+    if (single) this.blas!.setThreads(1);
     for (let bi = 0; bi < batch; bi++) {
       const oa = bi * sA, ob = bi * sB, oc = bi * sC;
       if (this.blas) {
@@ -545,6 +551,7 @@ export class CpuBackend implements Backend {
         gemmTs(transA, transB, m, n, k, alpha, A, oa, lda, B, ob, ldb, beta, C, oc, ldc, this.scratch);
       }
     }
+    if (single) this.blas!.setThreads(this.blas!.threads);
     if (!cDirect) {
       if (c.dtype === "f32") (rawView(op, c) as Float32Array).set(C);
       else commit(op, c, C);
