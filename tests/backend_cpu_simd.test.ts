@@ -218,3 +218,14 @@ Deno.test("simd softmaxFwd equals the scalar f32 loop (causal and unmasked, -100
     assert.ok(bad <= 1, `softmaxFwd causal=${causal}: ${bad} probabilities differ from the scalar loop`);
   }
 });
+
+Deno.test("sumSquares of a long f32 vector equals the in-order f32 loop bit for bit", () => {
+  for (const n of [100, 70001, 200003]) {
+    const xs = rnd(n, 31, 2);
+    let s = 0;
+    for (let i = 0; i < n; i++) s = f(s + f(xs[i] * xs[i]));
+    const out = be.fromHost("f32", [1], [0.5]);
+    be.sumSquares(be.fromHost("f32", [n], xs), out, true);
+    assert.equal(be.toF64(out)[0], f(0.5 + s), `n=${n}`);
+  }
+});

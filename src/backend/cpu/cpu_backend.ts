@@ -1144,6 +1144,7 @@ export class CpuBackend implements Backend {
     const X = readF(op, x), O = rawView(op, out) as F;
     let s = 0;
     if (x.dtype === "f64") { for (let i = 0; i < X.length; i++) s += X[i] * X[i]; }
+    else if (X instanceof Float32Array && X.length >= SIMD_MIN) s = this.simd.sumSquares(X, 0);
     else for (let i = 0; i < X.length; i++) s = Math.fround(s + Math.fround(X[i] * X[i]));
     O[0] = accumulate ? O[0] + s : s;
   }
