@@ -3,6 +3,9 @@
 // per-element allocation). Arithmetic is f32 (Float32Array stores / Math.fround) unless every float
 // operand is f64, in which case it is f64 throughout (finite-difference gradient checks).
 // Half tensors are converted to f32 temporaries on read and rounded RNE on write.
+// Hot f32 loops (cross-entropy, Adam, GeLU, softmax exp, dropout, sum of squares) run in the SIMD
+// WebAssembly kernels of simd_wasm.ts with the same per-element arithmetic; freed large f32 arrays are
+// recycled so the per-step [tokens, vocab] buffers do not pay fresh-page faults.
 
 import {
   allocHost,

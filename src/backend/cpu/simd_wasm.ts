@@ -1,12 +1,14 @@
 // f32 kernels for the CPU backend's hottest loops as a hand-assembled WebAssembly SIMD module:
-// cross-entropy over the vocabulary (row max, sum of exp, softmax gradient) and the Adam update.
+// cross-entropy over the vocabulary (row max, sum of exp, softmax gradient), Adam, tanh-GeLU forward /
+// backward, the softmax exp pass, Philox dropout (and bias-dropout-add), and the in-order sum of squares.
 // Each kernel does the same f32 operations as the scalar loops in cpu_backend.ts, element for element:
 // f32x4 add/sub/mul/div/sqrt round exactly like Math.fround of the f64 result. exp is evaluated in f64
-// (Cody-Waite reduction, degree-12 Taylor polynomial, error ~2e-16 relative) and rounded to f32, so it
-// equals Math.fround(Math.exp(x)) except when exp(x) lies within ~1e-16 of an f32 rounding midpoint
-// (about one element in 10^8, then 1 ulp). Only the order of the f32 partial sums in sumExp differs
-// (four lanes, then combined). Operands are copied into the module's memory in chunks: memcpy is far
-// cheaper than the arithmetic it replaces, and the tensors stay ordinary TypedArrays.
+// (Cody-Waite reduction and a Taylor polynomial, or a 2^(j/64) table and a short polynomial; error
+// ~2e-16 relative) and rounded once, so it equals Math.fround(Math.exp(x)) except when exp(x) lies within
+// ~1e-16 of an f32 rounding midpoint (about one element in 10^8, then 1 ulp). Only the order of partial
+// sums differs where stated (sumExp: four f32 lanes; softmax: four f64 lanes). Operands are copied into
+// the module's memory in chunks: memcpy is far cheaper than the arithmetic it replaces, and tensors stay
+// ordinary TypedArrays. Relaxed-SIMD multiply-add is used when the runtime has it (else mul + add).
 
 function uleb(n: number): number[] {
   const out: number[] = [];
