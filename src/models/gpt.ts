@@ -9,17 +9,9 @@ import type { Communicator, ParallelState } from "../parallel/types.ts";
 import type { Param } from "../tensor/param.ts";
 import { Tensor } from "../tensor/tensor.ts";
 import { TransformerBlock } from "../transformer/block.ts";
-import {
-  COLUMN,
-  initStream,
-  makeParam,
-  type MicroBatchContext,
-  type ModuleEnv,
-  newMicroBatchContext,
-  ParamKind,
-} from "../transformer/common.ts";
+import { type MicroBatchContext, type ModuleEnv, newMicroBatchContext } from "../transformer/common.ts";
 import { type GPTConfig, resolveConfig, type ResolvedGPTConfig } from "../transformer/config.ts";
-import { Embedding } from "../transformer/embedding.ts";
+import { Embedding, wordEmbedding } from "../transformer/embedding.ts";
 import { LossHead, type LossOutput } from "../transformer/lm_head.ts";
 
 export interface GPTStage {
@@ -99,14 +91,8 @@ export class GPTModel {
         headWeight = this.embedding.wordEmbeddings;
       } else {
         // Same init stream as the first stage's word embeddings, so the copies start equal.
-        this.wordEmbeddingsForHead = makeParam(
-          this.env,
-          "word_embeddings_for_head.weight",
-          [this.cfg.vocabSize, this.cfg.hiddenSize],
-          COLUMN,
-          { kind: "normal", std: this.cfg.initMethodStd, stream: initStream(-1, ParamKind.wordEmbeddings) },
-          { shared: true },
-        );
+        const copy = wordEmbedding(this.env, "word_embeddings_for_head").weight;
+        this.wordEmbeddingsForHead = { ...copy, shared: true };
         headWeight = this.wordEmbeddingsForHead;
       }
     }

@@ -3,12 +3,13 @@
 // ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding and the vocab-parallel cross
 // entropy. Communication happens exactly where Megatron's does: copy-to all-reduces in backward,
 // reduce-from all-reduces in forward, so a column -> row pair (attention or MLP) costs one
-// all-reduce forward and one backward, 2 + 2 per transformer layer.
+// all-reduce forward and one backward, 2 + 2 per transformer layer. The all-reduces are issued at
+// TP = 1 too (a one-member group is the identity), so every layout runs the same collective sequence.
 //
-// The GPT model in src/transformer inlines the same communication pattern (it fuses bias + GeLU and
-// bias-dropout-add around these GEMMs); tests/parallel_tensor_parallel.test.ts checks that it agrees
-// with these classes. Weights are initialized by global coordinates (element (r, c) of the full
-// TP=1 weight draws Philox counter r * cols + c), so TP shards are exact slices of the TP=1 weight.
+// The GPT model in src/transformer is built from these classes (it fuses bias + GeLU and
+// bias-dropout-add around their GEMMs via skipBiasAdd). Weights are initialized by global
+// coordinates (element (r, c) of the full TP=1 weight draws Philox counter r * cols + c), so TP
+// shards are exact slices of the TP=1 weight.
 
 import type { Backend } from "../backend/backend.ts";
 import { fillNormal } from "../rng/philox.ts";
@@ -74,7 +75,9 @@ export function initWeightShard(
   return { shape: [nr, nc], data };
 }
 
-function newParam(
+/** A Param in env.dtype from host values (zeros when null), its zeroed grad and, for half
+ *  precision, the f32 master copy the optimizer updates. */
+export function createParam(
   env: TPEnv,
   name: string,
   shape: number[],
@@ -83,12 +86,12 @@ function newParam(
   noWeightDecay: boolean,
 ): Param {
   const be = env.backend;
+  const host = (dt: DType) => data ? be.fromHost(dt, shape, data) : be.zeros(dt, shape);
   return {
     name,
-    value: data ? be.fromHost(env.dtype, shape, data) : be.zeros(env.dtype, shape),
+    value: host(env.dtype),
     grad: be.zeros(gradDType(env.dtype), shape),
-    // Half-precision params get the f32 master copy the optimizer updates.
-    main: isHalf(env.dtype) ? (data ? be.fromHost("f32", shape, data) : be.zeros("f32", shape)) : null,
+    main: isHalf(env.dtype) ? host("f32") : null,
     noWeightDecay,
     tensorParallel: tp,
     shared: false,
@@ -147,7 +150,7 @@ export const copyToTensorParallelRegion = {
     return x;
   },
   async backward(env: TPEnv, dx: Tensor): Promise<Tensor> {
-    if (env.ps.tpSize > 1) await env.comm.allReduce(dx, "sum", "tensor");
+    await env.comm.allReduce(dx, "sum", "tensor");
     return dx;
   },
 };
@@ -155,7 +158,7 @@ export const copyToTensorParallelRegion = {
 /** reduce_from_tensor_model_parallel_region: forward all-reduce (in place), backward identity. */
 export const reduceFromTensorParallelRegion = {
   async forward(env: TPEnv, y: Tensor): Promise<Tensor> {
-    if (env.ps.tpSize > 1) await env.comm.allReduce(y, "sum", "tensor");
+    await env.comm.allReduce(y, "sum", "tensor");
     return y;
   },
   backward(_env: TPEnv, dy: Tensor): Tensor {
@@ -185,41 +188,59 @@ export const gatherFromTensorParallelRegion = {
 
 // ---- linear layers -------------------------------------------------------------------------------
 
+/** y[rows, out] = beta * y + ones[rows, 1] bias[1, out]: the broadcast as a rank-1 GEMM, so it shares
+ *  the GEMM's output rounding. */
+function addBias(be: Backend, bias: Tensor, y: Tensor, beta: number): void {
+  const out = bias.size, rows = y.size / out;
+  const ones = be.empty(y.dtype, [rows, 1]);
+  be.fill(ones, 1);
+  be.gemm({
+    transA: false,
+    transB: false,
+    m: rows,
+    n: out,
+    k: 1,
+    a: ones,
+    b: bias.view([1, out]),
+    c: y,
+    beta,
+  });
+  be.free(ones);
+}
+
 /** y[rows, out] = x[rows, in] w[out, in]^T, plus a broadcast bias when given. */
-function linear(be: Backend, x: Tensor, w: Tensor, bias: Tensor | null, y: Tensor): void {
+export function linear(be: Backend, x: Tensor, w: Tensor, bias: Tensor | null, y: Tensor): void {
   const rows = x.size / w.shape[1], out = w.shape[0];
-  let beta = 0;
-  if (bias !== null) {
-    const ones = be.empty(x.dtype, [rows, 1]);
-    be.fill(ones, 1);
-    be.gemm({ transA: false, transB: false, m: rows, n: out, k: 1, a: ones, b: bias.view([1, out]), c: y });
-    be.free(ones);
-    beta = 1;
-  }
+  if (bias !== null) addBias(be, bias, y, 0);
+  const beta = bias !== null ? 1 : 0;
   be.gemm({ transA: false, transB: true, m: rows, n: out, k: w.shape[1], a: x, b: w, c: y, beta });
 }
 
 /** dx = dy w (when dx given); dw += dy^T x. */
-function linearGrad(be: Backend, dy: Tensor, x: Tensor, w: Tensor, dw: Tensor, dx: Tensor | null): void {
+export function linearGrad(
+  be: Backend,
+  dy: Tensor,
+  x: Tensor,
+  w: Tensor,
+  dw: Tensor,
+  dx: Tensor | null,
+): void {
   const out = w.shape[0], inF = w.shape[1], rows = x.size / inF;
   if (dx !== null) be.gemm({ transA: false, transB: false, m: rows, n: inF, k: out, a: dy, b: w, c: dx });
   be.gemm({ transA: true, transB: false, m: out, n: inF, k: rows, a: dy, b: x, c: dw, beta: 1 });
 }
 
-export interface ColumnParallelOptions {
+export interface ParallelLinearOptions {
   bias?: boolean; // default true
-  /** All-gather the output to [rows, out] (Megatron 2021's class default; the transformer uses false). */
-  gatherOutput?: boolean; // default true
   /** Return the bias instead of adding it (the caller fuses it into the next op). */
   skipBiasAdd?: boolean; // default false
 }
 
-/** Y = X A^T + b with A split by rows (output features): A_i [out / p, in]. */
-export class ColumnParallelLinear {
+/** What Column- and RowParallelLinear share: this rank's shard of the full [out, in] weight and the
+ *  bias ([out / p] split with the rows, or [out] replicated), created in that order. */
+export class ParallelLinear<O extends ParallelLinearOptions> {
   readonly weight: Param;
   readonly bias: Param | null;
-  readonly outPerRank: number;
-  private readonly gatherOutput: boolean;
   readonly skipBiasAdd: boolean;
 
   constructor(
@@ -228,21 +249,44 @@ export class ColumnParallelLinear {
     readonly inFeatures: number,
     readonly outFeatures: number,
     init: NormalInit,
-    opts: ColumnParallelOptions = {},
+    protected readonly opts: O = {} as O,
   ) {
-    const { ps } = env;
-    const w = initWeightShard(outFeatures, inFeatures, COLUMN_SPLIT, ps.tpRank, ps.tpSize, init);
-    this.outPerRank = w.shape[0];
-    this.weight = newParam(env, `${name}.weight`, w.shape, w.data, COLUMN_SPLIT, false);
+    const { ps } = env, split = this.split;
+    const w = initWeightShard(outFeatures, inFeatures, split, ps.tpRank, ps.tpSize, init);
+    this.weight = createParam(env, `${name}.weight`, w.shape, w.data, split, false);
+    const biasSplit = split.partitionDim === 0 ? split : null;
     this.bias = (opts.bias ?? true)
-      ? newParam(env, `${name}.bias`, [this.outPerRank], null, COLUMN_SPLIT, true)
+      ? createParam(env, `${name}.bias`, [w.shape[0]], null, biasSplit, true)
       : null;
-    this.gatherOutput = opts.gatherOutput ?? true;
     this.skipBiasAdd = opts.skipBiasAdd ?? false;
+  }
+
+  /** How the weight is split: each subclass overrides this prototype getter, which the constructor
+   *  above reads (a getter, not a field, so it is already the subclass's there). */
+  protected get split(): TensorParallelInfo {
+    throw new Error("ParallelLinear: a subclass must define how its weight is split");
   }
 
   params(): Param[] {
     return this.bias ? [this.weight, this.bias] : [this.weight];
+  }
+}
+
+export interface ColumnParallelOptions extends ParallelLinearOptions {
+  /** All-gather the output to [rows, out] (Megatron 2021's class default; the transformer uses false). */
+  gatherOutput?: boolean; // default true
+}
+
+/** Y = X A^T + b with A split by rows (output features): A_i [out / p, in]. */
+export class ColumnParallelLinear extends ParallelLinear<ColumnParallelOptions> {
+  protected override get split(): TensorParallelInfo {
+    return COLUMN_SPLIT;
+  }
+  get outPerRank(): number {
+    return this.weight.value.shape[0];
+  }
+  private get gatherOutput(): boolean {
+    return this.opts.gatherOutput ?? true;
   }
 
   /** x [rows, in] (replicated) -> y [rows, out / p] (or [rows, out] gathered). Caller owns y and keeps
@@ -266,8 +310,9 @@ export class ColumnParallelLinear {
   }
 
   /** dy like forward's output -> dx [rows, in] (all-reduced over TP; caller owns it). Accumulates
-   *  the weight and bias grads. */
-  async backward(x: Tensor, dy: Tensor): Promise<Tensor> {
+   *  the weight and bias grads. `releaseDy` frees dy after its last use, before the all-reduce (as
+   *  autograd would), when the caller has no further use for it. */
+  async backward(x: Tensor, dy: Tensor, releaseDy = false): Promise<Tensor> {
     const { backend: be } = this.env;
     const rows = x.size / this.inFeatures;
     const dyi = this.gatherOutput ? await gatherFromTensorParallelRegion.backward(this.env, dy) : dy;
@@ -276,45 +321,27 @@ export class ColumnParallelLinear {
     const dx = be.empty(this.env.dtype, [rows, this.inFeatures]);
     linearGrad(be, dyv, x.view([rows, this.inFeatures]), this.weight.value, this.weight.grad, dx);
     if (dyi !== dy) be.free(dyi);
+    if (releaseDy) be.free(dy);
     return await copyToTensorParallelRegion.backward(this.env, dx);
   }
 }
 
-export interface RowParallelOptions {
-  bias?: boolean; // default true
+export interface RowParallelOptions extends ParallelLinearOptions {
   /** The input is already split over TP (a column-parallel output); else it is scattered here. */
   inputIsParallel?: boolean; // default false
-  skipBiasAdd?: boolean; // default false
 }
 
 /** Y = X A^T + b with A split by columns (input features): A_i [out, in / p]; one all-reduce
  *  in forward, the bias (replicated) added after it. */
-export class RowParallelLinear {
-  readonly weight: Param;
-  readonly bias: Param | null;
-  readonly inPerRank: number;
-  private readonly inputIsParallel: boolean;
-  readonly skipBiasAdd: boolean;
-
-  constructor(
-    readonly env: TPEnv,
-    readonly name: string,
-    readonly inFeatures: number,
-    readonly outFeatures: number,
-    init: NormalInit,
-    opts: RowParallelOptions = {},
-  ) {
-    const { ps } = env;
-    const w = initWeightShard(outFeatures, inFeatures, ROW_SPLIT, ps.tpRank, ps.tpSize, init);
-    this.inPerRank = w.shape[1];
-    this.weight = newParam(env, `${name}.weight`, w.shape, w.data, ROW_SPLIT, false);
-    this.bias = (opts.bias ?? true) ? newParam(env, `${name}.bias`, [outFeatures], null, null, true) : null;
-    this.inputIsParallel = opts.inputIsParallel ?? false;
-    this.skipBiasAdd = opts.skipBiasAdd ?? false;
+export class RowParallelLinear extends ParallelLinear<RowParallelOptions> {
+  protected override get split(): TensorParallelInfo {
+    return ROW_SPLIT;
   }
-
-  params(): Param[] {
-    return this.bias ? [this.weight, this.bias] : [this.weight];
+  get inPerRank(): number {
+    return this.weight.value.shape[1];
+  }
+  private get inputIsParallel(): boolean {
+    return this.opts.inputIsParallel ?? false;
   }
 
   /** The input this rank multiplies: x itself when input-parallel, else its scattered slice (new). */
@@ -331,24 +358,8 @@ export class RowParallelLinear {
     linear(be, xi.view([rows, this.inPerRank]), this.weight.value, null, y);
     if (xi !== x) be.free(xi);
     await reduceFromTensorParallelRegion.forward(this.env, y);
-    if (this.bias && !this.skipBiasAdd) {
-      // After the reduce, so the replicated bias is added once: y += ones[rows, 1] bias[1, out].
-      const ones = be.empty(this.env.dtype, [rows, 1]);
-      be.fill(ones, 1);
-      const b = this.bias.value.view([1, this.outFeatures]);
-      be.gemm({
-        transA: false,
-        transB: false,
-        m: rows,
-        n: this.outFeatures,
-        k: 1,
-        a: ones,
-        b,
-        c: y,
-        beta: 1,
-      });
-      be.free(ones);
-    }
+    // After the reduce, so the replicated bias is added once.
+    if (this.bias && !this.skipBiasAdd) addBias(be, this.bias.value, y, 1);
     return y;
   }
 
@@ -394,7 +405,7 @@ export class VocabParallelEmbedding {
     const w = initWeightShard(vocabSize, hiddenSize, COLUMN_SPLIT, ps.tpRank, ps.tpSize, init);
     this.vocabPerRank = w.shape[0];
     this.vocabStart = ps.tpRank * this.vocabPerRank;
-    this.weight = newParam(env, `${name}.weight`, w.shape, w.data, COLUMN_SPLIT, false);
+    this.weight = createParam(env, `${name}.weight`, w.shape, w.data, COLUMN_SPLIT, false);
   }
 
   /** ids i32 [n] -> [n, h] (replicated; caller owns). */
@@ -432,7 +443,7 @@ export async function vocabParallelCrossEntropy(
   targets: Tensor,
   vocabStart: number,
 ): Promise<{ loss: Tensor; saved: VocabParallelCESaved }> {
-  const { backend: be, comm, ps } = env;
+  const { backend: be, comm } = env;
   const rows = logits.shape[0];
   if (targets.size !== rows) {
     throw new Error(`vocab-parallel cross entropy: ${targets.size} targets for ${rows} rows of logits`);
@@ -441,13 +452,11 @@ export async function vocabParallelCrossEntropy(
   const globalMax = be.empty(sd, [rows]);
   const targetLogit = be.empty(sd, [rows]);
   be.ceStats(logits, targets, vocabStart, globalMax, targetLogit);
-  if (ps.tpSize > 1) {
-    await comm.allReduce(globalMax, "max", "tensor");
-    await comm.allReduce(targetLogit, "sum", "tensor");
-  }
+  await comm.allReduce(globalMax, "max", "tensor");
+  await comm.allReduce(targetLogit, "sum", "tensor");
   const sumExp = be.empty(sd, [rows]);
   be.ceSumExp(logits, globalMax, sumExp);
-  if (ps.tpSize > 1) await comm.allReduce(sumExp, "sum", "tensor");
+  await comm.allReduce(sumExp, "sum", "tensor");
   const loss = be.empty(sd, [rows]);
   be.ceLoss(globalMax, sumExp, targetLogit, loss);
   be.free(targetLogit);

@@ -2,21 +2,18 @@
 // Megatron checkpoints), scaled causal softmax, probability dropout, context, dense (row-parallel,
 // all-reduce in forward; its bias is returned unadded for the layer's bias-dropout-add).
 
+import type { ColumnParallelLinear, RowParallelLinear } from "../parallel/tensor_parallel.ts";
 import type { Param } from "../tensor/param.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 import {
   attentionDropoutP,
   attnDropoutAddr,
-  COLUMN,
   freeAll,
-  initStream,
-  linearBwd,
-  linearFwd,
-  makeParam,
+  inputProjection,
   type MicroBatchContext,
   type ModuleEnv,
+  outputProjection,
   ParamKind,
-  ROW,
   takeSaved,
 } from "./common.ts";
 
@@ -31,54 +28,41 @@ interface AttentionSaved {
 }
 
 export class ParallelAttention {
+  /** Fused QKV, column-parallel without an output gather. */
+  readonly qkv: ColumnParallelLinear;
+  /** Output projection, row-parallel; its bias is left to the layer's bias-dropout-add. */
+  readonly dense: RowParallelLinear;
   readonly qkvWeight: Param;
-  readonly qkvBias: Param;
   readonly denseWeight: Param;
-  readonly denseBias: Param;
   readonly npLocal: number;
 
   /** `globalLayer` is 0-based over the whole model; `prefix` ends with "self_attention.". */
   constructor(readonly env: ModuleEnv, readonly globalLayer: number, prefix: string) {
     const { cfg, ps } = env;
-    const hn = cfg.kvChannels, heads = cfg.numAttentionHeads, h = cfg.hiddenSize;
-    this.npLocal = heads / ps.tpSize;
-    const proj = heads * hn;
-    this.qkvWeight = makeParam(env, `${prefix}query_key_value.weight`, [3 * proj, h], COLUMN, {
-      kind: "normal",
-      std: cfg.initMethodStd,
-      stream: initStream(globalLayer, ParamKind.qkv),
-    });
-    this.qkvBias = makeParam(env, `${prefix}query_key_value.bias`, [3 * proj], COLUMN, {
-      kind: "const",
-      value: 0,
-    }, {
-      noWeightDecay: true,
-    });
-    this.denseWeight = makeParam(env, `${prefix}dense.weight`, [h, proj], ROW, {
-      kind: "normal",
-      std: cfg.initMethodStd / Math.sqrt(2 * cfg.numLayers),
-      stream: initStream(globalLayer, ParamKind.attnDense),
-    });
-    this.denseBias = makeParam(env, `${prefix}dense.bias`, [h], null, { kind: "const", value: 0 }, {
-      noWeightDecay: true,
-    });
+    const proj = cfg.numAttentionHeads * cfg.kvChannels, h = cfg.hiddenSize;
+    this.npLocal = cfg.numAttentionHeads / ps.tpSize;
+    // The QKV bias is added in its GEMM (Megatron adds it in F.linear).
+    const qkv = { globalLayer, kind: ParamKind.qkv, skipBiasAdd: false };
+    this.qkv = inputProjection(env, `${prefix}query_key_value`, h, 3 * proj, qkv);
+    this.dense = outputProjection(env, `${prefix}dense`, proj, h, { globalLayer, kind: ParamKind.attnDense });
+    this.qkvWeight = this.qkv.weight;
+    this.denseWeight = this.dense.weight;
   }
 
   params(): Param[] {
-    return [this.qkvWeight, this.qkvBias, this.denseWeight, this.denseBias];
+    return [...this.qkv.params(), ...this.dense.params()];
   }
 
   /** x [b, s, h] (LayerNorm output) -> dense output [b, s, h] without its bias (caller owns it). */
   async forward(x: Tensor, ctx: MicroBatchContext): Promise<Tensor> {
-    const { backend, cfg, comm } = this.env;
+    const { backend, cfg } = this.env;
     const [b, s, h] = x.shape;
     const hn = cfg.kvChannels, np = this.npLocal, dt = cfg.paramsDtype;
     const T = b * s;
     const x2 = x.view([T, h]);
-    const qkv = backend.empty(dt, [b, s, np, 3 * hn]);
-    linearFwd(backend, x2, this.qkvWeight.value, this.qkvBias.value, qkv);
+    const qkv = await this.qkv.forward(x2);
     const qkvT = backend.empty(dt, [b, np, s, 3 * hn]);
-    backend.transpose12(qkv, qkvT);
+    backend.transpose12(qkv.view([b, s, np, 3 * hn]), qkvT);
     backend.free(qkv);
     const scores = backend.empty(dt, [b, np, s, s]);
     const bs = s * 3 * hn;
@@ -121,30 +105,27 @@ export class ParallelAttention {
     const ctxM = backend.empty(dt, [b, s, np, hn]);
     backend.transpose12(ctxT, ctxM);
     backend.free(ctxT);
-    const out = backend.empty(dt, [b, s, h]);
-    linearFwd(backend, ctxM.view([T, np * hn]), this.denseWeight.value, null, out);
-    // Row-parallel: partial sums over heads of each rank.
-    await comm.allReduce(out, "sum", "tensor");
+    // Row-parallel: partial sums over each rank's heads, all-reduced.
+    const out = await this.dense.forward(ctxM.view([T, np * hn]));
     ctx.saved.set(
       this,
       { x: x2, qkvT, probs, dropped: pd, ctxM: ctxM.view([T, np * hn]), b, s } satisfies AttentionSaved,
     );
-    return out;
+    return out.view([b, s, h]);
   }
 
-  /** dOut [b, s, h] (grad of the dense output before its bias) -> dx [b, s, h] (caller owns it).
-   *  The dense-bias grad is accumulated by the layer (it owns the bias-dropout-add). */
+  /** dOut [b, s, h] (grad of the dense output before its bias) -> dx [b, s, h] (caller owns it);
+   *  accumulates every grad of this module, the dense bias's included. */
   async backward(dOut: Tensor, ctx: MicroBatchContext): Promise<Tensor> {
-    const { backend, cfg, comm } = this.env;
+    const { backend, cfg } = this.env;
     const sv = takeSaved<AttentionSaved>(ctx, this, "ParallelAttention.backward");
     const { b, s } = sv;
     const hn = cfg.kvChannels, np = this.npLocal, dt = cfg.paramsDtype, h = cfg.hiddenSize;
     const T = b * s;
     const bs = s * 3 * hn;
-    const dctxM = backend.empty(dt, [b, s, np, hn]);
-    linearBwd(backend, dOut.view([T, h]), sv.ctxM, this.denseWeight.value, this.denseWeight.grad, dctxM);
+    const dctxM = await this.dense.backward(sv.ctxM, dOut.view([T, h]));
     const dctx = backend.empty(dt, [b, np, s, hn]);
-    backend.transpose12(dctxM, dctx);
+    backend.transpose12(dctxM.view([b, s, np, hn]), dctx);
     backend.free(dctxM);
     const dqkvT = backend.empty(dt, [b, np, s, 3 * hn]);
     // dv = dropout(probs)^T @ dctx
@@ -230,13 +211,9 @@ export class ParallelAttention {
     const dqkv = backend.empty(dt, [T, np * 3 * hn]);
     backend.transpose12(dqkvT, dqkv.view([b, s, np, 3 * hn]));
     backend.free(dqkvT);
-    backend.sumRows(dqkv, this.qkvBias.grad, true);
-    const dx = backend.empty(dt, [b, s, h]);
-    linearBwd(backend, dqkv, sv.x, this.qkvWeight.value, this.qkvWeight.grad, dx.view([T, h]));
-    backend.free(dqkv);
-    // Column-parallel input grad: sum over ranks (copy_to backward).
-    await comm.allReduce(dx, "sum", "tensor");
-    return dx;
+    // Column-parallel input grad: summed over ranks (copy_to backward).
+    const dx = await this.qkv.backward(sv.x, dqkv, true);
+    return dx.view([b, s, h]);
   }
 
   discard(ctx: MicroBatchContext): void {

@@ -1,13 +1,19 @@
 // Pieces shared by every transformer module: the per-micro-batch context, parameter creation with
-// layout-independent init, dropout addressing by global coordinates, and linear-layer helpers.
+// layout-independent init, dropout addressing by global coordinates.
 
 import type { Backend, RngAddress } from "../backend/backend.ts";
 import type { Communicator, ParallelState } from "../parallel/types.ts";
+import {
+  ColumnParallelLinear,
+  createParam,
+  type NormalInit,
+  RowParallelLinear,
+  type TPEnv,
+} from "../parallel/tensor_parallel.ts";
 import { fillNormal, Purpose, streamId } from "../rng/philox.ts";
-import { isHalf } from "../tensor/dtype.ts";
-import type { Param, TensorParallelInfo } from "../tensor/param.ts";
+import type { Param } from "../tensor/param.ts";
 import type { Tensor } from "../tensor/tensor.ts";
-import { gradDType, type ResolvedGPTConfig } from "./config.ts";
+import type { ResolvedGPTConfig } from "./config.ts";
 
 /** What one micro-batch carries through forward and backward. `saved` maps a module to the
  *  activations it kept for its backward; several contexts may be alive at once. */
@@ -90,74 +96,61 @@ export type InitSpec =
   | { kind: "normal"; std: number; stream: number }
   | { kind: "const"; value: number };
 
-/**
- * Host values (f64) of this rank's shard of a [rows, cols] (or [rows]) weight. Element (r, c) of the
- * full TP=1 weight uses Philox index r * cols + c, so a shard is exactly a slice of the full weight.
- */
-export function initShardValues(
-  seed: number,
-  fullShape: readonly number[],
-  tp: TensorParallelInfo | null,
-  tpRank: number,
-  tpSize: number,
-  init: InitSpec,
-): { shape: number[]; data: Float64Array } {
-  const rows = fullShape[0];
-  const cols = fullShape.length > 1 ? fullShape[1] : 1;
-  let r0 = 0, nr = rows, c0 = 0, nc = cols;
-  if (tp !== null && tp.partitionDim === 0) {
-    nr = rows / tpSize;
-    r0 = tpRank * nr;
-  } else if (tp !== null) {
-    nc = cols / tpSize;
-    c0 = tpRank * nc;
-  }
-  const shape = fullShape.length > 1 ? [nr, nc] : [nr];
-  const data = new Float64Array(nr * nc);
-  if (init.kind === "const") {
-    data.fill(init.value);
-  } else if (c0 === 0 && nc === cols) {
-    fillNormal(data, seed, init.stream, 0, init.std, r0 * cols);
-  } else {
-    for (let r = 0; r < nr; r++) {
-      fillNormal(data.subarray(r * nc, (r + 1) * nc), seed, init.stream, 0, init.std, (r0 + r) * cols + c0);
-    }
-  }
-  return { shape, data };
+/** The tensor-parallel classes' view of a module's surroundings (dtype = the model's). */
+export function tpEnv(env: ModuleEnv): TPEnv {
+  return { backend: env.backend, comm: env.comm, ps: env.ps, dtype: env.cfg.paramsDtype };
 }
 
-/** Create a Param: value in the model dtype, grad zeroed (f32, f64 for f64 models), f32 main for half. */
+/** Normal init of a TP-split weight from this module's seed. */
+export function normalInit(env: ModuleEnv, stream: number, std: number): NormalInit {
+  return { seed: env.cfg.seed, stream, std };
+}
+
+/** A block's input projection (QKV, h->4h): column-parallel, output left split over TP. */
+export function inputProjection(
+  env: ModuleEnv,
+  name: string,
+  inF: number,
+  outF: number,
+  init: { globalLayer: number; kind: number; skipBiasAdd: boolean },
+): ColumnParallelLinear {
+  const std = env.cfg.initMethodStd, stream = initStream(init.globalLayer, init.kind);
+  return new ColumnParallelLinear(tpEnv(env), name, inF, outF, normalInit(env, stream, std), {
+    gatherOutput: false,
+    skipBiasAdd: init.skipBiasAdd,
+  });
+}
+
+/** A block's output projection (attention dense, 4h->h): row-parallel on the split input, init std
+ *  scaled by 1/sqrt(2 numLayers); its bias is left to the layer's bias-dropout-add. */
+export function outputProjection(
+  env: ModuleEnv,
+  name: string,
+  inF: number,
+  outF: number,
+  init: { globalLayer: number; kind: number },
+): RowParallelLinear {
+  const std = env.cfg.initMethodStd / Math.sqrt(2 * env.cfg.numLayers);
+  const stream = initStream(init.globalLayer, init.kind);
+  return new RowParallelLinear(tpEnv(env), name, inF, outF, normalInit(env, stream, std), {
+    inputIsParallel: true,
+    skipBiasAdd: true,
+  });
+}
+
+/** A replicated (not TP-split) Param; the split ones come from src/parallel/tensor_parallel.ts. */
 export function makeParam(
   env: ModuleEnv,
   name: string,
-  fullShape: readonly number[],
-  tp: TensorParallelInfo | null,
+  shape: readonly number[],
   init: InitSpec,
-  opts: { noWeightDecay?: boolean; shared?: boolean } = {},
+  opts: { noWeightDecay?: boolean } = {},
 ): Param {
-  const { backend, cfg, ps } = env;
-  for (const [i, d] of fullShape.entries()) {
-    if (tp !== null && tp.partitionDim === i && d % ps.tpSize !== 0) {
-      throw new Error(
-        `${name}: dimension ${i} of size ${d} is not divisible by tensor-parallel size ${ps.tpSize}`,
-      );
-    }
-  }
-  const { shape, data } = initShardValues(cfg.seed, fullShape, tp, ps.tpRank, ps.tpSize, init);
-  const dtype = cfg.paramsDtype;
-  return {
-    name,
-    value: backend.fromHost(dtype, shape, data),
-    grad: backend.zeros(gradDType(dtype), shape),
-    main: isHalf(dtype) ? backend.fromHost("f32", shape, data) : null,
-    noWeightDecay: opts.noWeightDecay ?? false,
-    tensorParallel: tp,
-    shared: opts.shared ?? false,
-  };
+  const data = new Float64Array(shape.reduce((a, d) => a * d, 1));
+  if (init.kind === "const") data.fill(init.value);
+  else fillNormal(data, env.cfg.seed, init.stream, 0, init.std);
+  return createParam(tpEnv(env), name, [...shape], data, null, opts.noWeightDecay ?? false);
 }
-
-export const COLUMN: TensorParallelInfo = { partitionDim: 0, stride: 1 };
-export const ROW: TensorParallelInfo = { partitionDim: 1, stride: 1 };
 
 /** Dropout address for a hidden-state tensor [b, s, h] of the micro-batch (replicated over TP). */
 export function hiddenDropoutAddr(
@@ -196,45 +189,6 @@ export function attnDropoutAddr(
     rowStride: npTotal * s * s,
     rowLen: npLocal * s * s,
   };
-}
-
-/** y[rows, out] = x[rows, in] @ w[out, in]^T (+ bias broadcast over rows when given). */
-export function linearFwd(
-  backend: Backend,
-  x: Tensor,
-  w: Tensor,
-  bias: Tensor | null,
-  y: Tensor,
-): void {
-  const rows = x.size / w.shape[1];
-  const out = w.shape[0];
-  let beta = 0;
-  if (bias !== null) {
-    // Broadcast the bias with a rank-1 GEMM (ones[rows,1] @ bias[1,out]) so it shares the output rounding.
-    const ones = backend.empty(x.dtype, [rows, 1]);
-    backend.fill(ones, 1);
-    backend.gemm({ transA: false, transB: false, m: rows, n: out, k: 1, a: ones, b: bias, c: y });
-    backend.free(ones);
-    beta = 1;
-  }
-  backend.gemm({ transA: false, transB: true, m: rows, n: out, k: w.shape[1], a: x, b: w, c: y, beta });
-}
-
-/** dx[rows, in] = dy[rows, out] @ w[out, in]; dw[out, in] += dy^T @ x. */
-export function linearBwd(
-  backend: Backend,
-  dy: Tensor,
-  x: Tensor,
-  w: Tensor,
-  dw: Tensor,
-  dx: Tensor | null,
-): void {
-  const out = w.shape[0], inF = w.shape[1];
-  const rows = x.size / inF;
-  if (dx !== null) {
-    backend.gemm({ transA: false, transB: false, m: rows, n: inF, k: out, a: dy, b: w, c: dx });
-  }
-  backend.gemm({ transA: true, transB: false, m: out, n: inF, k: rows, a: dy, b: x, c: dw, beta: 1 });
 }
 
 /** Free every tensor in a list (skipping nulls). */

@@ -1,10 +1,10 @@
 // Word (vocab-parallel) + learned position embeddings, then embedding dropout (hidden_dropout).
 
+import { VocabParallelEmbedding } from "../parallel/tensor_parallel.ts";
 import { Purpose } from "../rng/philox.ts";
 import type { Param } from "../tensor/param.ts";
 import { assertDType, type Tensor } from "../tensor/tensor.ts";
 import {
-  COLUMN,
   freeAll,
   hiddenDropoutAddr,
   hiddenDropoutP,
@@ -12,8 +12,10 @@ import {
   makeParam,
   type MicroBatchContext,
   type ModuleEnv,
+  normalInit,
   ParamKind,
   takeSaved,
+  tpEnv,
 } from "./common.ts";
 
 interface EmbeddingSaved {
@@ -23,34 +25,34 @@ interface EmbeddingSaved {
   s: number;
 }
 
+/** The vocab-parallel word embedding of a GPT (also the last stage's tied copy: same init stream). */
+export function wordEmbedding(env: ModuleEnv, name: string): VocabParallelEmbedding {
+  const { cfg } = env;
+  const init = normalInit(env, initStream(-1, ParamKind.wordEmbeddings), cfg.initMethodStd);
+  return new VocabParallelEmbedding(tpEnv(env), name, cfg.vocabSize, cfg.hiddenSize, init);
+}
+
 export class Embedding {
-  readonly wordEmbeddings: Param;
+  readonly word: VocabParallelEmbedding;
   readonly positionEmbeddings: Param;
-  /** First vocabulary row held by this tensor-parallel rank. */
-  readonly vocabStart: number;
 
   constructor(readonly env: ModuleEnv, prefix = "language_model.embedding.") {
-    const { cfg, ps } = env;
-    const std = cfg.initMethodStd;
-    this.wordEmbeddings = makeParam(
-      env,
-      `${prefix}word_embeddings.weight`,
-      [cfg.vocabSize, cfg.hiddenSize],
-      COLUMN,
-      {
-        kind: "normal",
-        std,
-        stream: initStream(-1, ParamKind.wordEmbeddings),
-      },
-    );
+    const { cfg } = env;
+    this.word = wordEmbedding(env, `${prefix}word_embeddings`);
     this.positionEmbeddings = makeParam(
       env,
       `${prefix}position_embeddings.weight`,
       [cfg.maxPositionEmbeddings, cfg.hiddenSize],
-      null,
-      { kind: "normal", std, stream: initStream(-1, ParamKind.positionEmbeddings) },
+      { kind: "normal", std: cfg.initMethodStd, stream: initStream(-1, ParamKind.positionEmbeddings) },
     );
-    this.vocabStart = ps.tpRank * (cfg.vocabSize / ps.tpSize);
+  }
+
+  get wordEmbeddings(): Param {
+    return this.word.weight;
+  }
+  /** First vocabulary row held by this tensor-parallel rank. */
+  get vocabStart(): number {
+    return this.word.vocabStart;
   }
 
   params(): Param[] {
@@ -76,10 +78,8 @@ export class Embedding {
     for (let i = 0; i < b * s; i++) pos[i] = i % s;
     const positions = backend.fromHost("i32", [b * s], pos);
     const ids = tokens.view([b * s]);
-    const word = backend.empty(dt, [b * s, h]);
-    backend.embeddingFwd(ids, this.wordEmbeddings.value, word, this.vocabStart);
     // Vocab-parallel: each rank contributes its rows, zeros elsewhere (reduce_from forward).
-    await this.env.comm.allReduce(word, "sum", "tensor");
+    const word = await this.word.forward(ids);
     const posE = backend.empty(dt, [b * s, h]);
     backend.embeddingFwd(positions, this.positionEmbeddings.value, posE, 0);
     backend.add(word, posE, word);
@@ -102,7 +102,7 @@ export class Embedding {
       backend.dropout(d, p, this.addr(ctx, sv.s), tmp);
       d = tmp;
     }
-    backend.embeddingBwd(sv.tokens, d, this.wordEmbeddings.grad, this.vocabStart);
+    this.word.backward(sv.tokens, d);
     backend.embeddingBwd(sv.positions, d, this.positionEmbeddings.grad, 0);
     freeAll(backend, [tmp, sv.positions]);
     return Promise.resolve();

@@ -56,7 +56,7 @@ export class TransformerLayer {
     const mid = backend.empty(x.dtype, x.shape);
     backend.biasDropoutAdd(
       attnOut,
-      this.selfAttention.denseBias.value,
+      this.selfAttention.dense.bias!.value,
       x,
       hiddenDropoutP(cfg, ctx),
       this.addr(ctx, Purpose.attentionOutputDropout, s),
@@ -68,7 +68,7 @@ export class TransformerLayer {
     const y = backend.empty(x.dtype, x.shape);
     backend.biasDropoutAdd(
       mlpOut,
-      this.mlp.fourhhBias.value,
+      this.mlp.dense4hH.bias!.value,
       mid,
       hiddenDropoutP(cfg, ctx),
       this.addr(ctx, Purpose.mlpOutputDropout, s),
@@ -85,8 +85,8 @@ export class TransformerLayer {
     const sv = takeSaved<LayerSaved>(ctx, this, "TransformerLayer.backward");
     const p = hiddenDropoutP(cfg, ctx);
     // MLP branch: y = mid + dropout(mlpOut + bias)
+    // (the 4h->h bias grad is accumulated by the MLP's row-parallel backward; likewise attention's)
     const dMlp = dropoutBwd(backend, dy, p, this.addr(ctx, Purpose.mlpOutputDropout, sv.s));
-    backend.sumRows(dMlp, this.mlp.fourhhBias.grad, true);
     const dLn2 = await this.mlp.backward(dMlp, ctx);
     if (dMlp !== dy) backend.free(dMlp);
     const dMidLn = this.postAttentionLayernorm.backward(dLn2, ctx);
@@ -97,7 +97,6 @@ export class TransformerLayer {
     backend.free(sv.mid);
     // Attention branch: mid = x + dropout(attnOut + bias)
     const dAttn = dropoutBwd(backend, dMid, p, this.addr(ctx, Purpose.attentionOutputDropout, sv.s));
-    backend.sumRows(dAttn, this.selfAttention.denseBias.grad, true);
     const dLn1 = await this.selfAttention.backward(dAttn, ctx);
     if (dAttn !== dMid) backend.free(dAttn);
     const dx = this.inputLayernorm.backward(dLn1, ctx);

@@ -18,12 +18,9 @@ export class LayerNorm {
   /** `prefix` ends with "." (e.g. "language_model.encoder.final_layernorm."). */
   constructor(readonly env: ModuleEnv, prefix: string) {
     const h = env.cfg.hiddenSize;
-    this.weight = makeParam(env, `${prefix}weight`, [h], null, { kind: "const", value: 1 }, {
-      noWeightDecay: true,
-    });
-    this.bias = makeParam(env, `${prefix}bias`, [h], null, { kind: "const", value: 0 }, {
-      noWeightDecay: true,
-    });
+    const opts = { noWeightDecay: true };
+    this.weight = makeParam(env, `${prefix}weight`, [h], { kind: "const", value: 1 }, opts);
+    this.bias = makeParam(env, `${prefix}bias`, [h], { kind: "const", value: 0 }, opts);
   }
 
   params(): Param[] {

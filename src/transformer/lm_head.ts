@@ -1,10 +1,19 @@
 // Last-stage head: final LayerNorm, logits against the tied (vocab-parallel) word embedding, and
 // vocab-parallel cross-entropy; loss = sum(CE * mask) / sum(mask).
 
+import {
+  copyToTensorParallelRegion,
+  linear,
+  linearGrad,
+  type TPEnv,
+  type VocabParallelCESaved,
+  vocabParallelCrossEntropy,
+  vocabParallelCrossEntropyBackward,
+} from "../parallel/tensor_parallel.ts";
 import type { Param } from "../tensor/param.ts";
 import { assertDType, shapeStr, type Tensor } from "../tensor/tensor.ts";
 import { gradDType } from "./config.ts";
-import { freeAll, type MicroBatchContext, type ModuleEnv, takeSaved } from "./common.ts";
+import { freeAll, type MicroBatchContext, type ModuleEnv, takeSaved, tpEnv } from "./common.ts";
 import { LayerNorm } from "./layer_norm.ts";
 
 export interface LossOutput {
@@ -19,16 +28,14 @@ export interface LossOutput {
 interface HeadSaved {
   hShape: readonly number[];
   lnOut: Tensor;
-  logits: Tensor; // [T, V_local]
-  labels: Tensor; // [T] i32 (caller's)
-  globalMax: Tensor;
-  sumExp: Tensor;
+  ce: VocabParallelCESaved; // logits [T, V_local] (owned), labels [T] i32 (caller's)
   mask: Float64Array;
   maskSum: number;
 }
 
 export class LossHead {
   readonly finalLayernorm: LayerNorm;
+  private readonly tp: TPEnv;
 
   /** `wordEmbedding`: the tied embedding shard [V/tp, h] (on a last stage that is not first, its copy). */
   constructor(
@@ -38,6 +45,7 @@ export class LossHead {
     prefix = "language_model.encoder.final_layernorm.",
   ) {
     this.finalLayernorm = new LayerNorm(env, prefix);
+    this.tp = tpEnv(env);
   }
 
   params(): Param[] {
@@ -51,7 +59,7 @@ export class LossHead {
     lossMask: Tensor,
     ctx: MicroBatchContext,
   ): Promise<LossOutput> {
-    const { backend, cfg, comm } = this.env;
+    const { backend, cfg } = this.env;
     const [b, s] = hidden.shape;
     const T = b * s;
     assertDType("LossHead.forward", labels, "i32", "labels");
@@ -63,35 +71,16 @@ export class LossHead {
           `${T} elements to match hidden ${shapeStr(hidden.shape)}`,
       );
     }
-    const sd = gradDType(cfg.paramsDtype);
     const h = cfg.hiddenSize;
     const lnOut = this.finalLayernorm.forward(hidden, ctx);
-    const vl = this.wordEmbedding.value.shape[0];
-    const logits = backend.empty(cfg.paramsDtype, [T, vl]);
-    backend.gemm({
-      transA: false,
-      transB: true,
-      m: T,
-      n: vl,
-      k: h,
-      a: lnOut.view([T, h]),
-      b: this.wordEmbedding.value,
-      c: logits,
-    });
-    const tgt = labels.view([T]);
-    const globalMax = backend.empty(sd, [T]);
-    const targetLogit = backend.empty(sd, [T]);
-    backend.ceStats(logits, tgt, this.vocabStart, globalMax, targetLogit);
-    await comm.allReduce(globalMax, "max", "tensor");
-    await comm.allReduce(targetLogit, "sum", "tensor");
-    const sumExp = backend.empty(sd, [T]);
-    backend.ceSumExp(logits, globalMax, sumExp);
-    await comm.allReduce(sumExp, "sum", "tensor");
-    const perToken = backend.empty(sd, [T]);
-    backend.ceLoss(globalMax, sumExp, targetLogit, perToken);
-    const lossHost = backend.toF64(perToken);
+    // Megatron's parallel_lm_logits: the input is copied to the TP region, logits stay vocab-split.
+    const x = copyToTensorParallelRegion.forward(this.tp, lnOut.view([T, h]));
+    const logits = backend.empty(cfg.paramsDtype, [T, this.wordEmbedding.value.shape[0]]);
+    linear(backend, x, this.wordEmbedding.value, null, logits);
+    const ce = await vocabParallelCrossEntropy(this.tp, logits, labels.view([T]), this.vocabStart);
+    const lossHost = backend.toF64(ce.loss);
     const mask = backend.toF64(lossMask);
-    freeAll(backend, [perToken, targetLogit]);
+    backend.free(ce.loss);
     let lossSum = 0, maskSum = 0;
     for (let i = 0; i < T; i++) {
       lossSum += lossHost[i] * mask[i];
@@ -102,10 +91,7 @@ export class LossHead {
       {
         hShape: hidden.shape,
         lnOut,
-        logits,
-        labels: tgt,
-        globalMax,
-        sumExp,
+        ce: ce.saved,
         mask,
         maskSum,
       } satisfies HeadSaved,
@@ -116,42 +102,20 @@ export class LossHead {
 
   /** Starts backward with dloss[i] = mask[i] / sum(mask) * factor; returns d hidden (caller owns). */
   async backward(ctx: MicroBatchContext, factor: number): Promise<Tensor> {
-    const { backend, cfg, comm } = this.env;
+    const { backend, cfg } = this.env;
     const sv = takeSaved<HeadSaved>(ctx, this, "LossHead.backward");
     const T = sv.mask.length, h = cfg.hiddenSize, dt = cfg.paramsDtype;
-    const sd = gradDType(dt);
     const dl = new Float64Array(T);
     if (sv.maskSum > 0) { for (let i = 0; i < T; i++) dl[i] = (sv.mask[i] / sv.maskSum) * factor; }
-    const dloss = backend.fromHost(sd, [T], dl);
-    const dlogits = backend.empty(dt, sv.logits.shape);
-    backend.ceBwd(sv.logits, sv.labels, this.vocabStart, sv.globalMax, sv.sumExp, dloss, dlogits);
-    freeAll(backend, [dloss, sv.logits, sv.globalMax, sv.sumExp]);
-    const vl = this.wordEmbedding.value.shape[0];
+    const dloss = backend.fromHost(gradDType(dt), [T], dl);
+    const dlogits = vocabParallelCrossEntropyBackward(this.tp, sv.ce, dloss);
+    freeAll(backend, [dloss, sv.ce.logits]);
     const dLn = backend.empty(dt, [T, h]);
-    backend.gemm({
-      transA: false,
-      transB: false,
-      m: T,
-      n: h,
-      k: vl,
-      a: dlogits,
-      b: this.wordEmbedding.value,
-      c: dLn,
-    });
-    backend.gemm({
-      transA: true,
-      transB: false,
-      m: vl,
-      n: h,
-      k: T,
-      a: dlogits,
-      b: sv.lnOut.view([T, h]),
-      c: this.wordEmbedding.grad,
-      beta: 1,
-    });
+    const w = this.wordEmbedding;
+    linearGrad(backend, dlogits, sv.lnOut.view([T, h]), w.value, w.grad, dLn);
     backend.free(dlogits);
-    // The logits GEMM input is copied to the TP region: its grad is summed over ranks.
-    await comm.allReduce(dLn, "sum", "tensor");
+    // The logits GEMM input was copied to the TP region: its grad is summed over ranks.
+    await copyToTensorParallelRegion.backward(this.tp, dLn);
     const dx = this.finalLayernorm.backward(dLn, ctx);
     freeAll(backend, [dLn, sv.lnOut]);
     return dx.view(sv.hShape);
@@ -159,7 +123,7 @@ export class LossHead {
 
   discard(ctx: MicroBatchContext): void {
     const sv = ctx.saved.get(this) as HeadSaved | undefined;
-    if (sv) freeAll(this.env.backend, [sv.lnOut, sv.logits, sv.globalMax, sv.sumExp]);
+    if (sv) freeAll(this.env.backend, [sv.lnOut, sv.ce.logits, sv.ce.globalMax, sv.ce.sumExp]);
     ctx.saved.delete(this);
     this.finalLayernorm.discard(ctx);
   }

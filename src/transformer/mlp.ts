@@ -1,19 +1,16 @@
 // MLP: h -> ffn (column-parallel) with fused bias + tanh-GeLU, ffn -> h (row-parallel, all-reduce in
 // forward; its bias is returned unadded for the layer's bias-dropout-add).
 
+import type { ColumnParallelLinear, RowParallelLinear } from "../parallel/tensor_parallel.ts";
 import type { Param } from "../tensor/param.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 import {
-  COLUMN,
   freeAll,
-  initStream,
-  linearBwd,
-  linearFwd,
-  makeParam,
+  inputProjection,
   type MicroBatchContext,
   type ModuleEnv,
+  outputProjection,
   ParamKind,
-  ROW,
   takeSaved,
 } from "./common.ts";
 
@@ -24,71 +21,55 @@ interface MlpSaved {
 }
 
 export class ParallelMLP {
+  /** h -> ffn; its bias is added inside the fused bias-GeLU. */
+  readonly denseH4h: ColumnParallelLinear;
+  /** ffn -> h; its bias is left to the layer's bias-dropout-add. */
+  readonly dense4hH: RowParallelLinear;
   readonly h4hWeight: Param;
   readonly h4hBias: Param;
   readonly fourhhWeight: Param;
-  readonly fourhhBias: Param;
 
   /** `prefix` ends with "mlp.". */
   constructor(readonly env: ModuleEnv, readonly globalLayer: number, prefix: string) {
-    const { cfg } = env;
-    const h = cfg.hiddenSize, f = cfg.ffnHiddenSize;
-    this.h4hWeight = makeParam(env, `${prefix}dense_h_to_4h.weight`, [f, h], COLUMN, {
-      kind: "normal",
-      std: cfg.initMethodStd,
-      stream: initStream(globalLayer, ParamKind.h4h),
+    const h = env.cfg.hiddenSize, f = env.cfg.ffnHiddenSize;
+    const h4h = { globalLayer, kind: ParamKind.h4h, skipBiasAdd: true };
+    this.denseH4h = inputProjection(env, `${prefix}dense_h_to_4h`, h, f, h4h);
+    this.dense4hH = outputProjection(env, `${prefix}dense_4h_to_h`, f, h, {
+      globalLayer,
+      kind: ParamKind.fourhh,
     });
-    this.h4hBias = makeParam(env, `${prefix}dense_h_to_4h.bias`, [f], COLUMN, { kind: "const", value: 0 }, {
-      noWeightDecay: true,
-    });
-    this.fourhhWeight = makeParam(env, `${prefix}dense_4h_to_h.weight`, [h, f], ROW, {
-      kind: "normal",
-      std: cfg.initMethodStd / Math.sqrt(2 * cfg.numLayers),
-      stream: initStream(globalLayer, ParamKind.fourhh),
-    });
-    this.fourhhBias = makeParam(env, `${prefix}dense_4h_to_h.bias`, [h], null, { kind: "const", value: 0 }, {
-      noWeightDecay: true,
-    });
+    this.h4hWeight = this.denseH4h.weight;
+    this.h4hBias = this.denseH4h.bias!;
+    this.fourhhWeight = this.dense4hH.weight;
   }
 
   params(): Param[] {
-    return [this.h4hWeight, this.h4hBias, this.fourhhWeight, this.fourhhBias];
+    return [...this.denseH4h.params(), ...this.dense4hH.params()];
   }
 
   /** x [b, s, h] -> output [b, s, h] without the 4h->h bias (caller owns it). */
   async forward(x: Tensor, ctx: MicroBatchContext): Promise<Tensor> {
-    const { backend, cfg, comm } = this.env;
-    const h = cfg.hiddenSize, fl = this.h4hWeight.value.shape[0], dt = cfg.paramsDtype;
-    const T = x.size / h;
-    const x2 = x.view([T, h]);
-    const pre = backend.empty(dt, [T, fl]);
-    linearFwd(backend, x2, this.h4hWeight.value, null, pre);
-    const act = backend.empty(dt, [T, fl]);
+    const { backend, cfg } = this.env;
+    const h = cfg.hiddenSize;
+    const x2 = x.view([x.size / h, h]);
+    const pre = await this.denseH4h.forward(x2);
+    const act = backend.empty(cfg.paramsDtype, pre.shape);
     backend.biasGeluFwd(pre, this.h4hBias.value, act);
-    const out = backend.empty(dt, x.shape);
-    linearFwd(backend, act, this.fourhhWeight.value, null, out.view([T, h]));
-    await comm.allReduce(out, "sum", "tensor");
+    const out = await this.dense4hH.forward(act);
     ctx.saved.set(this, { x: x2, pre, act } satisfies MlpSaved);
-    return out;
+    return out.view(x.shape);
   }
 
-  /** dOut [b, s, h] -> dx [b, s, h] (caller owns it); the 4h->h bias grad is the layer's job. */
+  /** dOut [b, s, h] -> dx [b, s, h] (caller owns it); accumulates every grad of this module. */
   async backward(dOut: Tensor, ctx: MicroBatchContext): Promise<Tensor> {
-    const { backend, cfg, comm } = this.env;
+    const { backend, cfg } = this.env;
     const sv = takeSaved<MlpSaved>(ctx, this, "ParallelMLP.backward");
-    const h = cfg.hiddenSize, dt = cfg.paramsDtype;
-    const T = sv.x.shape[0], fl = sv.pre.shape[1];
-    const dAct = backend.empty(dt, [T, fl]);
-    linearBwd(backend, dOut.view([T, h]), sv.act, this.fourhhWeight.value, this.fourhhWeight.grad, dAct);
-    const dPre = backend.empty(dt, [T, fl]);
+    const dAct = await this.dense4hH.backward(sv.act, dOut.view([sv.x.shape[0], cfg.hiddenSize]));
+    const dPre = backend.empty(cfg.paramsDtype, sv.pre.shape);
     backend.biasGeluBwd(dAct, sv.pre, this.h4hBias.value, dPre);
-    backend.sumRows(dPre, this.h4hBias.grad, true);
     freeAll(backend, [dAct, sv.pre, sv.act]);
-    const dx = backend.empty(dt, dOut.shape);
-    linearBwd(backend, dPre, sv.x, this.h4hWeight.value, this.h4hWeight.grad, dx.view([T, h]));
-    backend.free(dPre);
-    await comm.allReduce(dx, "sum", "tensor");
-    return dx;
+    const dx = await this.denseH4h.backward(sv.x, dPre, true);
+    return dx.view(dOut.shape);
   }
 
   discard(ctx: MicroBatchContext): void {
