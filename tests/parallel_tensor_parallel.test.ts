@@ -1,5 +1,5 @@
 // Tensor-parallel building blocks (src/parallel/tensor_parallel.ts) against their definitions, and
-// the transformer's inlined TP code against them: init equals concatenated shards, the mappings'
+// the transformer (built from those classes) against them: init equals concatenated shards, the mappings'
 // all-reduce of rank ids (6 / 22 with 8 ranks and TP=4), the vocab-parallel cross-entropy vector,
 // f64 gradient checks across TP=2, and the number of all-reduces per layer (2 forward, 2 backward).
 
