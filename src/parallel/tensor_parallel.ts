@@ -463,14 +463,16 @@ export async function vocabParallelCrossEntropy(
   return { loss, saved: { logits, targets, vocabStart, globalMax, sumExp } };
 }
 
-/** dlogits (this rank's shard; caller owns) = dloss * (softmax - onehot). No communication. */
+/** dlogits (this rank's shard) = dloss * (softmax - onehot). No communication. Written in place over
+ *  the saved logits (ceBwd reads each element before writing it), so the caller owns the returned
+ *  tensor and must not free saved.logits separately: one [tokens, vocab] buffer fewer per step. */
 export function vocabParallelCrossEntropyBackward(
   env: TPEnv,
   saved: VocabParallelCESaved,
   dloss: Tensor,
 ): Tensor {
   const be = env.backend;
-  const d = be.empty(saved.logits.dtype, saved.logits.shape);
+  const d = saved.logits;
   be.ceBwd(saved.logits, saved.targets, saved.vocabStart, saved.globalMax, saved.sumExp, dloss, d);
   be.free(saved.globalMax);
   be.free(saved.sumExp);

@@ -109,7 +109,7 @@ export class LossHead {
     if (sv.maskSum > 0) { for (let i = 0; i < T; i++) dl[i] = (sv.mask[i] / sv.maskSum) * factor; }
     const dloss = backend.fromHost(gradDType(dt), [T], dl);
     const dlogits = vocabParallelCrossEntropyBackward(this.tp, sv.ce, dloss);
-    freeAll(backend, [dloss, sv.ce.logits]);
+    backend.free(dloss); // dlogits reuses sv.ce.logits' storage
     const dLn = backend.empty(dt, [T, h]);
     const w = this.wordEmbedding;
     linearGrad(backend, dlogits, sv.lnOut.view([T, h]), w.value, w.grad, dLn);
