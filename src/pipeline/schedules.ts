@@ -145,7 +145,7 @@ export interface PipelinePeers {
 }
 
 /** Run stage `s.r`'s op list. Returns the largest number of micro-batches in flight at once. */
-export async function runSchedule(
+export function runSchedule(
   s: ScheduleShape,
   stage: StageRunner,
   comm: Communicator,
