@@ -100,6 +100,31 @@ function requireSame(op: string, a: Tensor, b: Tensor, what: string): void {
   if (a.dtype !== b.dtype) throw new Error(`cuda ${op}: ${what} dtypes differ (${a.dtype} vs ${b.dtype})`);
 }
 
+/** Every tensor in `ts` shares x's dtype (message names the pair as "x/<name>"). */
+function requireSameAsX(op: string, x: Tensor, ts: readonly (readonly [Tensor, string])[]): void {
+  for (const [t, w] of ts) requireSame(op, x, t, `x/${w}`);
+}
+
+/** Rows of x seen as [rows, h]; h must be non-zero and divide x's size. */
+function rowsOf(op: string, x: Tensor, h: number): number {
+  if (h === 0 || x.size % h !== 0) {
+    throw new Error(`cuda ${op}: x has ${x.size} elements, not rows x ${h}`);
+  }
+  return x.size / h;
+}
+
+function requireDropProb(op: string, p: number): void {
+  if (!(p >= 0 && p < 1)) throw new Error(`cuda ${op}: p must be in [0, 1), got ${p}`);
+}
+
+/** A [vocab, h] embedding table (or its gradient); returns [vocab, h]. */
+function requireTable(op: string, t: Tensor, what: string): readonly number[] {
+  if (t.rank !== 2) {
+    throw new Error(`cuda ${op}: ${what} must be [vocab, h], got ${shapeStr(t.shape)}`);
+  }
+  return t.shape;
+}
+
 function requireIndex(op: string, t: Tensor, what: string): "i32" | "i64" {
   if (t.dtype !== "i32" && t.dtype !== "i64") {
     throw new Error(`cuda ${op}: ${what} has dtype ${t.dtype}, expected i32 or i64`);
@@ -527,14 +552,9 @@ export class CudaBackend implements Backend {
     rstd: Tensor,
   ): void {
     requireFloat("layerNormFwd", x, "x");
-    for (const [t, w] of [[gamma, "gamma"], [beta, "beta"], [y, "y"]] as const) {
-      requireSame("layerNormFwd", x, t, `x/${w}`);
-    }
+    requireSameAsX("layerNormFwd", x, [[gamma, "gamma"], [beta, "beta"], [y, "y"]]);
     const h = gamma.size;
-    if (h === 0 || x.size % h !== 0) {
-      throw new Error(`cuda layerNormFwd: x has ${x.size} elements, not rows x ${h}`);
-    }
-    const rows = x.size / h;
+    const rows = rowsOf("layerNormFwd", x, h);
     requireSize("layerNormFwd", beta, h, "beta");
     requireSize("layerNormFwd", y, x.size, "y");
     requireDType("layerNormFwd", mean, "f32", "mean");
@@ -565,14 +585,9 @@ export class CudaBackend implements Backend {
     accumulate: boolean,
   ): void {
     requireFloat("layerNormBwd", x, "x");
-    for (const [t, w] of [[dy, "dy"], [gamma, "gamma"], [dx, "dx"]] as const) {
-      requireSame("layerNormBwd", x, t, `x/${w}`);
-    }
+    requireSameAsX("layerNormBwd", x, [[dy, "dy"], [gamma, "gamma"], [dx, "dx"]]);
     const h = gamma.size;
-    if (h === 0 || x.size % h !== 0) {
-      throw new Error(`cuda layerNormBwd: x has ${x.size} elements, not rows x ${h}`);
-    }
-    const rows = x.size / h;
+    const rows = rowsOf("layerNormBwd", x, h);
     requireSize("layerNormBwd", dy, x.size, "dy");
     requireSize("layerNormBwd", dx, x.size, "dx");
     for (
@@ -626,12 +641,9 @@ export class CudaBackend implements Backend {
 
   biasGeluFwd(x: Tensor, bias: Tensor, y: Tensor): void {
     requireFloat("biasGeluFwd", x, "x");
-    requireSame("biasGeluFwd", x, bias, "x/bias");
-    requireSame("biasGeluFwd", x, y, "x/y");
+    requireSameAsX("biasGeluFwd", x, [[bias, "bias"], [y, "y"]]);
     const f = bias.size;
-    if (f === 0 || x.size % f !== 0) {
-      throw new Error(`cuda biasGeluFwd: x has ${x.size} elements, not rows x ${f}`);
-    }
+    rowsOf("biasGeluFwd", x, f);
     requireSize("biasGeluFwd", y, x.size, "y");
     this.launch1d(`md_bias_gelu_fwd_${x.dtype}`, x.size, [
       this.ptr(x),
@@ -644,13 +656,9 @@ export class CudaBackend implements Backend {
 
   biasGeluBwd(dy: Tensor, x: Tensor, bias: Tensor, dx: Tensor): void {
     requireFloat("biasGeluBwd", x, "x");
-    for (const [t, w] of [[dy, "dy"], [bias, "bias"], [dx, "dx"]] as const) {
-      requireSame("biasGeluBwd", x, t, `x/${w}`);
-    }
+    requireSameAsX("biasGeluBwd", x, [[dy, "dy"], [bias, "bias"], [dx, "dx"]]);
     const f = bias.size;
-    if (f === 0 || x.size % f !== 0) {
-      throw new Error(`cuda biasGeluBwd: x has ${x.size} elements, not rows x ${f}`);
-    }
+    rowsOf("biasGeluBwd", x, f);
     requireSize("biasGeluBwd", dy, x.size, "dy");
     requireSize("biasGeluBwd", dx, x.size, "dx");
     this.launch1d(`md_bias_gelu_bwd_${x.dtype}`, x.size, [
@@ -734,7 +742,7 @@ export class CudaBackend implements Backend {
     requireFloat("dropout", x, "x");
     requireSame("dropout", x, y, "x/y");
     requireSize("dropout", y, x.size, "y");
-    if (!(p >= 0 && p < 1)) throw new Error(`cuda dropout: p must be in [0, 1), got ${p}`);
+    requireDropProb("dropout", p);
     if (p === 0) return this.copy(x, y);
     const rng = this.rngArgs("dropout", x.size, addr);
     this.launch1d(`md_dropout_${x.dtype}`, x.size, [
@@ -760,14 +768,12 @@ export class CudaBackend implements Backend {
     requireSame("biasDropoutAdd", residual, out, "residual/out");
     requireSize("biasDropoutAdd", residual, x.size, "residual");
     requireSize("biasDropoutAdd", out, x.size, "out");
-    if (!(p >= 0 && p < 1)) throw new Error(`cuda biasDropoutAdd: p must be in [0, 1), got ${p}`);
+    requireDropProb("biasDropoutAdd", p);
     let h = x.shape[x.rank - 1] ?? 1;
     if (bias) {
       requireSame("biasDropoutAdd", x, bias, "x/bias");
       h = bias.size;
-      if (h === 0 || x.size % h !== 0) {
-        throw new Error(`cuda biasDropoutAdd: x has ${x.size} elements, not rows x ${h}`);
-      }
+      rowsOf("biasDropoutAdd", x, h);
     }
     const rng = p > 0 ? this.rngArgs("biasDropoutAdd", x.size, addr) : [0, 0, 0, 0n, 0n, 1n];
     this.launch1d(`md_bias_dropout_add_${x.dtype}_${out.dtype}`, x.size, [
@@ -787,10 +793,7 @@ export class CudaBackend implements Backend {
     const it = requireIndex("embeddingFwd", ids, "ids");
     requireFloat("embeddingFwd", table, "table");
     requireSame("embeddingFwd", table, out, "table/out");
-    if (table.rank !== 2) {
-      throw new Error(`cuda embeddingFwd: table must be [vocab, h], got ${shapeStr(table.shape)}`);
-    }
-    const [vocab, h] = table.shape;
+    const [vocab, h] = requireTable("embeddingFwd", table, "table");
     requireSize("embeddingFwd", out, ids.size * h, "out");
     this.launch1d(`md_embedding_fwd_${it}_${table.dtype}`, ids.size * h, [
       this.ptr(ids),
@@ -807,10 +810,7 @@ export class CudaBackend implements Backend {
     const it = requireIndex("embeddingBwd", ids, "ids");
     requireFloat("embeddingBwd", dout, "dout");
     requireDType("embeddingBwd", dtable, "f32", "dtable");
-    if (dtable.rank !== 2) {
-      throw new Error(`cuda embeddingBwd: dtable must be [vocab, h], got ${shapeStr(dtable.shape)}`);
-    }
-    const [vocab, h] = dtable.shape;
+    const [vocab, h] = requireTable("embeddingBwd", dtable, "dtable");
     requireSize("embeddingBwd", dout, ids.size * h, "dout");
     this.launch1d(`md_embedding_bwd_${it}_${dout.dtype}`, ids.size * h, [
       this.ptr(ids),
