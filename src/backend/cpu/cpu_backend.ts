@@ -972,14 +972,18 @@ export class CpuBackend implements Backend {
     if (t.size !== rows) throw new Error(`${op}: ${what} ${shapeStr(t.shape)} must have ${rows} elements`);
   }
 
-  ceStats(logits: Tensor, targets: Tensor, vocabStart: number, rowMax: Tensor, targetLogit: Tensor): void {
-    const op = "ceStats";
-    const [rows, V] = this.ceRows(op, logits);
+  private targetsVec(op: string, targets: Tensor, rows: number): void {
     if (targets.size !== rows) {
       throw new Error(
         `${op}: targets ${shapeStr(targets.shape)} must have ${rows} elements (rows of logits)`,
       );
     }
+  }
+
+  ceStats(logits: Tensor, targets: Tensor, vocabStart: number, rowMax: Tensor, targetLogit: Tensor): void {
+    const op = "ceStats";
+    const [rows, V] = this.ceRows(op, logits);
+    this.targetsVec(op, targets, rows);
     this.statVec(op, rowMax, rows, "rowMax");
     this.statVec(op, targetLogit, rows, "targetLogit");
     const L = readF(op, logits, "logits"), Tg = readInt(op, targets, "targets");
@@ -1040,11 +1044,7 @@ export class CpuBackend implements Backend {
   ): void {
     const op = "ceBwd";
     const [rows, V] = this.ceRows(op, logits);
-    if (targets.size !== rows) {
-      throw new Error(
-        `${op}: targets ${shapeStr(targets.shape)} must have ${rows} elements (rows of logits)`,
-      );
-    }
+    this.targetsVec(op, targets, rows);
     this.statVec(op, globalMax, rows, "globalMax");
     this.statVec(op, sumExp, rows, "sumExp");
     this.statVec(op, dloss, rows, "dloss");
