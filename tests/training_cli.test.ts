@@ -3,6 +3,7 @@
 // one line and exit code 1, and the output is usable by scripts.
 
 import assert from "node:assert/strict";
+import { preprocessTinyCorpus } from "./helpers/tiny_corpus.ts";
 
 const SCRIPT = new URL("../tasks/pretrain_gpt.ts", import.meta.url).pathname;
 const dec = new TextDecoder();
@@ -198,25 +199,12 @@ const DIR = Deno.makeTempDirSync({ prefix: "mdeno_cli_" });
 // Remove the scratch directory when the test module ends.
 globalThis.addEventListener("unload", () => Deno.removeSync(DIR, { recursive: true }));
 
-async function tinyData(): Promise<string> {
-  const lines = Array.from(
+function tinyData(): Promise<string> {
+  const docs = Array.from(
     { length: 60 },
-    (_, d) => JSON.stringify({ text: Array.from({ length: 40 + d }, (_, i) => (i * 7 + d) % 30).join(" ") }),
+    (_, d) => Array.from({ length: 40 + d }, (_, i) => (i * 7 + d) % 30).join(" "),
   );
-  Deno.writeTextFileSync(`${DIR}/c.jsonl`, lines.join("\n") + "\n");
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      new URL("../tasks/preprocess_data.ts", import.meta.url).pathname,
-      ...["--input", `${DIR}/c.jsonl`, "--output-prefix", `${DIR}/c`, "--append-eod"],
-      ...["--tokenizer-type", "NullTokenizer", "--vocab-size", "30"],
-    ],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  assert.equal(out.code, 0, dec.decode(out.stderr));
-  return `${DIR}/c_text_document`;
+  return preprocessTinyCorpus(DIR, docs, 30);
 }
 const DATA = tinyData();
 

@@ -6,6 +6,7 @@
 
 import assert from "node:assert/strict";
 import { loadCheckpoint, readTracker } from "../src/training/checkpoint.ts";
+import { preprocessTinyCorpus } from "./helpers/tiny_corpus.ts";
 
 const SCRIPT = new URL("../tasks/pretrain_gpt.ts", import.meta.url).pathname;
 const dec = new TextDecoder();
@@ -13,26 +14,12 @@ const DIR = Deno.makeTempDirSync({ prefix: "mdeno_sig_" });
 // Remove the scratch directory when the test module ends.
 globalThis.addEventListener("unload", () => Deno.removeSync(DIR, { recursive: true }));
 
-async function tinyData(): Promise<string> {
-  const lines = Array.from(
+function tinyData(): Promise<string> {
+  const docs = Array.from(
     { length: 80 },
-    (_, d) =>
-      JSON.stringify({ text: Array.from({ length: 60 + d }, (_, i) => (i * 11 + d * 3) % 50).join(" ") }),
+    (_, d) => Array.from({ length: 60 + d }, (_, i) => (i * 11 + d * 3) % 50).join(" "),
   );
-  Deno.writeTextFileSync(`${DIR}/c.jsonl`, lines.join("\n") + "\n");
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      new URL("../tasks/preprocess_data.ts", import.meta.url).pathname,
-      ...["--input", `${DIR}/c.jsonl`, "--output-prefix", `${DIR}/c`, "--append-eod"],
-      ...["--tokenizer-type", "NullTokenizer", "--vocab-size", "50"],
-    ],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  assert.equal(out.code, 0, dec.decode(out.stderr));
-  return `${DIR}/c_text_document`;
+  return preprocessTinyCorpus(DIR, docs, 50);
 }
 const DATA = tinyData();
 

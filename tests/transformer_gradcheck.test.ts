@@ -2,7 +2,6 @@
 
 import assert from "node:assert/strict";
 import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
-import { makeParallelState, SingleRankCommunicator } from "../src/parallel/types.ts";
 import type { Param } from "../src/tensor/param.ts";
 import type { Tensor } from "../src/tensor/tensor.ts";
 import {
@@ -18,6 +17,7 @@ import {
   resolveConfig,
   TransformerLayer,
 } from "../src/transformer/mod.ts";
+import { dotF64, lcgNoise, singleRankEnv } from "./helpers/fd_check.ts";
 
 const backend = createCpuBackend({ log: () => {} });
 
@@ -37,23 +37,12 @@ function env(over: Partial<Parameters<typeof resolveConfig>[0]> = {}): ModuleEnv
     seed: 1234,
     ...over,
   });
-  return {
-    cfg,
-    backend,
-    ps: makeParallelState({ tp: 1, pp: 1, dp: 1 }, 0),
-    comm: new SingleRankCommunicator(),
-  };
+  return singleRankEnv(cfg, backend);
 }
 
 /** Deterministic values in [-1, 1). */
 function noise(n: number, salt: number): Float64Array {
-  const out = new Float64Array(n);
-  let x = (salt * 7919 + 17) >>> 0;
-  for (let i = 0; i < n; i++) {
-    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
-    out[i] = x / 2 ** 31 - 1;
-  }
-  return out;
+  return lcgNoise(n, salt * 7919 + 17);
 }
 
 /** Give zero/one-initialized params (biases, LayerNorm) generic values so their paths are exercised. */
@@ -69,10 +58,7 @@ function perturbParams(ps: Param[]): void {
 const ctxOf = (): MicroBatchContext => newMicroBatchContext({ iteration: 7, firstGlobalSample: 3 });
 
 function dot(t: Tensor, r: Float64Array): number {
-  const v = backend.toF64(t);
-  let s = 0;
-  for (let i = 0; i < v.length; i++) s += v[i] * r[i];
-  return s;
+  return dotF64(backend, t, r);
 }
 
 interface Mod {
