@@ -6,12 +6,12 @@
 import type { Backend } from "../backend/backend.ts";
 import { padVocabSize } from "../models/mod.ts";
 import type { GPTConfig } from "../models/mod.ts";
-import { createGradScaler, type GradScaler } from "../optimizer/grad_scaler.ts";
+import { createGradScaler } from "../optimizer/grad_scaler.ts";
 import { createLrScheduler } from "../optimizer/lr_schedule.ts";
 import { buildNumMicroBatchesCalculator, computeTrainIters } from "../optimizer/microbatches.ts";
 import { LocalWorld } from "../parallel/local_comm.ts";
 import { type Communicator, makeParallelState, SingleRankCommunicator } from "../parallel/types.ts";
-import { buildTokenizer, type Tokenizer } from "../tokenizer/mod.ts";
+import { buildTokenizer } from "../tokenizer/mod.ts";
 import {
   assertArchitectureArgs,
   type CheckpointMeta,
@@ -126,9 +126,7 @@ interface Run {
   cfg: Config;
   env: TrainEnv;
   ranks: RankState[];
-  scalers: (GradScaler | null)[];
   world: LocalWorld | null;
-  tokenizer: Tokenizer;
   paddedVocab: number;
   data: GptData;
   eodMask: number | null;
@@ -391,14 +389,11 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
     ? new LocalWorld(env.backend, { tp, pp, dp, vp }, { timeoutMs: cfg.distributedTimeoutMinutes * 60_000 })
     : null;
   const ranks: RankState[] = [];
-  const scalers: (GradScaler | null)[] = [];
   for (let g = 0; g < tp * pp * dp; g++) {
     const ps = world ? world.states[g] : makeParallelState({ tp: 1, pp: 1, dp: 1, vp }, 0);
     const comm: Communicator = world ? world.communicator(g) : new SingleRankCommunicator();
-    const scaler = createGradScaler(cfg);
     const scheduler = createLrScheduler({ ...cfg, globalBatchSize: gbs, trainIters, lr: cfg.lr! });
-    ranks.push(new RankState(cfg, modelCfg, env.backend, ps, comm, scheduler, scaler));
-    scalers.push(scaler);
+    ranks.push(new RankState(cfg, modelCfg, env.backend, ps, comm, scheduler, createGradScaler(cfg)));
   }
   const nParams = ranks.filter((r) => r.ps.dpRank === 0)
     .reduce((s, r) => s + r.params.filter((p) => !p.shared).reduce((a, p) => a + p.value.size, 0), 0);
@@ -411,9 +406,7 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
     cfg,
     env,
     ranks,
-    scalers,
     world,
-    tokenizer,
     paddedVocab,
     data,
     eodMask: cfg.eodMaskLoss ? tokenizer.eod : null,
