@@ -102,11 +102,6 @@ export class RankState {
     });
   }
 
-  /** Parameters of chunk v (for checkpoint naming). */
-  chunkParams(v: number): Param[] {
-    return this.chunks[v].params();
-  }
-
   private runner(
     inputs: StepInputs,
     lossFactor: number,
@@ -114,11 +109,8 @@ export class RankState {
     forwardOnly: boolean,
   ): StageRunner {
     const be = this.backend;
-    const { microBatchSize: b, seqLength: s, hiddenSize: h } = this.cfg as Config & {
-      microBatchSize: number;
-      seqLength: number;
-      hiddenSize: number;
-    };
+    const b = this.cfg.microBatchSize!;
+    const { seqLength: s, hiddenSize: h } = this.modelCfg;
     const dtype = this.modelCfg.paramsDtype;
     const live = new Map<string, { ctx: MicroBatchContext; owned: Tensor[] }>();
     const key = (c: number, mb: number) => `${c}:${mb}`;

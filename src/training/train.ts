@@ -211,8 +211,8 @@ async function evaluate(run: Run, source: SampleSource, iters: number, consumedS
 function modelTensors(run: Run, rank: RankState): NamedTensor[] {
   const be = run.env.backend;
   const out: NamedTensor[] = [];
-  rank.chunks.forEach((_, v) => {
-    for (const p of rank.chunkParams(v)) {
+  rank.chunks.forEach((chunk, v) => {
+    for (const p of chunk.params()) {
       out.push({
         name: chunkPrefix(v, rank.ps.vpSize) + p.name,
         dtype: p.value.dtype,
@@ -287,8 +287,8 @@ function load(run: Run): { iteration: number; consumedTrain: number; consumedVal
     });
     assertArchitectureArgs(ck.meta.args, checkpointArgs(run));
     const byName = new Map(ck.model.map((t) => [t.name, t]));
-    rank.chunks.forEach((_, v) => {
-      for (const p of rank.chunkParams(v)) {
+    rank.chunks.forEach((chunk, v) => {
+      for (const p of chunk.params()) {
         const name = chunkPrefix(v, rank.ps.vpSize) + p.name;
         const t = byName.get(name);
         if (!t) throw new Error(`${ck.dir}/model.safetensors: missing parameter ${name}`);
