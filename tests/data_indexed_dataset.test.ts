@@ -228,8 +228,15 @@ Deno.test("indexed: every kind of bad file gives one line naming file, expectati
   // 102-byte layout: sizes @34, pointers @46, doc_idx @70.
   assert.match(
     openError((i, b) => [(i[0] = 0x58, i), b]),
-    /ds\.idx: expected magic 4d4d49444944580000 .*found 584d4944/,
+    /ds\.idx: not a Megatron MMIDIDX index \(magic 584d49444944580000, expected 4d4d49444944580000 "MMIDIDX\\0\\0"\)$/,
   );
+  assert.match(
+    openError((_i, b) => [new TextEncoder().encode('{"text": "not an index"}\n'), b]),
+    /ds\.idx: not a Megatron MMIDIDX index \(magic 7b2274657874223a20,/,
+  );
+  // Cut inside the magic or the header: truncated, not foreign.
+  assert.match(openError((_i, b) => [new Uint8Array(0), b]), /ds\.idx: truncated \.idx: .* found 0$/);
+  assert.match(openError((i, b) => [i.subarray(0, 5), b]), /ds\.idx: truncated \.idx: .* found 5$/);
   const legacy = new Uint8Array(64);
   legacy.set(new TextEncoder().encode("TNTIDX\0\0"));
   assert.match(
@@ -243,10 +250,16 @@ Deno.test("indexed: every kind of bad file gives one line naming file, expectati
     /truncated \.idx: expected at least 34 header bytes/,
   );
   assert.match(openError((i, b) => [i.subarray(0, 101), b]), /truncated \.idx: .*need 102 bytes, found 101/);
-  assert.match(
-    openError((i, b) => [i, b.subarray(0, 17)]),
-    /ds\.bin: \.bin shorter than the index says: expected at least 18 bytes, found 17/,
-  );
+  // The .bin must be exactly last pointer + last size * itemsize (18 = 9 uint16 tokens), both ways.
+  const sizeLine = (n: number) =>
+    new RegExp(
+      `^\\S*ds\\.bin: size ${n} bytes does not match \\S*ds\\.idx, which needs exactly 18 bytes ` +
+        `\\(last pointer \\+ last size \\* 2\\); the two files do not belong together$`,
+    );
+  assert.match(openError((i, b) => [i, b.subarray(0, 17)]), sizeLine(17));
+  const longer = new Uint8Array(20);
+  assert.match(openError((i, b) => [i, (longer.set(b), longer)]), sizeLine(20));
+  assert.match(openError((i) => [i, new Uint8Array(0)]), sizeLine(0));
   assert.match(
     openError((i, b) => [setU64(setU64(i, 54, 10), 62, 6), b]),
     /pointers inconsistent with sizes: expected pointers\[1\]=6 .* found 10/,

@@ -155,12 +155,12 @@ export interface MMapIndex {
 
 /**
  * Parses and validates an MMIDIDX v1 index. `file` names the file in error messages.
- * `binBytes`, when given, is checked against the pointers.
+ * `binBytes`, when given, must equal the bytes the pointers and sizes describe (`binFile` names the .bin).
  */
 export function parseIndex(
   bytes: Uint8Array,
   file: string,
-  opts: { code7?: "float64" | "float32"; binBytes?: number } = {},
+  opts: { code7?: "float64" | "float32"; binBytes?: number; binFile?: string } = {},
 ): MMapIndex {
   if (!LITTLE_ENDIAN) throw new Error(`${file}: indexed datasets need a little-endian host`);
   if (startsWith(bytes, LEGACY_MAGIC)) {
@@ -169,9 +169,17 @@ export function parseIndex(
         `re-preprocess the data with --dataset-impl mmap`,
     );
   }
+  // A file cut inside the header (even inside the magic) is truncated, not foreign.
+  if (bytes.length < HEADER_BYTES && startsWith(MMAP_MAGIC, bytes.subarray(0, MMAP_MAGIC.length))) {
+    throw new Error(
+      `${file}: truncated .idx: expected at least ${HEADER_BYTES} header bytes, found ${bytes.length}`,
+    );
+  }
   if (!startsWith(bytes, MMAP_MAGIC)) {
     throw new Error(
-      `${file}: expected magic ${hex(MMAP_MAGIC)} ("MMIDIDX\\0\\0"), found ${hex(bytes.subarray(0, 9))}`,
+      `${file}: not a Megatron MMIDIDX index (magic ${hex(bytes.subarray(0, 9))}, expected ${
+        hex(MMAP_MAGIC)
+      } "MMIDIDX\\0\\0")`,
     );
   }
   if (bytes.length < HEADER_BYTES) {
@@ -232,12 +240,13 @@ export function parseIndex(
     pointers[i] = p;
     expected = p + size * itemsize;
   }
-  if (opts.binBytes !== undefined && opts.binBytes < expected) {
+  // Megatron writes exactly the tokens the index describes; any other size means the pair does not
+  // belong together (a re-run that replaced one file, a copy cut short), so training would misread it.
+  if (opts.binBytes !== undefined && opts.binBytes !== expected) {
+    const bin = opts.binFile ?? file.replace(/\.idx$/, ".bin");
     throw new Error(
-      `${
-        file.replace(/\.idx$/, ".bin")
-      }: .bin shorter than the index says: expected at least ${expected} bytes, ` +
-        `found ${opts.binBytes}`,
+      `${bin}: size ${opts.binBytes} bytes does not match ${file}, which needs exactly ${expected} bytes ` +
+        `(last pointer + last size * ${itemsize}); the two files do not belong together`,
     );
   }
 
@@ -315,7 +324,7 @@ export class MMapIndexedDataset {
     } catch (e) {
       throw new Error(`${bp}: cannot stat data file: ${(e as Error).message}`);
     }
-    const index = parseIndex(idxBytes, ip, { code7: opts.code7, binBytes: binSize });
+    const index = parseIndex(idxBytes, ip, { code7: opts.code7, binBytes: binSize, binFile: bp });
     const libc = opts.mmap === false || binSize === 0 ? null : tryOpenLibc();
     if (libc !== null) {
       const mapped = mmapFile(libc, bp, binSize);
@@ -481,7 +490,13 @@ export class MMapIndexedDatasetBuilder {
     const tag = `.tmp-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
     this.#binTmp = binPath(outPrefix) + tag;
     this.#idxTmp = idxPath(outPrefix) + tag;
-    this.#bin = Deno.openSync(this.#binTmp, { write: true, create: true, truncate: true });
+    try {
+      this.#bin = Deno.openSync(this.#binTmp, { write: true, create: true, truncate: true });
+    } catch (e) {
+      // Name the output the user asked for, not the temporary name.
+      const why = (e as Error).message.replace(/: open '.*$/, "");
+      throw new Error(`${binPath(outPrefix)}: cannot create the output file: ${why}`);
+    }
   }
 
   /** Appends one sequence (sentence or whole document). Values must fit the dtype. */
@@ -529,7 +544,7 @@ export class MMapIndexedDatasetBuilder {
     const ip = idxPath(otherPrefix);
     const bp = binPath(otherPrefix);
     const bin = Deno.readFileSync(bp);
-    const index = parseIndex(Deno.readFileSync(ip), ip, { binBytes: bin.byteLength });
+    const index = parseIndex(Deno.readFileSync(ip), ip, { binBytes: bin.byteLength, binFile: bp });
     if (index.dtype !== this.dtype) {
       throw new Error(
         `${ip}: expected dtype ${this.dtype} to merge into ${this.prefix}, found ${index.dtype}`,
