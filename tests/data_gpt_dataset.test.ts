@@ -92,6 +92,91 @@ Deno.test("getItem equals the shuffled token stream, seq_length+1 tokens each", 
   }
 });
 
+Deno.test("token ids outside the padded vocabulary fail exactly for the samples that hold them", () => {
+  // Megatron's test vector layout (sizes 5,3,7,2,9; seq 4; seed 1234): tokens are i*10 + t, all below
+  // the vocabulary of 100, except document 4 token 6 (value 123) and document 1 token 0 (value -1).
+  const sizes = [5, 3, 7, 2, 9];
+  const bad = new Map<string, number>([["4:6", 123], ["1:0", -1]]);
+  const ds: TokenDataset = {
+    sizes: Int32Array.from(sizes),
+    get(i: number, offset = 0, length?: number) {
+      const len = length ?? sizes[i] - offset;
+      return Array.from({ length: len }, (_, t) => bad.get(`${i}:${offset + t}`) ?? i * 10 + offset + t);
+    },
+  };
+  const g = new GPTDataset({
+    name: "train",
+    dataPrefix: "/data/c_text_document",
+    documents: range(0, 5),
+    indexed: ds,
+    numSamples: 10,
+    seqLength: 4,
+    seed: 1234,
+    vocabSize: 100,
+    cache: false,
+  });
+  assert.deepEqual(Array.from(g.docIdx), [2, 2, 4, 1, 0, 3, 4, 0, 1, 3]);
+  // Independent reference: stream positions of each bad token; sample k covers [4k, 4k+4].
+  const starts: number[] = [];
+  let pos = 0;
+  for (const d of g.docIdx) {
+    starts.push(pos);
+    pos += sizes[d];
+  }
+  let failures = 0;
+  for (let i = 0; i < g.length; i++) {
+    const k = Number(g.shuffleIdx[i]);
+    // The first bad token in the sample's order is the one reported.
+    let first: [number, number, number] | null = null;
+    for (let p = 4 * k; p <= 4 * k + 4 && first === null; p++) {
+      const j = starts.findLastIndex((s) => s <= p);
+      const [doc, off] = [g.docIdx[j], p - starts[j]];
+      const v = bad.get(`${doc}:${off}`);
+      if (v !== undefined) first = [doc, v, off];
+    }
+    if (first === null) {
+      assert.equal(g.getItem(i).length, 5);
+      continue;
+    }
+    failures++;
+    const [doc, v, off] = first;
+    assert.throws(
+      () => g.getItem(i),
+      (e: Error) =>
+        e.message ===
+          `/data/c_text_document: document ${doc} has token id ${v} at position ${off}, expected ids in ` +
+            `0..99 (padded vocabulary size 100); was the data preprocessed with another tokenizer?`,
+      `sample ${i}`,
+    );
+  }
+  // Doc 4 appears twice and doc 1 twice in doc_idx: some samples fail, most do not.
+  assert.ok(failures >= 4 && failures < g.length, `failures ${failures}`);
+  // Without a vocabulary only negative ids are refused (no embedding row has a negative index).
+  const open = new GPTDataset({
+    name: "train",
+    dataPrefix: "p",
+    documents: range(0, 5),
+    indexed: ds,
+    numSamples: 10,
+    seqLength: 4,
+    seed: 1234,
+    cache: false,
+  });
+  let negatives = 0;
+  for (let i = 0; i < open.length; i++) {
+    try {
+      open.getItem(i);
+    } catch (e) {
+      assert.match(
+        (e as Error).message,
+        /^p: document 1 has token id -1 at position 0, expected ids in 0 or more;/,
+      );
+      negatives++;
+    }
+  }
+  assert.ok(negatives >= 1 && negatives < failures);
+});
+
 Deno.test("separate last epoch: rule, doc_idx and shuffle_idx parts, RandomState draw order", () => {
   const sizes = Int32Array.from([10, 10, 10, 10]); // 40 tokens/epoch, seq 4 -> 9 samples/epoch
   const docs = range(0, 4);

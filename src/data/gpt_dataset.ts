@@ -318,6 +318,11 @@ export interface GPTDatasetOptions {
   numSamples: number;
   seqLength: number;
   seed: number;
+  /**
+   * The model's (padded) vocabulary size: getItem() fails on a token id outside 0..vocabSize-1 instead
+   * of letting it reach the embedding. Omitted: no check.
+   */
+  vocabSize?: number;
   cache?: boolean;
   log?: (line: string) => void;
 }
@@ -325,8 +330,10 @@ export interface GPTDatasetOptions {
 /** One split of one dataset: getItem(i) is Megatron's sample i (seq_length+1 tokens). */
 export class GPTDataset implements SampleDataset<Int32Array> {
   readonly name: string;
+  readonly dataPrefix: string;
   readonly indexed: TokenDataset;
   readonly seqLength: number;
+  readonly vocabSize: number | null;
   readonly docIdx: Int32Array;
   readonly sampleIdx: Int32Array;
   readonly shuffleIdx: ShuffleIdx;
@@ -340,9 +347,14 @@ export class GPTDataset implements SampleDataset<Int32Array> {
         throw new Error(`${opts.dataPrefix}: ${opts.name} documents must be in 0..${n - 1}, found ${d}`);
       }
     }
+    if (opts.vocabSize !== undefined && !(Number.isSafeInteger(opts.vocabSize) && opts.vocabSize >= 1)) {
+      throw new Error(`GPTDataset ${opts.name}: expected a vocabulary size >= 1, found ${opts.vocabSize}`);
+    }
     this.name = opts.name;
+    this.dataPrefix = opts.dataPrefix;
     this.indexed = opts.indexed;
     this.seqLength = opts.seqLength;
+    this.vocabSize = opts.vocabSize ?? null;
     const m = buildIndexMappings({ ...opts, sizes: opts.indexed.sizes });
     this.docIdx = m.docIdx;
     this.sampleIdx = m.sampleIdx;
@@ -369,24 +381,44 @@ export class GPTDataset implements SampleDataset<Int32Array> {
     const docL = si[2 * k + 2];
     const offL = si[2 * k + 3];
     const out = new Int32Array(this.seqLength + 1);
+    const vocab = this.vocabSize ?? Infinity;
     let n = 0;
-    const put = (tokens: ArrayLike<number>) => {
+    // Copies one document's tokens; the range check is a min/max over what is copied anyway, so it
+    // costs nothing next to the model.
+    const put = (doc: number, offset: number, tokens: ArrayLike<number>) => {
       if (n + tokens.length > out.length) {
         throw new Error(`GPTDataset ${this.name}: sample ${idx} has more than ${out.length} tokens`);
       }
-      for (let i = 0; i < tokens.length; i++) out[n++] = tokens[i];
+      let lo = 0, hi = 0;
+      for (let i = 0; i < tokens.length; i++) {
+        const t = tokens[i];
+        if (t < lo) lo = t;
+        if (t > hi) hi = t;
+        out[n++] = t;
+      }
+      if (lo < 0 || hi >= vocab) this.#badToken(doc, offset, tokens, vocab);
     };
     if (docF === docL) {
-      put(this.indexed.get(this.docIdx[docF], offF, offL - offF + 1));
+      put(this.docIdx[docF], offF, this.indexed.get(this.docIdx[docF], offF, offL - offF + 1));
     } else {
-      put(this.indexed.get(this.docIdx[docF], offF));
-      for (let p = docF + 1; p < docL; p++) put(this.indexed.get(this.docIdx[p]));
-      put(this.indexed.get(this.docIdx[docL], 0, offL + 1));
+      put(this.docIdx[docF], offF, this.indexed.get(this.docIdx[docF], offF));
+      for (let p = docF + 1; p < docL; p++) put(this.docIdx[p], 0, this.indexed.get(this.docIdx[p]));
+      put(this.docIdx[docL], 0, this.indexed.get(this.docIdx[docL], 0, offL + 1));
     }
     if (n !== out.length) {
       throw new Error(`GPTDataset ${this.name}: sample ${idx} has ${n} tokens, expected ${out.length}`);
     }
     return out;
+  }
+
+  #badToken(doc: number, offset: number, tokens: ArrayLike<number>, vocab: number): never {
+    let i = 0;
+    while (i < tokens.length && tokens[i] >= 0 && tokens[i] < vocab) i++;
+    const range = Number.isFinite(vocab) ? `0..${vocab - 1} (padded vocabulary size ${vocab})` : "0 or more";
+    throw new Error(
+      `${this.dataPrefix}: document ${doc} has token id ${tokens[i]} at position ${offset + i}, ` +
+        `expected ids in ${range}; was the data preprocessed with another tokenizer?`,
+    );
   }
 }
 
@@ -400,6 +432,8 @@ export interface BuildDatasetsOptions {
   seed: number;
   /** Opens <prefix> as an indexed dataset (e.g. MMapIndexedDataset). */
   open: (prefix: string) => TokenDataset;
+  /** The model's padded vocabulary size; every sample's ids are checked against it as it is read. */
+  vocabSize?: number;
   cache?: boolean;
   log?: (line: string) => void;
 }
@@ -443,6 +477,7 @@ function buildSingle(
         numSamples: numSamples[s],
         seqLength: opts.seqLength,
         seed: opts.seed,
+        ...(opts.vocabSize !== undefined ? { vocabSize: opts.vocabSize } : {}),
         cache: opts.cache,
         log: opts.log,
       }),

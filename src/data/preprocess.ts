@@ -46,6 +46,8 @@ export interface PreprocessOptions extends TokenizerSpec {
   workers: number;
   logInterval: number;
   skipInvalid: boolean;
+  /** Decode invalid UTF-8 as U+FFFD instead of stopping with file:line. */
+  replaceInvalidUtf8?: boolean;
 }
 
 export interface EncodeOptions {
@@ -79,66 +81,111 @@ Tokenizes loose JSON lines (one JSON object per line; .gz accepted) into Megatro
   --workers N              tokenizer workers (default 1)
   --log-interval N         documents between progress lines (default 100)
   --skip-invalid           skip (and count) malformed lines instead of stopping
-  -h, --help               show this help`;
+  --replace-invalid-utf8   decode invalid UTF-8 bytes as U+FFFD (default: stop at the first
+                           one with file:line)
+  -h, --help               show this help
+
+An input with no documents (empty, or only blank lines) is an error. On any error the outputs are
+not written (they are built under temporary names and renamed at the end).`;
 
 /** Output prefix of one key's dataset. */
 export function outputPrefixFor(outputPrefix: string, key: string, splitSentences: boolean): string {
   return `${outputPrefix}_${key}_${splitSentences ? "sentence" : "document"}`;
 }
 
-/** argparse's nargs="+" for --json-keys: `--json-keys a b` becomes `--json-keys a --json-keys b`. */
-function expandNargs(argv: string[]): string[] {
+/** Integer flags and their minimum. */
+const INT_FLAGS: Readonly<Record<string, number>> = {
+  "--workers": 1,
+  "--log-interval": 1,
+  "--vocab-extra-ids": 0,
+  "--vocab-size": 1,
+};
+
+/** A value that looks like a negative number, which argparse also takes as a value, not a flag. */
+const NEGATIVE_NUMBER = /^-\.?\d/;
+
+/**
+ * Rewrites argv for node:util parseArgs, which rejects any value starting with "-" as "ambiguous":
+ * - argparse's nargs="+" for --json-keys: `--json-keys a b` becomes `--json-keys=a --json-keys=b`;
+ * - an integer flag takes the next word whatever it is (`--workers -3` becomes `--workers=-3`), so
+ *   the value check below names the flag; a missing value is reported here;
+ * - other value flags take a following negative-number-like word as their value, as argparse does.
+ */
+function normalizeArgv(argv: string[], valueFlags: ReadonlySet<string>): string[] {
   const out: string[] = [];
   for (let i = 0; i < argv.length; i++) {
-    out.push(argv[i]);
-    if (argv[i] === "--json-keys") {
+    const a = argv[i];
+    const next = argv[i + 1];
+    if (a === "--json-keys") {
       let k = 0;
       while (i + 1 < argv.length && !argv[i + 1].startsWith("-")) {
-        if (k++ > 0) out.push("--json-keys");
-        out.push(argv[++i]);
+        out.push(`--json-keys=${argv[++i]}`);
+        k++;
       }
+      if (k === 0) out.push(a); // parseArgs reports the missing value
+    } else if (a in INT_FLAGS) {
+      if (next === undefined || next.startsWith("--")) {
+        throw new UsageError(`${a}: missing value (expected an integer >= ${INT_FLAGS[a]})`);
+      }
+      out.push(`${a}=${next}`);
+      i++;
+    } else if (valueFlags.has(a) && next !== undefined && NEGATIVE_NUMBER.test(next)) {
+      out.push(`${a}=${next}`);
+      i++;
+    } else {
+      out.push(a);
     }
   }
   return out;
 }
 
-function intFlag(name: string, v: string | undefined, dflt: number, min: number): number {
+/** A strict decimal integer (no "", " ", "1e3", "0x10", "2.0"). */
+function intFlag(name: string, v: string | undefined, dflt: number): number {
   if (v === undefined) return dflt;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min) {
+  const min = INT_FLAGS[`--${name}`];
+  const n = /^[+-]?\d+$/.test(v) ? Number(v) : NaN;
+  if (!Number.isSafeInteger(n) || n < min) {
     throw new UsageError(`--${name}: expected an integer >= ${min}, found "${v}"`);
   }
   return n;
 }
+
+const PREPROCESS_OPTIONS = {
+  input: { type: "string" },
+  "json-keys": { type: "string", multiple: true },
+  "split-sentences": { type: "boolean" },
+  "keep-newlines": { type: "boolean" },
+  "tokenizer-type": { type: "string" },
+  "vocab-file": { type: "string" },
+  "merge-file": { type: "string" },
+  "vocab-extra-ids": { type: "string" },
+  "vocab-size": { type: "string" },
+  "append-eod": { type: "boolean" },
+  "output-prefix": { type: "string" },
+  "dataset-impl": { type: "string" },
+  workers: { type: "string" },
+  "log-interval": { type: "string" },
+  "skip-invalid": { type: "boolean" },
+  "replace-invalid-utf8": { type: "boolean" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+const VALUE_FLAGS: ReadonlySet<string> = new Set(
+  Object.entries(PREPROCESS_OPTIONS).filter(([, o]) => o.type === "string").map(([k]) => `--${k}`),
+);
 
 /** Parses preprocess_data flags. Returns null for --help; throws UsageError on bad usage. */
 export function parsePreprocessArgs(argv: string[]): PreprocessOptions | null {
   let values;
   try {
     ({ values } = parseArgs({
-      args: expandNargs(argv),
+      args: normalizeArgv(argv, VALUE_FLAGS),
       strict: true,
       allowPositionals: false,
-      options: {
-        input: { type: "string" },
-        "json-keys": { type: "string", multiple: true },
-        "split-sentences": { type: "boolean" },
-        "keep-newlines": { type: "boolean" },
-        "tokenizer-type": { type: "string" },
-        "vocab-file": { type: "string" },
-        "merge-file": { type: "string" },
-        "vocab-extra-ids": { type: "string" },
-        "vocab-size": { type: "string" },
-        "append-eod": { type: "boolean" },
-        "output-prefix": { type: "string" },
-        "dataset-impl": { type: "string" },
-        workers: { type: "string" },
-        "log-interval": { type: "string" },
-        "skip-invalid": { type: "boolean" },
-        help: { type: "boolean", short: "h" },
-      },
+      options: PREPROCESS_OPTIONS,
     }));
   } catch (e) {
+    if (e instanceof UsageError) throw e;
     throw new UsageError(`preprocess: ${(e as Error).message.split("\n")[0]}`);
   }
   if (values.help) return null;
@@ -176,16 +223,17 @@ export function parsePreprocessArgs(argv: string[]): PreprocessOptions | null {
     tokenizerType: values["tokenizer-type"]!,
     vocabFile: values["vocab-file"],
     mergeFile: values["merge-file"],
-    vocabExtraIds: intFlag("vocab-extra-ids", values["vocab-extra-ids"], 0, 0),
+    vocabExtraIds: intFlag("vocab-extra-ids", values["vocab-extra-ids"], 0),
     ...(values["vocab-size"] !== undefined
-      ? { vocabSize: intFlag("vocab-size", values["vocab-size"], 0, 1) }
+      ? { vocabSize: intFlag("vocab-size", values["vocab-size"], 0) }
       : {}),
     appendEod: values["append-eod"] ?? false,
     outputPrefix: values["output-prefix"]!,
     datasetImpl: "mmap",
-    workers: intFlag("workers", values.workers, 1, 1),
-    logInterval: intFlag("log-interval", values["log-interval"], 100, 1),
+    workers: intFlag("workers", values.workers, 1),
+    logInterval: intFlag("log-interval", values["log-interval"], 100),
     skipInvalid: values["skip-invalid"] ?? false,
+    replaceInvalidUtf8: values["replace-invalid-utf8"] ?? false,
   };
 }
 
@@ -296,17 +344,28 @@ export function encodeBatch(
       invalid.push({ line: firstLine + li, message: (e as Error).message.split("\n")[0] });
       return;
     }
+    // Tokenize every key before keeping any, so a line the tokenizer rejects (e.g. NullTokenizer
+    // given a non-id) is an invalid line with its number, like bad JSON.
+    let perKey: number[][][];
+    try {
+      perKey = texts.map((text) => {
+        const sentences = opts.splitSentences ? splitSentences(text, opts.keepNewlines, segmenter) : [text];
+        const ids: number[][] = [];
+        for (const s of sentences) {
+          const t = tok.tokenize(s);
+          if (t.length > 0) ids.push(t);
+        }
+        if (ids.length > 0 && opts.appendEod) ids[ids.length - 1].push(eod!);
+        return ids;
+      });
+    } catch (e) {
+      invalid.push({ line: firstLine + li, message: (e as Error).message.split("\n")[0] });
+      return;
+    }
     documents++;
     for (let k = 0; k < nk; k++) {
-      const text = texts[k];
-      chars += text.length;
-      const sentences = opts.splitSentences ? splitSentences(text, opts.keepNewlines, segmenter) : [text];
-      const ids: number[][] = [];
-      for (const s of sentences) {
-        const t = tok.tokenize(s);
-        if (t.length > 0) ids.push(t);
-      }
-      if (ids.length > 0 && opts.appendEod) ids[ids.length - 1].push(eod!);
+      chars += texts[k].length;
+      const ids = perKey[k];
       for (const t of ids) {
         itemSizes[k].push(t.length);
         for (const x of t) tokens[k].push(x);
@@ -420,8 +479,61 @@ async function workerPoolEncoder(n: number, source: TokenizerSource, opts: Encod
   };
 }
 
-/** Yields the lines of a (possibly gzipped) file with a running count of file bytes consumed. */
-async function* readLines(path: string, progress: { bytes: number }): AsyncGenerator<string> {
+/**
+ * Offset of the first byte that does not start a valid UTF-8 sequence (WHATWG rules: no overlongs,
+ * surrogates or values above U+10FFFF), or -1. Only run on a line the strict decoder rejected.
+ */
+export function firstInvalidUtf8(b: Uint8Array): number {
+  let i = 0;
+  while (i < b.length) {
+    const c = b[i];
+    if (c < 0x80) {
+      i++;
+      continue;
+    }
+    let n: number, lo = 0x80, hi = 0xbf;
+    if (c >= 0xc2 && c <= 0xdf) n = 1;
+    else if (c >= 0xe0 && c <= 0xef) {
+      n = 2;
+      if (c === 0xe0) lo = 0xa0;
+      if (c === 0xed) hi = 0x9f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+      n = 3;
+      if (c === 0xf0) lo = 0x90;
+      if (c === 0xf4) hi = 0x8f;
+    } else return i;
+    for (let k = 1; k <= n; k++) {
+      const x = b[i + k];
+      if (x === undefined || x < (k === 1 ? lo : 0x80) || x > (k === 1 ? hi : 0xbf)) return i;
+    }
+    i += n + 1;
+  }
+  return -1;
+}
+
+function concatBytes(parts: Uint8Array[]): Uint8Array {
+  if (parts.length === 1) return parts[0];
+  let n = 0;
+  for (const p of parts) n += p.byteLength;
+  const out = new Uint8Array(n);
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.byteLength;
+  }
+  return out;
+}
+
+/**
+ * Yields the lines of a (possibly gzipped) file with a running count of file bytes consumed. Lines are
+ * split on bytes and decoded one by one, so invalid UTF-8 is reported as file:line (or, with
+ * `replaceInvalid`, decoded as U+FFFD).
+ */
+async function* readLines(
+  path: string,
+  progress: { bytes: number },
+  replaceInvalid: boolean,
+): AsyncGenerator<string> {
   let file: Deno.FsFile;
   try {
     file = await Deno.open(path, { read: true });
@@ -435,18 +547,42 @@ async function* readLines(path: string, progress: { bytes: number }): AsyncGener
     },
   });
   let bytes: ReadableStream<Uint8Array> = file.readable.pipeThrough(counter);
-  if (path.endsWith(".gz")) {
+  const gz = path.endsWith(".gz");
+  if (gz) {
     bytes = bytes.pipeThrough(
       new DecompressionStream("gzip") as unknown as TransformStream<Uint8Array, Uint8Array>,
     );
   }
-  const text = bytes.pipeThrough(new TextDecoderStream());
-  let rest = "";
-  const reader = text.getReader();
+  // ignoreBOM: a BOM is stripped by hand at the start of the file only, as a stream decoder would.
+  const decoder = new TextDecoder("utf-8", { fatal: !replaceInvalid, ignoreBOM: true });
+  let lineNo = 0;
+  let lineStart = 0; // offset of the current line in the (decompressed) byte stream
+  const decode = (line: Uint8Array): string => {
+    lineNo++;
+    let at = lineStart;
+    lineStart += line.byteLength + 1;
+    if (lineNo === 1 && line[0] === 0xef && line[1] === 0xbb && line[2] === 0xbf) {
+      line = line.subarray(3);
+      at = 3;
+    }
+    try {
+      return decoder.decode(line);
+    } catch {
+      const i = firstInvalidUtf8(line);
+      const bad = Array.from(line.subarray(i, i + 4), (b) => b.toString(16).padStart(2, "0")).join(" ");
+      throw new Error(
+        `${path}:${lineNo}: invalid UTF-8 at byte ${i + 1} of the line (${bad}` +
+          `${gz ? "" : `; file offset ${at + i}`}); ` +
+          `pass --replace-invalid-utf8 to decode it as U+FFFD`,
+      );
+    }
+  };
+  const reader = bytes.getReader();
+  let pending: Uint8Array[] = [];
   let finished = false;
   try {
     while (true) {
-      let r: ReadableStreamReadResult<string>;
+      let r: ReadableStreamReadResult<Uint8Array>;
       try {
         r = await reader.read();
       } catch (e) {
@@ -456,15 +592,23 @@ async function* readLines(path: string, progress: { bytes: number }): AsyncGener
         finished = true;
         break;
       }
-      const parts = (rest + r.value).split("\n");
-      rest = parts.pop()!;
-      for (const p of parts) yield p;
+      const chunk = r.value;
+      let start = 0;
+      for (let nl = chunk.indexOf(10); nl >= 0; nl = chunk.indexOf(10, start)) {
+        pending.push(chunk.subarray(start, nl));
+        const line = concatBytes(pending);
+        pending = [];
+        start = nl + 1;
+        yield decode(line);
+      }
+      // Copy the unfinished tail: a stream may reuse its chunk buffers.
+      if (start < chunk.byteLength) pending.push(chunk.slice(start));
     }
   } finally {
     // Abandoned early (an error downstream): cancel so the file is closed.
     if (!finished) await reader.cancel().catch(() => {});
   }
-  if (rest.length > 0) yield rest;
+  if (pending.length > 0) yield decode(concatBytes(pending));
 }
 
 export interface PreprocessResult {
@@ -578,9 +722,9 @@ export async function preprocess(opts: PreprocessOptions, run: RunOptions = {}):
     report(false);
   };
 
+  const inflight: Promise<BatchResult>[] = [];
   try {
     for (const p of prefixes) builders.push(new MMapIndexedDatasetBuilder(p, dtype));
-    const inflight: Promise<BatchResult>[] = [];
     const maxInflight = Math.max(2, 2 * opts.workers);
     let batch: string[] = [];
     let batchChars = 0;
@@ -593,7 +737,7 @@ export async function preprocess(opts: PreprocessOptions, run: RunOptions = {}):
       batchChars = 0;
       while (inflight.length >= maxInflight) consume(await inflight.shift()!);
     };
-    for await (const line of readLines(opts.input, progress)) {
+    for await (const line of readLines(opts.input, progress, opts.replaceInvalidUtf8 ?? false)) {
       lineNo++;
       batch.push(line);
       batchChars += line.length;
@@ -601,9 +745,27 @@ export async function preprocess(opts: PreprocessOptions, run: RunOptions = {}):
     }
     if (batch.length > 0) await dispatch();
     while (inflight.length > 0) consume(await inflight.shift()!);
+    // An empty dataset would only fail later, in training, far from its cause.
+    if (documents === 0) {
+      throw new Error(
+        skipped > 0
+          ? `${opts.input}: no valid documents (${skipped} invalid lines skipped); no output written`
+          : `${opts.input}: no documents (the input is empty or has only blank lines); no output written`,
+      );
+    }
+    builders.forEach((b, k) => {
+      if (b.sizes.length === 0) {
+        throw new Error(
+          `${opts.input}: key "${opts.jsonKeys[k]}" has no tokens in any of the ${documents} documents ` +
+            `(all empty); no output written`,
+        );
+      }
+    });
     for (const b of builders) b.prepare();
     for (const b of builders) b.commit();
   } catch (e) {
+    // Batches still in flight may fail too once the workers are stopped; nobody awaits them now.
+    for (const p of inflight) p.catch(() => {});
     for (const b of builders) b.abort();
     throw e;
   } finally {

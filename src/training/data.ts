@@ -3,7 +3,7 @@
 
 import type { SampleDataset } from "../data/blendable.ts";
 import { buildTrainValidTestDatasets } from "../data/gpt_dataset.ts";
-import { inferDatasetImpl, MMapIndexedDataset } from "../data/indexed_dataset.ts";
+import { binPath, idxPath, MMapIndexedDataset } from "../data/indexed_dataset.ts";
 
 export type SampleSource = SampleDataset<Int32Array>;
 
@@ -20,16 +20,36 @@ export interface GptDataOptions {
   split: string;
   seqLength: number;
   seed: number;
+  /** The model's padded vocabulary: a sample with an id outside it fails as it is read. */
+  vocabSize: number;
   /** Requested samples for train, valid and test (Megatron's train_val_test_num_samples). */
   numSamples: [number, number, number];
   log: (line: string) => void;
 }
 
+function isFile(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
+}
+
 export function buildGptData(opts: GptDataOptions): GptData {
   const opened: MMapIndexedDataset[] = [];
   const open = (prefix: string) => {
-    const impl = inferDatasetImpl(prefix);
-    if (impl === null) throw new Error(`--data-path ${prefix}: no ${prefix}.idx / ${prefix}.bin found`);
+    // Only a missing pair is "not found"; a present but bad .idx/.bin gets open()'s own message.
+    const missing = [idxPath(prefix), binPath(prefix)].filter((p) => !isFile(p));
+    if (missing.length === 2) {
+      throw new Error(`--data-path ${prefix}: no ${prefix}.idx / ${prefix}.bin found`);
+    }
+    if (missing.length === 1) {
+      throw new Error(
+        `--data-path ${prefix}: ${missing[0]} not found (its ${
+          missing[0].endsWith(".idx") ? ".bin" : ".idx"
+        } exists)`,
+      );
+    }
     const ds = MMapIndexedDataset.open(prefix);
     opened.push(ds);
     return ds;
@@ -44,6 +64,7 @@ export function buildGptData(opts: GptDataOptions): GptData {
       trainValidTestNumSamples: opts.numSamples,
       seqLength: opts.seqLength,
       seed: opts.seed,
+      vocabSize: opts.vocabSize,
       open,
       log: opts.log,
     });

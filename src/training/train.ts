@@ -379,6 +379,7 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
     split: cfg.split,
     seqLength: cfg.seqLength!,
     seed: cfg.seed,
+    vocabSize: paddedVocab,
     numSamples: [trainSamples, validSamples, testSamples],
     log,
   });
