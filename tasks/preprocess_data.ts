@@ -1,5 +1,6 @@
 // deno task preprocess: loose JSON lines -> Megatron mmap datasets (see src/data/preprocess.ts).
-// Exit codes: 0 success, 1 bad input or failure, 2 bad usage (as argparse).
+// Exit codes: 0 success, 1 bad input or failure, 2 bad usage (as argparse), 130/143 stopped by
+// SIGINT/SIGTERM (no output written).
 
 import { parsePreprocessArgs, preprocess, PREPROCESS_HELP, UsageError } from "../src/data/preprocess.ts";
 
@@ -18,15 +19,31 @@ async function main(argv: string[]): Promise<number> {
     console.log(PREPROCESS_HELP);
     return 0;
   }
+  // SIGINT/SIGTERM stop the run between lines so its temporary files are removed, then exit with
+  // the shell's 128 + signal number.
+  const stop = new AbortController();
+  const signals = { SIGINT: 130, SIGTERM: 143 } as const;
+  let exitCode = 1;
+  const handlers = (Object.keys(signals) as (keyof typeof signals)[]).map((sig) => {
+    const h = () => {
+      exitCode = signals[sig];
+      stop.abort(new Error(`interrupted by ${sig}`));
+    };
+    Deno.addSignalListener(sig, h);
+    return [sig, h] as const;
+  });
   try {
     await preprocess(opts, {
       log: (line) => console.error(line),
       progressBar: Deno.stdout.isTerminal() ? Deno.stdout : undefined,
+      signal: stop.signal,
     });
     return 0;
   } catch (e) {
     console.error((e as Error).message);
-    return 1;
+    return exitCode;
+  } finally {
+    for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
   }
 }
 

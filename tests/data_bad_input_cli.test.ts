@@ -458,6 +458,41 @@ Deno.test("pretrain CLI: a wrong .idx magic is 'not a Megatron MMIDIDX index', n
   }
 });
 
+Deno.test("pretrain CLI: every other .idx header problem is one line naming the .idx", async () => {
+  const dir = folder({});
+  try {
+    const prefix = await corpus(dir, GOOD_DOCS, 30);
+    const idx = Deno.readFileSync(`${prefix}.idx`);
+    // 8 sequences, 9 doc_idx entries: 34 + 12 * 8 + 8 * 9 = 202 bytes.
+    assert.equal(idx.length, 202);
+    const edit = (f: (b: Uint8Array) => Uint8Array) => f(idx.slice());
+    const legacy = new Uint8Array(64);
+    legacy.set(te.encode("TNTIDX\0\0"));
+    const cases: [Uint8Array, string][] = [
+      [edit((b) => (b[9] = 2, b)), "expected index version 1, found 2"],
+      [edit((b) => (b[17] = 9, b)), "expected a dtype code in 1..8, found 9"],
+      [edit((b) => b.subarray(0, 20)), "truncated .idx: expected at least 34 header bytes, found 20"],
+      [new Uint8Array(0), "truncated .idx: expected at least 34 header bytes, found 0"],
+      [
+        edit((b) => b.subarray(0, 150)),
+        "truncated .idx: N=8 sequences and 9 doc_idx entries need 202 bytes, found 150",
+      ],
+      [
+        legacy,
+        "expected an mmap index (magic MMIDIDX), found a legacy lazy/cached index (magic TNTIDX); " +
+        "re-preprocess the data with --dataset-impl mmap",
+      ],
+    ];
+    for (const [bytes, what] of cases) {
+      Deno.writeFileSync(`${prefix}.idx`, bytes);
+      const r = await run(PRETRAIN, [...SHAPE, "--data-path", prefix]);
+      assert.equal(pretrainError(r), `${prefix}.idx: ${what}`);
+    }
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
 Deno.test("pretrain CLI: an .idx whose .bin is missing (and the reverse) names the missing file", async () => {
   const dir = folder({});
   try {
@@ -496,3 +531,45 @@ Deno.test("pretrain CLI: a token id >= the padded vocabulary fails as the sample
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+// ---------------------------------------------------------------------------------------------------
+// preprocess: stopped by a signal
+
+for (const [sig, code] of [["SIGTERM", 143], ["SIGINT", 130]] as const) {
+  Deno.test(`preprocess CLI: ${sig} mid-run exits ${code} with one line and removes its temporary files`, async () => {
+    const lines = Array.from({ length: 300_000 }, (_, i) => `{"text": "${i % 7} ${i % 5} ${i % 3}"}`);
+    const dir = folder({ "in.jsonl": lines.join("\n") + "\n" });
+    try {
+      const child = new Deno.Command(Deno.execPath(), {
+        args: [
+          ...["run", "-A", PREPROCESS, "--input", `${dir}/in.jsonl`, "--output-prefix", `${dir}/out`],
+          ...[...NULL_TOK, "--workers", "2", "--log-interval", "20000"],
+        ],
+        stdout: "null",
+        stderr: "piped",
+        env: { NO_COLOR: "1" },
+      }).spawn();
+      // Signal once the first progress line shows it is tokenizing (temporary files exist by then).
+      let err = "";
+      const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+      while (!err.includes("processed ")) {
+        const r = await reader.read();
+        if (r.done) break;
+        err += r.value;
+      }
+      assert.ok(
+        names(dir).some((n) => n.includes(".tmp-")),
+        `temporary outputs while running: ${names(dir)}`,
+      );
+      child.kill(sig);
+      for (let r = await reader.read(); !r.done; r = await reader.read()) err += r.value;
+      const status = await child.status;
+      assert.equal(status.code, code, err);
+      const last = err.trim().split("\n").filter((l) => !l.startsWith("processed ")).at(-1);
+      assert.equal(last, `preprocess: interrupted by ${sig}; no output written`);
+      assert.deepEqual(names(dir), ["in.jsonl"]);
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  });
+}

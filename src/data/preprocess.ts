@@ -555,26 +555,38 @@ async function* readLines(
   }
   // ignoreBOM: a BOM is stripped by hand at the start of the file only, as a stream decoder would.
   const decoder = new TextDecoder("utf-8", { fatal: !replaceInvalid, ignoreBOM: true });
-  let lineNo = 0;
-  let lineStart = 0; // offset of the current line in the (decompressed) byte stream
-  const decode = (line: Uint8Array): string => {
-    lineNo++;
-    let at = lineStart;
-    lineStart += line.byteLength + 1;
-    if (lineNo === 1 && line[0] === 0xef && line[1] === 0xbb && line[2] === 0xbf) {
-      line = line.subarray(3);
-      at = 3;
+  let lineNo = 0; // lines yielded so far
+  let streamOffset = 0; // offset of the next region in the (decompressed) byte stream
+  // Decodes a run of whole lines (newline-separated, no final newline) in one call: a newline byte is
+  // never part of a multi-byte sequence, so this equals decoding line by line. Only when it fails are
+  // the lines decoded one by one, to name the bad one.
+  const decodeRegion = (region: Uint8Array): string[] => {
+    let base = streamOffset;
+    streamOffset += region.byteLength + 1;
+    if (base === 0 && region[0] === 0xef && region[1] === 0xbb && region[2] === 0xbf) {
+      region = region.subarray(3);
+      base = 3;
     }
     try {
-      return decoder.decode(line);
+      return decoder.decode(region).split("\n");
     } catch {
-      const i = firstInvalidUtf8(line);
-      const bad = Array.from(line.subarray(i, i + 4), (b) => b.toString(16).padStart(2, "0")).join(" ");
-      throw new Error(
-        `${path}:${lineNo}: invalid UTF-8 at byte ${i + 1} of the line (${bad}` +
-          `${gz ? "" : `; file offset ${at + i}`}); ` +
-          `pass --replace-invalid-utf8 to decode it as U+FFFD`,
-      );
+      let start = 0;
+      for (let line = lineNo + 1;; line++) {
+        let end = region.indexOf(10, start);
+        if (end < 0) end = region.byteLength;
+        const bytes = region.subarray(start, end);
+        const i = firstInvalidUtf8(bytes);
+        if (i >= 0) {
+          const bad = Array.from(bytes.subarray(i, i + 4), (b) => b.toString(16).padStart(2, "0")).join(" ");
+          throw new Error(
+            `${path}:${line}: invalid UTF-8 at byte ${i + 1} of the line (${bad}` +
+              `${gz ? "" : `; file offset ${base + start + i}`}); ` +
+              `pass --replace-invalid-utf8 to decode it as U+FFFD`,
+          );
+        }
+        if (end === region.byteLength) throw new Error(`${path}: invalid UTF-8 after line ${lineNo}`);
+        start = end + 1;
+      }
     }
   };
   const reader = bytes.getReader();
@@ -593,22 +605,28 @@ async function* readLines(
         break;
       }
       const chunk = r.value;
-      let start = 0;
-      for (let nl = chunk.indexOf(10); nl >= 0; nl = chunk.indexOf(10, start)) {
-        pending.push(chunk.subarray(start, nl));
-        const line = concatBytes(pending);
-        pending = [];
-        start = nl + 1;
-        yield decode(line);
+      const last = chunk.lastIndexOf(10);
+      if (last < 0) {
+        // Copy: a stream may reuse its chunk buffers.
+        pending.push(chunk.slice());
+        continue;
       }
-      // Copy the unfinished tail: a stream may reuse its chunk buffers.
-      if (start < chunk.byteLength) pending.push(chunk.slice(start));
+      pending.push(chunk.subarray(0, last));
+      const lines = decodeRegion(concatBytes(pending));
+      pending = last + 1 < chunk.byteLength ? [chunk.slice(last + 1)] : [];
+      for (const line of lines) {
+        lineNo++;
+        yield line;
+      }
     }
   } finally {
     // Abandoned early (an error downstream): cancel so the file is closed.
     if (!finished) await reader.cancel().catch(() => {});
   }
-  if (pending.length > 0) yield decode(concatBytes(pending));
+  if (pending.length > 0) {
+    const tail = concatBytes(pending);
+    if (tail.byteLength > 0) yield decodeRegion(tail)[0];
+  }
 }
 
 export interface PreprocessResult {
@@ -626,6 +644,8 @@ export interface RunOptions {
   log?: (line: string) => void;
   /** Draw a progress bar by writing to this stream (e.g. Deno.stderr on a TTY). */
   progressBar?: { writeSync(b: Uint8Array): number };
+  /** Stops the run between lines (e.g. on SIGINT): the temporary outputs are removed, nothing is renamed. */
+  signal?: AbortSignal;
 }
 
 const BATCH_LINES = 256;
@@ -635,6 +655,11 @@ function fmtTime(s: number): string {
   if (!Number.isFinite(s)) return "--:--";
   const m = Math.floor(s / 60);
   return `${m}:${String(Math.floor(s % 60)).padStart(2, "0")}`;
+}
+
+function abortError(signal: AbortSignal): Error {
+  const why = signal.reason instanceof Error ? signal.reason.message : String(signal.reason ?? "aborted");
+  return new Error(`preprocess: ${why}; no output written`);
 }
 
 /**
@@ -738,6 +763,7 @@ export async function preprocess(opts: PreprocessOptions, run: RunOptions = {}):
       while (inflight.length >= maxInflight) consume(await inflight.shift()!);
     };
     for await (const line of readLines(opts.input, progress, opts.replaceInvalidUtf8 ?? false)) {
+      if (run.signal?.aborted) throw abortError(run.signal);
       lineNo++;
       batch.push(line);
       batchChars += line.length;
@@ -745,6 +771,7 @@ export async function preprocess(opts: PreprocessOptions, run: RunOptions = {}):
     }
     if (batch.length > 0) await dispatch();
     while (inflight.length > 0) consume(await inflight.shift()!);
+    if (run.signal?.aborted) throw abortError(run.signal);
     // An empty dataset would only fail later, in training, far from its cause.
     if (documents === 0) {
       throw new Error(
