@@ -4,8 +4,11 @@
 //
 // Differences from 2021, on purpose:
 // - blank lines are skipped instead of crashing json.loads;
-// - a malformed line stops the run with `file:line: <error>` and leaves no output files
-//   (--skip-invalid counts and skips such lines instead);
+// - a malformed line (bad JSON, a missing key, text the tokenizer rejects) stops the run with
+//   `file:line: <error>` and leaves no output files (--skip-invalid counts and skips such lines instead);
+// - invalid UTF-8 stops the run with file:line and the byte; --replace-invalid-utf8 decodes it as
+//   U+FFFD instead;
+// - an input with no documents, or a key with no tokens, is an error rather than an empty dataset;
 // - sentence splitting uses Intl.Segmenter (Unicode sentence boundaries) instead of NLTK punkt.
 
 import { parseArgs } from "node:util";
