@@ -269,6 +269,46 @@ Deno.test("preprocess CLI: invalid UTF-8 kinds (overlong, surrogate, truncated a
   }
 });
 
+Deno.test("preprocess CLI: lines longer than a read chunk: tokens intact, invalid UTF-8 still at its line and offset", async () => {
+  // Documents of 60k ids (~120 KB per line) span several 64 KiB reads.
+  const doc = (d: number) => Array.from({ length: 60_000 }, (_, i) => (i * 3 + d) % 10);
+  const good = [0, 1, 2].map((d) => JSON.stringify({ text: doc(d).join(" ") })).join("\n") + "\n";
+  const dir = folder({ "in.jsonl": good });
+  try {
+    const r = await preprocess(dir, "in.jsonl", ["--workers", "2"]);
+    assert.equal(r.code, 0, r.stderr);
+    const ds = MMapIndexedDataset.open(`${dir}/out_text_document`);
+    try {
+      assert.equal(ds.numDocuments, 3);
+      for (const d of [0, 1, 2]) assert.deepEqual(Array.from(ds.get(d)), doc(d));
+    } finally {
+      ds.close();
+    }
+    // Corrupt a byte deep inside line 3 (100000 bytes into it).
+    const bytesIn = te.encode(good);
+    const line3 = bytesIn.indexOf(10, bytesIn.indexOf(10) + 1) + 1;
+    bytesIn[line3 + 100_000] = 0xfe;
+    Deno.writeFileSync(`${dir}/in.jsonl`, bytesIn);
+    Deno.removeSync(`${dir}/out_text_document.bin`);
+    Deno.removeSync(`${dir}/out_text_document.idx`);
+    const bad = await preprocess(dir, "in.jsonl");
+    assert.equal(bad.code, 1, bad.stderr);
+    const next = Array.from(bytesIn.subarray(line3 + 100_001, line3 + 100_004), (b) => b.toString(16)).join(
+      " ",
+    );
+    assert.equal(
+      oneLine(bad),
+      `${dir}/in.jsonl:3: invalid UTF-8 at byte 100001 of the line (fe ${next}; file offset ${
+        line3 + 100_000
+      }); ` +
+        `pass --replace-invalid-utf8 to decode it as U+FFFD`,
+    );
+    assert.deepEqual(names(dir), ["in.jsonl"]);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
 Deno.test("preprocess CLI: invalid UTF-8 in a .gz names the line (no file offset: it is compressed)", async () => {
   const dir = folder({ "in.jsonl.gz": new Uint8Array(gzipSync(BAD_UTF8)) });
   try {
