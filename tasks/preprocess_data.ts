@@ -2,8 +2,11 @@
 // Exit codes: 0 success, 1 bad input or failure, 2 bad usage (as argparse).
 
 import { parsePreprocessArgs, preprocess, PREPROCESS_HELP, UsageError } from "../src/data/preprocess.ts";
+import { watchNpmWrapper } from "./launcher_watch.ts";
+import { resolvePreprocessPaths, userCwd } from "./user_paths.ts";
 
-async function main(argv: string[]): Promise<number> {
+/** `megatron preprocess` and `deno task preprocess`; returns the exit code. */
+export async function main(argv: string[]): Promise<number> {
   let opts;
   try {
     opts = parsePreprocessArgs(argv);
@@ -18,6 +21,8 @@ async function main(argv: string[]): Promise<number> {
     console.log(PREPROCESS_HELP);
     return 0;
   }
+  opts = resolvePreprocessPaths(opts, userCwd());
+  const watch = watchNpmWrapper((line) => console.error(line));
   try {
     await preprocess(opts, {
       log: (line) => console.error(line),
@@ -27,6 +32,8 @@ async function main(argv: string[]): Promise<number> {
   } catch (e) {
     console.error((e as Error).message);
     return 1;
+  } finally {
+    watch.stop();
   }
 }
 
