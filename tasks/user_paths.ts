@@ -3,14 +3,27 @@
 // CLIs resolve their path flags here, once, right after parsing.
 
 import { isAbsolute, resolve } from "node:path";
+import { fileURLToPath as fromFileUrl } from "node:url";
 import type { PreprocessOptions } from "../src/data/preprocess.ts";
 import type { Config, FlagValues } from "../src/training/config.ts";
 
-/** The directory relative paths are resolved against: INIT_CWD when a task runner set it, else the
- *  process's working directory (`megatron ...`, `deno run ...`). */
-export function userCwd(env: { get(name: string): string | undefined } = Deno.env): string {
+/** The project root: where `deno task` runs this project's tasks (null when loaded from a URL). */
+const PROJECT_ROOT = (() => {
+  const u = new URL("../", import.meta.url);
+  return u.protocol === "file:" ? fromFileUrl(u).replace(/\/$/, "") : null;
+})();
+
+/** The directory relative paths are resolved against: INIT_CWD when `deno task` ran the command (the
+ *  working directory is the project root), else the working directory (`megatron ...`, `deno run ...`).
+ *  Elsewhere INIT_CWD is ignored: it is inherited by everything a task starts, and `deno task` keeps a
+ *  value it inherits. */
+export function userCwd(
+  env: { get(name: string): string | undefined } = Deno.env,
+  cwd: string = Deno.cwd(),
+  projectRoot: string | null = PROJECT_ROOT,
+): string {
   const init = env.get("INIT_CWD");
-  return init !== undefined && isAbsolute(init) ? init : Deno.cwd();
+  return init !== undefined && isAbsolute(init) && cwd === projectRoot ? init : cwd;
 }
 
 /** Keys of the training flags whose values are strings (enumerations included). */

@@ -17,7 +17,8 @@ async function run(cmd: string, args: string[], cwd: string) {
     cwd,
     stdout: "piped",
     stderr: "piped",
-    env: { NO_COLOR: "1" },
+    // INIT_CWD as `deno task test` leaves it: outside the checkout the command must ignore it.
+    env: { NO_COLOR: "1", INIT_CWD: ROOT },
   })
     .output();
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };

@@ -18,11 +18,20 @@ import {
 const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
 const dec = new TextDecoder();
 
-Deno.test("paths: userCwd is INIT_CWD when absolute, else the working directory", () => {
+Deno.test("paths: userCwd is INIT_CWD when run by deno task in the project root, else the working directory", () => {
   const env = (v: string | undefined) => ({ get: (k: string) => (k === "INIT_CWD" ? v : undefined) });
-  assert.equal(userCwd(env("/home/u/project/sub")), "/home/u/project/sub");
+  assert.equal(
+    userCwd(env("/home/u/project/sub"), "/home/u/project", "/home/u/project"),
+    "/home/u/project/sub",
+  );
+  assert.equal(userCwd(env(undefined), "/home/u/project", "/home/u/project"), "/home/u/project");
+  assert.equal(userCwd(env("relative/dir"), "/home/u/project", "/home/u/project"), "/home/u/project");
+  // Outside the project root (an installed `megatron`), an inherited INIT_CWD is ignored.
+  assert.equal(userCwd(env("/home/u/project"), "/data/run", "/home/u/project"), "/data/run");
+  assert.equal(userCwd(env("/home/u/project"), "/data/run", null), "/data/run");
+  // The default project root is this checkout.
+  assert.equal(userCwd(env("/x"), ROOT), "/x");
   assert.equal(userCwd(env(undefined)), Deno.cwd());
-  assert.equal(userCwd(env("relative/dir")), Deno.cwd());
 });
 
 Deno.test("paths: every training path flag resolves against the base; blend weights and other flags stay", () => {
@@ -96,9 +105,18 @@ async function denoTask(cwd: string, task: string, args: string[]) {
     cwd,
     stdout: "piped",
     stderr: "piped",
-    env: { NO_COLOR: "1" },
+    env: freshEnv(),
+    clearEnv: true,
   }).output();
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+/** This process's environment as a user's shell would pass it: no INIT_CWD inherited from a `deno task`
+ *  that runs the tests (deno task keeps an inherited value). */
+function freshEnv(): Record<string, string> {
+  const env = Deno.env.toObject();
+  delete env.INIT_CWD;
+  return { ...env, NO_COLOR: "1" };
 }
 
 Deno.test("paths: deno task preprocess and pretrain:gpt from a sub-folder read and write relative to it", async () => {
