@@ -11,6 +11,10 @@ scope.onmessage = (e) => {
   const timer = setInterval(() => {
     if (!hasExited(wrapper)) return;
     clearInterval(timer);
-    Deno.kill(Deno.pid, "SIGTERM");
+    try {
+      Deno.kill(Deno.pid, "SIGTERM");
+    } catch {
+      // no --allow-run: the run goes on, as it would have without the watch
+    }
   }, POLL_MS);
 };

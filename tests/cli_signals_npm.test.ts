@@ -5,11 +5,11 @@
 // and no process of the run is left. Then the npm package installed without its install script (the
 // Node wrapper bin.cjs, which does not pass signals on): a signal to the wrapper still stops the
 // trainer (it watches the wrapper and sends itself SIGTERM), with the same save, and leaves no orphan.
-// Skipped without npm on PATH.
+// The wrapper detection itself is checked on a fake /proc. The npm cases are skipped without npm on PATH.
 
 import assert from "node:assert/strict";
 import { loadCheckpoint, readTracker } from "../src/training/checkpoint.ts";
-import { WRAPPER_NOTE } from "../tasks/launcher_watch.ts";
+import { findNpmWrapper, hasExited, WRAPPER_NOTE } from "../tasks/launcher_watch.ts";
 import { preprocessTinyCorpus } from "./helpers/tiny_corpus.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
@@ -186,6 +186,40 @@ function assertSavedAtExit(lines: string[], save: string, signal: string): numbe
   assert.ok(ck.optim !== undefined && ck.optim.length > 0);
   return it;
 }
+
+Deno.test("launcher watch: finds npm's wrapper among the ancestors in a /proc; gone, zombie or reused pid = exited", () => {
+  const root = Deno.makeTempDirSync({ dir: DIR, prefix: "proc_" });
+  // npm's layout: <prefix>/bin/deno -> ../lib/node_modules/deno/bin.cjs
+  Deno.mkdirSync(`${root}/npm/lib/node_modules/deno`, { recursive: true });
+  Deno.mkdirSync(`${root}/npm/bin`);
+  Deno.writeTextFileSync(`${root}/npm/lib/node_modules/deno/bin.cjs`, "");
+  Deno.symlinkSync("../lib/node_modules/deno/bin.cjs", `${root}/npm/bin/deno`);
+  Deno.writeTextFileSync(`${root}/npm/lib/node_modules/deno/deno`, "");
+  const proc = `${root}/proc`;
+  const fake = (pid: number, comm: string, state: string, ppid: number, start: number, argv: string[]) => {
+    Deno.mkdirSync(`${proc}/${pid}`, { recursive: true });
+    const mid = Array(17).fill("0").join(" ");
+    Deno.writeTextFileSync(`${proc}/${pid}/stat`, `${pid} (${comm}) ${state} ${ppid} ${mid} ${start} 0 0\n`);
+    Deno.writeTextFileSync(`${proc}/${pid}/cmdline`, argv.join("\0") + "\0");
+  };
+  // shell 10 -> node wrapper 20 (shebang through the bin/deno link) -> deno task 30 -> us (ppid 30)
+  fake(10, "bash", "S", 1, 100, ["bash"]);
+  fake(20, "node", "S", 10, 200, ["node", `${root}/npm/bin/deno`, "task", "pretrain:gpt"]);
+  fake(30, "deno (task) x", "S", 20, 300, [`${root}/npm/lib/node_modules/deno/deno`, "task", "pretrain:gpt"]);
+  assert.deepEqual(findNpmWrapper(proc, 30), { pid: 20, startTime: 200 });
+  assert.equal(hasExited({ pid: 20, startTime: 200 }, proc), false);
+  assert.equal(hasExited({ pid: 20, startTime: 199 }, proc), true); // pid reused by a later process
+  fake(20, "node", "Z", 10, 200, ["node", `${root}/npm/bin/deno`]);
+  assert.equal(hasExited({ pid: 20, startTime: 200 }, proc), true); // a zombie has exited
+  Deno.removeSync(`${proc}/20`, { recursive: true });
+  assert.equal(hasExited({ pid: 20, startTime: 200 }, proc), true);
+  // The real binary through npm (no wrapper), or node running something else: nothing to watch.
+  fake(20, "node", "S", 10, 200, ["node", `${root}/npm/lib/node_modules/deno/deno`]);
+  assert.equal(findNpmWrapper(proc, 30), null);
+  fake(20, "deno", "S", 10, 200, [`${root}/npm/bin/deno`, "task"]);
+  assert.equal(findNpmWrapper(proc, 30), null);
+  assert.equal(findNpmWrapper(`${root}/no-proc`, 30), null);
+});
 
 Deno.test({
   name: "npm install -g --allow-scripts=deno (the README's step) puts the real binary on the prefix's PATH",
