@@ -3,8 +3,11 @@
 // SIGINT/SIGTERM (no output written).
 
 import { parsePreprocessArgs, preprocess, PREPROCESS_HELP, UsageError } from "../src/data/preprocess.ts";
+import { watchNpmWrapper } from "./launcher_watch.ts";
+import { resolvePreprocessPaths, userCwd } from "./user_paths.ts";
 
-async function main(argv: string[]): Promise<number> {
+/** `megatron preprocess` and `deno task preprocess`; returns the exit code. */
+export async function main(argv: string[]): Promise<number> {
   let opts;
   try {
     opts = parsePreprocessArgs(argv);
@@ -19,6 +22,8 @@ async function main(argv: string[]): Promise<number> {
     console.log(PREPROCESS_HELP);
     return 0;
   }
+  opts = resolvePreprocessPaths(opts, userCwd());
+  const watch = watchNpmWrapper((line) => console.error(line));
   // SIGINT/SIGTERM stop the run between lines so its temporary files are removed, then exit with
   // the shell's 128 + signal number.
   const stop = new AbortController();
@@ -44,6 +49,7 @@ async function main(argv: string[]): Promise<number> {
     return exitCode;
   } finally {
     for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
+    watch.stop();
   }
 }
 

@@ -15,6 +15,8 @@ import {
 } from "../src/training/config.ts";
 import { devicePeak } from "../src/training/peak.ts";
 import { pretrainGPT } from "../src/training/train.ts";
+import { watchNpmWrapper } from "./launcher_watch.ts";
+import { resolveTrainingPaths, userCwd } from "./user_paths.ts";
 
 /** The embedded default: sized to finish in about 3 minutes on a 2-core CPU with OpenBLAS. */
 export const EMBEDDED_DEFAULT: Partial<FlagValues> = {
@@ -59,12 +61,13 @@ async function main(argv: string[]): Promise<void> {
       cfg = withDefaults(cfg, { ...EMBEDDED_DEFAULT, dataPath: [prefix] });
       console.log(`> no flags given: training the embedded default GPT on ${prefix}`);
     }
-    cfg = validateForTraining(cfg);
+    cfg = validateForTraining(resolveTrainingPaths(cfg, userCwd()));
   } catch (e) {
     if (e instanceof ConfigError) fail(e.message, 2);
     throw e;
   }
 
+  const watch = watchNpmWrapper((l) => console.log(l));
   const { backend, note } = await selectBackend(cfg.device as "cpu" | "cuda" | "auto", {
     log: (l) => console.log(l),
   });
@@ -115,13 +118,17 @@ async function main(argv: string[]): Promise<void> {
       (first && last ? `, validation loss ${first.loss.toFixed(3)} -> ${last.loss.toFixed(3)}` : ""),
   );
   if (result.savedTo) log(`checkpoint saved in ${result.savedTo} (resume with --load ${cfg.save})`);
+  watch.stop();
   if (cfg.exitSignalHandler) Deno.exit(0); // signal listeners would keep the process alive
 }
 
-if (import.meta.main) {
+/** `megatron pretrain-gpt` and `deno task pretrain:gpt`: a failure is one line and exit code 1. */
+export async function run(argv: string[]): Promise<void> {
   try {
-    await main(Deno.args);
+    await main(argv);
   } catch (e) {
     fail((e as Error).message, 1);
   }
 }
+
+if (import.meta.main) await run(Deno.args);
