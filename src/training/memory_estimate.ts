@@ -12,7 +12,7 @@
 //                   dropped-out copy when attention dropout > 0: k = 2) + 2 LayerNorm mean/rstd pairs in
 //                   f32. Dropout masks are not stored (counter-based RNG regenerates them).
 //   recomputed:     only the layer's output (b*s*h) per checkpointed chunk; backward rebuilds one chunk
-//                   (uniform: N layers; block: one layer) transiently.
+//                   (uniform: N layers; block: one layer, after the later layers are freed) transiently.
 //   first stage:    the embedding output; later stages: the received hidden state.
 //   last stage:     final LN output and stats, logits b*s*V/t, cross-entropy stats (3 f32 per token).
 //   backward:       a transient workspace of 5*b*s*h + 2*b*(a/t)*s^2 elements.
@@ -108,7 +108,9 @@ function chunkActivations(m: GPTConfig, t: number, b: number, c: ChunkShape) {
   } else if (m.activationsCheckpointMethod === "block") {
     const ck = Math.min(n, c.layers);
     stored = ck * outOnly + (c.layers - ck) * fullLayer;
-    rebuilt = ck > 0 ? fullLayer : 0;
+    // The checkpointed layers come first, so backward rebuilds them after the later, fully stored
+    // layers have been freed: only when every layer is checkpointed does a rebuild add to the peak.
+    rebuilt = ck === c.layers && ck > 0 ? fullLayer : 0;
   } else {
     stored = c.layers * fullLayer;
   }
