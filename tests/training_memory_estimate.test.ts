@@ -8,12 +8,7 @@ import assert from "node:assert/strict";
 import type { Backend } from "../src/backend/backend.ts";
 import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
 import { parseArgs, validateForTraining } from "../src/training/config.ts";
-import {
-  checkFits,
-  estimateMemory,
-  formatBytes,
-  hostMemAvailable,
-} from "../src/training/memory_estimate.ts";
+import { checkFits, estimateMemory, formatBytes, hostMemAvailable } from "../src/training/memory_estimate.ts";
 import { modelConfigOf, pretrainGPT } from "../src/training/train.ts";
 import { DTYPE_BYTES } from "../src/tensor/dtype.ts";
 import type { Storage, Tensor } from "../src/tensor/tensor.ts";
@@ -64,13 +59,35 @@ const CASES: [string, string[]][] = [
   ["f32, no pipelining, 2 micro-batches", ["--micro-batch-size", "2", "--global-batch-size", "4"]],
   ["bf16, attention dropout 0", ["--bf16", "--attention-dropout", "0"]],
   ["fp16, SGD", ["--fp16", "--optimizer", "sgd"]],
-  ["uniform recompute 2", ["--activations-checkpoint-method", "uniform", "--activations-checkpoint-num-layers", "2"]],
-  ["block recompute 1", ["--activations-checkpoint-method", "block", "--activations-checkpoint-num-layers", "1"]],
-  ["1F1B over 2 stages, 4 micro-batches", ["--pipeline-model-parallel-size", "2", "--global-batch-size", "8"]],
+  ["uniform recompute 2", [
+    "--activations-checkpoint-method",
+    "uniform",
+    "--activations-checkpoint-num-layers",
+    "2",
+  ]],
+  ["block recompute 1", [
+    "--activations-checkpoint-method",
+    "block",
+    "--activations-checkpoint-num-layers",
+    "1",
+  ]],
+  ["1F1B over 2 stages, 4 micro-batches", [
+    "--pipeline-model-parallel-size",
+    "2",
+    "--global-batch-size",
+    "8",
+  ]],
   ["TP 2 x DP 2", ["--tensor-model-parallel-size", "2", "--world-size", "4", "--global-batch-size", "4"]],
   [
     "interleaved 2 stages x 2 chunks",
-    ["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "1", "--global-batch-size", "4"],
+    [
+      "--pipeline-model-parallel-size",
+      "2",
+      "--num-layers-per-virtual-pipeline-stage",
+      "1",
+      "--global-batch-size",
+      "4",
+    ],
   ],
 ];
 
@@ -153,6 +170,8 @@ Deno.test("memory estimate: MemAvailable parsing and the one-line message", () =
     checkFits(est, { bytes: 1024, what: "available host memory (MemAvailable in /proc/meminfo)" }),
     `the model does not fit: memory estimate ${formatBytes(est.total)} (params ${formatBytes(4 * n)}, ` +
       `grads ${formatBytes(4 * n)}, optimizer ${formatBytes(8 * n)}, activations ` +
-      `${formatBytes(est.activationBytes)}) exceeds the 1.00 KiB of available host memory (MemAvailable in /proc/meminfo)`,
+      `${
+        formatBytes(est.activationBytes)
+      }) exceeds the 1.00 KiB of available host memory (MemAvailable in /proc/meminfo)`,
   );
 });
