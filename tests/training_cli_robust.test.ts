@@ -512,6 +512,35 @@ Deno.test("cli: the lock of a trainer killed with SIGKILL is taken over with a n
   assert.deepEqual(listing(save), ["iter_0000002", "latest_checkpointed_iteration.txt"]);
 });
 
+Deno.test("cli: a lock whose pid now belongs to a newer process (pid reused) is taken over", async () => {
+  const save = `${DIR}/lock_reused`;
+  Deno.mkdirSync(save);
+  const other = new Deno.Command("sleep", { args: ["60"] }).spawn();
+  try {
+    // The lock says the owner started in 2020; the live process with that pid started just now.
+    const owner = {
+      pid: other.pid,
+      host: hostName(),
+      started: "2020-01-01T00:00:00.000Z",
+      command: "pretrain_gpt --x",
+    };
+    Deno.writeTextFileSync(`${save}/${LOCK_FILE}`, JSON.stringify(owner) + "\n");
+    const r = await cli(["--lr", "1e-3", "--train-iters", "2", "--save", save]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(
+      r.stdout.split("\n").includes(
+        `note: took over the stale lock ${save}/${LOCK_FILE} of a trainer that is no longer running ` +
+          `(pid ${other.pid} on host ${owner.host}, started 2020-01-01T00:00:00.000Z, command: pretrain_gpt --x)`,
+      ),
+      r.stdout,
+    );
+    assert.deepEqual(listing(save), ["iter_0000002", "latest_checkpointed_iteration.txt"]);
+  } finally {
+    other.kill("SIGKILL");
+    await other.status;
+  }
+});
+
 Deno.test("cli: a lock held from another host is not judged: one line naming it, exit 1, lock kept", async () => {
   const save = `${DIR}/lock_foreign`;
   Deno.mkdirSync(save);

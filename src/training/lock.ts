@@ -4,7 +4,7 @@
 // it. The lock is made complete under a temp name and hard-linked into place: link(2) fails when the
 // name exists, so exactly one process wins and no reader ever sees a half-written lock.
 
-import { hostName, isLocalPidAlive, processToken } from "./process.ts";
+import { hostName, isLocalPidAlive, processStartMs, processToken } from "./process.ts";
 
 export const LOCK_FILE = ".megatron-deno.lock";
 
@@ -63,6 +63,17 @@ function readText(path: string): string | null {
   }
 }
 
+/** Is the lock's owner (a process of this host) still running? Its pid may have been reused since
+ *  (after a reboot or container restart, even by this process): a process that started after the
+ *  lock was taken is not its owner. */
+function ownerAlive(o: LockOwner): boolean {
+  if (o.pid === Deno.pid || !isLocalPidAlive(o.pid)) return false;
+  const started = processStartMs(o.pid);
+  const locked = Date.parse(o.started);
+  // 2 s of slack for the tick resolution and clock adjustments.
+  return started === null || Number.isNaN(locked) || started <= locked + 2000;
+}
+
 export class SaveDirLock {
   #released = false;
   private constructor(readonly path: string, readonly owner: LockOwner, private readonly text: string) {}
@@ -108,7 +119,7 @@ export class SaveDirLock {
               `remove ${path} if that run has ended`,
           );
         }
-        if (isLocalPidAlive(other.pid)) {
+        if (ownerAlive(other)) {
           throw new Error(
             `--save ${dir} is in use by another trainer (${describeOwner(other)}); lock ${path}`,
           );

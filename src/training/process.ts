@@ -44,6 +44,22 @@ export function isLocalPidAlive(pid: number): boolean {
   return false;
 }
 
+/** Start time (ms since the epoch) of a local process from /proc, or null when unknown. Field 22
+ *  of /proc/<pid>/stat counts clock ticks (USER_HZ, 100 on Linux) since boot (btime of /proc/stat). */
+export function processStartMs(pid: number): number | null {
+  try {
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    // The command name (field 2) may contain spaces and parentheses: fields resume after the last ")".
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const ticks = Number(fields[19]);
+    const btime = /^btime (\d+)$/m.exec(Deno.readTextFileSync("/proc/stat"));
+    if (!btime || !Number.isFinite(ticks)) return null;
+    return (Number(btime[1]) + ticks / 100) * 1000;
+  } catch {
+    return null;
+  }
+}
+
 /** Is the process named by `token` known to be dead? Only a process of this host can be judged. */
 export function isTokenDead(token: string): boolean {
   const t = parseToken(token);
