@@ -122,8 +122,8 @@ function canMount(): boolean {
 const MOUNT = canMount();
 if (!MOUNT) {
   console.log(
-    "training_cli_robust: the disk-full test is skipped: it needs root with the right to mount a tmpfs " +
-      `(uid ${Deno.uid()})`,
+    `training_cli_robust: skipped: the disk-full test${IS_ROOT ? " and the read-only --save test" : ""}: ` +
+      `they need root with the right to mount a tmpfs (uid ${Deno.uid()})`,
   );
 }
 
@@ -440,7 +440,8 @@ Deno.test("checkpoint: each save removes dead writers' temps first (not only at 
 
 // ---- one trainer per --save folder ------------------------------------------------------------
 
-/** A running CLI; resolves `started` once its first iteration is logged. */
+/** A running CLI; `started` resolves once its first iteration is logged. Its stdout is drained to the
+ *  end, so the trainer never blocks on a full pipe (it must stay responsive to signals). */
 function spawnCli(args: string[]) {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", SCRIPT, ...args],
@@ -448,13 +449,16 @@ function spawnCli(args: string[]) {
     stderr: "piped",
   }).spawn();
   let out = "";
-  const started = (async () => {
+  let onStart: () => void = () => {};
+  const started = new Promise<void>((resolve) => onStart = resolve);
+  const drained = (async () => {
     for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
       out += chunk;
-      if (/^ iteration\s+1\//m.test(out)) break;
+      if (/^ iteration\s+1\//m.test(out)) onStart();
     }
+    onStart(); // ended without an iteration: let the test fail on what follows
   })();
-  return { child, started, stderr: new Response(child.stderr).text() };
+  return { child, started, drained, stderr: new Response(child.stderr).text() };
 }
 
 Deno.test("cli: a second trainer on the same --save fails with one line naming the owner; the lock goes with the first", async () => {
@@ -484,6 +488,7 @@ Deno.test("cli: a second trainer on the same --save fails with one line naming t
     first.child.kill("SIGTERM");
   }
   const st = await first.child.status;
+  await first.drained;
   await first.stderr;
   assert.equal(st.code, 0);
   assert.ok(!listing(save).includes(LOCK_FILE), "released on the signal-handler exit");
@@ -496,6 +501,7 @@ Deno.test("cli: the lock of a trainer killed with SIGKILL is taken over with a n
   await victim.started;
   victim.child.kill("SIGKILL");
   await victim.child.status;
+  await victim.drained;
   await victim.stderr;
   const owner = JSON.parse(Deno.readTextFileSync(`${save}/${LOCK_FILE}`));
   assert.equal(owner.pid, victim.child.pid);
