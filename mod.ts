@@ -58,6 +58,8 @@ export * from "./src/pipeline/schedules.ts";
 export * from "./src/training/train.ts";
 export * from "./src/training/config.ts";
 export * from "./src/training/checkpoint.ts";
+export * from "./src/training/lock.ts";
+export * from "./src/training/memory_estimate.ts";
 export * from "./src/training/safetensors.ts";
 export * from "./src/training/tensorboard.ts";
 export * from "./src/training/metrics.ts";

@@ -13,6 +13,7 @@ import {
   validateForTraining,
   withDefaults,
 } from "../src/training/config.ts";
+import { SaveDirLock } from "../src/training/lock.ts";
 import { devicePeak } from "../src/training/peak.ts";
 import { pretrainGPT } from "../src/training/train.ts";
 import { watchNpmWrapper } from "./launcher_watch.ts";
@@ -68,6 +69,17 @@ async function main(argv: string[]): Promise<void> {
   }
 
   const watch = watchNpmWrapper((l) => console.log(l));
+
+  if (cfg.save) {
+    // One trainer per --save folder. The lock goes on every exit that runs JavaScript (normal end,
+    // error, --exit-signal-handler); after a kill it names a dead pid and the next run takes it over.
+    const lock = SaveDirLock.acquire(cfg.save, {
+      command: ["pretrain_gpt", ...argv].join(" "),
+      log: (l) => console.log(l),
+    });
+    globalThis.addEventListener("unload", () => lock.release());
+  }
+
   const { backend, note } = await selectBackend(cfg.device as "cpu" | "cuda" | "auto", {
     log: (l) => console.log(l),
   });

@@ -10,6 +10,7 @@ import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
 import { createCudaBackend, type CudaBackend, probeCuda } from "../src/backend/cuda/cuda_backend.ts";
 import type { DiscoverEnv } from "../ffi/discover.ts";
 import type { DType } from "../src/tensor/dtype.ts";
+import { availableMemory } from "../src/training/memory_estimate.ts";
 
 const MOCK_C = String.raw`
 #include <stdint.h>
@@ -325,6 +326,27 @@ if (lib) {
       for (const t of [x, x2, y, out, probs, ids, table, g]) cuda.free(t);
     },
   );
+
+  Deno.test({
+    name: "cuda mock: deviceMemory is cudaMemGetInfo's free plus the allocator's cached blocks",
+    ...opts,
+  }, () => {
+    // The mock's cudaMemGetInfo reports 1 GiB free; blocks the allocator caches count as free too.
+    const t = cuda.empty("f32", [1 << 20]);
+    const held = cuda.memoryStats();
+    assert.deepEqual(cuda.deviceMemory(), {
+      free: (1 << 30) + held.reservedBytes - held.allocatedBytes,
+      total: 1 << 30,
+    });
+    cuda.free(t);
+    const cached = cuda.memoryStats();
+    assert.equal(cached.allocatedBytes, 0);
+    assert.equal(cuda.deviceMemory().free, (1 << 30) + cached.reservedBytes);
+    assert.deepEqual(availableMemory(cuda), {
+      bytes: (1 << 30) + cached.reservedBytes,
+      what: "free cuda device memory",
+    });
+  });
 
   Deno.test({
     name: "cuda mock: caching allocator makes no new cudaMalloc in steady state; dispose frees all",

@@ -36,7 +36,8 @@ function rank(tp: number, pp: number, iteration: number, fill: number): RankStat
       name: "language_model.embedding.word_embeddings.weight",
       dtype: "f32",
       shape: [3],
-      data: new Float32Array([fill, -0, NaN]),
+      // -0 and a subnormal must survive byte for byte (a NaN would be refused on load: see below).
+      data: new Float32Array([fill, -0, 1e-45]),
     },
   ];
   const optim: NamedTensor[] = [

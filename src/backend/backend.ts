@@ -105,6 +105,9 @@ export interface Backend {
   free(t: Tensor): void;
   /** Wait for all queued work (no-op on CPU). */
   synchronize(): void;
+  /** Device memory a new allocation can use (free + cached but unused), for a device with its own
+   *  memory; absent on the CPU, whose limit is the host's (src/training/memory_estimate.ts). */
+  deviceMemory?(): { free: number; total: number };
 
   // ---- elementwise / copies ---------------------------------------------------------------
   /** dst = src with dtype conversion (same element count). */

@@ -20,7 +20,15 @@
 // files, renames the directory into place (an existing one is moved aside first and deleted last),
 // fsyncs <save>, and only then replaces the tracker via temp+rename. A kill at any moment leaves the
 // tracker naming a complete checkpoint. Only data-parallel rank 0 of each (tp, pp) writes.
+//
+// Temp names end in "<host>-<pid>" of the writer. A writer killed mid-save (kill -9) leaves its temp
+// entries behind; removeStaleTemps() deletes those whose process is no longer running on this host
+// (at each save, and at start-up of a run). A failed write (disk full) is reported as one line naming
+// the file, and leaves the tracker and the previous checkpoint as they were.
+//
+// Loading checks every tensor for NaN/Inf and names the file and tensor of the first one found.
 
+import { isTokenDead, processToken } from "./process.ts";
 import { type NamedTensor, readSafetensors, writeSafetensors } from "./safetensors.ts";
 
 export type { NamedTensor } from "./safetensors.ts";
@@ -83,11 +91,13 @@ export interface SaveOptions extends ParallelSizes {
   iteration: Iteration;
   /** Ranks this process writes (DP rank 0 of each (tp, pp) it holds). */
   ranks: RankState[];
-  /** Distinguishes concurrent writers' temp dirs (default: this pid). */
+  /** Distinguishes concurrent writers' temp dirs (default: "<host>-<pid>", see process.ts). */
   token?: string;
   /** Remove the temp dir when the save fails (default true; false mimics a killed process). */
   cleanupOnError?: boolean;
   onStage?: (stage: SaveStage, detail: string) => void;
+  /** Notes (stale temp entries removed). */
+  log?: (line: string) => void;
 }
 
 function pad(n: number, width: number): string {
@@ -145,18 +155,33 @@ function exists(path: string): boolean {
   }
 }
 
-function writeTextDurable(path: string, text: string): void {
-  const tmp = `${path}.tmp-${Deno.pid}`;
-  const f = Deno.openSync(tmp, { write: true, create: true, truncate: true });
+/** Run a file operation on `path`; a failure is rethrown as "<path>: <reason>" (one line). */
+function writing<T>(path: string, fn: () => T): T {
   try {
-    const b = new TextEncoder().encode(text);
-    let w = 0;
-    while (w < b.length) w += f.writeSync(b.subarray(w));
-    f.syncSync();
-  } finally {
-    f.close();
+    return fn();
+  } catch (e) {
+    const msg = (e as Error).message.split("\n")[0];
+    throw new Error(msg.startsWith(path) ? msg : `${path}: ${msg}`);
   }
-  Deno.renameSync(tmp, path);
+}
+
+function writeTextDurable(path: string, text: string): void {
+  const tmp = `${path}.tmp-${processToken()}`;
+  writing(path, () => {
+    const f = Deno.openSync(tmp, { write: true, create: true, truncate: true });
+    try {
+      const b = new TextEncoder().encode(text);
+      let w = 0;
+      while (w < b.length) w += f.writeSync(b.subarray(w));
+      f.syncSync();
+      f.close();
+    } catch (e) {
+      f.close();
+      Deno.removeSync(tmp);
+      throw e;
+    }
+    Deno.renameSync(tmp, path);
+  });
 }
 
 function metaToJson(m: CheckpointMeta, r: { tp: number; pp: number } & ParallelSizes, files: string[]) {
@@ -196,12 +221,14 @@ function metaToJson(m: CheckpointMeta, r: { tp: number; pp: number } & ParallelS
 
 /** Write one rank's files into `dir` (created), fsynced. */
 export function writeRankFiles(dir: string, rank: RankState, sizes: ParallelSizes): void {
-  Deno.mkdirSync(dir, { recursive: true });
+  writing(dir, () => Deno.mkdirSync(dir, { recursive: true }));
   const files = ["model.safetensors"];
   const md = { format: FORMAT_NAME, iteration: String(rank.meta.iteration) };
-  writeSafetensors(`${dir}/model.safetensors`, rank.model, md);
+  const modelPath = `${dir}/model.safetensors`;
+  writing(modelPath, () => writeSafetensors(modelPath, rank.model, md));
   if (rank.optim !== undefined) {
-    writeSafetensors(`${dir}/optim.safetensors`, rank.optim, md);
+    const optimPath = `${dir}/optim.safetensors`;
+    writing(optimPath, () => writeSafetensors(optimPath, rank.optim!, md));
     files.push("optim.safetensors");
   }
   const meta = metaToJson(rank.meta, { ...rank, ...sizes }, files);
@@ -210,7 +237,7 @@ export function writeRankFiles(dir: string, rank: RankState, sizes: ParallelSize
 }
 
 /** The temp directory a save of `iteration` writes into before it is renamed into place. */
-export function tempIterDir(saveDir: string, iteration: Iteration, token = String(Deno.pid)): string {
+export function tempIterDir(saveDir: string, iteration: Iteration, token = processToken()): string {
   return `${saveDir}/${iterDirName(iteration)}.tmp-${token}`;
 }
 
@@ -221,7 +248,7 @@ export function commitIterDir(saveDir: string, iteration: Iteration, tmpDir: str
   if (exists(final)) {
     // rename(2) cannot replace a non-empty directory: move the old one aside; loaders fall back to
     // it if a crash lands between the two renames.
-    old = `${final}.old-${Deno.pid}`;
+    old = `${final}.old-${processToken()}`;
     if (exists(old)) Deno.removeSync(old, { recursive: true });
     Deno.renameSync(final, old);
   }
@@ -237,7 +264,55 @@ export function writeTracker(saveDir: string, iteration: Iteration): void {
   syncDir(saveDir);
 }
 
-/** Save a checkpoint atomically (see the header). Returns the final iteration directory. */
+/**
+ * Remove temp entries of `saveDir` left by writers that are no longer running on this host:
+ * `iter_*.tmp-<host>-<pid>` directories, `*.tmp-<host>-<pid>` files, and `iter_*.old-<host>-<pid>`
+ * directories whose replacement is in place (without it, the loader still falls back to the .old one).
+ * Entries of a live process, of another host, or with a name this code did not write are kept.
+ * Returns the removed paths.
+ */
+export function removeStaleTemps(saveDir: string, log?: (line: string) => void): string[] {
+  const removed: string[] = [];
+  let entries: Deno.DirEntry[];
+  try {
+    entries = [...Deno.readDirSync(saveDir)];
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return removed;
+    throw e;
+  }
+  for (const e of entries) {
+    const tmp = /^(.+)\.tmp-([^/]+)$/.exec(e.name);
+    const old = /^(iter_\d{7}|release)\.old-([^/]+)$/.exec(e.name);
+    const token = tmp?.[2] ?? old?.[2];
+    if (token === undefined || !isTokenDead(token)) continue;
+    if (old && !exists(`${saveDir}/${old[1]}`)) continue; // still the only copy of that iteration
+    const path = `${saveDir}/${e.name}`;
+    try {
+      Deno.removeSync(path, { recursive: true });
+    } catch (err) {
+      if (err instanceof Deno.errors.NotFound) continue; // another process cleaned it first
+      throw new Error(`${path}: cannot remove a stale checkpoint temp: ${(err as Error).message}`);
+    }
+    removed.push(path);
+    log?.(`removed ${path} (left by process ${token}, which is no longer running)`);
+  }
+  return removed;
+}
+
+/** The tracker's current content, for error messages. */
+function trackerNote(saveDir: string): string {
+  try {
+    const t = readTracker(saveDir);
+    return t === null
+      ? `there was no earlier checkpoint (no ${TRACKER_FILE})`
+      : `${saveDir}/${TRACKER_FILE} still names ${t.release ? "release" : `iteration ${t.iteration}`}`;
+  } catch {
+    return `${saveDir}/${TRACKER_FILE} is unreadable`;
+  }
+}
+
+/** Save a checkpoint atomically (see the header). Returns the final iteration directory. A write
+ *  failure throws "checkpoint save failed at iteration N: <path>: <reason>; <tracker state>". */
 export function saveCheckpoint(opts: SaveOptions): string {
   const { saveDir, iteration, ranks } = opts;
   const sizes = { tpSize: opts.tpSize, ppSize: opts.ppSize };
@@ -253,11 +328,21 @@ export function saveCheckpoint(opts: SaveOptions): string {
       );
     }
   }
-  Deno.mkdirSync(saveDir, { recursive: true });
+  const failed = (e: unknown) =>
+    new Error(
+      `checkpoint save failed at ${iteration === "release" ? "release" : `iteration ${iteration}`}: ` +
+        `${(e as Error).message}; ${trackerNote(saveDir)}`,
+    );
   const tmp = tempIterDir(saveDir, iteration, opts.token);
-  if (exists(tmp)) Deno.removeSync(tmp, { recursive: true }); // our own leftover from a crashed try
   try {
-    Deno.mkdirSync(tmp);
+    writing(saveDir, () => Deno.mkdirSync(saveDir, { recursive: true }));
+    removeStaleTemps(saveDir, opts.log);
+    if (exists(tmp)) Deno.removeSync(tmp, { recursive: true }); // our own leftover from a crashed try
+  } catch (e) {
+    throw failed(e);
+  }
+  try {
+    writing(tmp, () => Deno.mkdirSync(tmp));
     for (const r of ranks) {
       const dir = `${tmp}/${rankDirName(r.tp, r.pp, sizes.ppSize)}`;
       writeRankFiles(dir, r, sizes);
@@ -265,7 +350,7 @@ export function saveCheckpoint(opts: SaveOptions): string {
     }
     syncDir(tmp);
     opts.onStage?.("synced", tmp);
-    commitIterDir(saveDir, iteration, tmp);
+    writing(`${saveDir}/${iterDirName(iteration)}`, () => commitIterDir(saveDir, iteration, tmp));
     opts.onStage?.("renamed", `${saveDir}/${iterDirName(iteration)}`);
   } catch (e) {
     if (opts.cleanupOnError ?? true) {
@@ -275,9 +360,13 @@ export function saveCheckpoint(opts: SaveOptions): string {
         // already renamed or never created
       }
     }
-    throw e;
+    throw failed(e);
   }
-  writeTracker(saveDir, iteration);
+  try {
+    writeTracker(saveDir, iteration);
+  } catch (e) {
+    throw failed(e);
+  }
   return `${saveDir}/${iterDirName(iteration)}`;
 }
 
@@ -389,7 +478,54 @@ function resolveIterDir(loadDir: string, iteration: Iteration): string | null {
   return null;
 }
 
-/** Load one rank's checkpoint (the tracker's iteration unless opts.iteration is given). */
+/** Index and kind of the first NaN/Inf element of `t`, or null (integer tensors: always null). */
+export function firstNonFinite(t: NamedTensor): { index: number; value: string } | null {
+  const d = t.data;
+  if (t.dtype === "f32") {
+    // The exponent field all ones is Inf or NaN; integer tests on the raw bits (no float dependency
+    // chain) keep this at memory speed.
+    const a = d as Float32Array;
+    const u = new Uint32Array(a.buffer, a.byteOffset, a.length);
+    for (let i = 0; i < u.length; i++) {
+      if ((u[i] & 0x7f800000) === 0x7f800000) return { index: i, value: String(a[i]) };
+    }
+    return null;
+  }
+  if (t.dtype === "f64") {
+    const a = d as Float64Array;
+    for (let i = 0; i < a.length; i++) {
+      if (!Number.isFinite(a[i])) return { index: i, value: String(a[i]) };
+    }
+    return null;
+  }
+  if (t.dtype === "f16" || t.dtype === "bf16") {
+    // Raw bit patterns: the exponent field all ones is Inf (mantissa 0) or NaN.
+    const [exp, mant] = t.dtype === "f16" ? [0x7c00, 0x03ff] : [0x7f80, 0x007f];
+    const a = d as Uint16Array;
+    for (let i = 0; i < a.length; i++) {
+      if ((a[i] & exp) === exp) {
+        return { index: i, value: (a[i] & mant) !== 0 ? "NaN" : a[i] & 0x8000 ? "-Infinity" : "Infinity" };
+      }
+    }
+  }
+  return null;
+}
+
+/** Throw one line naming the file and the first tensor holding NaN/Inf. */
+export function assertFiniteTensors(path: string, tensors: readonly NamedTensor[]): void {
+  for (const t of tensors) {
+    const bad = firstNonFinite(t);
+    if (bad !== null) {
+      throw new Error(
+        `${path}: tensor ${t.name} holds a non-finite value (${bad.value} at element ${bad.index} of ` +
+          `${t.dtype} [${t.shape.join(", ")}]); refusing to resume from a diverged or corrupt checkpoint`,
+      );
+    }
+  }
+}
+
+/** Load one rank's checkpoint (the tracker's iteration unless opts.iteration is given). Every
+ *  tensor is checked for NaN/Inf (see assertFiniteTensors). */
 export function loadCheckpoint(
   loadDir: string,
   rank: { tp: number; pp: number },
@@ -426,11 +562,13 @@ export function loadCheckpoint(
   }
   const modelPath = `${dir}/model.safetensors`;
   if (!exists(modelPath)) throw new Error(`${modelPath}: missing (incomplete checkpoint?)`);
+  const model = readSafetensors(modelPath).tensors;
+  assertFiniteTensors(modelPath, model);
   const out: LoadedRank = {
     iteration: iteration === "release" ? 0 : iteration,
     release: iteration === "release",
     dir,
-    model: readSafetensors(modelPath).tensors,
+    model,
     meta,
     checkpointVersion: version,
     sizes,
@@ -440,6 +578,7 @@ export function loadCheckpoint(
     if (files.includes("optim.safetensors") || exists(optimPath)) {
       if (!exists(optimPath)) throw new Error(`${optimPath}: missing (listed in meta.json)`);
       out.optim = readSafetensors(optimPath).tensors;
+      assertFiniteTensors(optimPath, out.optim);
     }
   }
   return out;

@@ -20,11 +20,14 @@ import {
   type NamedTensor,
   type RankState as CkptRank,
   readTracker,
+  removeStaleTemps,
   saveCheckpoint,
 } from "./checkpoint.ts";
 import { type Config, configToJson } from "./config.ts";
 import { buildGptData, type GptData, type SampleSource } from "./data.ts";
 import { MetricsWriter } from "./metrics.ts";
+import { prepareSaveDir } from "./lock.ts";
+import { availableMemory, checkFits, describeEstimate, estimateMemory } from "./memory_estimate.ts";
 import { type HostBatch, RankState, type RankStepResult, type StepInputs } from "./rank.ts";
 import { SummaryWriter } from "./tensorboard.ts";
 
@@ -264,6 +267,7 @@ function save(run: Run, iteration: number, consumedTrain: number, consumedValid:
     tpSize: cfg.tensorModelParallelSize,
     ppSize: cfg.pipelineModelParallelSize,
     ranks,
+    log: run.env.log,
   });
 }
 
@@ -341,6 +345,11 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
   }
   const now = env.now ?? (() => performance.now());
   const log = env.log;
+  if (cfg.save) {
+    // Fail now, not at the first save hours in; and clear what killed writers left behind.
+    prepareSaveDir(cfg.save);
+    removeStaleTemps(cfg.save, log);
+  }
   const tp = cfg.tensorModelParallelSize, pp = cfg.pipelineModelParallelSize, dp = cfg.dataParallelSize;
   const vp = cfg.virtualPipelineModelParallelSize;
   const tokenizer = await buildTokenizer({
@@ -356,6 +365,18 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
       `(new size: ${paddedVocab})`,
   );
   const modelCfg = modelConfigOf(cfg, paddedVocab);
+  // Before anything is allocated: a model that cannot fit fails with the estimate.
+  const memory = estimateMemory(modelCfg, {
+    tp,
+    pp,
+    dp,
+    vp,
+    microBatchSize: cfg.microBatchSize!,
+    numMicroBatches: cfg.globalBatchSize! / (cfg.microBatchSize! * dp),
+    optimizer: cfg.optimizer as "adam" | "sgd",
+  });
+  const noFit = checkFits(memory, availableMemory(env.backend));
+  if (noFit !== null) throw new Error(noFit);
 
   // Iterations, sample counts and the datasets (built once, shared by every in-process rank).
   const mbArgs = {
@@ -401,7 +422,8 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
   log(
     `> model: ${cfg.numLayers} layers, hidden ${cfg.hiddenSize}, ${cfg.numAttentionHeads} heads, seq ${cfg.seqLength}, ` +
       `${(nParams / 1e6).toFixed(2)}M parameters, ${cfg.paramsDtype}; layout TP=${tp} PP=${pp} DP=${dp}` +
-      (vp > 1 ? ` (${vp} virtual chunks per stage)` : "") + `; backend ${env.backend.description}`,
+      (vp > 1 ? ` (${vp} virtual chunks per stage)` : "") + `; ${describeEstimate(memory)}` +
+      `; backend ${env.backend.description}`,
   );
   const run: Run = {
     cfg,
@@ -416,9 +438,13 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
   let iteration = 0;
   let consumedTrain = 0;
   let consumedValid = 0;
+  let loadedFrom: string | null = null;
   if (cfg.load) {
     const r = load(run);
-    if (r) ({ iteration, consumedTrain, consumedValid } = r);
+    if (r) {
+      ({ iteration, consumedTrain, consumedValid } = r);
+      loadedFrom = `${cfg.load} (iteration ${r.iteration})`;
+    }
   }
 
   const tb = cfg.tensorboardDir ? new SummaryWriter(cfg.tensorboardDir) : null;
@@ -462,6 +488,15 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
     const t0 = now();
     iteration += 1;
     const r = await trainStep(run, consumedTrain, iteration, numMicro);
+    if (!Number.isFinite(r.loss) && !r.skipped) {
+      // fp16's scaler skips such a step; without one (fp32, bf16) the update is already poisoned, so
+      // stop as Megatron's loss check does, and do not save this state.
+      throw new Error(
+        `iteration ${iteration}: lm loss is ${r.loss} (${cfg.paramsDtype} training, no loss scaler to ` +
+          `skip the step); stopping without saving` +
+          (savedTo ? `; last checkpoint: ${savedTo}` : loadedFrom ? `; last checkpoint: ${loadedFrom}` : ""),
+      );
+    }
     consumedTrain += batch;
     const dt = now() - t0;
     const tokens = batch * cfg.seqLength!;

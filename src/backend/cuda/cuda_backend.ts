@@ -304,6 +304,12 @@ export class CudaBackend implements Backend {
   memoryStats(): MemoryStats {
     return this.alloc.stats();
   }
+  deviceMemory(): { free: number; total: number } {
+    const { free, total } = this.rt.memInfo();
+    const st = this.alloc.stats();
+    // Blocks cached by the allocator are free for our own allocations too.
+    return { free: free + st.reservedBytes - st.allocatedBytes, total };
+  }
   resetPeakMemory(): void {
     this.alloc.resetPeaks();
   }
