@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes tests/data/bert_t5_reference.json: BERT and T5 samples for a small synthetic document set,
+"""Writes tests/data/bert_t5_reference.jsonl: BERT and T5 samples for a small synthetic document set,
 computed here independently of the TypeScript (Python + the real numpy RandomState) from Megatron
 2021's algorithm as documented in shared/reference/megatron-2021-facts.md section 2.
 
@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "bert_t5_reference.json")
+OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "bert_t5_reference.jsonl")
 LONG = 512
 
 
@@ -347,17 +347,14 @@ def main():
                 "samples": samples,
             }
         results.append({"config": c, "splits": splits})
-    ref = {
-        "generator": "scripts/bert_t5_reference.py",
-        "numpy": np.__version__,
-        "vocab": vocab_text,
-        "documents": docs,
-        "results": results,
-    }
+    # JSON Lines (one compact line each, which deno fmt leaves alone): the corpus, then one line per
+    # configuration.
+    head = {"generator": "scripts/bert_t5_reference.py", "numpy": np.__version__, "vocab": vocab_text,
+            "documents": docs}
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as f:
-        json.dump(ref, f, separators=(",", ":"))
-        f.write("\n")
+        for obj in [head] + results:
+            f.write(json.dumps(obj, separators=(",", ":")) + "\n")
     print("wrote", OUT, os.path.getsize(OUT), "bytes")
 
 

@@ -1,7 +1,7 @@
 // BERT and T5 datasets against Megatron 2021's algorithm:
 // - samples mappings worked by hand from std::mt19937(1234) / std::mt19937_64(1235) outputs printed by
 //   a C++ program (libstdc++), quoted below;
-// - every sample of three configurations against tests/data/bert_t5_reference.json, written by
+// - every sample of three configurations against tests/data/bert_t5_reference.jsonl, written by
 //   scripts/bert_t5_reference.py (an independent Python version using numpy's own RandomState);
 // - the cache file (Megatron's name, .npy contents), its reuse, and the binary-head name trap.
 
@@ -254,9 +254,13 @@ interface Reference {
   results: RefResult[];
 }
 
-const REF: Reference = JSON.parse(
-  Deno.readTextFileSync(new URL("./data/bert_t5_reference.json", import.meta.url)),
-);
+// Line 1: the corpus and vocabulary; then one line per configuration.
+const REF: Reference = (() => {
+  const lines = Deno.readTextFileSync(new URL("./data/bert_t5_reference.jsonl", import.meta.url)).trim()
+    .split("\n");
+  const head = JSON.parse(lines[0]);
+  return { vocab: head.vocab, documents: head.documents, results: lines.slice(1).map((l) => JSON.parse(l)) };
+})();
 
 function writeCorpus(dir: string): string {
   const prefix = `${dir}/ref_text_sentence`;
