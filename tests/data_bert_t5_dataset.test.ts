@@ -508,3 +508,79 @@ Deno.test("getSamplesMapping with cache off writes nothing; getItem out of range
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+Deno.test("document-level data (one sentence per document) with the binary head: one line naming the data and --split-sentences", () => {
+  const sizes = Int32Array.from([5, 7, 3]);
+  assert.throws(
+    () =>
+      getSamplesMapping({
+        name: "train",
+        dataPrefix: "/d/c_text_document",
+        docs: [0, 1, 2, 3],
+        sizes,
+        numEpochs: null,
+        maxNumSamples: 10,
+        maxSeqLength: 29,
+        shortSeqProb: 0.1,
+        seed: 1234,
+        minNumSent: 2,
+        cache: false,
+      }),
+    (e: Error) =>
+      e.message ===
+        "/d/c_text_document (train split): samples mapping: no document has at least 2 sentence(s) without a " +
+          "sentence over 512 tokens, so no sample can be built (was the data preprocessed with --split-sentences?)",
+  );
+});
+
+Deno.test("two weighted prefixes blend BERT samples as Megatron's BlendableDataset", () => {
+  const dir = Deno.makeTempDirSync();
+  const opened: MMapIndexedDataset[] = [];
+  try {
+    const p1 = writeCorpus(dir);
+    Deno.copyFileSync(`${p1}.bin`, `${dir}/second.bin`);
+    Deno.copyFileSync(`${p1}.idx`, `${dir}/second.idx`);
+    const r = REF.results[0];
+    const c = r.config;
+    const d = buildBertDatasets({
+      dataPrefix: ["0.3", p1, "0.7", `${dir}/second`],
+      splitString: c.split,
+      trainValidTestNumSamples: c.num_samples,
+      maskedLmProb: c.mask_prob,
+      shortSeqProb: c.short_seq_prob,
+      seed: c.seed,
+      vocab: maskedLmVocab(tokenizer(0)),
+      open: (p) => {
+        const ds = MMapIndexedDataset.open(p);
+        opened.push(ds);
+        return ds;
+      },
+      seqLength: c.seq_length,
+      binaryHead: true,
+      cache: false,
+    });
+    const blend = d.train as unknown as {
+      datasets: BertDataset[];
+      datasetIndex: Uint8Array;
+      datasetSampleIndex: Float64Array;
+      length: number;
+      getItem(i: number): BertSample;
+    };
+    // Each part asked for ceil(40 * w * 1.005) samples: 13 and 29 (whole epochs make more rows).
+    assert.equal(blend.datasets.length, 2);
+    assert.equal(blend.length, blend.datasets[0].length + blend.datasets[1].length);
+    assert.ok(
+      blend.datasets[0].samplesMapping.length / 3 >= 13 && blend.datasets[1].samplesMapping.length / 3 >= 29,
+    );
+    for (let i = 0; i < 20; i++) {
+      const part = blend.datasets[blend.datasetIndex[i]];
+      assert.deepEqual(blend.getItem(i), part.getItem(blend.datasetSampleIndex[i]));
+    }
+    // The 0.7 dataset gets the larger share of the first samples.
+    const second = Array.from(blend.datasetIndex.subarray(0, 20)).filter((x) => x === 1).length;
+    assert.equal(second, 14);
+  } finally {
+    opened.forEach((ds) => ds.close());
+    Deno.removeSync(dir, { recursive: true });
+  }
+});

@@ -42,11 +42,9 @@ function targetLen(ratio: number, maxLen: number, rng: Mt19937): number {
   return maxLen;
 }
 
-/** Python round(1.0 / p) for the C++ `round` (half away from zero; 1/p is never a tie in practice). */
+/** C++ round(1.0 / p) (half away from zero; 1/p > 0 here, where Math.round agrees). */
 function shortSeqRatio(p: number): number {
-  if (p <= 0) return 0;
-  const x = 1 / p;
-  return x - Math.floor(x) === 0.5 ? Math.floor(x) + 1 : Math.round(x);
+  return p > 0 ? Math.round(1 / p) : 0;
 }
 
 function validate(o: SamplesMappingOptions): void {
@@ -137,7 +135,7 @@ function mappingPass(
     if (count === before) {
       throw new Error(
         `samples mapping: no document has at least ${minNumSent} sentence(s) without a sentence over ` +
-          `${LONG_SENTENCE_LEN} tokens, so no sample can be built`,
+          `${LONG_SENTENCE_LEN} tokens, so no sample can be built (was the data preprocessed with --split-sentences?)`,
       );
     }
   }
@@ -302,7 +300,15 @@ export function getSamplesMapping(o: GetSamplesMappingOptions): Uint32Array {
     return cached;
   }
   const t0 = performance.now();
-  const built = buildSamplesMapping(o);
+  let built: Uint32Array;
+  try {
+    built = buildSamplesMapping(o);
+  } catch (e) {
+    // Name the data: "samples mapping: ..." alone does not say which file or split.
+    const msg = (e as Error).message;
+    if (msg.startsWith("samples mapping:")) throw new Error(`${o.dataPrefix} (${o.name} split): ${msg}`);
+    throw e;
+  }
   log(
     ` > built ${o.name} samples mapping in ${((performance.now() - t0) / 1000).toFixed(3)} s: ` +
       `${built.length / 3} samples`,
