@@ -6,7 +6,7 @@
 // - the cache file (Megatron's name, .npy contents), its reuse, and the binary-head name trap.
 
 import assert from "node:assert/strict";
-import { BertDataset, type BertSample } from "../src/data/bert_dataset.ts";
+import { BertDataset, type BertSample, bertSampleToJson } from "../src/data/bert_dataset.ts";
 import { MMapIndexedDataset, MMapIndexedDatasetBuilder } from "../src/data/indexed_dataset.ts";
 import { maskedLmVocab } from "../src/data/masked_lm.ts";
 import { buildBertDatasets, buildT5Datasets, type MaskedLmSplits } from "../src/data/masked_lm_builder.ts";
@@ -18,7 +18,13 @@ import {
   getSamplesMapping,
   samplesMappingFilename,
 } from "../src/data/samples_mapping.ts";
-import { makeAttentionMask, makeHistoryMask, padT5Sample, type T5Sample } from "../src/data/t5_dataset.ts";
+import {
+  makeAttentionMask,
+  makeHistoryMask,
+  padT5Sample,
+  type T5Sample,
+  t5SampleToJson,
+} from "../src/data/t5_dataset.ts";
 import { BertWordPieceTokenizer } from "../src/tokenizer/bert.ts";
 
 // Sentence sizes of 5 documents (sentence ids in brackets):
@@ -203,6 +209,28 @@ Deno.test("T5 sample: spans to sentinels by hand; a decoder too short or too few
   // dec_mask row 2: causal over the 6 real decoder tokens.
   assert.deepEqual(Array.from(s.dec_mask.subarray(14, 21)), [1, 1, 1, 0, 0, 0, 0]);
   assert.deepEqual(Array.from(s.enc_dec_mask.subarray(6 * 6, 7 * 6)), [0, 0, 0, 0, 0, 0]);
+  // The JSON view: Megatron's names, masks as 2-D lists ([dec x enc] for enc_dec_mask).
+  const j = t5SampleToJson(s);
+  assert.deepEqual(Object.keys(j), [
+    "text_enc",
+    "text_dec",
+    "labels",
+    "loss_mask",
+    "truncated",
+    "enc_mask",
+    "dec_mask",
+    "enc_dec_mask",
+  ]);
+  assert.deepEqual(j.enc_dec_mask, [
+    [1, 1, 1, 1, 0, 0],
+    [1, 1, 1, 1, 0, 0],
+    [1, 1, 1, 1, 0, 0],
+    [1, 1, 1, 1, 0, 0],
+    [1, 1, 1, 1, 0, 0],
+    [1, 1, 1, 1, 0, 0],
+    [0, 0, 0, 0, 0, 0],
+  ]);
+  assert.deepEqual((j.dec_mask as number[][])[2], [1, 1, 1, 0, 0, 0, 0]);
   assert.throws(
     () =>
       padT5Sample(
@@ -342,7 +370,9 @@ for (const r of REF.results) {
         assert.deepEqual(npy.shape, [ref.mapping.length, 3]);
         assert.deepEqual(rows(npy.data as Uint32Array), ref.mapping);
         for (let i = 0; i < ds.length; i++) {
-          const got = asPlain(ds.getItem(i));
+          const item = ds.getItem(i);
+          const got = asPlain(item);
+          if (c.type === "bert") assert.deepEqual(bertSampleToJson(item as BertSample), got);
           assert.deepEqual(got, ref.samples[i], `${name} sample ${i}`);
           if (c.type === "bert") {
             const text = got.text as number[];
@@ -502,7 +532,9 @@ Deno.test("getSamplesMapping with cache off writes nothing; getItem out of range
     });
     assert.throws(
       () => bad.getItem(0),
-      /^Error: masking: token id 99 at position 2 is not in the vocabulary$/,
+      (e: Error) =>
+        e.message ===
+          `${dir}/x: train sample 0 (sentences 0..0): masking: token id 99 at position 2 is not in the vocabulary`,
     );
   } finally {
     Deno.removeSync(dir, { recursive: true });

@@ -37,6 +37,19 @@ export interface BertSample {
   truncated: number;
 }
 
+/** A sample as plain JSON values under Megatron's field names (what inspect-data prints). */
+export function bertSampleToJson(s: BertSample): Record<string, number | number[]> {
+  return {
+    text: Array.from(s.text),
+    types: Array.from(s.types),
+    labels: Array.from(s.labels),
+    is_random: s.is_random,
+    loss_mask: Array.from(s.loss_mask),
+    padding_mask: Array.from(s.padding_mask),
+    truncated: s.truncated,
+  };
+}
+
 export interface BertSampleOptions {
   /** Length every array is padded to (--seq-length). */
   maxSeqLength: number;
@@ -149,6 +162,7 @@ export interface BertDatasetOptions {
 /** Megatron's BertDataset: length = rows of the samples mapping; getItem(idx) = Megatron's sample idx. */
 export class BertDataset {
   readonly name: string;
+  readonly dataPrefix: string;
   readonly indexed: SentenceDataset;
   /** Flattened [N, 3] rows (start sentence, end sentence, target length), shuffled. */
   readonly samplesMapping: Uint32Array;
@@ -157,6 +171,7 @@ export class BertDataset {
 
   constructor(o: BertDatasetOptions) {
     this.name = o.name;
+    this.dataPrefix = o.dataPrefix;
     this.indexed = o.indexed;
     this.seed = o.seed;
     this.#opts = {
@@ -195,6 +210,14 @@ export class BertDataset {
     const sentences: ArrayLike<number>[] = [];
     for (let i = m[3 * idx]; i < m[3 * idx + 1]; i++) sentences.push(this.indexed.get(i));
     const rng = new RandomState((this.seed + idx) % 2 ** 32);
-    return buildBertSample(sentences, m[3 * idx + 2], this.#opts, rng);
+    try {
+      return buildBertSample(sentences, m[3 * idx + 2], this.#opts, rng);
+    } catch (e) {
+      // Bad data (an id outside the vocabulary, an empty segment) named by file, split, sample and sentences.
+      throw new Error(
+        `${this.dataPrefix}: ${this.name} sample ${idx} (sentences ${m[3 * idx]}..${m[3 * idx + 1] - 1}): ` +
+          (e as Error).message,
+      );
+    }
   }
 }

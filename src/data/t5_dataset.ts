@@ -28,6 +28,27 @@ export interface T5Sample {
   enc_dec_mask: Uint8Array;
 }
 
+function rows(m: Uint8Array, cols: number): number[][] {
+  const out: number[][] = [];
+  for (let r = 0; r * cols < m.length; r++) out.push(Array.from(m.subarray(r * cols, (r + 1) * cols)));
+  return out;
+}
+
+/** A sample as plain JSON values under Megatron's field names, masks as 2-D lists (what inspect-data prints). */
+export function t5SampleToJson(s: T5Sample): Record<string, number | number[] | number[][]> {
+  const enc = s.text_enc.length;
+  return {
+    text_enc: Array.from(s.text_enc),
+    text_dec: Array.from(s.text_dec),
+    labels: Array.from(s.labels),
+    loss_mask: Array.from(s.loss_mask),
+    truncated: s.truncated,
+    enc_mask: rows(s.enc_mask, enc),
+    dec_mask: rows(s.dec_mask, s.text_dec.length),
+    enc_dec_mask: rows(s.enc_dec_mask, enc),
+  };
+}
+
 /** make_attention_mask: mask[i][j] = (source[i] >= 1) && (target[j] >= 1), [source x target] row-major. */
 export function makeAttentionMask(source: ArrayLike<number>, target: ArrayLike<number>): Uint8Array {
   const out = new Uint8Array(source.length * target.length);
@@ -162,6 +183,7 @@ export interface T5DatasetOptions {
 /** Megatron's T5Dataset: length = rows of the samples mapping; getItem(idx) = Megatron's sample idx. */
 export class T5Dataset {
   readonly name: string;
+  readonly dataPrefix: string;
   readonly indexed: SentenceDataset;
   readonly samplesMapping: Uint32Array;
   readonly seed: number;
@@ -172,6 +194,7 @@ export class T5Dataset {
       throw new Error("T5 dataset: expected sentinel tokens, found none (pass --vocab-extra-ids 100)");
     }
     this.name = o.name;
+    this.dataPrefix = o.dataPrefix;
     this.indexed = o.indexed;
     this.seed = o.seed;
     this.#opts = {
@@ -214,6 +237,14 @@ export class T5Dataset {
     if (seed > 0xffffffff) {
       throw new Error(`T5Dataset ${this.name}: seed + index = ${seed} exceeds 2^32 - 1 (numpy's seed range)`);
     }
-    return buildT5Sample(sentences, m[3 * idx + 2], this.#opts, new RandomState(seed));
+    try {
+      return buildT5Sample(sentences, m[3 * idx + 2], this.#opts, new RandomState(seed));
+    } catch (e) {
+      // Bad data (an id outside the vocabulary, an empty segment) named by file, split, sample and sentences.
+      throw new Error(
+        `${this.dataPrefix}: ${this.name} sample ${idx} (sentences ${m[3 * idx]}..${m[3 * idx + 1] - 1}): ` +
+          (e as Error).message,
+      );
+    }
   }
 }
