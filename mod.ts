@@ -36,6 +36,12 @@ export * from "./src/data/npy.ts";
 export * from "./src/data/numpy_random.ts";
 export * from "./src/data/corpus.ts";
 export * from "./src/data/preprocess.ts";
+// BERT and T5 datasets (Megatron 2021's samples mapping, masking and sample layout)
+export * from "./src/data/samples_mapping.ts";
+export * from "./src/data/masked_lm.ts";
+export * from "./src/data/bert_dataset.ts";
+export * from "./src/data/t5_dataset.ts";
+export * from "./src/data/masked_lm_builder.ts";
 
 // ---- optimizer, mixed precision, LR schedule ----------------------------------------------------
 export * from "./src/optimizer/mod.ts";

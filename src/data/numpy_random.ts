@@ -336,6 +336,28 @@ export class RandomState {
     return lo;
   }
 
+  /**
+   * geometric(p): trials until the first success, legacy algorithm (T5 span lengths use p = 0.2).
+   * p >= 1/3 walks the CDF with one uniform; smaller p inverts it: ceil(log1p(-u) / log(1 - p)).
+   */
+  geometric(p: number): number {
+    if (!(p > 0 && p <= 1)) throw new Error(`RandomState.geometric: expected 0 < p <= 1, found ${p}`);
+    if (p >= 0.333333333333333333333333) {
+      const q = 1 - p;
+      const u = this.randomSample();
+      let x = 1;
+      let prod = p;
+      let sum = p;
+      while (u > sum) {
+        prod *= q;
+        sum += prod;
+        x++;
+      }
+      return x;
+    }
+    return Math.ceil(Math.log1p(-this.randomSample()) / Math.log(1 - p));
+  }
+
   /** permutation(n): a shuffled arange(n) (int64 in NumPy; numbers here). */
   permutation(n: number): Float64Array {
     const out = new Float64Array(n);
