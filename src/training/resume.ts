@@ -69,9 +69,9 @@ export function checkResumeFits(r: ResumeCheck): void {
   for (let it = r.iteration; it < r.trainIters; it++) train += r.batchAt(train);
   const { evalInterval, evalIters } = r.cfg;
   const evals = Math.floor(r.trainIters / evalInterval) - Math.floor(r.iteration / evalInterval);
-  // The evaluation after the last iteration reads without advancing when it is off the interval.
+  // The evaluation at the end of training, when off the interval, reads on without advancing.
   const valid = r.consumedValid + evals * evalIters * gbs +
-    (r.trainIters % evalInterval !== 0 && r.trainIters > r.iteration ? evalIters * gbs : 0);
+    (r.trainIters % evalInterval !== 0 ? evalIters * gbs : 0);
   const problems: string[] = [];
   if (train > r.trainLength) {
     problems.push(`training needs samples up to ${train} but the train split has ${r.trainLength}`);

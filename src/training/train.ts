@@ -470,7 +470,8 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
   for (let g = 0; g < tp * pp * dp; g++) {
     const ps = world ? world.states[g] : makeParallelState({ tp: 1, pp: 1, dp: 1, vp }, 0);
     const comm: Communicator = world ? world.communicator(g) : new SingleRankCommunicator();
-    const scheduler = createLrScheduler({ ...cfg, globalBatchSize: gbs, trainIters, lr: cfg.lr! });
+    // Sample-based runs size the schedule in samples (Megatron creates it before update_train_iters).
+    const scheduler = createLrScheduler({ ...cfg, globalBatchSize: gbs, lr: cfg.lr! });
     ranks.push(new RankState(cfg, modelCfg, env.backend, ps, comm, scheduler, createGradScaler(cfg)));
   }
   const nParams = ranks.filter((r) => r.ps.dpRank === 0)
