@@ -30,7 +30,7 @@ export const EMBEDDED_DEFAULT: Partial<FlagValues> = {
   lr: 1e-3,
   minLr: 1e-4,
   lrDecayStyle: "cosine",
-  lrWarmupIters: 20,
+  lrWarmupFraction: 0.1, // 20 iterations of 200; a fraction keeps --train-iters N valid for any N
   weightDecay: 0.01,
   clipGrad: 1.0,
   evalInterval: 50,

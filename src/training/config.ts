@@ -552,11 +552,23 @@ function baseValues(): FlagValues {
   return SCHEMA.parse({}) as FlagValues;
 }
 
+/** Groups of flags that are alternatives to each other (at most one may be set). */
+const EXCLUSIVE: readonly (readonly (keyof Flags)[])[] = [
+  ["trainIters", "trainSamples"],
+  ["lrDecayIters", "lrDecaySamples"],
+  ["lrWarmupFraction", "lrWarmupIters", "lrWarmupSamples"],
+  ["seqLength", "encoderSeqLength"],
+];
+
 /** Fill every field the user did not give from `base` (the trainer's embedded default config),
  *  then re-derive and re-check. Explicit flags always win. */
 export function withDefaults(cfg: Config, base: Partial<FlagValues>): Config {
   const v: Record<string, unknown> = { ...baseValues() };
-  for (const [k, val] of Object.entries(base)) if (k in FLAGS) v[k] = val;
+  // A default is dropped when the user gave a flag it is exclusive with (--train-samples replaces the
+  // default's --train-iters, --lr-warmup-iters its --lr-warmup-fraction, ...).
+  const excluded = (k: string) =>
+    EXCLUSIVE.some((g) => g.includes(k as keyof Flags) && g.some((o) => o !== k && cfg.explicit.has(o)));
+  for (const [k, val] of Object.entries(base)) if (k in FLAGS && !excluded(k)) v[k] = val;
   for (const k of cfg.explicit) v[k] = (cfg as unknown as Record<string, unknown>)[k];
   const parsed = SCHEMA.safeParse(v);
   if (!parsed.success) {
