@@ -43,17 +43,15 @@ function warmUp(path: string): void {
 export function buildGptData(opts: GptDataOptions): GptData {
   const opened: MMapIndexedDataset[] = [];
   const open = (prefix: string) => {
-    if (opts.dataImpl !== "mmap") {
-      const impl = inferDatasetImpl(prefix);
-      if (impl === null) throw new Error(`--data-path ${prefix}: no ${prefix}.idx / ${prefix}.bin found`);
-      if (impl === "lazy") {
-        throw new Error(
-          `--data-path ${prefix}: ${
-            idxPath(prefix)
-          } is a legacy (lazy/cached) indexed dataset; megatron-deno ` +
-            `reads only mmap datasets (re-run preprocess with --dataset-impl mmap)`,
-        );
-      }
+    const impl = inferDatasetImpl(prefix);
+    if (impl === null) throw new Error(`--data-path ${prefix}: no ${prefix}.idx / ${prefix}.bin found`);
+    // --data-impl mmap reads the index as MMIDIDX whatever its magic says (and reports the magic).
+    if (impl === "lazy" && opts.dataImpl !== "mmap") {
+      const idx = idxPath(prefix);
+      throw new Error(
+        `--data-path ${prefix}: ${idx} is a legacy (lazy/cached) indexed dataset; megatron-deno reads ` +
+          `only mmap datasets (re-run preprocess with --dataset-impl mmap)`,
+      );
     }
     if (opts.mmapWarmup) {
       opts.log("    warming up index mmap file...");
