@@ -366,13 +366,12 @@ export function assertFlagsSupported(cfg: Config): void {
   const base = baseValues();
   for (const [k, p] of Object.entries(REJECTED) as [keyof Flags, FlagPolicy][]) {
     const v = cfg[k];
-    if (cfg.explicit.has(k) && applies(p, v, base[k])) {
+    // By value, not by whether the flag was typed: a config built in code is held to the same rule.
+    if (applies(p, v, base[k])) {
       throw new ConfigError(`${flagOf(k)}${valueText(k, v)}: not supported; ${p.why}`);
     }
   }
-  if (
-    cfg.explicit.has("vocabExtraIds") && cfg.vocabExtraIds !== 0 && !cfg.tokenizerType?.startsWith("Bert")
-  ) {
+  if (cfg.vocabExtraIds !== 0 && !cfg.tokenizerType?.startsWith("Bert")) {
     throw new ConfigError(
       `--vocab-extra-ids applies to the BERT WordPiece tokenizers, found --tokenizer-type ${cfg.tokenizerType}`,
     );
