@@ -739,3 +739,26 @@ Deno.test("cli: --device cpu and auto say which backend they chose; a rejected f
   assert.match(auto2.stdout, /^device: (auto chose cpu \(no CUDA: |.*cuda|.*CUDA|.*GPU)/mi);
   assert.doesNotMatch(auto2.stdout, /^device: cpu/m);
 });
+
+Deno.test("flags: a checkpoint saved without optimizer/RNG state needs --no-load-optim/--no-load-rng (as Megatron)", async () => {
+  const b = [...await base(), ...SCHEDULE];
+  const saved = await observe([...b, "--save", "@RUN/ck", "--no-save-optim", "--no-save-rng"]);
+  assert.equal(saved.error, null);
+  const ck = `${saved.dir}/ck`;
+  const resume = (more: string[]) => observe([...b, "--load", ck, "--train-iters", "5", ...more]);
+  const noOptim = await resume([]);
+  assert.equal(
+    noOptim.error,
+    `${ck}/iter_0000003/mp_rank_00: no optimizer state (saved with --no-save-optim); pass --no-load-optim or ` +
+      `--finetune to load the weights only`,
+  );
+  const noRng = await resume(["--no-load-optim"]);
+  assert.equal(
+    noRng.error,
+    `${ck}/iter_0000003/mp_rank_00: no RNG state (saved with --no-save-rng); pass --no-load-rng or --finetune`,
+  );
+  const ok = await resume(["--no-load-optim", "--no-load-rng"]);
+  assert.equal(ok.error, null);
+  assert.equal(ok.result!.iteration, 5);
+  assert.equal((await resume(["--finetune"])).error, null);
+});
