@@ -116,6 +116,11 @@ Deno.test("cli: --help shows the choices of enumerated flags", async () => {
     assert.ok(l, `${flag} missing from --help`);
     assert.ok(l.trimStart().startsWith(`${flag} ${choices} `), l);
   }
+  // Flags megatron-deno rejects say so.
+  assert.match(flagLine("--DDP-impl")!, /\(default: local\) \[only the default\]$/);
+  assert.match(flagLine("--openai-gelu")!, /\(default: off\) \[not supported\]$/);
+  assert.match(flagLine("--decoder-seq-length")!, /\(default: none\) \[not supported\]$/);
+  assert.doesNotMatch(flagLine("--num-layers")!, /not supported|only the default/);
   // Free-form values keep VALUE.
   assert.ok(flagLine("--num-layers")!.trimStart().startsWith("--num-layers VALUE "));
 });

@@ -857,7 +857,13 @@ export function helpText(): string {
         ? " VALUE..."
         : " VALUE";
       const left = `  ${flagOf(key)}${meta}`;
-      lines.push(`${left.padEnd(46)} ${d.help} (default: ${showDefault(key, d, base)})`);
+      const r = REJECTED[key];
+      const unsupported = !r || r.when
+        ? ""
+        : d.kind === "bool" || base[key] === undefined
+        ? " [not supported]"
+        : " [only the default]";
+      lines.push(`${left.padEnd(46)} ${d.help} (default: ${showDefault(key, d, base)})${unsupported}`);
     }
     lines.push("");
   }
