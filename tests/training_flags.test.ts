@@ -762,3 +762,15 @@ Deno.test("flags: a checkpoint saved without optimizer/RNG state needs --no-load
   assert.equal(ok.result!.iteration, 5);
   assert.equal((await resume(["--finetune"])).error, null);
 });
+
+Deno.test("flags: a run with every always-on flag prints each note once", async () => {
+  const args: string[] = [];
+  const want: string[] = [];
+  for (const e of Object.values(FLAGS)) {
+    if (e.kind === "always") [args.push(...e.args), want.push(e.note)];
+    if (e.kind === "both") [args.push(...e.always[0]), want.push(e.always[1])];
+  }
+  const o = await observe([...await base(), ...args]);
+  assert.equal(o.error, null);
+  assert.deepEqual(o.logs.filter((l) => l.startsWith("> --")).sort(), want.sort());
+});
