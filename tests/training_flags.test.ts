@@ -569,11 +569,13 @@ const FLAGS: Record<string, Entry> = {
     args: ["--no-log-loss-scale-to-tensorboard"],
     see: tags,
   },
+  // The base run evaluates at iteration 2 and at the end (3): both are written.
   logValidationPplToTensorboard: {
     kind: "run",
     base: TB,
     args: ["--log-validation-ppl-to-tensorboard"],
-    see: tags,
+    see: (o) =>
+      [...o.tb].filter(([t]) => t.startsWith("lm loss validation")).map(([t, v]) => [t, v.map(([s]) => s)]),
   },
   // activation checkpointing (recompute reproduces the same values, so the model config shows it)
   checkpointActivations: {
@@ -773,4 +775,28 @@ Deno.test("flags: a run with every always-on flag prints each note once", async 
   const o = await observe([...await base(), ...args]);
   assert.equal(o.error, null);
   assert.deepEqual(o.logs.filter((l) => l.startsWith("> --")).sort(), want.sort());
+});
+
+Deno.test("flags: TensorBoard tags and steps of a run, as Megatron's training_log writes them", async () => {
+  const o = await observe([
+    ...await base(),
+    ...TB,
+    ...["--log-validation-ppl-to-tensorboard", "--log-batch-size-to-tensorboard", "--global-batch-size", "4"],
+  ]);
+  assert.equal(o.error, null);
+  const steps = (tag: string) => o.tb.get(tag)?.map(([s]) => s);
+  for (const tag of ["lm loss", "learning-rate", "loss-scale", "grad-norm", "batch-size"]) {
+    assert.deepEqual(steps(tag), [1, 2, 3], tag);
+    assert.deepEqual(steps(`${tag} vs samples`), [4, 8, 12], `${tag} vs samples`); // consumed samples
+  }
+  // Validation at iteration 2 and at the end of training (3), by iteration and by consumed samples.
+  for (const tag of ["lm loss validation", "lm loss validation ppl"]) {
+    assert.deepEqual(steps(tag), [2, 3], tag);
+    assert.deepEqual(steps(`${tag} vs samples`), [8, 12], tag);
+  }
+  const [loss] = o.tb.get("lm loss validation")!.map(([, v]) => v);
+  const [ppl] = o.tb.get("lm loss validation ppl")!.map(([, v]) => v);
+  assert.equal(ppl, Math.fround(Math.exp(o.result!.validation[0].loss)));
+  assert.equal(loss, Math.fround(o.result!.validation[0].loss));
+  assert.deepEqual(o.tb.get("batch-size")!.map(([, v]) => v), [4, 4, 4]);
 });

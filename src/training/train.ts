@@ -689,7 +689,11 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
     if (cfg.save && !(cfg.saveInterval && iteration % cfg.saveInterval === 0) && iteration > 0) doSave();
     if (data.valid && !(cfg.evalInterval && iteration % cfg.evalInterval === 0)) {
       const v = await doEval(`validation loss at the end of training`, data.valid, consumedValid);
-      if (v) validation.push({ iteration, ...v });
+      if (v) {
+        validation.push({ iteration, ...v });
+        // Megatron's final evaluate_and_print_results writes its scalars too.
+        if (tb) writeValidationScalars(tb, cfg, v, iteration, consumedTrain);
+      }
     }
     test = await doEval("test loss at the end of training", data.test, 0);
     if (test) metrics?.write({ kind: "test", iteration, lm_loss: test.loss, ppl: test.ppl });
