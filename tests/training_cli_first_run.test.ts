@@ -117,9 +117,9 @@ Deno.test("cli: --help shows the choices of enumerated flags", async () => {
     assert.ok(l.trimStart().startsWith(`${flag} ${choices} `), l);
   }
   // Flags megatron-deno rejects say so.
-  assert.match(flagLine("--DDP-impl")!, /\(default: local\) \[only the default\]$/);
-  assert.match(flagLine("--openai-gelu")!, /\(default: off\) \[not supported\]$/);
-  assert.match(flagLine("--decoder-seq-length")!, /\(default: none\) \[not supported\]$/);
+  assert.match(flagLine("--DDP-impl")!, / \[only the default\] \(default: local\)$/);
+  assert.match(flagLine("--openai-gelu")!, / \[not supported\] \(default: off\)$/);
+  assert.match(flagLine("--decoder-seq-length")!, / \[not supported\] \(default: none\)$/);
   assert.doesNotMatch(flagLine("--num-layers")!, /not supported|only the default/);
   // Free-form values keep VALUE.
   assert.ok(flagLine("--num-layers")!.trimStart().startsWith("--num-layers VALUE "));

@@ -350,7 +350,7 @@ Deno.test("config: help lists every flag with its default, grouped", () => {
   assert.match(line("--make-vocab-size-divisible-by"), /\(default: 128\)$/);
   assert.match(line("--initial-loss-scale"), /\(default: 2\^32\)$/);
   assert.match(line("--split"), /\(default: 969,30,1\)$/);
-  assert.match(line("--DDP-impl"), /\(default: local\) \[only the default\]$/); // torch is rejected
+  assert.match(line("--DDP-impl"), /\(default: local\)$/);
   assert.match(line("--fp16"), /\(default: off\)$/);
   assert.match(line("--global-batch-size"), /\(default: micro-batch-size \* data-parallel-size\)$/);
   const flags = h.split("\n").filter((l) => l.startsWith("  --"));

@@ -863,7 +863,7 @@ export function helpText(): string {
         : d.kind === "bool" || base[key] === undefined
         ? " [not supported]"
         : " [only the default]";
-      lines.push(`${left.padEnd(46)} ${d.help} (default: ${showDefault(key, d, base)})${unsupported}`);
+      lines.push(`${left.padEnd(46)} ${d.help}${unsupported} (default: ${showDefault(key, d, base)})`);
     }
     lines.push("");
   }
