@@ -1,12 +1,13 @@
-// `deno task pretrain:gpt [flags]`: GPT pretraining with Megatron-LM's flags. With no flags at all it
+// `deno task pretrain:gpt [flags]`: GPT pretraining with Megatron-LM's flags. Without --data-path it
 // trains the embedded default: a small GPT (GPT-2 BPE vocabulary) on the bundled State of the Union
-// corpus, preprocessed on first use into the cache folder.
+// corpus, preprocessed on first use into the cache folder; flags given adjust that default.
 
 import { selectBackend } from "../src/backend/cuda/select.ts";
 import { ensureDefaultCorpus } from "../src/data/corpus.ts";
 import {
   type Config,
   ConfigError,
+  flagName,
   type FlagValues,
   helpText,
   parseArgs,
@@ -32,7 +33,7 @@ export const EMBEDDED_DEFAULT: Partial<FlagValues> = {
   lr: 1e-3,
   minLr: 1e-4,
   lrDecayStyle: "cosine",
-  lrWarmupIters: 20,
+  lrWarmupFraction: 0.1, // 20 iterations of 200; a fraction keeps --train-iters N valid for any N
   weightDecay: 0.01,
   clipGrad: 1.0,
   evalInterval: 50,
@@ -57,10 +58,26 @@ async function main(argv: string[]): Promise<void> {
       console.log(helpText());
       return;
     }
-    if (argv.length === 0) {
+    if (cfg.dataPath === undefined) {
+      // No data of the user's: the embedded default, adjusted by whatever flags were given.
+      for (const k of ["tokenizerType", "vocabFile", "mergeFile", "vocabSize"] as const) {
+        if (cfg.explicit.has(k) && !(k === "tokenizerType" && cfg[k] === "GPT2BPETokenizer")) {
+          throw new ConfigError(
+            `${flagName(k)}: the embedded default trains on the bundled GPT-2 BPE corpus; give --data-path ` +
+              `to train on other data`,
+          );
+        }
+      }
       const { prefix } = await ensureDefaultCorpus({ log: (l) => console.log(l) });
+      const given = [...cfg.explicit].map((k) => {
+        const v = (cfg as unknown as Record<string, unknown>)[k];
+        return flagName(k) + (v === true ? "" : ` ${Array.isArray(v) ? v.join(" ") : String(v)}`);
+      });
       cfg = withDefaults(cfg, { ...EMBEDDED_DEFAULT, dataPath: [prefix] });
-      console.log(`> no flags given: training the embedded default GPT on ${prefix}`);
+      console.log(
+        `> no --data-path: training the embedded default GPT on ${prefix}` +
+          (given.length > 0 ? `; from the command line: ${given.join(", ")}` : ""),
+      );
     }
     cfg = validateForTraining(resolveTrainingPaths(cfg, userCwd()));
   } catch (e) {

@@ -121,13 +121,18 @@ const USAGE_CASES: [string, string[], string | RegExp][] = [
     ["--exit-duration-in-mins", "0.5"],
     '--exit-duration-in-mins: expected a positive integer, found "0.5"',
   ],
-  ["required shape flag", ["--lr", "1e-3"], "--num-layers is required for training"],
+  // With --data-path the user's own run must be complete (without it flags adjust the embedded default).
+  ["required shape flag", ["--lr", "1e-3", "--data-path", "x"], "--num-layers is required for training"],
   [
     "train length required",
-    [...SHAPE.filter((_, i) => i < SHAPE.length - 2)],
+    [...SHAPE.filter((_, i) => i < SHAPE.length - 2), "--data-path", "x"],
     "one of --train-iters or --train-samples is required for training",
   ],
-  ["data path required", SHAPE, "--data-path is required for training"],
+  [
+    "tokenizer flags without --data-path",
+    ["--tokenizer-type", "NullTokenizer"],
+    "--tokenizer-type: the embedded default trains on the bundled GPT-2 BPE corpus; give --data-path to train on other data",
+  ],
   [
     "NullTokenizer needs a vocab size",
     [...SHAPE, "--data-path", "x", "--tokenizer-type", "NullTokenizer"],

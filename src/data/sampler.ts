@@ -1,5 +1,8 @@
 // Which sample indices each data-parallel rank reads (Megatron's MegatronPretrainingSampler,
-// --dataloader-type single), and how many samples training asks each split for.
+// --dataloader-type single, and MegatronPretrainingRandomSampler, --dataloader-type cyclic), and how
+// many samples training asks each split for.
+
+import { Mt19937 } from "./numpy_random.ts";
 
 export interface PretrainingSamplerOptions {
   /** Length of the dataset being walked. */
@@ -145,4 +148,85 @@ export function resumeConsumedSamples(opts: {
       opts.globalBatchSize;
   }
   return { consumedTrainSamples, consumedValidSamples };
+}
+
+/**
+ * torch.randperm(n, generator=g) on the CPU after g.manual_seed(seed): the identity permutation
+ * shuffled front to back, swapping position i with i + (draw % (n - i)) for 32-bit MT19937 draws
+ * (torch's CPU generator is MT19937 seeded as init_genrand(seed)).
+ */
+export function torchRandperm(n: number, seed: number): Int32Array {
+  if (!Number.isSafeInteger(n) || n < 0 || n > 0x7fffffff) {
+    throw new Error(`randperm: expected a length in [0, 2^31), found ${n}`);
+  }
+  const r = new Int32Array(n);
+  for (let i = 0; i < n; i++) r[i] = i;
+  const mt = new Mt19937(seed);
+  for (let i = 0; i < n - 1; i++) {
+    const z = i + (mt.nextUint32() % (n - i));
+    const t = r[i];
+    r[i] = r[z];
+    r[z] = t;
+  }
+  return r;
+}
+
+export interface RandomSamplerOptions {
+  totalSamples: number;
+  microBatchSize: number;
+  dataParallelSize: number;
+  /** For error messages (e.g. "train"). */
+  name?: string;
+}
+
+/**
+ * Megatron's (2021) MegatronPretrainingRandomSampler, for --dataloader-type cyclic: each DP rank owns
+ * a contiguous bucket of (total // (micro*dp)) * micro samples and walks it in the order of
+ * torch.randperm(bucket, seed=epoch); an epoch is (total // (micro*dp)) * micro*dp consumed samples,
+ * after which the data iterator starts over with the next epoch's permutation (cyclic_iter).
+ */
+export class MegatronPretrainingRandomSampler {
+  readonly totalSamples: number;
+  readonly microBatchSize: number;
+  readonly dataParallelSize: number;
+  /** Samples per DP rank per epoch. */
+  readonly bucketSize: number;
+  /** Samples consumed (all ranks) per epoch: total minus the last partial block. */
+  readonly activeTotalSamples: number;
+  #epoch = -1;
+  #perm: Int32Array = new Int32Array(0);
+
+  constructor(opts: RandomSamplerOptions) {
+    const { totalSamples, microBatchSize, dataParallelSize } = opts;
+    const block = microBatchSize * dataParallelSize;
+    if (!Number.isSafeInteger(totalSamples) || totalSamples < block) {
+      throw new Error(
+        `--dataloader-type cyclic: the ${opts.name ?? ""}${opts.name ? " " : ""}split has ${totalSamples} ` +
+          `samples, fewer than --micro-batch-size * data-parallel size = ${block}`,
+      );
+    }
+    this.totalSamples = totalSamples;
+    this.microBatchSize = microBatchSize;
+    this.dataParallelSize = dataParallelSize;
+    this.bucketSize = Math.floor(totalSamples / block) * microBatchSize;
+    this.activeTotalSamples = totalSamples - (totalSamples % block);
+  }
+
+  /** The i-th sample index of the micro-batch DP rank `dpRank` reads after `consumed` samples (all
+   *  ranks together; a multiple of micro*dp) were consumed. */
+  sampleIndex(consumed: number, dpRank: number, i: number): number {
+    const block = this.microBatchSize * this.dataParallelSize;
+    const epoch = Math.floor(consumed / this.activeTotalSamples);
+    const inEpoch = consumed % this.activeTotalSamples;
+    if (inEpoch % block !== 0) {
+      throw new Error(
+        `cyclic sampler: consumed samples ${consumed} are not a multiple of micro*dp = ${block}`,
+      );
+    }
+    if (epoch !== this.#epoch) {
+      this.#perm = torchRandperm(this.bucketSize, epoch);
+      this.#epoch = epoch;
+    }
+    return dpRank * this.bucketSize + this.#perm[inEpoch / this.dataParallelSize + i];
+  }
 }

@@ -29,6 +29,8 @@ interface FlagDef<S extends z.ZodType = z.ZodType> {
   readonly flag?: string;
   /** Default shown in help when it is not a literal (e.g. "micro-batch-size * data-parallel-size"). */
   readonly shownDefault?: string;
+  /** The allowed values of an enumerated flag, shown in --help as {a,b,c}. */
+  readonly choices?: readonly string[];
 }
 
 const G = {
@@ -75,7 +77,7 @@ function choice<const T extends readonly [string, ...string[]]>(
   def: T[number],
   help: string,
 ) {
-  return def0(
+  const d = def0(
     group,
     "value",
     "str",
@@ -83,9 +85,11 @@ function choice<const T extends readonly [string, ...string[]]>(
     `one of ${values.join(", ")}`,
     help,
   );
+  return { ...d, choices: values };
 }
 function choiceOpt<const T extends readonly [string, ...string[]]>(group: string, values: T, help: string) {
-  return def0(group, "value", "str", z.enum(values).optional(), `one of ${values.join(", ")}`, help);
+  const d = def0(group, "value", "str", z.enum(values).optional(), `one of ${values.join(", ")}`, help);
+  return { ...d, choices: values };
 }
 function bool(group: string, help: string) {
   return def0(group, "bool", "str", z.boolean().default(false), "no value", help);
@@ -270,6 +274,132 @@ const FLAGS = {
 } as const;
 
 type Flags = typeof FLAGS;
+
+interface FlagPolicy {
+  /** Why, in a few words; completes "--flag value: <kind>; <why>". */
+  readonly why: string;
+  /** When the policy applies (default: the value differs from the flag's default). */
+  readonly when?: (v: unknown) => boolean;
+}
+
+/** Flags megatron-deno does not implement. Set to anything but their default, each stops the run with
+ *  one line (exit 2) instead of being accepted and silently ignored. */
+const REJECTED: { readonly [K in keyof Flags]?: FlagPolicy } = {
+  applyResidualConnectionPostLayernorm: { why: "the residual is always the LayerNorm input (GPT order)" },
+  openaiGelu: { why: "the MLP uses the fused bias + tanh-approximation GeLU" },
+  onnxSafe: { why: "the MLP uses the fused bias + tanh-approximation GeLU (no erf GeLU)" },
+  bertNoBinaryHead: { why: "it applies to BERT; megatron-deno trains GPT, which has no binary head" },
+  noMaskedSoftmaxFusion: {
+    why: "megatron-deno has only the fused scale + causal mask + softmax (fp32 math)",
+  },
+  noBiasGeluFusion: { why: "megatron-deno has only the fused bias + GeLU" },
+  noBiasDropoutFusion: { why: "megatron-deno has only the fused bias + dropout + residual add" },
+  initMethodXavierUniform: { why: "weights use the normal init of --init-method-std" },
+  fp32ResidualConnection: { why: "the residual stream is kept in the parameter dtype" },
+  fp16LmCrossEntropy: {
+    why: "the LM cross entropy is computed in fp32 from the fp16 logits (Megatron's default, logits.float())",
+  },
+  ddpImpl: {
+    why: "this project implements --DDP-impl local (a contiguous fp32 gradient buffer, averaged over the " +
+      "data-parallel group in buckets)",
+  },
+  localRank: {
+    why: "megatron-deno runs every rank in this one process; start it once, without a per-GPU launcher",
+    when: (v) => v !== undefined && v !== 0,
+  },
+  distributeCheckpointedActivations: { why: "stored recompute inputs are kept whole on every TP rank" },
+  decoderSeqLength: { why: "it applies to T5's decoder; GPT uses --seq-length" },
+  maskProb: { why: "it applies to BERT/T5 masking; GPT pretraining masks nothing" },
+  shortSeqProb: { why: "it applies to BERT; GPT samples are always --seq-length tokens" },
+  resetPositionIds: { why: "position ids always run 0..seq-length-1 over a sample" },
+  resetAttentionMask: { why: "attention is causal over the whole sample, across end-of-document tokens" },
+};
+
+/** Flags that ask for what megatron-deno always does: accepted, and a run that sets one says so once
+ *  (a "> --flag: ..." line) rather than staying silent. */
+const ALWAYS: { readonly [K in keyof Flags]?: FlagPolicy } = {
+  useContiguousBuffersInDdp: {
+    why: "gradients always live in one contiguous buffer per rank (the local DDP implementation)",
+    when: (v) => v === true,
+  },
+  useCpuInitialization: {
+    why: "weights are always drawn by their coordinate in the full unsplit weight, so every layout and " +
+      "device gets the values a CPU initialization gives",
+    when: (v) => v === true,
+  },
+  attentionSoftmaxInFp32: {
+    why: "the attention softmax always computes in fp32 (its inputs and outputs are in the parameter dtype)",
+    when: (v) => v === true,
+  },
+  noQueryKeyLayerScaling: {
+    why: "megatron-deno never scales Q*K^T by the layer number: 1/sqrt(kv-channels) is applied inside the " +
+      "fp32 softmax",
+    when: (v) => v === true,
+  },
+  accumulateAllreduceGradsInFp32: {
+    why: "gradients are always accumulated and all-reduced in an fp32 buffer",
+    when: (v) => v === true,
+  },
+  localRank: {
+    why: "a launcher's rank 0; every rank of the layout runs in this process",
+    when: (v) => v === 0,
+  },
+  numWorkers: {
+    why: "samples are read in the training process straight from the mmapped files; no loader workers " +
+      "are started, whatever the value",
+    when: () => true,
+  },
+};
+
+function valueText(key: keyof Flags, v: unknown): string {
+  const d: FlagDef = FLAGS[key];
+  if (d.kind === "bool") return "";
+  return " " + (Array.isArray(v) ? v.join(" ") : String(v));
+}
+
+function applies(p: FlagPolicy, v: unknown, def: unknown): boolean {
+  return p.when ? p.when(v) : v !== def;
+}
+
+/** Throws a ConfigError for the first given flag megatron-deno does not implement (see REJECTED). */
+export function assertFlagsSupported(cfg: Config): void {
+  const base = baseValues();
+  for (const [k, p] of Object.entries(REJECTED) as [keyof Flags, FlagPolicy][]) {
+    const v = cfg[k];
+    // By value, not by whether the flag was typed: a config built in code is held to the same rule.
+    if (applies(p, v, base[k])) {
+      throw new ConfigError(`${flagOf(k)}${valueText(k, v)}: not supported; ${p.why}`);
+    }
+  }
+  if (cfg.vocabExtraIds !== 0 && !cfg.tokenizerType?.startsWith("Bert")) {
+    throw new ConfigError(
+      `--vocab-extra-ids applies to the BERT WordPiece tokenizers, found --tokenizer-type ${cfg.tokenizerType}`,
+    );
+  }
+}
+
+/** One line per given flag that asks for what megatron-deno always does (see ALWAYS), for the log. */
+export function flagNotes(cfg: Config): string[] {
+  const base = baseValues();
+  const out: string[] = [];
+  for (const [k, p] of Object.entries(ALWAYS) as [keyof Flags, FlagPolicy][]) {
+    const v = cfg[k];
+    if (cfg.explicit.has(k) && applies(p, v, base[k])) out.push(`> ${flagOf(k)}${valueText(k, v)}: ${p.why}`);
+  }
+  return out;
+}
+
+/** Every Config key that is a flag, in --help order (tests enumerate them). */
+export function flagKeys(): string[] {
+  return Object.keys(FLAGS);
+}
+
+/** How megatron-deno treats a flag that is not simply read: "rejected" (with the non-default value
+ *  condition), "always" (accepted, noted), or null. */
+export function flagPolicy(key: string): "rejected" | "always" | "rejected-or-always" | null {
+  const r = key in REJECTED, a = key in ALWAYS;
+  return r && a ? "rejected-or-always" : r ? "rejected" : a ? "always" : null;
+}
 export type FlagValues = { -readonly [K in keyof Flags]: z.output<Flags[K]["schema"]> };
 
 /** The parsed configuration: flag values (after derivation) plus what was given explicitly. */
@@ -421,11 +551,23 @@ function baseValues(): FlagValues {
   return SCHEMA.parse({}) as FlagValues;
 }
 
+/** Groups of flags that are alternatives to each other (at most one may be set). */
+const EXCLUSIVE: readonly (readonly (keyof Flags)[])[] = [
+  ["trainIters", "trainSamples"],
+  ["lrDecayIters", "lrDecaySamples"],
+  ["lrWarmupFraction", "lrWarmupIters", "lrWarmupSamples"],
+  ["seqLength", "encoderSeqLength"],
+];
+
 /** Fill every field the user did not give from `base` (the trainer's embedded default config),
  *  then re-derive and re-check. Explicit flags always win. */
 export function withDefaults(cfg: Config, base: Partial<FlagValues>): Config {
   const v: Record<string, unknown> = { ...baseValues() };
-  for (const [k, val] of Object.entries(base)) if (k in FLAGS) v[k] = val;
+  // A default is dropped when the user gave a flag it is exclusive with (--train-samples replaces the
+  // default's --train-iters, --lr-warmup-iters its --lr-warmup-fraction, ...).
+  const excluded = (k: string) =>
+    EXCLUSIVE.some((g) => g.includes(k as keyof Flags) && g.some((o) => o !== k && cfg.explicit.has(o)));
+  for (const [k, val] of Object.entries(base)) if (k in FLAGS && !excluded(k)) v[k] = val;
   for (const k of cfg.explicit) v[k] = (cfg as unknown as Record<string, unknown>)[k];
   const parsed = SCHEMA.safeParse(v);
   if (!parsed.success) {
@@ -462,6 +604,7 @@ export function validateForTraining(cfg: Config): Config {
       `--vocab-size applies only to --tokenizer-type NullTokenizer, found ${cfg.tokenizerType}`,
     );
   }
+  assertFlagsSupported(cfg);
   return finalize(cfg, cfg.explicit, true);
 }
 
@@ -706,9 +849,21 @@ export function helpText(): string {
     for (const key of Object.keys(FLAGS) as (keyof Flags)[]) {
       const d: FlagDef = FLAGS[key];
       if (d.group !== group) continue;
-      const meta = d.kind === "bool" ? "" : d.kind === "list" ? " VALUE..." : " VALUE";
+      const meta = d.kind === "bool"
+        ? ""
+        : d.choices
+        ? ` {${d.choices.join(",")}}`
+        : d.kind === "list"
+        ? " VALUE..."
+        : " VALUE";
       const left = `  ${flagOf(key)}${meta}`;
-      lines.push(`${left.padEnd(46)} ${d.help} (default: ${showDefault(key, d, base)})`);
+      const r = REJECTED[key];
+      const unsupported = !r || r.when
+        ? ""
+        : d.kind === "bool" || base[key] === undefined
+        ? " [not supported]"
+        : " [only the default]";
+      lines.push(`${left.padEnd(46)} ${d.help}${unsupported} (default: ${showDefault(key, d, base)})`);
     }
     lines.push("");
   }

@@ -3,7 +3,7 @@
 
 import type { SampleDataset } from "../data/blendable.ts";
 import { buildTrainValidTestDatasets } from "../data/gpt_dataset.ts";
-import { binPath, idxPath, MMapIndexedDataset } from "../data/indexed_dataset.ts";
+import { binPath, idxPath, inferDatasetImpl, MMapIndexedDataset } from "../data/indexed_dataset.ts";
 
 export type SampleSource = SampleDataset<Int32Array>;
 
@@ -25,6 +25,21 @@ export interface GptDataOptions {
   /** Requested samples for train, valid and test (Megatron's train_val_test_num_samples). */
   numSamples: [number, number, number];
   log: (line: string) => void;
+  /** --data-impl: "infer" reads the .idx magic first; "mmap" opens as MMIDIDX directly. */
+  dataImpl?: "mmap" | "infer";
+  /** --mmap-warmup: read each .idx and .bin through once before use (Megatron's _warmup_mmap_file). */
+  mmapWarmup?: boolean;
+}
+
+/** Reads a file through in 100 MiB chunks so its pages are cached before training touches them. */
+function warmUp(path: string): void {
+  const f = Deno.openSync(path, { read: true });
+  try {
+    const buf = new Uint8Array(Math.min(100 * 2 ** 20, Math.max(1, f.statSync().size)));
+    while ((f.readSync(buf) ?? 0) > 0) { /* reading is the point */ }
+  } finally {
+    f.close();
+  }
 }
 
 function isFile(path: string): boolean {
@@ -49,6 +64,21 @@ export function buildGptData(opts: GptDataOptions): GptData {
           missing[0].endsWith(".idx") ? ".bin" : ".idx"
         } exists)`,
       );
+    }
+    const impl = inferDatasetImpl(prefix);
+    // --data-impl mmap reads the index as MMIDIDX whatever its magic says (and reports the magic).
+    if (impl === "lazy" && opts.dataImpl !== "mmap") {
+      const idx = idxPath(prefix);
+      throw new Error(
+        `--data-path ${prefix}: ${idx} is a legacy (lazy/cached) indexed dataset; megatron-deno reads ` +
+          `only mmap datasets (re-run preprocess with --dataset-impl mmap)`,
+      );
+    }
+    if (opts.mmapWarmup) {
+      opts.log("    warming up index mmap file...");
+      warmUp(idxPath(prefix));
+      opts.log("    warming up data mmap file...");
+      warmUp(binPath(prefix));
     }
     const ds = MMapIndexedDataset.open(prefix);
     opened.push(ds);

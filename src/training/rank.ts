@@ -59,6 +59,9 @@ export class RankState {
   readonly params: Param[];
   readonly grads: GradBuffer;
   readonly optimizer: MegatronOptimizer;
+  /** Seconds spent per Megatron timer name (forward-compute, optimizer, ...) since the caller last
+   *  cleared it; wall time on this rank, for --log-timers-to-tensorboard. */
+  readonly timers: Map<string, number> = new Map();
 
   constructor(
     readonly cfg: Config,
@@ -115,6 +118,7 @@ export class RankState {
     const live = new Map<string, { ctx: MicroBatchContext; owned: Tensor[] }>();
     const key = (c: number, mb: number) => `${c}:${mb}`;
     const chunks = this.chunks;
+    const time = this.time.bind(this);
     return {
       activationShape: [b, s, h],
       activationDType: dtype,
@@ -128,7 +132,10 @@ export class RankState {
           training: !forwardOnly,
         });
         const owned: Tensor[] = [];
+        const t0 = performance.now();
         const hb = (model.stage.preProcess || model.stage.postProcess) ? inputs.batch(mb) : null;
+        const t1 = performance.now();
+        time("batch-generator", t0, t1);
         const arg: Parameters<GPTModel["forward"]>[0] = {};
         if (model.stage.preProcess) {
           arg.tokens = be.fromHost("i32", [hb!.b, hb!.s], hb!.tokens);
@@ -143,6 +150,7 @@ export class RankState {
           owned.push(arg.labels, arg.lossMask);
         }
         const out = await model.forward(arg, ctx);
+        time("forward-compute", t1);
         if (forwardOnly) {
           model.discard(ctx);
           for (const t of owned) be.free(t);
@@ -161,7 +169,9 @@ export class RankState {
         const e = live.get(k);
         if (!e) throw new Error(`backward of chunk ${chunk} micro-batch ${mb} without its forward`);
         live.delete(k);
+        const t0 = performance.now();
         const dIn = await model.backward(e.ctx, model.stage.postProcess ? lossFactor : outputGrad!);
+        time("backward-compute", t0);
         for (const t of e.owned) be.free(t);
         return dIn;
       },
@@ -182,10 +192,20 @@ export class RankState {
     const factor = this.optimizer.lossScale / m;
     const shape = { p: this.ps.ppSize, r: this.ps.ppRank, m, v: this.ps.vpSize };
     await runSchedule(shape, this.runner(inputs, factor, losses, false), this.comm, this.peers());
+    let t0 = performance.now();
     await this.grads.allReduceMean(this.comm, this.ps.dpSize);
+    t0 = this.time("backward-params-all-reduce", t0);
     await allReduceTiedEmbedding(this.comm, this.ps, this.tiedEmbedding());
+    t0 = this.time("backward-embedding-all-reduce", t0);
     const r = await this.optimizer.step(inputs.numMicroBatches * this.cfg.microBatchSize! * this.ps.dpSize);
+    this.time("optimizer", t0);
     return { losses, ...r };
+  }
+
+  /** Adds the time from t0 (ms) to now (or t1) to a timer; returns the end time. */
+  private time(name: string, t0: number, t1 = performance.now()): number {
+    this.timers.set(name, (this.timers.get(name) ?? 0) + (t1 - t0) / 1000);
+    return t1;
   }
 
   /** Forward only (no dropout) of every micro-batch; losses on the last stage. */

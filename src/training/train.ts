@@ -11,6 +11,7 @@ import { createLrScheduler } from "../optimizer/lr_schedule.ts";
 import { buildNumMicroBatchesCalculator, computeTrainIters } from "../optimizer/microbatches.ts";
 import { LocalWorld } from "../parallel/local_comm.ts";
 import { type Communicator, makeParallelState, SingleRankCommunicator } from "../parallel/types.ts";
+import { MegatronPretrainingRandomSampler } from "../data/sampler.ts";
 import { buildTokenizer } from "../tokenizer/mod.ts";
 import {
   assertArchitectureArgs,
@@ -23,11 +24,12 @@ import {
   removeStaleTemps,
   saveCheckpoint,
 } from "./checkpoint.ts";
-import { type Config, configToJson } from "./config.ts";
+import { assertFlagsSupported, type Config, configToJson, flagNotes } from "./config.ts";
 import { buildGptData, type GptData, type SampleSource } from "./data.ts";
 import { MetricsWriter } from "./metrics.ts";
 import { prepareSaveDir } from "./lock.ts";
 import { availableMemory, checkFits, describeEstimate, estimateMemory } from "./memory_estimate.ts";
+import { checkResumeFits } from "./resume.ts";
 import { type HostBatch, RankState, type RankStepResult, type StepInputs } from "./rank.ts";
 import { SummaryWriter } from "./tensorboard.ts";
 
@@ -67,18 +69,6 @@ export interface TrainResult {
   paddedVocabSize: number;
   tokensPerSecond: number;
 }
-
-/** Flags this implementation does not support yet: one clear line instead of silently ignoring. */
-const UNSUPPORTED: [keyof Config, string][] = [
-  ["resetPositionIds", "--reset-position-ids"],
-  ["resetAttentionMask", "--reset-attention-mask"],
-  ["applyResidualConnectionPostLayernorm", "--apply-residual-connection-post-layernorm"],
-  ["openaiGelu", "--openai-gelu"],
-  ["onnxSafe", "--onnx-safe"],
-  ["fp32ResidualConnection", "--fp32-residual-connection"],
-  ["distributeCheckpointedActivations", "--distribute-checkpointed-activations"],
-  ["initMethodXavierUniform", "--init-method-xavier-uniform"],
-];
 
 export function modelConfigOf(cfg: Config, paddedVocab: number): GPTConfig {
   return {
@@ -133,10 +123,30 @@ interface Run {
   paddedVocab: number;
   data: GptData;
   eodMask: number | null;
+  /** --dataloader-type cyclic: one random sampler per split (each caches its epoch's permutation). */
+  samplers: Map<SampleSource, MegatronPretrainingRandomSampler> | null;
 }
 
-/** Megatron's sampler for one global step: micro-batch mb of DP rank d covers samples
- *  [consumed + mb*micro*dp + d*micro, +micro). */
+/** The dataset index of sample i of DP rank d's micro-batch starting after `consumed` samples. */
+function sampleIndex(run: Run, source: SampleSource, consumed: number, d: number, i: number): number {
+  const micro = run.cfg.microBatchSize!;
+  if (!run.samplers) return consumed + d * micro + i; // single: sequential blocks of micro*dp
+  let sampler = run.samplers.get(source);
+  if (!sampler) {
+    const name = source === run.data.train ? "train" : source === run.data.valid ? "validation" : "test";
+    sampler = new MegatronPretrainingRandomSampler({
+      totalSamples: source.length,
+      microBatchSize: micro,
+      dataParallelSize: run.cfg.dataParallelSize,
+      name,
+    });
+    run.samplers.set(source, sampler);
+  }
+  return sampler.sampleIndex(consumed, d, i);
+}
+
+/** Megatron's sampler for one global step: micro-batch mb of DP rank d reads the samples its sampler
+ *  gives after consumed + mb*micro*dp samples (single: [that + d*micro, +micro)). */
 function stepInputs(
   run: Run,
   rank: RankState,
@@ -161,8 +171,15 @@ function stepInputs(
         b: micro,
         s,
       };
+      const before = consumed + mb * micro * dp;
       for (let i = 0; i < micro; i++) {
-        fillSample(source.getItem(consumed + first(mb) + i), s, run.eodMask, hb, i);
+        fillSample(
+          source.getItem(sampleIndex(run, source, before, rank.ps.dpRank, i)),
+          s,
+          run.eodMask,
+          hb,
+          i,
+        );
       }
       return hb;
     },
@@ -272,7 +289,9 @@ function save(run: Run, iteration: number, consumedTrain: number, consumedValid:
 }
 
 /** Restore model, optimizer and progress from --load. Returns the iteration and consumed samples. */
-function load(run: Run): { iteration: number; consumedTrain: number; consumedValid: number } | null {
+function load(
+  run: Run,
+): { iteration: number; consumedTrain: number; consumedValid: number; args: Record<string, unknown> } | null {
   const cfg = run.cfg;
   const dir = cfg.load!;
   if (readTracker(dir) === null) {
@@ -283,13 +302,36 @@ function load(run: Run): { iteration: number; consumedTrain: number; consumedVal
   }
   const be = run.env.backend;
   const loadOptim = !cfg.finetune && !cfg.noLoadOptim;
-  let result = { iteration: 0, consumedTrain: 0, consumedValid: 0 };
+  const loadRng = !cfg.finetune && !cfg.noLoadRng;
+  let result = { iteration: 0, consumedTrain: 0, consumedValid: 0, args: {} as Record<string, unknown> };
   for (const rank of run.ranks) {
     const ck = loadCheckpoint(dir, { tp: rank.ps.tpRank, pp: rank.ps.ppRank }, {
       loadOptim,
       ppSize: cfg.pipelineModelParallelSize,
     });
     assertArchitectureArgs(ck.meta.args, checkpointArgs(run));
+    // As Megatron's load_checkpoint: state that is asked for must be there.
+    if (loadOptim && !(ck.optim && ck.meta.optimizer)) {
+      throw new Error(
+        `${ck.dir}: no optimizer state (saved with --no-save-optim); pass --no-load-optim or --finetune ` +
+          `to load the weights only`,
+      );
+    }
+    if (loadRng) {
+      // Randomness is Philox of (seed, iteration): the RNG state is the seed the run was saved with.
+      const rng = ck.meta.rng as { seed?: number } | null;
+      if (!rng) {
+        throw new Error(
+          `${ck.dir}: no RNG state (saved with --no-save-rng); pass --no-load-rng or --finetune`,
+        );
+      }
+      if (rng.seed !== cfg.seed) {
+        throw new Error(
+          `--seed ${cfg.seed}: the checkpoint's RNG state is --seed ${rng.seed} and would be restored for ` +
+            `dropout; pass --seed ${rng.seed}, or --no-load-rng to draw dropout from --seed ${cfg.seed}`,
+        );
+      }
+    }
     const byName = new Map(ck.model.map((t) => [t.name, t]));
     rank.chunks.forEach((chunk, v) => {
       for (const p of chunk.params()) {
@@ -313,12 +355,13 @@ function load(run: Run): { iteration: number; consumedTrain: number; consumedVal
     } else {
       rank.optimizer.reloadModelParams();
     }
-    if (cfg.finetune) result = { iteration: 0, consumedTrain: 0, consumedValid: 0 };
+    if (cfg.finetune) result = { iteration: 0, consumedTrain: 0, consumedValid: 0, args: ck.meta.args };
     else {
       result = {
         iteration: Math.max(result.iteration, ck.iteration),
         consumedTrain: ck.meta.consumedTrainSamples,
         consumedValid: ck.meta.consumedValidSamples,
+        args: ck.meta.args,
       };
     }
   }
@@ -338,13 +381,46 @@ function fmtNum(x: number | null, digits = 4): string {
     : x.toFixed(digits);
 }
 
+/** Megatron's training_log TensorBoard scalars for one iteration: each by iteration and, as
+ *  "<tag> vs samples", by consumed train samples. */
+function writeTrainScalars(
+  tb: SummaryWriter,
+  cfg: Config,
+  r: { loss: number; nextLr: number; lossScale: number; gradNorm: number | null; batch: number },
+  iteration: number,
+  consumed: number,
+): void {
+  const vals: { tag: string; value: number }[] = [];
+  if (!cfg.noLogLearnigRateToTensorboard) vals.push({ tag: "learning-rate", value: r.nextLr });
+  if (cfg.logBatchSizeToTensorboard) vals.push({ tag: "batch-size", value: r.batch });
+  vals.push({ tag: "lm loss", value: r.loss });
+  if (!cfg.noLogLossScaleToTensorboard) vals.push({ tag: "loss-scale", value: r.lossScale });
+  if (r.gradNorm !== null) vals.push({ tag: "grad-norm", value: r.gradNorm });
+  tb.addScalars(vals, iteration);
+  tb.addScalars(vals.map((v) => ({ tag: `${v.tag} vs samples`, value: v.value })), consumed);
+}
+
+/** Megatron's evaluate_and_print_results scalars; the perplexity only with
+ *  --log-validation-ppl-to-tensorboard. */
+function writeValidationScalars(
+  tb: SummaryWriter,
+  cfg: Config,
+  v: { loss: number; ppl: number },
+  iteration: number,
+  consumed: number,
+): void {
+  const vals = [{ tag: "lm loss validation", value: v.loss }];
+  if (cfg.logValidationPplToTensorboard) vals.push({ tag: "lm loss validation ppl", value: v.ppl });
+  tb.addScalars(vals, iteration);
+  tb.addScalars(vals.map((x) => ({ tag: `${x.tag} vs samples`, value: x.value })), consumed);
+}
+
 /** Run pretraining with a validated config. */
 export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResult> {
-  for (const [k, flag] of UNSUPPORTED) {
-    if (cfg[k]) throw new Error(`${flag} is not supported by megatron-deno yet`);
-  }
+  assertFlagsSupported(cfg); // also for callers that skip validateForTraining
   const now = env.now ?? (() => performance.now());
   const log = env.log;
+  for (const note of flagNotes(cfg)) log(note);
   if (cfg.save) {
     // Fail now, not at the first save hours in; and clear what killed writers left behind.
     prepareSaveDir(cfg.save);
@@ -403,6 +479,8 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
     vocabSize: paddedVocab,
     numSamples: [trainSamples, validSamples, testSamples],
     log,
+    dataImpl: cfg.dataImpl,
+    mmapWarmup: cfg.mmapWarmup,
   });
   if (!data.train) throw new Error(`--split ${cfg.split}: the training split is empty`);
 
@@ -414,7 +492,8 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
   for (let g = 0; g < tp * pp * dp; g++) {
     const ps = world ? world.states[g] : makeParallelState({ tp: 1, pp: 1, dp: 1, vp }, 0);
     const comm: Communicator = world ? world.communicator(g) : new SingleRankCommunicator();
-    const scheduler = createLrScheduler({ ...cfg, globalBatchSize: gbs, trainIters, lr: cfg.lr! });
+    // Sample-based runs size the schedule in samples (Megatron creates it before update_train_iters).
+    const scheduler = createLrScheduler({ ...cfg, globalBatchSize: gbs, lr: cfg.lr! });
     ranks.push(new RankState(cfg, modelCfg, env.backend, ps, comm, scheduler, createGradScaler(cfg)));
   }
   const nParams = ranks.filter((r) => r.ps.dpRank === 0)
@@ -433,6 +512,7 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
     paddedVocab,
     data,
     eodMask: cfg.eodMaskLoss ? tokenizer.eod : null,
+    samplers: cfg.dataloaderType === "cyclic" ? new Map() : null,
   };
 
   let iteration = 0;
@@ -444,10 +524,28 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
     if (r) {
       ({ iteration, consumedTrain, consumedValid } = r);
       loadedFrom = `${cfg.load} (iteration ${r.iteration})`;
+      const sim = buildNumMicroBatchesCalculator(mbArgs);
+      checkResumeFits({
+        loadDir: cfg.load,
+        savedArgs: r.args,
+        cfg,
+        iteration,
+        trainIters,
+        consumedTrain,
+        consumedValid,
+        trainLength: data.train.length,
+        validLength: data.valid?.length ?? null,
+        batchAt: (c) => {
+          sim.update(c, false);
+          return sim.currentGlobalBatchSize;
+        },
+      });
     }
   }
 
-  const tb = cfg.tensorboardDir ? new SummaryWriter(cfg.tensorboardDir) : null;
+  const tb = cfg.tensorboardDir
+    ? new SummaryWriter(cfg.tensorboardDir, { queueSize: cfg.tensorboardQueueSize })
+    : null;
   const metrics = cfg.metricsFile ? new MetricsWriter(cfg.metricsFile) : null;
   const calc = buildNumMicroBatchesCalculator(mbArgs);
   const history: IterationLog[] = [];
@@ -460,6 +558,7 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
   let intervalLoss: number[] = [];
   let skippedInInterval = 0;
   let nanInInterval = 0;
+  let itersSinceLog = 0;
   let totalTokens = 0;
   let totalTime = 0;
   const flopsPerSample = iterationFlops(1, cfg.seqLength!, cfg.numLayers!, cfg.hiddenSize!, paddedVocab);
@@ -515,13 +614,18 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
       gradNorm: r.gradNorm,
       skipped: r.skipped,
     });
-    tb?.addScalars([
-      { tag: "lm loss", value: r.loss },
-      { tag: "learning-rate", value: r.nextLr },
-      { tag: "loss-scale", value: r.lossScale },
-      { tag: "batch-size", value: batch },
-      ...(r.gradNorm !== null ? [{ tag: "grad-norm", value: r.gradNorm }] : []),
-    ], iteration);
+    itersSinceLog++;
+    if (tb && iteration % cfg.tensorboardLogInterval === 0) {
+      writeTrainScalars(tb, cfg, { ...r, batch }, iteration, consumedTrain);
+      if (cfg.logTimersToTensorboard) {
+        // Megatron's timers.write: each timer's time since the last log line, per iteration, in seconds.
+        const timers = ranks[ranks.length - 1].timers;
+        tb.addScalars(
+          [...timers].map(([name, sec]) => ({ tag: `${name}-time`, value: sec / itersSinceLog })),
+          iteration,
+        );
+      }
+    }
     env.progress?.(
       `iteration ${iteration}/${trainIters} | loss ${fmtNum(r.loss)} | ${
         (tokens / dt * 1000).toFixed(0)
@@ -536,6 +640,9 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
       const flops = flopsPerSample * (intervalTokens / cfg.seqLength!) / (elapsed / 1000);
       const mfu = env.peak ? flops / env.peak.flops : null;
       const avgLoss = mean(intervalLoss);
+      if (tb && cfg.logTimersToTensorboard) tb.addScalar("iteration-time", msPerIter / 1000, iteration);
+      itersSinceLog = 0;
+      for (const rank of ranks) rank.timers.clear();
       log(
         ` iteration ${String(iteration).padStart(8)}/${String(trainIters).padStart(8)} |` +
           ` consumed samples: ${String(consumedTrain).padStart(10)} |` +
@@ -579,10 +686,7 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
       consumedValid += evalIters * gbs;
       if (v) {
         validation.push({ iteration, ...v });
-        tb?.addScalars([{ tag: "lm loss validation", value: v.loss }, {
-          tag: "lm loss validation ppl",
-          value: v.ppl,
-        }], iteration);
+        if (tb) writeValidationScalars(tb, cfg, v, iteration, consumedTrain);
         metrics?.write({ kind: "validation", iteration, lm_loss: v.loss, ppl: v.ppl });
       }
     }
@@ -619,7 +723,11 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
     if (cfg.save && !(cfg.saveInterval && iteration % cfg.saveInterval === 0) && iteration > 0) doSave();
     if (data.valid && !(cfg.evalInterval && iteration % cfg.evalInterval === 0)) {
       const v = await doEval(`validation loss at the end of training`, data.valid, consumedValid);
-      if (v) validation.push({ iteration, ...v });
+      if (v) {
+        validation.push({ iteration, ...v });
+        // Megatron's final evaluate_and_print_results writes its scalars too.
+        if (tb) writeValidationScalars(tb, cfg, v, iteration, consumedTrain);
+      }
     }
     test = await doEval("test loss at the end of training", data.test, 0);
     if (test) metrics?.write({ kind: "test", iteration, lm_loss: test.loss, ppl: test.ppl });
