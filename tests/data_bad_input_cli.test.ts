@@ -519,8 +519,8 @@ Deno.test("pretrain CLI: every other .idx header problem is one line naming the 
       ],
       [
         legacy,
-        "expected an mmap index (magic MMIDIDX), found a legacy lazy/cached index (magic TNTIDX); " +
-        "re-preprocess the data with --dataset-impl mmap",
+        "a legacy lazy/cached indexed dataset (magic TNTIDX, found by --data-impl infer); " +
+        "megatron-deno reads only mmap datasets: re-preprocess the data with --dataset-impl mmap",
       ],
     ];
     for (const [bytes, what] of cases) {

@@ -70,8 +70,8 @@ export function buildGptData(opts: GptDataOptions): GptData {
     if (impl === "lazy" && opts.dataImpl !== "mmap") {
       const idx = idxPath(prefix);
       throw new Error(
-        `--data-path ${prefix}: ${idx} is a legacy (lazy/cached) indexed dataset; megatron-deno reads ` +
-          `only mmap datasets (re-run preprocess with --dataset-impl mmap)`,
+        `${idx}: a legacy lazy/cached indexed dataset (magic TNTIDX, found by --data-impl infer); ` +
+          `megatron-deno reads only mmap datasets: re-preprocess the data with --dataset-impl mmap`,
       );
     }
     if (opts.mmapWarmup) {
