@@ -149,15 +149,18 @@ if ("skip" in built) {
         m.be.ceBwd(logits, t, 60, mx, se, m.inp("f32", [rows], r.array(rows, 0.2, 1)), dl);
         return [mx, tl, se, loss, dl];
       }, d === "f32" ? 1e-5 : undefined);
-      compare(ctx, "sumSquares+nonFinite", d, seed++, (m, r) => {
+      compare(ctx, "sumSquares+countZeros+nonFinite", d, seed++, (m, r) => {
         const data = r.array(1000);
         data[999] = Infinity;
-        const s = m.out("f32", [1]), f = m.inp("f32", [1], [0]), f2 = m.inp("f32", [1], [0]);
+        data[5] = data[17] = 0;
+        const s = m.out("f64", [1]), f = m.inp("f32", [1], [0]), f2 = m.inp("f32", [1], [0]);
+        const z = m.out("f64", [1]);
         m.be.sumSquares(m.inp(d, [999], data.subarray(0, 999)), s, false);
+        m.be.countZeros(m.inp(d, [1000], data), z, false);
         m.be.nonFinite(m.inp(d, [1000], data), f);
         m.be.nonFinite(m.inp(d, [999], data.subarray(0, 999)), f2);
-        return [s, f, f2];
-      }, 1e-5);
+        return [s, z, f, f2];
+      }, 1e-13);
     }
     compare(ctx, "adam x2 + sgd x2", "f32", seed++, (m, r) => {
       const p = m.inp("f32", [50], r.array(50)), mm = m.out("f32", [50]), v = m.out("f32", [50]);
@@ -183,5 +186,42 @@ if ("skip" in built) {
       return [p, mm, v, q, buf];
     }, 0); // every step is rounded in the reference's order: bit-identical
     assert.ok(ctx.rows.every((r) => r.ok));
+  });
+
+  Deno.test({
+    name: "emulated kernels: sumSquares of 1.2e7 elements within 1e-12 of f64, agrees with CPU",
+    ...opts,
+  }, () => {
+    // A gradient-like spread (magnitudes over 6 decades) where an in-order f32 sum loses ~1e-3.
+    const n = 12_000_017;
+    const xs = new Float32Array(n);
+    let st = 12345;
+    for (let i = 0; i < n; i++) {
+      st = (Math.imul(st, 1664525) + 1013904223) >>> 0;
+      xs[i] = ((st >>> 8) / 16777216 - 0.5) * 10 ** -((st & 7) * 0.8);
+    }
+    let sum = 0, comp = 0; // Neumaier over the exact f64 squares
+    for (let i = 0; i < n; i++) {
+      const v = xs[i] * xs[i], t = sum + v;
+      comp += Math.abs(sum) >= v ? (sum - t) + v : (v - t) + sum;
+      sum = t;
+    }
+    const ref = sum + comp;
+    const x = ctx.cuda.fromHost("f32", [n], xs), out = ctx.cuda.zeros("f64", [1]);
+    const xc = ctx.cpu.fromHost("f32", [n], xs), oc = ctx.cpu.zeros("f64", [1]);
+    try {
+      ctx.cuda.sumSquares(x, out, false);
+      const gpu = ctx.cuda.toF64(out)[0];
+      ctx.cuda.sumSquares(x, out, false);
+      assert.ok(Object.is(ctx.cuda.toF64(out)[0], gpu), "not the same bits twice");
+      ctx.cpu.sumSquares(xc, oc, false);
+      const cpu = ctx.cpu.toF64(oc)[0];
+      assert.ok(Math.abs(gpu - ref) <= 1e-12 * ref, `cuda ${gpu} vs f64 ${ref}`);
+      assert.ok(Math.abs(cpu - ref) <= 1e-12 * ref, `cpu ${cpu} vs f64 ${ref}`);
+      assert.ok(Math.abs(gpu - cpu) <= 1e-12 * ref, `cuda ${gpu} vs cpu ${cpu}`);
+    } finally {
+      ctx.cuda.free(x);
+      ctx.cuda.free(out);
+    }
   });
 }

@@ -49,6 +49,10 @@ export interface RankStepResult {
   losses: number[];
   skipped: boolean;
   gradNorm: number | null;
+  /** `--log-num-zeros-in-grad` (null when off or the step was skipped). */
+  numZerosInGrad: number | null;
+  /** `--log-params-norm`: the parameter norm after the step (null when off). */
+  paramsNorm: number | null;
   lossScale: number;
   lr: number;
   nextLr: number;
@@ -99,6 +103,7 @@ export class RankState {
       scaler,
       tpRank: ps.tpRank,
       reducer: scalarReducer(backend, comm, ps, "model"),
+      logNumZerosInGrad: cfg.logNumZerosInGrad,
     });
   }
 
@@ -185,7 +190,9 @@ export class RankState {
     await this.grads.allReduceMean(this.comm, this.ps.dpSize);
     await allReduceTiedEmbedding(this.comm, this.ps, this.tiedEmbedding());
     const r = await this.optimizer.step(inputs.numMicroBatches * this.cfg.microBatchSize! * this.ps.dpSize);
-    return { losses, ...r };
+    // Megatron's training loop takes calc_params_l2_norm after every step, skipped or not.
+    const paramsNorm = this.cfg.logParamsNorm ? await this.optimizer.paramsNorm() : null;
+    return { losses, ...r, paramsNorm };
   }
 
   /** Forward only (no dropout) of every micro-batch; losses on the last stage. */

@@ -49,6 +49,10 @@ export interface IterationLog {
   lr: number;
   lossScale: number;
   gradNorm: number | null;
+  /** `--log-num-zeros-in-grad` (null when off or skipped). */
+  numZerosInGrad: number | null;
+  /** `--log-params-norm` (null when off). */
+  paramsNorm: number | null;
   skipped: boolean;
 }
 
@@ -477,6 +481,8 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
       lr: r.nextLr,
       lossScale: r.lossScale,
       gradNorm: r.gradNorm,
+      numZerosInGrad: r.numZerosInGrad,
+      paramsNorm: r.paramsNorm,
       skipped: r.skipped,
     });
     tb?.addScalars([
@@ -485,6 +491,8 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
       { tag: "loss-scale", value: r.lossScale },
       { tag: "batch-size", value: batch },
       ...(r.gradNorm !== null ? [{ tag: "grad-norm", value: r.gradNorm }] : []),
+      ...(r.numZerosInGrad !== null ? [{ tag: "num-zeros", value: r.numZerosInGrad }] : []),
+      ...(r.paramsNorm !== null ? [{ tag: "params-norm", value: r.paramsNorm }] : []),
     ], iteration);
     env.progress?.(
       `iteration ${iteration}/${trainIters} | loss ${fmtNum(r.loss)} | ${
@@ -508,9 +516,11 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
           // As Megatron, no loss when every iteration of the interval was skipped or NaN.
           (intervalLoss.length > 0 ? ` lm loss: ${avgLoss.toExponential(6)} |` : "") +
           ` loss scale: ${r.lossScale.toFixed(1)} |` +
-          ` grad norm: ${fmtNum(r.gradNorm, 3)} | number of skipped iterations: ${
-            String(skippedInInterval).padStart(3)
-          } |` +
+          ` grad norm: ${fmtNum(r.gradNorm, 3)} |` +
+          // Megatron prints these two only when asked for (and num zeros only for a taken step).
+          (r.numZerosInGrad !== null ? ` num zeros: ${r.numZerosInGrad.toFixed(1)} |` : "") +
+          (r.paramsNorm !== null ? ` params norm: ${fmtNum(r.paramsNorm, 3)} |` : "") +
+          ` number of skipped iterations: ${String(skippedInInterval).padStart(3)} |` +
           ` number of nan iterations: ${String(nanInInterval).padStart(3)} |` +
           ` tokens/s: ${tokPerSec.toFixed(0)} | TFLOP/s: ${(flops / 1e12).toFixed(4)} |` +
           ` MFU: ${mfu === null ? "-" : (mfu * 100).toFixed(2) + "%"} |`,
@@ -525,6 +535,8 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
         lm_loss: avgLoss,
         loss_scale: r.lossScale,
         grad_norm: r.gradNorm,
+        ...(cfg.logNumZerosInGrad ? { num_zeros: r.numZerosInGrad } : {}),
+        ...(cfg.logParamsNorm ? { params_norm: r.paramsNorm } : {}),
         skipped_iterations: skippedInInterval,
         nan_iterations: nanInInterval,
         tokens_per_second: tokPerSec,

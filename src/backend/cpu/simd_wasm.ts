@@ -527,48 +527,6 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
     0xa0,
   ]);
 
-  // sumSq(p, n, s) -> f32: s = s + x * x over n floats in order, in f32 (scalar, in the reference's
-  // order; f32.add is one instruction where Math.fround costs two conversions per step).
-  // locals: 0 p 1 n 2 s | 3 end | 4 x
-  const sumSq = func([[1, I32], [1, F32]], [
-    ...get(0),
-    ...get(1),
-    ...i32c(2),
-    0x74,
-    0x6a,
-    ...set(3),
-    0x02,
-    0x40,
-    ...get(0),
-    ...get(3),
-    0x4f,
-    0x0d,
-    0, // br_if p >= end
-    0x03,
-    0x40,
-    ...get(2),
-    ...get(0),
-    0x2a,
-    2,
-    0, // f32.load
-    ...tee(4),
-    ...get(4),
-    0x94, // f32.mul
-    0x92, // f32.add
-    ...set(2),
-    ...get(0),
-    ...i32c(4),
-    0x6a,
-    ...tee(0),
-    ...get(3),
-    0x49,
-    0x0d,
-    0, // br_if p < end
-    0x0b,
-    0x0b,
-    ...get(2),
-  ]);
-
   // adam(pp, pg, pm, pv, n, b1, b2, ob1, ob2, bc1, bc2, eps, wd, lr): the AdamW update of cpu_backend's
   // adamStep on n floats (n % 4 == 0) at byte offsets pp (param), pg (grad), pm, pv (moments).
   // locals: 0 pp 1 pg 2 pm 3 pv 4 n 5 b1 6 b2 7 ob1 8 ob2 9 bc1 10 bc2 11 eps 12 wd 13 lr |
@@ -1032,10 +990,7 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
     ...[0x60, 3, I32, I32, 0x7c, 1, 0x7c], // 9: smExp (i32, i32, f64) -> f64
   ];
   const exports = [
-    12,
-    ...name("sumSq"),
-    0,
-    10,
+    11,
     ...name("smExp"),
     0,
     9,
@@ -1080,11 +1035,11 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
     0x00,
     0x00,
     ...section(1, types),
-    ...section(3, [11, 0, 0, 1, 2, 4, 5, 6, 7, 8, 9, 0]),
+    ...section(3, [10, 0, 0, 1, 2, 4, 5, 6, 7, 8, 9]),
     ...section(5, [1, 0, 1]), // memory: 1 page initially, grown on demand
     ...section(7, exports),
     ...section(10, [
-      11,
+      10,
       ...rowMaxF,
       ...sumExp,
       ...ceGrad,
@@ -1095,7 +1050,6 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
       ...dropMask,
       ...dropAdd,
       ...smExp,
-      ...sumSq,
     ]),
   ]);
 }
@@ -1150,7 +1104,6 @@ export class SimdKernels {
       s: number,
     ): void;
     smExp(p: number, n: number, mx: number): number;
-    sumSq(p: number, n: number, s: number): number;
   };
   private f32: Float32Array;
   private readonly table = expTable();
@@ -1241,17 +1194,6 @@ export class SimdKernels {
         out.set(m.subarray(f, f + n), s);
       }
     }
-  }
-
-  /** s + x[0]^2 + x[1]^2 + ... summed in order in f32 (s an f32 value), like sumSquares' f32 loop. */
-  sumSquares(x: Float32Array, s: number): number {
-    const C = 65536, m = this.floats(C);
-    for (let i = 0; i < x.length; i += C) {
-      const n = Math.min(C, x.length - i);
-      m.set(x.subarray(i, i + n));
-      s = this.k.sumSq(0, n, s);
-    }
-    return s;
   }
 
   /** Module memory as floats (at least n); a view for callers that stage rows themselves. */
