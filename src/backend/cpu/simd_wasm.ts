@@ -351,23 +351,6 @@ function func(locals: [number, number][], code: number[]): number[] {
   return [...uleb(body.length), ...body];
 }
 
-/** Horizontal f32 sum of the f32x4 in local v: (l0 + l1) + (l2 + l3). */
-function hsum(v: number): number[] {
-  return [
-    ...get(v),
-    ...f32x4.lane(0),
-    ...get(v),
-    ...f32x4.lane(1),
-    0x92,
-    ...get(v),
-    ...f32x4.lane(2),
-    ...get(v),
-    ...f32x4.lane(3),
-    0x92,
-    0x92,
-  ];
-}
-
 function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
   // rowMax(p, n, init) -> f32: pseudo-max (a < b ? b : a) of init and n floats at byte p; n % 4 == 0.
   // Pseudo-max skips NaN like the scalar `if (x > mx) mx = x`.
