@@ -54,6 +54,26 @@ __device__ __forceinline__ float blockSum(float v, float* sh) {
   __syncthreads();
   return sh[32];
 }
+// f64 block sum for the deterministic long reductions (same tree as blockSum); `sh` holds 33 doubles.
+__device__ __forceinline__ double warpSumD(double v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ double blockSumD(double v, double* sh) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warpSumD(v);
+  __syncthreads();
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  double r = 0.0;
+  if (warp == 0) {
+    r = lane < nw ? sh[lane] : 0.0;
+    r = warpSumD(r);
+    if (lane == 0) sh[32] = r;
+  }
+  __syncthreads();
+  return sh[32];
+}
 __device__ __forceinline__ float blockMax(float v, float* sh) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   v = warpMax(v);

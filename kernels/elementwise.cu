@@ -99,22 +99,57 @@ __device__ __forceinline__ void colFinishImpl(const float* partial, O* out, u64 
   }
 FOR_T(COLF_INST)
 
-// out[0] += sum(x^2): block reduction then one atomicAdd per block (out is zeroed by the host
-// when not accumulating).
+// Long reductions (sum of squares for the grad/param norm, zero counts) in f64, deterministic and
+// independent of the grid: x is cut into chunks of MD_REDUCE_CHUNK elements (the CPU backend uses the
+// same chunks, REDUCE_CHUNK in src/backend/backend.ts); one block reduces one chunk in a fixed thread
+// tree into partial[chunk], and md_sumpartials adds the partials in a fixed tree. Squares of f32/half
+// values are exact in f64, so the only rounding is the f64 additions.
+#define MD_REDUCE_CHUNK 16384
 template <typename T>
-__device__ __forceinline__ void sumSquaresImpl(const T* x, float* out, u64 n) {
-  __shared__ float sh[33];
-  float acc = 0.f;
-  GRID_STRIDE(i, n) {
-    const float v = ldf(x, i);
-    acc += v * v;
+__device__ __forceinline__ void sumSquaresImpl(const T* x, double* partial, u64 n) {
+  __shared__ double sh[33];
+  const u64 chunks = (n + MD_REDUCE_CHUNK - 1) / MD_REDUCE_CHUNK;
+  for (u64 c = blockIdx.x; c < chunks; c += gridDim.x) {
+    const u64 end = (c + 1) * MD_REDUCE_CHUNK < n ? (c + 1) * MD_REDUCE_CHUNK : n;
+    double acc = 0.0;
+    for (u64 i = c * MD_REDUCE_CHUNK + threadIdx.x; i < end; i += blockDim.x) {
+      const double v = (double)ldf(x, i);
+      acc += v * v;
+    }
+    acc = blockSumD(acc, sh);
+    if (threadIdx.x == 0) partial[c] = acc;
   }
-  acc = blockSum(acc, sh);
-  if (threadIdx.x == 0) atomicAdd(out, acc);
 }
-#define SS_INST(n_, t) \
-  extern "C" __global__ void md_sumsquares_##n_(const t* x, float* out, u64 n) { sumSquaresImpl(x, out, n); }
+#define SS_INST(n_, t)                                                                          \
+  extern "C" __global__ void md_sumsquares_##n_(const t* x, double* partial, u64 n) { sumSquaresImpl(x, partial, n); }
 FOR_T(SS_INST)
+
+// Exactly-zero elements (either sign; NaN is not zero), per chunk as above (counts are exact in f64).
+template <typename T>
+__device__ __forceinline__ void countZerosImpl(const T* x, double* partial, u64 n) {
+  __shared__ double sh[33];
+  const u64 chunks = (n + MD_REDUCE_CHUNK - 1) / MD_REDUCE_CHUNK;
+  for (u64 c = blockIdx.x; c < chunks; c += gridDim.x) {
+    const u64 end = (c + 1) * MD_REDUCE_CHUNK < n ? (c + 1) * MD_REDUCE_CHUNK : n;
+    double acc = 0.0;
+    for (u64 i = c * MD_REDUCE_CHUNK + threadIdx.x; i < end; i += blockDim.x) acc += ldf(x, i) == 0.f ? 1.0 : 0.0;
+    acc = blockSumD(acc, sh);
+    if (threadIdx.x == 0) partial[c] = acc;
+  }
+}
+#define CZ_INST(n_, t)                                                                          \
+  extern "C" __global__ void md_countzeros_##n_(const t* x, double* partial, u64 n) { countZerosImpl(x, partial, n); }
+FOR_T(CZ_INST)
+
+// out[0] (+)= sum of partial[0, chunks): one block, thread t adds partials t, t + blockDim.x, ... in
+// order, then the block tree.
+extern "C" __global__ void md_sumpartials(const double* partial, double* out, u64 chunks, int accumulate) {
+  __shared__ double sh[33];
+  double acc = 0.0;
+  for (u64 i = threadIdx.x; i < chunks; i += blockDim.x) acc += partial[i];
+  acc = blockSumD(acc, sh);
+  if (threadIdx.x == 0) out[0] = accumulate ? out[0] + acc : acc;
+}
 
 template <typename T>
 __device__ __forceinline__ void nonFiniteImpl(const T* x, float* flag, u64 n) {

@@ -435,12 +435,19 @@ Deno.test("sgdStep matches torch SGD with momentum and weight decay", () => {
   close(be.toF64(p), [0.94 - 0.0634, 2.08 + 0.0512], 1e-6);
 });
 
-Deno.test("sumSquares and nonFinite", () => {
-  const x = be.fromHost("bf16", [3], [1, -2, 3]), out = be.fromHost("f32", [1], [10]);
+Deno.test("sumSquares, countZeros and nonFinite", () => {
+  const x = be.fromHost("bf16", [3], [1, -2, 3]), out = be.fromHost("f64", [1], [10]);
   be.sumSquares(x, out, true);
   assert.equal(be.toF64(out)[0], 24);
-  be.sumSquares(be.fromHost("f64", [2], [1e-9, 1]), out, false);
-  assert.equal(be.toF64(out)[0], 1); // stored in f32
+  // f64 accumulation keeps what an f32 sum drops: 1^2 + (2^-15)^2 = 1 + 2^-30 (f32 would give 1).
+  be.sumSquares(be.fromHost("f32", [2], [1, 2 ** -15]), out, false);
+  assert.equal(be.toF64(out)[0], 1 + 2 ** -30);
+  assert.throws(() => be.sumSquares(x, be.zeros("f32", [1]), false), /sumSquares: out has dtype f32/);
+  const z = be.fromHost("f64", [1], [2]);
+  be.countZeros(be.fromHost("f32", [6], [0, -0, 1, NaN, 1e-45, 0]), z, true);
+  assert.equal(be.toF64(z)[0], 5);
+  be.countZeros(be.fromHost("bf16", [2], [0, 3]), z, false);
+  assert.equal(be.toF64(z)[0], 1);
   const flag = be.zeros("f32", [1]);
   be.nonFinite(be.fromHost("f32", [3], [1, 2, 3]), flag);
   assert.equal(be.toF64(flag)[0], 0);

@@ -149,15 +149,18 @@ if ("skip" in built) {
         m.be.ceBwd(logits, t, 60, mx, se, m.inp("f32", [rows], r.array(rows, 0.2, 1)), dl);
         return [mx, tl, se, loss, dl];
       }, d === "f32" ? 1e-5 : undefined);
-      compare(ctx, "sumSquares+nonFinite", d, seed++, (m, r) => {
+      compare(ctx, "sumSquares+countZeros+nonFinite", d, seed++, (m, r) => {
         const data = r.array(1000);
         data[999] = Infinity;
-        const s = m.out("f32", [1]), f = m.inp("f32", [1], [0]), f2 = m.inp("f32", [1], [0]);
+        data[5] = data[17] = 0;
+        const s = m.out("f64", [1]), f = m.inp("f32", [1], [0]), f2 = m.inp("f32", [1], [0]);
+        const z = m.out("f64", [1]);
         m.be.sumSquares(m.inp(d, [999], data.subarray(0, 999)), s, false);
+        m.be.countZeros(m.inp(d, [1000], data), z, false);
         m.be.nonFinite(m.inp(d, [1000], data), f);
         m.be.nonFinite(m.inp(d, [999], data.subarray(0, 999)), f2);
-        return [s, f, f2];
-      }, 1e-5);
+        return [s, z, f, f2];
+      }, 1e-13);
     }
     compare(ctx, "adam x2 + sgd x2", "f32", seed++, (m, r) => {
       const p = m.inp("f32", [50], r.array(50)), mm = m.out("f32", [50]), v = m.out("f32", [50]);
@@ -183,5 +186,141 @@ if ("skip" in built) {
       return [p, mm, v, q, buf];
     }, 0); // every step is rounded in the reference's order: bit-identical
     assert.ok(ctx.rows.every((r) => r.ok));
+  });
+
+  Deno.test({
+    name: "emulated kernels: sumSquares of 1.2e7 elements within 1e-12 of f64, agrees with CPU",
+    ...opts,
+  }, () => {
+    // A gradient-like spread (magnitudes over 6 decades) where an in-order f32 sum loses ~1e-3.
+    const n = 12_000_017;
+    const xs = new Float32Array(n);
+    let st = 12345;
+    for (let i = 0; i < n; i++) {
+      st = (Math.imul(st, 1664525) + 1013904223) >>> 0;
+      xs[i] = ((st >>> 8) / 16777216 - 0.5) * 10 ** -((st & 7) * 0.8);
+    }
+    let sum = 0, comp = 0; // Neumaier over the exact f64 squares
+    for (let i = 0; i < n; i++) {
+      const v = xs[i] * xs[i], t = sum + v;
+      comp += Math.abs(sum) >= v ? (sum - t) + v : (v - t) + sum;
+      sum = t;
+    }
+    const ref = sum + comp;
+    const x = ctx.cuda.fromHost("f32", [n], xs), out = ctx.cuda.zeros("f64", [1]);
+    const xc = ctx.cpu.fromHost("f32", [n], xs), oc = ctx.cpu.zeros("f64", [1]);
+    try {
+      ctx.cuda.sumSquares(x, out, false);
+      const gpu = ctx.cuda.toF64(out)[0];
+      ctx.cuda.sumSquares(x, out, false);
+      assert.ok(Object.is(ctx.cuda.toF64(out)[0], gpu), "not the same bits twice");
+      ctx.cpu.sumSquares(xc, oc, false);
+      const cpu = ctx.cpu.toF64(oc)[0];
+      assert.ok(Math.abs(gpu - ref) <= 1e-12 * ref, `cuda ${gpu} vs f64 ${ref}`);
+      assert.ok(Math.abs(cpu - ref) <= 1e-12 * ref, `cpu ${cpu} vs f64 ${ref}`);
+      assert.ok(Math.abs(gpu - cpu) <= 1e-12 * ref, `cuda ${gpu} vs cpu ${cpu}`);
+    } finally {
+      ctx.cuda.free(x);
+      ctx.cuda.free(out);
+    }
+  });
+
+  Deno.test({ name: "emulated kernels: long reductions at GPT-345M / GPT-3 sizes vs f64", ...opts }, () => {
+    // Row kernels: each of B threads sums ceil(n / B) terms in f32, then a log2(B)-level f32 tree, so
+    // |error| <= (ceil(n / B) + log2 B) u sum|terms| (B = 512 for rows of >= 512).
+    const U = 2 ** -24, c = ctx.cuda;
+    const bound = (n: number) => (Math.ceil(n / 512) + 9) * U;
+    let st = 99;
+    const rnd = () => (st = (Math.imul(st, 1664525) + 1013904223) >>> 0) / 2 ** 32;
+    const normal = (sd: number, mean = 0) =>
+      mean + sd * Math.sqrt(-2 * Math.log(1 - rnd())) * Math.cos(6.283185 * rnd());
+    const made: ReturnType<typeof c.empty>[] = [];
+    const up = (shape: number[], d: ArrayLike<number>) => {
+      const t = c.fromHost("f32", shape, d);
+      made.push(t);
+      return t;
+    };
+    const out = (shape: number[]) => {
+      const t = c.zeros("f32", shape);
+      made.push(t);
+      return t;
+    };
+    try {
+      // Cross-entropy sum of exps over the 50304-token vocabulary.
+      const V = 50304, R = 2, L = Float32Array.from({ length: R * V }, (_, i) => normal(i < V ? 1 : 4));
+      const mx = out([R]), tl = out([R]), se = out([R]);
+      const tg = c.fromHost("i32", [R], [3, 5]);
+      made.push(tg);
+      c.ceStats(up([R, V], L), tg, 0, mx, tl);
+      c.ceSumExp(up([R, V], L), mx, se);
+      const M = c.toF64(mx), S = c.toF64(se);
+      for (let r = 0; r < R; r++) {
+        let s = 0;
+        for (let j = 0; j < V; j++) s += Math.fround(Math.exp(Math.fround(L[r * V + j] - M[r])));
+        const e = Math.abs(S[r] - s) / s;
+        assert.ok(e <= bound(V) + U, `ce sum of exps row ${r}: rel ${e}`);
+      }
+      // LayerNorm statistics over h = 12288.
+      const h = 12288, X = Float32Array.from({ length: 2 * h }, (_, i) => normal(2, i < h ? 1.5 : -20));
+      const mean = out([2]), rstd = out([2]), y = out([2, h]);
+      const ones = up([h], new Float32Array(h).fill(1));
+      c.layerNormFwd(up([2, h], X), ones, out([h]), 1e-5, y, mean, rstd);
+      const Mn = c.toF64(mean), Rs = c.toF64(rstd);
+      for (let r = 0; r < 2; r++) {
+        let sm = 0, mag = 0;
+        for (let j = 0; j < h; j++) {
+          sm += X[r * h + j];
+          mag += Math.abs(X[r * h + j]);
+        }
+        const mu = sm / h;
+        let q = 0;
+        for (let j = 0; j < h; j++) q += (X[r * h + j] - mu) ** 2;
+        const rs = 1 / Math.sqrt(q / h + 1e-5);
+        assert.ok(
+          Math.abs(Mn[r] - mu) <= (bound(h) + U) * mag / h,
+          `layernorm mean row ${r}: ${Mn[r]} vs ${mu}`,
+        );
+        // The mean's error enters every deviation; the variance sum has the same bound.
+        const e = Math.abs(Rs[r] - rs) / rs;
+        assert.ok(
+          e <= bound(h) + 2 * U + (bound(h) + U) * (mag / h) * rs,
+          `layernorm rstd row ${r}: rel ${e}`,
+        );
+      }
+      // Softmax denominators over 2048 keys (causal rows near the end of a 2048 sequence).
+      const sk = 2048, sq = 4, Sc = Float32Array.from({ length: sq * sk }, () => normal(4));
+      const probs = out([1, 1, sq, sk]);
+      c.softmaxFwd(up([1, 1, sq, sk], Sc), 0.125, { kind: "causal" }, probs);
+      const P = c.toF64(probs);
+      let worst = 0;
+      for (let i = 0; i < sq; i++) {
+        const end = i + sk - sq + 1, o = i * sk;
+        let m = -Infinity;
+        for (let j = 0; j < end; j++) m = Math.max(m, Math.fround(0.125 * Sc[o + j]));
+        let den = 0;
+        for (let j = 0; j < end; j++) den += Math.exp(Math.fround(0.125 * Sc[o + j]) - m);
+        for (let j = 0; j < end; j++) {
+          const p = Math.exp(Math.fround(0.125 * Sc[o + j]) - m) / den;
+          worst = Math.max(worst, Math.abs(P[o + j] - p) / p);
+        }
+      }
+      assert.ok(worst <= bound(sk) + 4 * U, `softmax: worst rel ${worst}`);
+      // Column sums over the 16384 tokens of a micro-batch (bias gradients): f32 partials of 16 rows
+      // per thread, 8-row block sums, then 128 slices in order: <= (16 + 8 + 128) u sum|x|.
+      const T = 16384, H = 64, G = Float32Array.from({ length: T * H }, () => normal(1e-3, 2e-4));
+      const col = out([H]);
+      c.sumRows(up([T, H], G), col, false);
+      const Cs = c.toF64(col);
+      for (let j = 0; j < H; j++) {
+        let sm = 0, mag = 0;
+        for (let r = 0; r < T; r++) {
+          sm += G[r * H + j];
+          mag += Math.abs(G[r * H + j]);
+        }
+        assert.ok(Math.abs(Cs[j] - sm) <= 152 * U * mag, `sumRows column ${j}: ${Cs[j]} vs ${sm}`);
+      }
+    } finally {
+      for (const t of made) c.free(t);
+    }
   });
 }

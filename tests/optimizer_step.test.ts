@@ -7,7 +7,13 @@ import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
 import type { Backend } from "../src/backend/backend.ts";
 import type { DType } from "../src/tensor/dtype.ts";
 import type { Param } from "../src/tensor/param.ts";
-import { clipGradNorm, countsForGradNorm, globalGradNorm } from "../src/optimizer/clip.ts";
+import {
+  clipGradNorm,
+  countGradZeros,
+  countsForGradNorm,
+  globalGradNorm,
+  globalParamNorm,
+} from "../src/optimizer/clip.ts";
 import { ConstantGradScaler, DynamicGradScaler } from "../src/optimizer/grad_scaler.ts";
 import { AnnealingLR } from "../src/optimizer/lr_schedule.ts";
 import { createMegatronOptimizer, MegatronOptimizer } from "../src/optimizer/optimizer.ts";
@@ -71,7 +77,14 @@ Deno.test("adam: two steps vs hand-computed AdamW, decay and no-decay groups", a
   setGrad(b, w, [0.5, -2, 4]);
   setGrad(b, bias, [1, 3]);
   const r1 = await opt.step(8);
-  assert.deepEqual(r1, { skipped: false, gradNorm: null, lossScale: 1, lr: 0.1, nextLr: 0.1 });
+  assert.deepEqual(r1, {
+    skipped: false,
+    gradNorm: null,
+    numZerosInGrad: null,
+    lossScale: 1,
+    lr: 0.1,
+    nextLr: 0.1,
+  });
   near(vals(b, w.value), [0.899, -1.898, 0.3995], 1e-6, "w step 1");
   near(vals(b, bias.value), [0.15, -1.1], 1e-6, "bias step 1");
   // Step 2 against the f64 formula.
@@ -120,6 +133,37 @@ Deno.test("sgd: momentum 0.9 with coupled weight decay, by hand", async () => {
     "optimizer.state.w.momentum_buffer",
     "optimizer.state.bias.momentum_buffer",
   ]);
+});
+
+Deno.test("params norm and zero-grad count: counted once like the grad norm, reduced over the group", async () => {
+  const b = backend();
+  const rep = mkParam(b, "rep", "bf16", [3, 4, 0]);
+  const shared = mkParam(b, "shared", "f32", [100, 0], { shared: true });
+  const tp = mkParam(b, "tp", "f32", [-12, 0], { tp: true });
+  const all = [rep, shared, tp];
+  setGrad(b, rep, [0, -0, 1e-30]);
+  setGrad(b, shared, [0, 0]);
+  setGrad(b, tp, [5, 0]);
+  // TP rank 0 counts rep and tp; rank 1 only tp; the shared copy never.
+  assert.equal(await globalParamNorm(b, all, { tpRank: 0 }), 13);
+  assert.equal(await globalParamNorm(b, all, { tpRank: 1 }), 12);
+  assert.equal(await countGradZeros(b, all, { tpRank: 0 }), 3); // 1e-30 is not zero
+  assert.equal(await countGradZeros(b, all, { tpRank: 1 }), 1);
+  const seen: number[] = [];
+  const reducer = {
+    allReduceSum: (x: number) => (seen.push(x), Promise.resolve(x + 7)),
+    allReduceMax: (x: number) => Promise.resolve(x),
+  };
+  assert.equal(await globalParamNorm(b, all, { tpRank: 1, reducer }), Math.sqrt(144 + 7));
+  assert.equal(await countGradZeros(b, all, { tpRank: 1, reducer }), 8);
+  assert.deepEqual(seen, [144, 1]);
+  // The optimizer counts after clipping and reports the norm of the updated values.
+  const opt = new MegatronOptimizer(b, all, constLr(0), { clipGrad: 1, logNumZerosInGrad: true });
+  const r = await opt.step(1);
+  assert.equal(r.numZerosInGrad, 3);
+  assert.equal(r.gradNorm, 5);
+  assert.equal(await opt.paramsNorm(), 13); // lr 0: values unchanged
+  opt.free();
 });
 
 Deno.test("clip: excluded params, coefficient applied to all grads, reducer, inf norm", async () => {
@@ -189,7 +233,14 @@ Deno.test("fp16: overflow skips the step and leaves params, moments, steps and l
   const stepsBefore = JSON.stringify(opt.exportState().state.groups);
   setGrad(b, w, [Infinity, 1]);
   const r1 = await opt.step(4);
-  assert.deepEqual(r1, { skipped: true, gradNorm: null, lossScale: 1024, lr: 0.1, nextLr: 0.1 });
+  assert.deepEqual(r1, {
+    skipped: true,
+    gradNorm: null,
+    numZerosInGrad: null,
+    lossScale: 1024,
+    lr: 0.1,
+    nextLr: 0.1,
+  });
   assert.deepEqual(snap(), before);
   assert.equal(JSON.stringify(opt.exportState().state.groups), stepsBefore);
   assert.equal(lr.numSteps, 4);

@@ -161,9 +161,7 @@ type Entry =
   /** Both: `rejected` for one value, `always` for another. */
   | { kind: "both"; rejected: [string[], string]; always: [string[], string] }
   /** Acts only in the CLI process; `test` names the test file that drives it (checked to mention it). */
-  | { kind: "cli"; test: string }
-  /** IMPLEMENTED ELSEWHERE: owned by another engineer's branch; the lead completes the entry at merge. */
-  | { kind: "elsewhere"; owner: string };
+  | { kind: "cli"; test: string };
 
 const SAMPLES = ["--train-samples", "8", "--global-batch-size", "2"];
 const NO_ITERS = ["--train-iters"];
@@ -540,8 +538,9 @@ const FLAGS: Record<string, Entry> = {
   },
   eodMaskLoss: { kind: "run", args: ["--eod-mask-loss"], see: losses },
   // logging
-  logParamsNorm: { kind: "elsewhere", owner: "numerics (issue 14)" },
-  logNumZerosInGrad: { kind: "elsewhere", owner: "numerics (issue 14)" },
+  // The values themselves are checked in training_pytorch_reference.test.ts (checkpoint weights, known count).
+  logParamsNorm: { kind: "run", base: TB, args: ["--log-params-norm"], see: tags },
+  logNumZerosInGrad: { kind: "run", base: TB, args: ["--log-num-zeros-in-grad"], see: tags },
   tensorboardLogInterval: {
     kind: "run",
     base: TB,
@@ -628,9 +627,6 @@ Deno.test("flags: every flag of the schema is classified, and the policy tables 
       : null;
     assert.equal(policy, want, `${flagName(k)}: classified ${e.kind}, config.ts policy ${policy}`);
   }
-  // IMPLEMENTED ELSEWHERE: the lead replaces these entries at merge with the numerics branch's proof.
-  const elsewhere = keys.filter((k) => FLAGS[k].kind === "elsewhere").map(flagName);
-  assert.deepEqual(elsewhere, ["--log-params-norm", "--log-num-zeros-in-grad"]);
 });
 
 Deno.test("flags: rejected flags stop validation with their one line; always-on flags are noted", async () => {

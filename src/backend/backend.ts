@@ -85,6 +85,11 @@ export interface SgdArgs {
   firstStep: boolean;
 }
 
+/** Elements per f64 partial sum of sumSquares / countZeros on every backend (kernels/elementwise.cu
+ *  MD_REDUCE_CHUNK): short enough that a chunk's f64 sum is exact to ~1e-12, long enough that the
+ *  partials of a 10^8-element tensor are few. */
+export const REDUCE_CHUNK = 16384;
+
 export interface Backend {
   readonly name: "cpu" | "cuda";
   /** Human-readable description, e.g. "cpu (OpenBLAS 0.3.21 via FFI)". */
@@ -197,8 +202,13 @@ export interface Backend {
   adamStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, args: AdamArgs): void;
   /** SGD with momentum (torch semantics), f32, in place. */
   sgdStep(param: Tensor, grad: Tensor, momentumBuf: Tensor, args: SgdArgs): void;
-  /** out[0] (+)= sum(x^2) in f32 (f64 for f64 input); out is f32 or f64 [1]. */
+  /** out[0] (+)= sum(x^2) accumulated in f64 (squares of f32/half values are exact in f64): each
+   *  REDUCE_CHUNK-element chunk is summed in f64, the chunk sums are added in f64, in an order fixed by
+   *  the backend (same bits for the same input). out is f64 [1]. */
   sumSquares(x: Tensor, out: Tensor, accumulate: boolean): void;
+  /** out[0] (+)= the number of elements of x equal to zero (either sign; NaN is not zero), chunked like
+   *  sumSquares; out is f64 [1] (counts below 2^53 are exact). */
+  countZeros(x: Tensor, out: Tensor, accumulate: boolean): void;
   /** flag[0] = max(flag[0], 1 if any element of x is inf/nan); flag is f32 [1]. */
   nonFinite(x: Tensor, flag: Tensor): void;
 }

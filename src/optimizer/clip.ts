@@ -30,8 +30,8 @@ export interface GradNormOptions {
   /** This rank's tensor-parallel rank (replicated params count on rank 0 only). */
   tpRank?: number;
   reducer?: ModelParallelReducer;
-  /** Preallocated [1] accumulators (f32 for f32 grads, f64 for f64 grads) to avoid allocating. */
-  scratch?: { f32?: Tensor; f64?: Tensor };
+  /** A preallocated f64 [1] accumulator, to avoid allocating every step. */
+  scratch?: Tensor;
 }
 
 export interface ClipOptions extends GradNormOptions {
@@ -39,7 +39,26 @@ export interface ClipOptions extends GradNormOptions {
   maxNorm: number;
 }
 
-/** The global gradient norm (L2 or inf) over the counted grads, reduced over the model-parallel group. */
+/** sumSquares or countZeros of every tensor into one f64 accumulator on the device (each backend
+ *  reduces in a fixed order), read once; 0 for none. The caller reduces it over the group. */
+function localSum(
+  backend: Backend,
+  tensors: readonly Tensor[],
+  op: "sumSquares" | "countZeros",
+  scratch?: Tensor,
+): number {
+  if (tensors.length === 0) return 0;
+  const acc = scratch ?? backend.zeros("f64", [1]);
+  try {
+    tensors.forEach((t, i) => backend[op](t, acc, i > 0));
+    return backend.toF64(acc)[0];
+  } finally {
+    if (!scratch) backend.free(acc);
+  }
+}
+
+/** The global gradient norm (L2 or inf) over the counted grads, reduced over the model-parallel group.
+ *  L2: per-rank f64 sums of squares (see Backend.sumSquares), summed over the group in group order. */
 export async function globalGradNorm(
   backend: Backend,
   params: readonly Param[],
@@ -60,22 +79,32 @@ export async function globalGradNorm(
     }
     return await reducer.allReduceMax(m);
   }
-  let local = 0;
-  for (const dtype of ["f32", "f64"] as const) {
-    const group = counted.filter((p) => (dtype === "f64") === (p.grad.dtype === "f64"));
-    if (group.length === 0) continue;
-    const given = opts.scratch?.[dtype];
-    const acc = given ?? backend.zeros(dtype, [1]);
-    try {
-      backend.fill(acc, 0);
-      for (const p of group) backend.sumSquares(p.grad, acc, true);
-      local += backend.toF64(acc)[0];
-    } finally {
-      if (!given) backend.free(acc);
-    }
-  }
-  const total = await reducer.allReduceSum(local);
-  return Math.sqrt(total);
+  const local = localSum(backend, counted.map((p) => p.grad), "sumSquares", opts.scratch);
+  return Math.sqrt(await reducer.allReduceSum(local));
+}
+
+/** `--log-params-norm` (Megatron's calc_params_l2_norm): the L2 norm of the model's parameter values,
+ *  each counted once over the model-parallel group (as the grad norm). */
+export async function globalParamNorm(
+  backend: Backend,
+  params: readonly Param[],
+  opts: Omit<GradNormOptions, "normType"> = {},
+): Promise<number> {
+  const counted = params.filter((p) => countsForGradNorm(p, opts.tpRank ?? 0));
+  const local = localSum(backend, counted.map((p) => p.value), "sumSquares", opts.scratch);
+  return Math.sqrt(await (opts.reducer ?? identityReducer()).allReduceSum(local));
+}
+
+/** `--log-num-zeros-in-grad` (Megatron's count_zeros_fp32): gradient elements exactly zero, each
+ *  gradient counted once over the model-parallel group. */
+export async function countGradZeros(
+  backend: Backend,
+  params: readonly Param[],
+  opts: Omit<GradNormOptions, "normType"> = {},
+): Promise<number> {
+  const counted = params.filter((p) => countsForGradNorm(p, opts.tpRank ?? 0));
+  const local = localSum(backend, counted.map((p) => p.grad), "countZeros", opts.scratch);
+  return await (opts.reducer ?? identityReducer()).allReduceSum(local);
 }
 
 /** Clip all grads in place so the global norm is at most maxNorm; returns the norm before clipping. */

@@ -15,7 +15,13 @@ import type { Backend } from "../backend/backend.ts";
 import { isHalf } from "../tensor/dtype.ts";
 import type { Param } from "../tensor/param.ts";
 import { sameShape, shapeStr, type Tensor } from "../tensor/tensor.ts";
-import { clipGradNorm, identityReducer, type ModelParallelReducer } from "./clip.ts";
+import {
+  clipGradNorm,
+  countGradZeros,
+  globalParamNorm,
+  identityReducer,
+  type ModelParallelReducer,
+} from "./clip.ts";
 import {
   createGradScaler,
   type GradScaler,
@@ -49,12 +55,16 @@ export interface OptimizerOptions {
   tpRank?: number;
   /** Model-parallel (TP x PP) reductions for the overflow flag and the grad norm. */
   reducer?: ModelParallelReducer;
+  /** `--log-num-zeros-in-grad`: count the exactly-zero grads after unscaling and clipping. */
+  logNumZerosInGrad?: boolean;
 }
 
 export interface StepResult {
   skipped: boolean;
   /** Global grad norm before clipping (null when skipped or clipping is off). */
   gradNorm: number | null;
+  /** Zero grad elements over the model-parallel group (null when skipped or not asked for). */
+  numZerosInGrad: number | null;
   /** The loss scale after this step's scaler update (1 without a scaler): use it for the next backward. */
   lossScale: number;
   /** The learning rate this step applied (for a skipped step, the one it would have applied). */
@@ -126,11 +136,12 @@ export class MegatronOptimizer {
   readonly scaler: GradScaler | null;
   readonly tpRank: number;
   readonly reducer: ModelParallelReducer;
+  readonly logNumZerosInGrad: boolean;
   /** [0] = weight decay group, [1] = no weight decay group (Megatron's order). */
   readonly #groups: [Group, Group];
   readonly #params: readonly Param[];
   readonly #flag: Tensor;
-  readonly #normScratch: { f32: Tensor; f64: Tensor };
+  readonly #normScratch: Tensor;
   /** Main tensors this optimizer allocated (freed by free()). */
   readonly #ownedMain: Tensor[] = [];
 
@@ -160,6 +171,7 @@ export class MegatronOptimizer {
     this.scaler = opts.scaler ?? null;
     this.tpRank = opts.tpRank ?? 0;
     this.reducer = opts.reducer ?? identityReducer();
+    this.logNumZerosInGrad = opts.logNumZerosInGrad ?? false;
 
     const names = new Set<string>();
     for (const p of params) {
@@ -176,7 +188,7 @@ export class MegatronOptimizer {
     for (const p of params) groups[p.noWeightDecay ? 1 : 0].slots.push(this.#makeSlot(p));
     this.#groups = groups;
     this.#flag = backend.zeros("f32", [1]);
-    this.#normScratch = { f32: backend.zeros("f32", [1]), f64: backend.zeros("f64", [1]) };
+    this.#normScratch = backend.zeros("f64", [1]);
   }
 
   /** Validates a param before anything is allocated, so a bad one leaves every param untouched. */
@@ -259,7 +271,16 @@ export class MegatronOptimizer {
       }
       const found = (await this.reducer.allReduceMax(b.toF64(this.#flag)[0])) > 0;
       this.scaler.update(found);
-      if (found) return { skipped: true, gradNorm: null, lossScale: this.scaler.scale, lr, nextLr: lr };
+      if (found) {
+        return {
+          skipped: true,
+          gradNorm: null,
+          numZerosInGrad: null,
+          lossScale: this.scaler.scale,
+          lr,
+          nextLr: lr,
+        };
+      }
     }
     let gradNorm: number | null = null;
     if (this.clipGrad > 0) {
@@ -270,6 +291,14 @@ export class MegatronOptimizer {
         scratch: this.#normScratch,
       });
     }
+    // As Megatron, counted after clipping (a scaled grad stays exactly zero iff it was).
+    const numZerosInGrad = this.logNumZerosInGrad
+      ? await countGradZeros(b, this.#params, {
+        tpRank: this.tpRank,
+        reducer: this.reducer,
+        scratch: this.#normScratch,
+      })
+      : null;
     for (const g of this.#groups) {
       g.step += 1;
       for (const s of g.slots) {
@@ -294,7 +323,16 @@ export class MegatronOptimizer {
       }
     }
     const nextLr = this.scheduler.step(increment);
-    return { skipped: false, gradNorm, lossScale: this.lossScale, lr, nextLr };
+    return { skipped: false, gradNorm, numZerosInGrad, lossScale: this.lossScale, lr, nextLr };
+  }
+
+  /** `--log-params-norm`: the L2 norm of the model's parameter values over the model-parallel group. */
+  async paramsNorm(): Promise<number> {
+    return await globalParamNorm(this.backend, this.#params, {
+      tpRank: this.tpRank,
+      reducer: this.reducer,
+      scratch: this.#normScratch,
+    });
   }
 
   // ---- checkpoints --------------------------------------------------------------------------
@@ -409,8 +447,7 @@ export class MegatronOptimizer {
     for (const t of this.#ownedMain) b.free(t);
     for (const p of this.#params) if (this.#ownedMain.includes(p.main!)) p.main = null;
     b.free(this.#flag);
-    b.free(this.#normScratch.f32);
-    b.free(this.#normScratch.f64);
+    b.free(this.#normScratch);
   }
 }
 

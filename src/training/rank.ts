@@ -49,6 +49,10 @@ export interface RankStepResult {
   losses: number[];
   skipped: boolean;
   gradNorm: number | null;
+  /** `--log-num-zeros-in-grad` (null when off or the step was skipped). */
+  numZerosInGrad: number | null;
+  /** `--log-params-norm`: the parameter norm after the step (null when off). */
+  paramsNorm: number | null;
   lossScale: number;
   lr: number;
   nextLr: number;
@@ -102,6 +106,7 @@ export class RankState {
       scaler,
       tpRank: ps.tpRank,
       reducer: scalarReducer(backend, comm, ps, "model"),
+      logNumZerosInGrad: cfg.logNumZerosInGrad,
     });
   }
 
@@ -199,7 +204,9 @@ export class RankState {
     t0 = this.time("backward-embedding-all-reduce", t0);
     const r = await this.optimizer.step(inputs.numMicroBatches * this.cfg.microBatchSize! * this.ps.dpSize);
     this.time("optimizer", t0);
-    return { losses, ...r };
+    // Megatron's training loop takes calc_params_l2_norm after every step, skipped or not.
+    const paramsNorm = this.cfg.logParamsNorm ? await this.optimizer.paramsNorm() : null;
+    return { losses, ...r, paramsNorm };
   }
 
   /** Adds the time from t0 (ms) to now (or t1) to a timer; returns the end time. */

@@ -54,6 +54,10 @@ export interface IterationLog {
   lr: number;
   lossScale: number;
   gradNorm: number | null;
+  /** `--log-num-zeros-in-grad` (null when off or skipped). */
+  numZerosInGrad: number | null;
+  /** `--log-params-norm` (null when off). */
+  paramsNorm: number | null;
   skipped: boolean;
 }
 
@@ -386,7 +390,15 @@ function fmtNum(x: number | null, digits = 4): string {
 function writeTrainScalars(
   tb: SummaryWriter,
   cfg: Config,
-  r: { loss: number; nextLr: number; lossScale: number; gradNorm: number | null; batch: number },
+  r: {
+    loss: number;
+    nextLr: number;
+    lossScale: number;
+    gradNorm: number | null;
+    numZerosInGrad: number | null;
+    paramsNorm: number | null;
+    batch: number;
+  },
   iteration: number,
   consumed: number,
 ): void {
@@ -396,6 +408,9 @@ function writeTrainScalars(
   vals.push({ tag: "lm loss", value: r.loss });
   if (!cfg.noLogLossScaleToTensorboard) vals.push({ tag: "loss-scale", value: r.lossScale });
   if (r.gradNorm !== null) vals.push({ tag: "grad-norm", value: r.gradNorm });
+  // --log-num-zeros-in-grad / --log-params-norm, after the grad norm as in Megatron's training_log.
+  if (r.numZerosInGrad !== null) vals.push({ tag: "num-zeros", value: r.numZerosInGrad });
+  if (r.paramsNorm !== null) vals.push({ tag: "params-norm", value: r.paramsNorm });
   tb.addScalars(vals, iteration);
   tb.addScalars(vals.map((v) => ({ tag: `${v.tag} vs samples`, value: v.value })), consumed);
 }
@@ -612,6 +627,8 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
       lr: r.nextLr,
       lossScale: r.lossScale,
       gradNorm: r.gradNorm,
+      numZerosInGrad: r.numZerosInGrad,
+      paramsNorm: r.paramsNorm,
       skipped: r.skipped,
     });
     itersSinceLog++;
@@ -651,9 +668,11 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
           // As Megatron, no loss when every iteration of the interval was skipped or NaN.
           (intervalLoss.length > 0 ? ` lm loss: ${avgLoss.toExponential(6)} |` : "") +
           ` loss scale: ${r.lossScale.toFixed(1)} |` +
-          ` grad norm: ${fmtNum(r.gradNorm, 3)} | number of skipped iterations: ${
-            String(skippedInInterval).padStart(3)
-          } |` +
+          ` grad norm: ${fmtNum(r.gradNorm, 3)} |` +
+          // Megatron prints these two only when asked for (and num zeros only for a taken step).
+          (r.numZerosInGrad !== null ? ` num zeros: ${r.numZerosInGrad.toFixed(1)} |` : "") +
+          (r.paramsNorm !== null ? ` params norm: ${fmtNum(r.paramsNorm, 3)} |` : "") +
+          ` number of skipped iterations: ${String(skippedInInterval).padStart(3)} |` +
           ` number of nan iterations: ${String(nanInInterval).padStart(3)} |` +
           ` tokens/s: ${tokPerSec.toFixed(0)} | TFLOP/s: ${(flops / 1e12).toFixed(4)} |` +
           ` MFU: ${mfu === null ? "-" : (mfu * 100).toFixed(2) + "%"} |`,
@@ -668,6 +687,8 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
         lm_loss: avgLoss,
         loss_scale: r.lossScale,
         grad_norm: r.gradNorm,
+        ...(cfg.logNumZerosInGrad ? { num_zeros: r.numZerosInGrad } : {}),
+        ...(cfg.logParamsNorm ? { params_norm: r.paramsNorm } : {}),
         skipped_iterations: skippedInInterval,
         nan_iterations: nanInInterval,
         tokens_per_second: tokPerSec,

@@ -102,8 +102,11 @@ export class Maker {
     return t;
   }
   out(dtype: DType, shape: Shape): Tensor {
-    const t = this.be.zeros(dtype, shape);
-    if (this.poison && isFloat(dtype)) this.be.fill(t, NaN);
+    // The kernels have no f64 fill: f64 outputs (the reductions' accumulators) are poisoned by upload.
+    const t = this.poison && dtype === "f64"
+      ? this.be.fromHost(dtype, shape, new Float64Array(numel(shape)).fill(NaN))
+      : this.be.zeros(dtype, shape);
+    if (this.poison && isFloat(dtype) && dtype !== "f64") this.be.fill(t, NaN);
     this.made.push(t);
     return t;
   }

@@ -27,7 +27,15 @@ import {
   type Storage,
   Tensor,
 } from "../../tensor/tensor.ts";
-import type { AdamArgs, Backend, GemmArgs, RngAddress, SgdArgs, SoftmaxMask } from "../backend.ts";
+import {
+  type AdamArgs,
+  type Backend,
+  type GemmArgs,
+  REDUCE_CHUNK,
+  type RngAddress,
+  type SgdArgs,
+  type SoftmaxMask,
+} from "../backend.ts";
 import { type Cblas, loadCblas } from "../../../ffi/cblas.ts";
 import { type GemmScratch, gemmTs, newGemmScratch } from "./gemm_ts.ts";
 import { PHILOX_CHUNK_BLOCKS, PhiloxWasm } from "./philox_wasm.ts";
@@ -78,6 +86,13 @@ function raw(op: string, t: Tensor): HostArray {
 /** Raw elements of the view (no copy). */
 function rawView(op: string, t: Tensor): HostArray {
   return raw(op, t).subarray(t.offset, t.offset + t.size) as HostArray;
+}
+
+/** The f64 [1] accumulator of sumSquares / countZeros. */
+function f64Scalar(op: string, out: Tensor): Float64Array {
+  assertDType(op, out, "f64", "out");
+  if (out.size !== 1) throw new Error(`${op}: out must have 1 element, found ${shapeStr(out.shape)}`);
+  return rawView(op, out) as Float64Array;
 }
 
 /** The view's values as f32/f64 numbers: zero-copy for f32/f64, a converted copy otherwise. */
@@ -435,8 +450,9 @@ export class CpuBackend implements Backend {
     }
     const rows = x.size / cols;
     const v = readF(op, x);
-    // Accumulate in an f32 (or f64) row so every partial sum is rounded like the GPU's f32 sums.
-    const acc = all64(x, out) ? new Float64Array(cols) : new Float32Array(cols);
+    // Accumulate in f64 and round once on store: an f32 running sum over the 16k tokens of a
+    // GPT-3-sized micro-batch (a bias gradient) drifts by ~1e-6 of the sum of magnitudes.
+    const acc = new Float64Array(cols);
     for (let r = 0; r < rows; r++) {
       const o = r * cols;
       for (let j = 0; j < cols; j++) acc[j] += v[o + j];
@@ -593,9 +609,10 @@ export class CpuBackend implements Backend {
     const f64 = all64(x, gamma, beta, y);
     for (let r = 0; r < rows; r++) {
       const o = r * h;
+      // Row statistics accumulate in f64 and are rounded once: an f32 running sum over h = 12288
+      // (GPT-3) is ~3e-6 off in the mean and rstd, 30x the f32 rounding of the result.
       let s = 0;
-      if (f64) { for (let j = 0; j < h; j++) s += X[o + j]; }
-      else for (let j = 0; j < h; j++) s = Math.fround(s + X[o + j]);
+      for (let j = 0; j < h; j++) s += X[o + j];
       const mu = f64 ? s / h : Math.fround(s / h);
       let q = 0;
       if (f64) {
@@ -606,12 +623,10 @@ export class CpuBackend implements Backend {
       } else {
         for (let j = 0; j < h; j++) {
           const d = Math.fround(X[o + j] - mu);
-          q = Math.fround(q + Math.fround(d * d));
+          q += d * d;
         }
       }
-      const rs = f64
-        ? 1 / Math.sqrt(q / h + eps)
-        : Math.fround(1 / Math.sqrt(Math.fround(Math.fround(q / h) + eps)));
+      const rs = f64 ? 1 / Math.sqrt(q / h + eps) : Math.fround(1 / Math.sqrt(q / h + eps));
       M[r] = mu;
       R[r] = rs;
       if (f64) { for (let j = 0; j < h; j++) Y[o + j] = (X[o + j] - mu) * rs * G[j] + Bt[j]; }
@@ -653,8 +668,9 @@ export class CpuBackend implements Backend {
     const M = readF(op, mean, "mean"), R = readF(op, rstd, "rstd");
     const DX = outF(op, dx, false);
     const f64 = all64(dy, x, gamma, dx);
-    const dg = f64 ? new Float64Array(h) : new Float32Array(h);
-    const db = f64 ? new Float64Array(h) : new Float32Array(h);
+    // dgamma / dbeta sum over every token: f64 accumulators (as sumRows), rounded once on store.
+    const dg = new Float64Array(h);
+    const db = new Float64Array(h);
     for (let r = 0; r < rows; r++) {
       const o = r * h, mu = M[r], rs = R[r];
       // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma.
@@ -1012,10 +1028,11 @@ export class CpuBackend implements Backend {
       let s = 0;
       if (f64) { for (let j = 0; j < V; j++) s += Math.exp(L[o + j] - mx); }
       else {
-        // SIMD: same f32 terms, summed in four lanes, then the tail in order.
+        // f32 terms summed in f64 (SIMD: four lanes, then the tail), rounded once on store: an f32
+        // running sum over a 50k vocabulary row is ~1e-5 off for peaked logits.
         const j0 = simdOk && isF32(mx) ? V & ~3 : 0;
         if (j0 > 0) s = this.simd.sumExp(L as Float32Array, o, j0, mx);
-        for (let j = j0; j < V; j++) s = Math.fround(s + Math.fround(Math.exp(Math.fround(L[o + j] - mx))));
+        for (let j = j0; j < V; j++) s += Math.fround(Math.exp(Math.fround(L[o + j] - mx)));
       }
       SE[r] = s;
     }
@@ -1142,14 +1159,27 @@ export class CpuBackend implements Backend {
   sumSquares(x: Tensor, out: Tensor, accumulate: boolean): void {
     const op = "sumSquares";
     checkFloat(op, x, "x");
-    assertDType(op, out, STATS, "out");
-    if (out.size !== 1) throw new Error(`${op}: out must have 1 element, found ${shapeStr(out.shape)}`);
-    const X = readF(op, x), O = rawView(op, out) as F;
+    const X = readF(op, x), O = f64Scalar(op, out);
+    // In order within each REDUCE_CHUNK chunk, chunk sums in order: one f64 chain per chunk keeps the
+    // rounding at ~chunk * 2^-53 whatever the tensor's length (an f32 running sum loses the small
+    // squares of a long tensor: ~10% of a 38.6M-element embedding's sum).
     let s = 0;
-    if (x.dtype === "f64") { for (let i = 0; i < X.length; i++) s += X[i] * X[i]; }
-    else if (X instanceof Float32Array && X.length >= SIMD_MIN) s = this.simd.sumSquares(X, 0);
-    else for (let i = 0; i < X.length; i++) s = Math.fround(s + Math.fround(X[i] * X[i]));
+    for (let c = 0; c < X.length; c += REDUCE_CHUNK) {
+      const end = Math.min(X.length, c + REDUCE_CHUNK);
+      let p = 0;
+      for (let i = c; i < end; i++) p += X[i] * X[i];
+      s += p;
+    }
     O[0] = accumulate ? O[0] + s : s;
+  }
+
+  countZeros(x: Tensor, out: Tensor, accumulate: boolean): void {
+    const op = "countZeros";
+    checkFloat(op, x, "x");
+    const X = readF(op, x), O = f64Scalar(op, out);
+    let z = 0;
+    for (let i = 0; i < X.length; i++) if (X[i] === 0) z++;
+    O[0] = accumulate ? O[0] + z : z;
   }
 
   nonFinite(x: Tensor, flag: Tensor): void {

@@ -1,12 +1,12 @@
 // f32 kernels for the CPU backend's hottest loops as a hand-assembled WebAssembly SIMD module:
 // cross-entropy over the vocabulary (row max, sum of exp, softmax gradient), Adam, tanh-GeLU forward /
-// backward, the softmax exp pass, Philox dropout (and bias-dropout-add), and the in-order sum of squares.
+// backward, the softmax exp pass, and Philox dropout (and bias-dropout-add).
 // Each kernel does the same f32 operations as the scalar loops in cpu_backend.ts, element for element:
 // f32x4 add/sub/mul/div/sqrt round exactly like Math.fround of the f64 result. exp is evaluated in f64
 // (Cody-Waite reduction and a Taylor polynomial, or a 2^(j/64) table and a short polynomial; error
 // ~2e-16 relative) and rounded once, so it equals Math.fround(Math.exp(x)) except when exp(x) lies within
 // ~1e-16 of an f32 rounding midpoint (about one element in 10^8, then 1 ulp). Only the order of partial
-// sums differs where stated (sumExp: four f32 lanes; softmax: four f64 lanes). Operands are copied into
+// sums differs where stated (sumExp and softmax: four f64 lanes). Operands are copied into
 // the module's memory in chunks: memcpy is far cheaper than the arithmetic it replaces, and tensors stay
 // ordinary TypedArrays. Relaxed-SIMD multiply-add is used when the runtime has it (else mul + add).
 
@@ -351,23 +351,6 @@ function func(locals: [number, number][], code: number[]): number[] {
   return [...uleb(body.length), ...body];
 }
 
-/** Horizontal f32 sum of the f32x4 in local v: (l0 + l1) + (l2 + l3). */
-function hsum(v: number): number[] {
-  return [
-    ...get(v),
-    ...f32x4.lane(0),
-    ...get(v),
-    ...f32x4.lane(1),
-    0x92,
-    ...get(v),
-    ...f32x4.lane(2),
-    ...get(v),
-    ...f32x4.lane(3),
-    0x92,
-    0x92,
-  ];
-}
-
 function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
   // rowMax(p, n, init) -> f32: pseudo-max (a < b ? b : a) of init and n floats at byte p; n % 4 == 0.
   // Pseudo-max skips NaN like the scalar `if (x > mx) mx = x`.
@@ -400,10 +383,14 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
   // locals after params (p, n, init): 3 end i32, 4 v v128, 5 x f32
   const rowMaxF = func([[1, I32], [1, V128], [1, F32]], rowMaxCode);
 
-  // sumExp(p, n, mx) -> f32: sum of fround(exp(fround(x - mx))) in four f32 lanes.
-  // locals: 0 p, 1 n, 2 mx | 3 end, 4 mxv, 5 acc, 6 x, 7 a, 8 t, 9 r, 10 lo
-  const sumExp = func([[1, I32], [8 + NUM_EXP_CONSTS, V128]], [
-    ...(fma ? tabConsts().flatMap((c, i) => [...c, ...set(12 + i)]) : initExpConsts(12)),
+  // sumExp(p, n, mx: f64) -> f64: sum of fround(exp(fround(x - mx))) in four f64 lanes (two f64x2
+  // accumulators; the f32 terms are exact in f64, so a 50k-term vocabulary row loses nothing to the
+  // running sum). mx is an f32 value passed as f64.
+  // locals: 0 p, 1 n, 2 mx | 3 end, 4 mxv, 5 acc1, 6 x (then the f32x4 terms), 7 a, 8 t, 9 r, 10-11 lo,
+  //   12 acc2, constants from 13
+  const hiLanes = [8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15];
+  const sumExp = func([[1, I32], [9 + NUM_EXP_CONSTS, V128]], [
+    ...(fma ? tabConsts().flatMap((c, i) => [...c, ...set(13 + i)]) : initExpConsts(13)),
     ...get(0),
     ...get(1),
     ...i32c(2),
@@ -411,6 +398,7 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
     0x6a,
     ...set(3),
     ...get(2),
+    0xb6, // f32.demote_f64 (exact: mx is an f32 value)
     ...f32x4.splat,
     ...set(4),
     ...loop16(0, 3, [
@@ -419,12 +407,32 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
       ...get(4),
       ...f32x4.sub,
       ...set(6),
+      ...expF32x4(6, 7, 8, 9, 10, 13, fma, 3),
+      ...tee(6),
+      ...f64x2.promoteLow,
       ...get(5),
-      ...expF32x4(6, 7, 8, 9, 10, 12, fma, 3),
-      ...f32x4.add,
+      ...f64x2.add,
       ...set(5),
+      ...get(6),
+      ...get(6),
+      ...shuffle(hiLanes),
+      ...f64x2.promoteLow,
+      ...get(12),
+      ...f64x2.add,
+      ...set(12),
     ]),
-    ...hsum(5),
+    // (acc1[0] + acc1[1]) + (acc2[0] + acc2[1])
+    ...get(5),
+    ...simd(0x21, 0),
+    ...get(5),
+    ...simd(0x21, 1),
+    0xa0,
+    ...get(12),
+    ...simd(0x21, 0),
+    ...get(12),
+    ...simd(0x21, 1),
+    0xa0,
+    0xa0,
   ]);
 
   // ceGrad(p, n, mx, inv, d): x[i] = d * fround(fround(exp(fround(x[i] - mx))) * inv), in place.
@@ -465,7 +473,6 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
   // smExp(p, n, mx: f64) -> f64: x[i] = fround(exp(x[i] - mx)) with the difference in f64 (softmaxFwd's
   // f32 path), in place; returns the f64 sum of the rounded values (two lanes per half, then combined).
   // locals: 0 p 1 n 2 mx | 3 end | 4 mxv 5 x 6 a 7 t 8 r 9 lo 10 t2 11 acc1 12 acc2 13 hi, consts from 14
-  const hiLanes = [8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15];
   const join = [0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23];
   const smExp = func([[1, I32], [10 + NUM_EXP_CONSTS, V128]], [
     ...initExpConsts(14),
@@ -525,48 +532,6 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
     ...simd(0x21, 1),
     0xa0,
     0xa0,
-  ]);
-
-  // sumSq(p, n, s) -> f32: s = s + x * x over n floats in order, in f32 (scalar, in the reference's
-  // order; f32.add is one instruction where Math.fround costs two conversions per step).
-  // locals: 0 p 1 n 2 s | 3 end | 4 x
-  const sumSq = func([[1, I32], [1, F32]], [
-    ...get(0),
-    ...get(1),
-    ...i32c(2),
-    0x74,
-    0x6a,
-    ...set(3),
-    0x02,
-    0x40,
-    ...get(0),
-    ...get(3),
-    0x4f,
-    0x0d,
-    0, // br_if p >= end
-    0x03,
-    0x40,
-    ...get(2),
-    ...get(0),
-    0x2a,
-    2,
-    0, // f32.load
-    ...tee(4),
-    ...get(4),
-    0x94, // f32.mul
-    0x92, // f32.add
-    ...set(2),
-    ...get(0),
-    ...i32c(4),
-    0x6a,
-    ...tee(0),
-    ...get(3),
-    0x49,
-    0x0d,
-    0, // br_if p < end
-    0x0b,
-    0x0b,
-    ...get(2),
   ]);
 
   // adam(pp, pg, pm, pv, n, b1, b2, ob1, ob2, bc1, bc2, eps, wd, lr): the AdamW update of cpu_backend's
@@ -1020,7 +985,7 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
   const name = (s: string) => [s.length, ...Array.from(s, (c) => c.charCodeAt(0))];
   const types = [
     10,
-    ...[0x60, 3, I32, I32, F32, 1, F32], // 0: rowMax, sumExp
+    ...[0x60, 3, I32, I32, F32, 1, F32], // 0: rowMax
     ...[0x60, 5, I32, I32, F32, F32, F32, 0], // 1: ceGrad
     ...[0x60, 14, I32, I32, I32, I32, I32, ...Array(9).fill(F32), 0], // 2: adam
     ...[0x60, 0, 0], // 3: unused
@@ -1029,13 +994,10 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
     ...[0x60, 8, ...Array(8).fill(I32), 0], // 6: philox
     ...[0x60, 5, I32, I32, I32, I32, F32, 0], // 7: dropMask
     ...[0x60, 8, ...Array(7).fill(I32), F32, 0], // 8: dropAdd
-    ...[0x60, 3, I32, I32, 0x7c, 1, 0x7c], // 9: smExp (i32, i32, f64) -> f64
+    ...[0x60, 3, I32, I32, 0x7c, 1, 0x7c], // 9: sumExp, smExp (i32, i32, f64) -> f64
   ];
   const exports = [
-    12,
-    ...name("sumSq"),
-    0,
-    10,
+    11,
     ...name("smExp"),
     0,
     9,
@@ -1080,11 +1042,11 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
     0x00,
     0x00,
     ...section(1, types),
-    ...section(3, [11, 0, 0, 1, 2, 4, 5, 6, 7, 8, 9, 0]),
+    ...section(3, [10, 0, 9, 1, 2, 4, 5, 6, 7, 8, 9]),
     ...section(5, [1, 0, 1]), // memory: 1 page initially, grown on demand
     ...section(7, exports),
     ...section(10, [
-      11,
+      10,
       ...rowMaxF,
       ...sumExp,
       ...ceGrad,
@@ -1095,7 +1057,6 @@ function moduleBytes(fma: boolean): Uint8Array<ArrayBuffer> {
       ...dropMask,
       ...dropAdd,
       ...smExp,
-      ...sumSq,
     ]),
   ]);
 }
@@ -1150,7 +1111,6 @@ export class SimdKernels {
       s: number,
     ): void;
     smExp(p: number, n: number, mx: number): number;
-    sumSq(p: number, n: number, s: number): number;
   };
   private f32: Float32Array;
   private readonly table = expTable();
@@ -1193,7 +1153,7 @@ export class SimdKernels {
     return m;
   }
 
-  /** Sum over x[o, o + n4) of fround(exp(fround(x - mx))) (f32 lane sums); mx must be an f32 value. */
+  /** Sum over x[o, o + n4) of fround(exp(fround(x - mx))) in f64 (four lanes); mx must be an f32 value. */
   sumExp(x: Float32Array, o: number, n4: number, mx: number): number {
     this.stageRow(x, o, n4);
     return this.k.sumExp(0, n4, mx);
@@ -1241,17 +1201,6 @@ export class SimdKernels {
         out.set(m.subarray(f, f + n), s);
       }
     }
-  }
-
-  /** s + x[0]^2 + x[1]^2 + ... summed in order in f32 (s an f32 value), like sumSquares' f32 loop. */
-  sumSquares(x: Float32Array, s: number): number {
-    const C = 65536, m = this.floats(C);
-    for (let i = 0; i < x.length; i += C) {
-      const n = Math.min(C, x.length - i);
-      m.set(x.subarray(i, i + n));
-      s = this.k.sumSq(0, n, s);
-    }
-    return s;
   }
 
   /** Module memory as floats (at least n); a view for callers that stage rows themselves. */

@@ -16,7 +16,15 @@ import {
   isHalf,
 } from "../../tensor/dtype.ts";
 import { numel, type Shape, shapeStr, type Storage, Tensor } from "../../tensor/tensor.ts";
-import type { AdamArgs, Backend, GemmArgs, RngAddress, SgdArgs, SoftmaxMask } from "../backend.ts";
+import {
+  type AdamArgs,
+  type Backend,
+  type GemmArgs,
+  REDUCE_CHUNK,
+  type RngAddress,
+  type SgdArgs,
+  type SoftmaxMask,
+} from "../backend.ts";
 import {
   cudaDevAttrComputeCapabilityMajor,
   cudaDevAttrComputeCapabilityMinor,
@@ -961,11 +969,41 @@ export class CudaBackend implements Backend {
   }
 
   sumSquares(x: Tensor, out: Tensor, accumulate: boolean): void {
-    requireFloat("sumSquares", x, "x");
-    requireDType("sumSquares", out, "f32", "out");
-    requireSize("sumSquares", out, 1, "out");
-    if (!accumulate) this.rt.memsetAsync(this.ptr(out), 0, 4, this.stream);
-    this.launch1d(`md_sumsquares_${x.dtype}`, x.size, [this.ptr(x), this.ptr(out), x.size]);
+    this.chunkedReduce("sumSquares", "md_sumsquares", x, out, accumulate);
+  }
+
+  countZeros(x: Tensor, out: Tensor, accumulate: boolean): void {
+    this.chunkedReduce("countZeros", "md_countzeros", x, out, accumulate);
+  }
+
+  /** f64 partials per REDUCE_CHUNK elements, then md_sumpartials into out (f64 [1]). A fixed block
+   *  size and chunking make the result independent of the grid (same bits every run). */
+  private chunkedReduce(op: string, family: string, x: Tensor, out: Tensor, accumulate: boolean): void {
+    requireFloat(op, x, "x");
+    requireDType(op, out, "f64", "out");
+    requireSize(op, out, 1, "out");
+    const chunks = Math.ceil(x.size / REDUCE_CHUNK);
+    if (chunks === 0) {
+      if (!accumulate) this.rt.memsetAsync(this.ptr(out), 0, 8, this.stream);
+      return;
+    }
+    const partial = this.empty("f64", [chunks]);
+    try {
+      const blocks = Math.min(chunks, this.smCount * 32);
+      this.launch(`${family}_${x.dtype}`, [blocks, 1, 1], [THREADS, 1, 1], [
+        this.ptr(x),
+        this.ptr(partial),
+        x.size,
+      ]);
+      this.launch("md_sumpartials", [1, 1, 1], [THREADS, 1, 1], [
+        this.ptr(partial),
+        this.ptr(out),
+        chunks,
+        accumulate ? 1 : 0,
+      ]);
+    } finally {
+      this.free(partial);
+    }
   }
 
   nonFinite(x: Tensor, flag: Tensor): void {

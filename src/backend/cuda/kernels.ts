@@ -17,6 +17,8 @@ export const KERNEL_ARGS: Readonly<Record<string, readonly ArgKind[]>> = {
   md_colpartial: ["ptr", "ptr", "u64", "u64"],
   md_colfinish: ["ptr", "ptr", "u64", "u64", "i32"],
   md_sumsquares: ["ptr", "ptr", "u64"],
+  md_countzeros: ["ptr", "ptr", "u64"],
+  md_sumpartials: ["ptr", "ptr", "u64", "i32"],
   md_nonfinite: ["ptr", "ptr", "u64"],
   md_layernorm_fwd: ["ptr", "ptr", "ptr", "f32", "ptr", "ptr", "ptr", "u64"],
   md_layernorm_bwd_dx: ["ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "u64"],
@@ -75,6 +77,7 @@ export function allKernelNames(): string[] {
         "md_colpartial",
         "md_colfinish",
         "md_sumsquares",
+        "md_countzeros",
         "md_nonfinite",
         "md_layernorm_fwd",
         "md_layernorm_bwd_dx",
@@ -94,7 +97,7 @@ export function allKernelNames(): string[] {
       }
     }
   }
-  out.push("md_fill_i32", "md_ce_loss");
+  out.push("md_fill_i32", "md_ce_loss", "md_sumpartials");
   for (const w of [1, 2, 4, 8]) out.push(`md_transpose12_b${w}`);
   return out;
 }

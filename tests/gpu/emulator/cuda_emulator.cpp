@@ -92,6 +92,15 @@ float __shfl_xor_sync(unsigned, float v, int o) {
   syncwarp();
   return r;
 }
+static double g_shfld[1024];
+double __shfl_xor_sync(unsigned, double v, int o) {
+  const unsigned t = tid();
+  g_shfld[t] = v;
+  syncwarp();
+  const double r = g_shfld[t ^ (unsigned)o];
+  syncwarp();
+  return r;
+}
 int __syncthreads_or(int pred) {
   if (pred) g_or_acc = 1;
   __syncthreads();
