@@ -12,6 +12,7 @@ import {
   type MicroBatchContext,
   type ModuleEnv,
   newMicroBatchContext,
+  paddingMaskFromKeep,
   ParallelAttention,
   ParallelMLP,
   resolveConfig,
@@ -213,4 +214,147 @@ Deno.test("gradcheck: the checker itself rejects a wrong gradient", async () => 
   });
   assert.equal(res.failures.length, 1);
   assert.match(res.failures[0], /^x\[0\]/);
+});
+
+// ---- encoder/decoder layers: padding mask, cross-attention, post-LN residual ----------------------
+
+/** A deterministic padding mask u8 [b, sq, sk] (1 = masked) leaving every row at least one key. */
+function paddingMask(b: number, sq: number, sk: number, salt: number): Tensor {
+  const r = noise(b * sq * sk, salt);
+  const m = new Uint8Array(b * sq * sk);
+  for (let i = 0; i < m.length; i++) m[i] = (i % sk) !== 0 && r[i] > 0.2 ? 1 : 0;
+  return backend.fromHost("u8", [b, sq, sk], m);
+}
+
+/** loss = sum(f(x, enc) * R): checks d/dx, d/d encoder output and d/d params of a module with a
+ *  second input that it accumulates the grad of. */
+async function checkWithEncoder(
+  run: {
+    forward(x: Tensor, ctx: MicroBatchContext): Promise<Tensor>;
+    backward(dy: Tensor, ctx: MicroBatchContext, dEnc: Tensor): Promise<Tensor>;
+    discard(ctx: MicroBatchContext): void;
+  },
+  params: Param[],
+  x: Tensor,
+  enc: Tensor,
+): Promise<void> {
+  perturbParams(params);
+  const R = noise(x.size, 99);
+  for (const p of params) backend.fill(p.grad, 0);
+  const ctx = ctxOf();
+  const y = await run.forward(x, ctx);
+  assert.deepEqual(y.shape, x.shape);
+  const dEnc = backend.zeros("f64", enc.shape);
+  const dx = await run.backward(backend.fromHost("f64", y.shape, R), ctx, dEnc);
+  assert.equal(ctx.saved.size, 0, "backward leaves nothing saved");
+  const targets: GradTarget[] = [
+    { name: "x", value: x, grad: dx },
+    { name: "encoderOutput", value: enc, grad: dEnc },
+    ...params.map((p) => ({ name: p.name, value: p.value, grad: p.grad })),
+  ];
+  const res = await checkGradients(backend, targets, async () => {
+    const c = ctxOf();
+    const out = await run.forward(x, c);
+    const v = dot(out, R);
+    run.discard(c);
+    backend.free(out);
+    assert.equal(c.saved.size, 0);
+    return v;
+  });
+  assert.deepEqual(res.failures, [], `worst ${res.worst} at ${res.worstAt}`);
+  assert.ok(res.checked >= 6 * targets.length - 6);
+}
+
+Deno.test("gradcheck: padding-masked self-attention (mask input [b, s, s], attention dropout)", async () => {
+  const e = env();
+  const m = new ParallelAttention(e, 1, "l.self_attention.", { maskType: "padding" });
+  const mask = paddingMask(2, 5, 5, 41);
+  const mod: Mod = {
+    forward: (x, c) => m.forward(x, c, { mask }),
+    backward: (dy, c) => m.backward(dy, c),
+    discard: (c) => m.discard(c),
+  };
+  await checkModule(mod, m.params().filter((p) => !p.name.endsWith("dense.bias")), randomInput(e));
+});
+
+Deno.test("padding mask: masked keys get exactly zero probability, and [b, s] keep-masks expand as Megatron", async () => {
+  // Megatron's bert_extended_attention_mask: (i, j) is kept only when tokens i and j are both real.
+  assert.deepEqual([...paddingMaskFromKeep([1, 1, 0], 1, 3)], [0, 0, 1, 0, 0, 1, 1, 1, 1]);
+  const e = env({ attentionDropout: 0 });
+  const m = new ParallelAttention(e, 0, "l.self_attention.", { maskType: "padding" });
+  const x = randomInput(e, 1);
+  // A value change at a masked key position must not change any output row that masks it.
+  const keep = [1, 1, 1, 0, 0];
+  const mask = backend.fromHost("u8", [1, 5, 5], paddingMaskFromKeep(keep, 1, 5));
+  const ctx = newMicroBatchContext({ iteration: 1, firstGlobalSample: 0, training: false });
+  const y0 = backend.toF64(await m.forward(x, ctx, { mask }));
+  m.discard(ctx);
+  const xv = backend.toF64(x);
+  for (let f = 0; f < 8; f++) xv[4 * 8 + f] += 1; // token 4 (padding)
+  const x2 = backend.fromHost("f64", x.shape, xv);
+  const y1 = backend.toF64(await m.forward(x2, ctx, { mask }));
+  m.discard(ctx);
+  for (let i = 0; i < 3 * 8; i++) assert.equal(y1[i], y0[i], `real token output ${i} changed`);
+  await assert.rejects(
+    () => m.forward(x, newMicroBatchContext({ iteration: 1, firstGlobalSample: 0 })),
+    /the padding mask must be u8 \[1, 5, 5\] \(1 = masked\), found none/,
+  );
+});
+
+Deno.test("gradcheck: cross-attention (query 5, keys 3, padding mask, dropout) incl. encoder output", async () => {
+  const e = env({ numAttentionHeads: 2, kvChannels: 3 });
+  const m = new ParallelAttention(e, 1, "l.inter_attention.", { attnType: "cross", maskType: "padding" });
+  assert.deepEqual(
+    m.params().map((p) => p.name.slice(2)),
+    [
+      "inter_attention.query.weight",
+      "inter_attention.query.bias",
+      "inter_attention.key_value.weight",
+      "inter_attention.key_value.bias",
+      "inter_attention.dense.weight",
+      "inter_attention.dense.bias",
+    ],
+  );
+  const enc = backend.fromHost("f64", [2, 3, 8], noise(2 * 3 * 8, 61));
+  const mask = paddingMask(2, 5, 3, 43);
+  await checkWithEncoder(
+    {
+      forward: (x, c) => m.forward(x, c, { mask, encoderOutput: enc }),
+      backward: (dy, c, dEnc) => m.backward(dy, c, { dEncoderOutput: dEnc }),
+      discard: (c) => m.discard(c),
+    },
+    m.params().filter((p) => !p.name.endsWith("dense.bias")),
+    randomInput(e),
+    enc,
+  );
+});
+
+Deno.test("gradcheck: decoder layer (causal self-attn, cross-attn, MLP; three dropouts)", async () => {
+  const e = env();
+  const m = new TransformerLayer(e, 1, "layers.1.", { layerType: "decoder" });
+  assert.equal(m.params().length, 20);
+  const enc = backend.fromHost("f64", [2, 4, 8], noise(2 * 4 * 8, 67));
+  const encDecMask = paddingMask(2, 5, 4, 47);
+  await checkWithEncoder(
+    {
+      forward: (x, c) => m.forward(x, c, { encoderOutput: enc, encDecMask }),
+      backward: (dy, c, dEnc) => m.backward(dy, c, { dEncoderOutput: dEnc }),
+      discard: (c) => m.discard(c),
+    },
+    m.params(),
+    randomInput(e),
+    enc,
+  );
+});
+
+Deno.test("gradcheck: padding-mask encoder layer with the residual after the LayerNorm (BERT flag)", async () => {
+  const e = env({ applyResidualConnectionPostLayernorm: true });
+  const m = new TransformerLayer(e, 0, "layers.0.", { selfAttnMaskType: "padding" });
+  const mask = paddingMask(2, 5, 5, 53);
+  const mod: Mod = {
+    forward: (x, c) => m.forward(x, c, { mask }),
+    backward: (dy, c) => m.backward(dy, c),
+    discard: (c) => m.discard(c),
+  };
+  await checkModule(mod, m.params(), randomInput(e));
 });

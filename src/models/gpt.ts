@@ -1,30 +1,38 @@
-// GPT: embeddings -> pre-LN transformer layers -> final LN -> tied logits -> vocab-parallel CE.
-// Built for one pipeline stage (pre_process / post_process / a range of global layers); with one
-// stage it is the whole model. A training loop of N micro-batches is:
-//   for each mb: ctx = model.newContext({iteration, firstGlobalSample});
-//                out = await model.forward(batch, ctx); await model.backward(ctx, factor)
+// GPT: embeddings -> pre-LN causal transformer layers -> final LN -> tied logits; the loss
+// (vocab-parallel CE) is a separate step. Built for one pipeline stage (pre_process / post_process /
+// a range of global layers); with one stage it is the whole model. Two ways to train a micro-batch:
+//   outputs, loss separately (the trainer): logits = await model.forward({tokens}, ctx);
+//     loss = await model.loss(logits, labels, lossMask); await model.backward(ctx, loss.backward(f))
+//   fused (tests): out = await model.forward({tokens, labels, lossMask}, ctx) -> LossOutput;
+//     await model.backward(ctx, factor)
 
 import type { Backend } from "../backend/backend.ts";
 import type { Communicator, ParallelState } from "../parallel/types.ts";
 import type { Param } from "../tensor/param.ts";
 import { Tensor } from "../tensor/tensor.ts";
 import { TransformerBlock } from "../transformer/block.ts";
-import { type MicroBatchContext, type ModuleEnv, newMicroBatchContext } from "../transformer/common.ts";
+import {
+  type MicroBatchContext,
+  type ModuleEnv,
+  newMicroBatchContext,
+  tpEnv,
+} from "../transformer/common.ts";
 import { type GPTConfig, resolveConfig, type ResolvedGPTConfig } from "../transformer/config.ts";
 import { Embedding, wordEmbedding } from "../transformer/embedding.ts";
-import { LossHead, type LossOutput } from "../transformer/lm_head.ts";
+import { LMLogits, type LMLoss, type LossOutput, vocabParallelLMLoss } from "../transformer/lm_head.ts";
 
 export interface GPTStage {
   /** First stage: owns the embeddings and takes token ids. */
   preProcess: boolean;
-  /** Last stage: owns the final LayerNorm, logits and loss. */
+  /** Last stage: owns the final LayerNorm and the logits. */
   postProcess: boolean;
   /** Global 0-based layer numbers of this stage (or virtual chunk), in order. */
   layers: number[];
 }
 
 /** Micro-batch input. First stage: tokens. Other stages: hidden [b, s, h] from the previous stage.
- *  Last stage: labels i32 [b, s] and lossMask f32 [b, s]. Tensors must stay alive until backward. */
+ *  Last stage, fused form only: labels i32 [b, s] and lossMask f32 [b, s]. Tensors must stay alive
+ *  until backward. */
 export interface GPTInput {
   tokens?: Tensor;
   hidden?: Tensor;
@@ -35,6 +43,7 @@ export interface GPTInput {
 interface GPTSaved {
   embOut: Tensor | null; // owned
   blockOut: Tensor | null; // owned when postProcess
+  loss: LMLoss | null; // fused form
 }
 
 /** Narrow forward's result: the last stage returns a LossOutput, other stages a hidden Tensor. */
@@ -60,7 +69,8 @@ export class GPTModel {
   readonly stage: GPTStage;
   readonly embedding: Embedding | null;
   readonly encoder: TransformerBlock;
-  readonly head: LossHead | null;
+  /** Last stage: final LayerNorm + tied logits. */
+  readonly head: LMLogits | null;
   /** The tied word embedding on a last stage that is not the first (Param.shared). */
   readonly wordEmbeddingsForHead: Param | null;
   private readonly env: ModuleEnv;
@@ -96,9 +106,12 @@ export class GPTModel {
         headWeight = this.wordEmbeddingsForHead;
       }
     }
-    const vocabStart = ps.tpRank * (this.cfg.vocabSize / ps.tpSize);
-    this.head = headWeight ? new LossHead(this.env, headWeight, vocabStart) : null;
+    this.vocabStart = ps.tpRank * (this.cfg.vocabSize / ps.tpSize);
+    this.head = headWeight ? new LMLogits(this.env, headWeight) : null;
   }
+
+  /** First vocabulary id of this TP rank's logits shard. */
+  readonly vocabStart: number;
 
   /** All parameters of this stage in Megatron state-dict order. */
   params(): Param[] {
@@ -123,7 +136,11 @@ export class GPTModel {
     return newMicroBatchContext(opts);
   }
 
-  /** Last stage: the micro-batch loss. Other stages: the output hidden [b, s, h] (caller owns it). */
+  /**
+   * Last stage: logits [b, s, V/tp] (caller owns them; pass them to `loss`), or, with labels and
+   * lossMask (fused form), the micro-batch loss. Other stages: the output hidden [b, s, h] (caller
+   * owns it).
+   */
   async forward(input: GPTInput | Tensor, ctx: MicroBatchContext): Promise<LossOutput | Tensor> {
     const inp: GPTInput = input instanceof Tensor ? { hidden: input } : input;
     let h: Tensor;
@@ -152,20 +169,33 @@ export class GPTModel {
     }
     const out = await this.encoder.forward(h, ctx);
     if (!this.head) {
-      ctx.saved.set(this, { embOut, blockOut: null } satisfies GPTSaved);
+      ctx.saved.set(this, { embOut, blockOut: null, loss: null } satisfies GPTSaved);
       return out;
     }
-    if (!inp.labels || !inp.lossMask) {
-      throw new Error("GPTModel.forward: the last stage needs labels and lossMask, found none");
+    if ((inp.labels === undefined) !== (inp.lossMask === undefined)) {
+      throw new Error("GPTModel.forward: the last stage needs both labels and lossMask, or neither");
     }
-    ctx.saved.set(this, { embOut, blockOut: out } satisfies GPTSaved);
-    return await this.head.forward(out, inp.labels, inp.lossMask, ctx);
+    const logits = this.head.forward(out, ctx);
+    if (!inp.labels) {
+      ctx.saved.set(this, { embOut, blockOut: out, loss: null } satisfies GPTSaved);
+      return logits;
+    }
+    const loss = await this.loss(logits, inp.labels, inp.lossMask!);
+    ctx.saved.set(this, { embOut, blockOut: out, loss } satisfies GPTSaved);
+    return loss.out;
+  }
+
+  /** The loss step: masked mean vocab-parallel CE of this stage's logits (taken over: its backward
+   *  writes d logits into their storage; `discard` frees them). */
+  loss(logits: Tensor, labels: Tensor, lossMask: Tensor): Promise<LMLoss> {
+    return vocabParallelLMLoss(tpEnv(this.env), logits, labels, lossMask, this.vocabStart);
   }
 
   /**
-   * Last stage: `arg` is the loss factor (loss scale / num micro-batches); other stages: the gradient
-   * of this stage's output (caller's). Returns the input-hidden gradient on a non-first stage (caller
-   * owns it), null on the first. Parameter grads accumulate; activations of `ctx` are freed.
+   * `arg`: the gradient of this stage's output (logits on the last stage: taken over; the hidden
+   * state elsewhere: the caller's), or on a last stage run in the fused form the loss factor (loss
+   * scale / num micro-batches). Returns the input-hidden gradient on a non-first stage (caller owns
+   * it), null on the first. Parameter grads accumulate; activations of `ctx` are freed.
    */
   async backward(ctx: MicroBatchContext, arg: number | Tensor): Promise<Tensor | null> {
     const sv = ctx.saved.get(this) as GPTSaved | undefined;
@@ -173,10 +203,18 @@ export class GPTModel {
     ctx.saved.delete(this);
     let d: Tensor;
     if (this.head) {
-      if (typeof arg !== "number") {
-        throw new Error("GPTModel.backward: the last stage takes a loss factor (number)");
+      let dLogits: Tensor;
+      if (typeof arg === "number") {
+        if (!sv.loss) {
+          throw new Error(
+            "GPTModel.backward: a loss factor needs the fused forward (labels and lossMask); pass d logits",
+          );
+        }
+        dLogits = sv.loss.backward(arg);
+      } else {
+        dLogits = arg;
       }
-      d = await this.head.backward(ctx, arg);
+      d = await this.head.backward(dLogits, ctx);
       this.backend.free(sv.blockOut!);
     } else {
       if (typeof arg === "number") {
@@ -202,6 +240,7 @@ export class GPTModel {
     const sv = ctx.saved.get(this) as GPTSaved | undefined;
     if (!sv) return;
     ctx.saved.delete(this);
+    sv.loss?.discard();
     this.head?.discard(ctx);
     this.encoder.discard(ctx);
     this.embedding?.discard(ctx);

@@ -1,6 +1,12 @@
 // Models built from src/transformer.
 export * from "./gpt.ts";
 export { padVocabSize } from "../transformer/config.ts";
-export type { CheckpointMethod, GPTConfig, ParamsDType } from "../transformer/config.ts";
+export type {
+  CheckpointMethod,
+  GPTConfig,
+  ParamsDType,
+  ResolvedTransformerConfig,
+  TransformerConfig,
+} from "../transformer/config.ts";
 export type { MicroBatchContext } from "../transformer/common.ts";
 export type { LossOutput } from "../transformer/lm_head.ts";

@@ -270,6 +270,12 @@ export class ParallelLinear<O extends ParallelLinearOptions> {
   params(): Param[] {
     return this.bias ? [this.weight, this.bias] : [this.weight];
   }
+
+  /** The bias the caller must add itself (skipBiasAdd), else null: Megatron's (output, bias) pair, so
+   *  a fused bias-dropout-add does not reach into the layer. */
+  get outputBias(): Tensor | null {
+    return this.skipBiasAdd && this.bias ? this.bias.value : null;
+  }
 }
 
 export interface ColumnParallelOptions extends ParallelLinearOptions {

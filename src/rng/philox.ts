@@ -71,6 +71,9 @@ export const Purpose = {
   attentionDropout: 3,
   attentionOutputDropout: 4,
   mlpOutputDropout: 5,
+  /** A decoder layer's cross-attention probabilities and output (T5). */
+  crossAttentionDropout: 6,
+  crossAttentionOutputDropout: 7,
   /** Free for models/tasks to extend (BERT masking, heads, ...). */
   user: 16,
 } as const;

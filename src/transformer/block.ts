@@ -6,7 +6,7 @@
 import type { Param } from "../tensor/param.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 import { childContext, type MicroBatchContext, type ModuleEnv, takeSaved } from "./common.ts";
-import { TransformerLayer } from "./layer.ts";
+import { type LayerGrads, type LayerInputs, type LayerOptions, TransformerLayer } from "./layer.ts";
 
 export interface Chunk {
   start: number; // index into this.layers
@@ -17,6 +17,8 @@ export interface Chunk {
 interface BlockSaved {
   /** inputs[i] = input of layer i (inputs[0] is the caller's); null where recompute drops it. */
   inputs: (Tensor | null)[];
+  /** The layers' other inputs (masks, encoder output), reused by recompute. */
+  layerInputs: LayerInputs;
 }
 
 export class TransformerBlock {
@@ -24,13 +26,17 @@ export class TransformerBlock {
   readonly chunks: Chunk[];
 
   /** `globalLayers`: the global 0-based numbers of this stage's layers, in order. Names use the
-   *  stage-local index as Megatron's per-stage state dicts do. */
+   *  stage-local index as Megatron's per-stage state dicts do. `layerOpts`: encoder/decoder layers and
+   *  the self-attention mask (default: GPT's causal encoder layers). */
   constructor(
     readonly env: ModuleEnv,
     readonly globalLayers: readonly number[],
     prefix = "language_model.encoder.",
+    layerOpts: LayerOptions = {},
   ) {
-    this.layers = globalLayers.map((g, i) => new TransformerLayer(env, g, `${prefix}layers.${i}.`));
+    this.layers = globalLayers.map((g, i) =>
+      new TransformerLayer(env, g, `${prefix}layers.${i}.`, layerOpts)
+    );
     this.chunks = planChunks(
       this.layers.length,
       env.cfg.activationsCheckpointMethod,
@@ -42,8 +48,8 @@ export class TransformerBlock {
     return this.layers.flatMap((l) => l.params());
   }
 
-  /** x [b, s, h] (caller's, kept alive until backward) -> y [b, s, h] (caller owns). */
-  async forward(x: Tensor, ctx: MicroBatchContext): Promise<Tensor> {
+  /** x [b, s, h] (caller's, kept alive until backward, as `layerInputs`) -> y [b, s, h] (caller owns). */
+  async forward(x: Tensor, ctx: MicroBatchContext, layerInputs: LayerInputs = {}): Promise<Tensor> {
     const { backend } = this.env;
     const inputs: (Tensor | null)[] = new Array(this.layers.length).fill(null);
     let h = x;
@@ -52,7 +58,7 @@ export class TransformerBlock {
       const chunkIn = h;
       inputs[c.start] = chunkIn;
       for (let i = c.start; i < c.end; i++) {
-        const y = await this.layers[i].forward(h, lctx);
+        const y = await this.layers[i].forward(h, lctx, layerInputs);
         if (i > c.start) {
           if (c.checkpointed) backend.free(h);
           else inputs[i] = h;
@@ -61,12 +67,13 @@ export class TransformerBlock {
       }
       if (c.checkpointed) { for (let i = c.start; i < c.end; i++) this.layers[i].discard(lctx); }
     }
-    ctx.saved.set(this, { inputs } satisfies BlockSaved);
+    ctx.saved.set(this, { inputs, layerInputs } satisfies BlockSaved);
     return h;
   }
 
-  /** dy (caller's) -> dx (caller owns). Frees every stored layer input except the block's own input. */
-  async backward(dy: Tensor, ctx: MicroBatchContext): Promise<Tensor> {
+  /** dy (caller's) -> dx (caller owns). Frees every stored layer input except the block's own input.
+   *  Decoder layers add d encoderOutput into `grads.dEncoderOutput`. */
+  async backward(dy: Tensor, ctx: MicroBatchContext, grads: LayerGrads = {}): Promise<Tensor> {
     const { backend } = this.env;
     const sv = takeSaved<BlockSaved>(ctx, this, "TransformerBlock.backward");
     let d = dy;
@@ -78,14 +85,14 @@ export class TransformerBlock {
         lctx = childContext(ctx);
         let h = sv.inputs[c.start]!;
         for (let i = c.start; i < c.end; i++) {
-          const y = await this.layers[i].forward(h, lctx);
+          const y = await this.layers[i].forward(h, lctx, sv.layerInputs);
           if (i > c.start) sv.inputs[i] = h;
           h = y;
         }
         backend.free(h); // the chunk output is not needed for backward
       }
       for (let i = c.end - 1; i >= c.start; i--) {
-        const dx = await this.layers[i].backward(d, lctx);
+        const dx = await this.layers[i].backward(d, lctx, grads);
         if (d !== dy) backend.free(d);
         d = dx;
         if (i > 0) {

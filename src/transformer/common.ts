@@ -13,7 +13,7 @@ import {
 import { fillNormal, Purpose, streamId } from "../rng/philox.ts";
 import type { Param } from "../tensor/param.ts";
 import type { Tensor } from "../tensor/tensor.ts";
-import type { ResolvedGPTConfig } from "./config.ts";
+import type { ResolvedTransformerConfig } from "./config.ts";
 
 /** What one micro-batch carries through forward and backward. `saved` maps a module to the
  *  activations it kept for its backward; several contexts may be alive at once. */
@@ -53,12 +53,12 @@ export function childContext(ctx: MicroBatchContext): MicroBatchContext {
 }
 
 /** Hidden-state dropout probability in this context (0 when evaluating). */
-export function hiddenDropoutP(cfg: ResolvedGPTConfig, ctx: MicroBatchContext): number {
+export function hiddenDropoutP(cfg: ResolvedTransformerConfig, ctx: MicroBatchContext): number {
   return ctx.training ? cfg.hiddenDropout : 0;
 }
 
 /** Attention-probability dropout in this context (0 when evaluating). */
-export function attentionDropoutP(cfg: ResolvedGPTConfig, ctx: MicroBatchContext): number {
+export function attentionDropoutP(cfg: ResolvedTransformerConfig, ctx: MicroBatchContext): number {
   return ctx.training ? cfg.attentionDropout : 0;
 }
 
@@ -71,7 +71,7 @@ export function takeSaved<T>(ctx: MicroBatchContext, owner: object, what: string
 
 /** Everything a module needs from its surroundings, passed explicitly. */
 export interface ModuleEnv {
-  readonly cfg: ResolvedGPTConfig;
+  readonly cfg: ResolvedTransformerConfig;
   readonly backend: Backend;
   readonly ps: ParallelState;
   readonly comm: Communicator;
@@ -85,6 +85,10 @@ export const ParamKind = {
   attnDense: 3,
   h4h: 4,
   fourhh: 5,
+  /** Cross-attention (decoder layers): query, key_value and its dense. */
+  query: 6,
+  keyValue: 7,
+  interDense: 8,
 } as const;
 
 /** Init stream: one per (global layer, kind); layer -1 = embeddings. */
@@ -154,7 +158,7 @@ export function makeParam(
 
 /** Dropout address for a hidden-state tensor [b, s, h] of the micro-batch (replicated over TP). */
 export function hiddenDropoutAddr(
-  cfg: ResolvedGPTConfig,
+  cfg: ResolvedTransformerConfig,
   ctx: MicroBatchContext,
   purpose: number,
   globalLayer: number,
@@ -171,23 +175,27 @@ export function hiddenDropoutAddr(
   };
 }
 
-/** Dropout address for attention probabilities [b, np_local, s, s], indexed by the global head. */
+/** Dropout address for attention probabilities [b, np_local, sq, sk], indexed by the global head.
+ *  Self-attention uses Purpose.attentionDropout, cross-attention Purpose.crossAttentionDropout. */
 export function attnDropoutAddr(
-  cfg: ResolvedGPTConfig,
+  cfg: ResolvedTransformerConfig,
   ps: ParallelState,
   ctx: MicroBatchContext,
   globalLayer: number,
-  s: number,
+  sq: number,
+  sk = sq,
+  purpose: number = Purpose.attentionDropout,
 ): RngAddress {
   const npTotal = cfg.numAttentionHeads;
   const npLocal = npTotal / ps.tpSize;
+  const per = sq * sk;
   return {
     seed: cfg.seed,
-    stream: streamId(Purpose.attentionDropout, globalLayer),
+    stream: streamId(purpose, globalLayer),
     iteration: ctx.iteration,
-    base: (ctx.firstGlobalSample * npTotal + ps.tpRank * npLocal) * s * s,
-    rowStride: npTotal * s * s,
-    rowLen: npLocal * s * s,
+    base: (ctx.firstGlobalSample * npTotal + ps.tpRank * npLocal) * per,
+    rowStride: npTotal * per,
+    rowLen: npLocal * per,
   };
 }
 

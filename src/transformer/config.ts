@@ -1,11 +1,12 @@
-// GPT/transformer configuration and the derived per-rank sizes. Plain data, validated once.
+// Transformer configuration (shared by GPT, BERT and T5) and the derived per-rank sizes. Plain data,
+// validated once.
 
 import type { DType } from "../tensor/dtype.ts";
 
 export type ParamsDType = "f32" | "f16" | "bf16" | "f64";
 export type CheckpointMethod = null | "uniform" | "block";
 
-export interface GPTConfig {
+export interface TransformerConfig {
   /** Total transformer layers of the whole model (all pipeline stages). */
   numLayers: number;
   hiddenSize: number;
@@ -28,15 +29,23 @@ export interface GPTConfig {
   /** Layers per checkpointed chunk (uniform) or number of checkpointed layers (block); default 1. */
   activationsCheckpointNumLayers?: number;
   seed: number;
+  /** Megatron's --apply-residual-connection-post-layernorm (BERT): each residual starts at the
+   *  LayerNorm's output instead of its input. Default false. */
+  applyResidualConnectionPostLayernorm?: boolean;
 }
 
-/** GPTConfig with every default filled in. */
-export interface ResolvedGPTConfig extends GPTConfig {
+/** TransformerConfig with every default filled in. */
+export interface ResolvedTransformerConfig extends TransformerConfig {
   kvChannels: number;
   ffnHiddenSize: number;
   layernormEpsilon: number;
   activationsCheckpointNumLayers: number;
+  applyResidualConnectionPostLayernorm: boolean;
 }
+
+/** GPT's names for the same config (kept for existing callers). */
+export type GPTConfig = TransformerConfig;
+export type ResolvedGPTConfig = ResolvedTransformerConfig;
 
 /** Megatron's padded vocabulary: round up to a multiple of divisibleBy * tp. */
 export function padVocabSize(vocab: number, divisibleBy: number, tp: number): number {
@@ -56,7 +65,7 @@ function need(ok: boolean, msg: string): void {
 const isPosInt = (v: unknown): v is number => typeof v === "number" && Number.isInteger(v) && v > 0;
 
 /** Fill defaults and check the config against a tensor-parallel size; throws one line per problem. */
-export function resolveConfig(cfg: GPTConfig, tpSize = 1): ResolvedGPTConfig {
+export function resolveConfig(cfg: TransformerConfig, tpSize = 1): ResolvedTransformerConfig {
   for (
     const k of [
       "numLayers",
@@ -118,6 +127,7 @@ export function resolveConfig(cfg: GPTConfig, tpSize = 1): ResolvedGPTConfig {
     ffnHiddenSize,
     layernormEpsilon: cfg.layernormEpsilon ?? 1e-5,
     activationsCheckpointNumLayers: ckN,
+    applyResidualConnectionPostLayernorm: cfg.applyResidualConnectionPostLayernorm ?? false,
   };
 }
 

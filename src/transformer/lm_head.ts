@@ -1,5 +1,7 @@
-// Last-stage head: final LayerNorm, logits against the tied (vocab-parallel) word embedding, and
-// vocab-parallel cross-entropy; loss = sum(CE * mask) / sum(mask).
+// Last-stage head, as two steps: LMLogits (final LayerNorm, logits against the tied vocab-parallel
+// word embedding) is part of the model's forward; vocabParallelLMLoss (vocab-parallel cross-entropy,
+// loss = sum(CE * mask) / sum(mask)) is the task's loss step and consumes the logits in place (its
+// backward writes d logits into the logits' storage). LossHead chains the two (the fused form).
 
 import {
   copyToTensorParallelRegion,
@@ -12,7 +14,7 @@ import {
 } from "../parallel/tensor_parallel.ts";
 import type { Param } from "../tensor/param.ts";
 import { assertDType, shapeStr, type Tensor } from "../tensor/tensor.ts";
-import { gradDType } from "./config.ts";
+import { gradDType, type ParamsDType } from "./config.ts";
 import { freeAll, type MicroBatchContext, type ModuleEnv, takeSaved, tpEnv } from "./common.ts";
 import { LayerNorm } from "./layer_norm.ts";
 
@@ -36,15 +38,14 @@ export function maskedLossSums(loss: Float64Array, mask: Float64Array): { lossSu
   return { lossSum, maskSum };
 }
 
-interface HeadSaved {
+interface LogitsSaved {
   hShape: readonly number[];
   lnOut: Tensor;
-  ce: VocabParallelCESaved; // logits [T, V_local] (owned), labels [T] i32 (caller's)
-  mask: Float64Array;
-  maskSum: number;
 }
 
-export class LossHead {
+/** Final LayerNorm + logits against the tied word-embedding shard: hidden [b, s, h] -> logits
+ *  [b, s, V/tp] (vocab-split over TP, Megatron's parallel_lm_logits without the gather). */
+export class LMLogits {
   readonly finalLayernorm: LayerNorm;
   private readonly tp: TPEnv;
 
@@ -52,7 +53,6 @@ export class LossHead {
   constructor(
     readonly env: ModuleEnv,
     readonly wordEmbedding: Param,
-    readonly vocabStart: number,
     prefix = "language_model.encoder.final_layernorm.",
   ) {
     this.finalLayernorm = new LayerNorm(env, prefix);
@@ -63,6 +63,134 @@ export class LossHead {
     return this.finalLayernorm.params();
   }
 
+  /** hidden [b, s, h] (kept alive until backward) -> logits [b, s, V/tp] (caller owns). */
+  forward(hidden: Tensor, ctx: MicroBatchContext): Tensor {
+    const { backend, cfg } = this.env;
+    const [b, s] = hidden.shape;
+    const T = b * s, h = cfg.hiddenSize;
+    const lnOut = this.finalLayernorm.forward(hidden, ctx);
+    // Megatron's parallel_lm_logits: the input is copied to the TP region, logits stay vocab-split.
+    const x = copyToTensorParallelRegion.forward(this.tp, lnOut.view([T, h]));
+    const V = this.wordEmbedding.value.shape[0];
+    const logits = backend.empty(cfg.paramsDtype, [T, V]);
+    linear(backend, x, this.wordEmbedding.value, null, logits);
+    ctx.saved.set(this, { hShape: hidden.shape, lnOut } satisfies LogitsSaved);
+    return logits.view([b, s, V]);
+  }
+
+  /** dLogits [b, s, V/tp] (taken over: freed here once used) -> d hidden (caller owns); accumulates
+   *  the tied weight's grad. */
+  async backward(dLogits: Tensor, ctx: MicroBatchContext): Promise<Tensor> {
+    const { backend, cfg } = this.env;
+    const sv = takeSaved<LogitsSaved>(ctx, this, "LMLogits.backward");
+    const h = cfg.hiddenSize, dt = cfg.paramsDtype;
+    const T = sv.lnOut.size / h;
+    const dLn = backend.empty(dt, [T, h]);
+    const w = this.wordEmbedding;
+    linearGrad(backend, dLogits.view([T, w.value.shape[0]]), sv.lnOut.view([T, h]), w.value, w.grad, dLn);
+    backend.free(dLogits);
+    // The logits GEMM input was copied to the TP region: its grad is summed over ranks.
+    await copyToTensorParallelRegion.backward(this.tp, dLn);
+    const dx = this.finalLayernorm.backward(dLn, ctx);
+    freeAll(backend, [dLn, sv.lnOut]);
+    return dx.view(sv.hShape);
+  }
+
+  discard(ctx: MicroBatchContext): void {
+    const sv = ctx.saved.get(this) as LogitsSaved | undefined;
+    if (sv) this.env.backend.free(sv.lnOut);
+    ctx.saved.delete(this);
+    this.finalLayernorm.discard(ctx);
+  }
+}
+
+/** The loss step of a vocab-parallel LM head for one micro-batch. */
+export interface LMLoss {
+  readonly out: LossOutput;
+  /** d logits for dloss[i] = mask[i] / sum(mask) * factor, written into the logits' storage
+   *  (caller owns the result; call once). */
+  backward(factor: number): Tensor;
+  /** Free the saved state without a backward (evaluation). */
+  discard(): void;
+}
+
+/** Masked mean vocab-parallel cross-entropy of `logits` [b, s, V/tp] (taken over: freed by backward's
+ *  caller or discard), labels i32 [b, s] and lossMask f32 [b, s] (the caller's). */
+export async function vocabParallelLMLoss(
+  tp: TPEnv,
+  logits: Tensor,
+  labels: Tensor,
+  lossMask: Tensor,
+  vocabStart: number,
+): Promise<LMLoss> {
+  const backend = tp.backend;
+  const T = logits.size / logits.shape[logits.rank - 1];
+  assertDType("vocabParallelLMLoss", labels, "i32", "labels");
+  if (labels.size !== T || lossMask.size !== T) {
+    throw new Error(
+      `LossHead.forward: labels ${shapeStr(labels.shape)} and lossMask ${
+        shapeStr(lossMask.shape)
+      } must have ` +
+        `${T} elements to match logits ${shapeStr(logits.shape)}`,
+    );
+  }
+  const ce = await vocabParallelCrossEntropy(
+    tp,
+    logits.view([T, logits.shape[logits.rank - 1]]),
+    labels.view([T]),
+    vocabStart,
+  );
+  const lossHost = backend.toF64(ce.loss);
+  const mask = backend.toF64(lossMask);
+  backend.free(ce.loss);
+  const { lossSum, maskSum } = maskedLossSums(lossHost, mask);
+  let live = true;
+  const take = (what: string) => {
+    if (!live) throw new Error(`vocabParallelLMLoss: ${what} after the loss was already consumed`);
+    live = false;
+  };
+  return {
+    // An all-masked micro-batch contributes nothing (Megatron would divide by zero).
+    out: { loss: maskSum > 0 ? lossSum / maskSum : 0, lossSum, tokens: maskSum },
+    backward(factor: number): Tensor {
+      take("backward");
+      const dl = new Float64Array(T);
+      if (maskSum > 0) { for (let i = 0; i < T; i++) dl[i] = (mask[i] / maskSum) * factor; }
+      const dloss = backend.fromHost(gradDType(tp.dtype as ParamsDType), [T], dl);
+      const dlogits = vocabParallelCrossEntropyBackward(tp, ce.saved, dloss);
+      backend.free(dloss); // dlogits reuses the logits' storage
+      return dlogits.view(logits.shape);
+    },
+    discard(): void {
+      if (!live) return;
+      live = false;
+      freeAll(backend, [ce.saved.logits, ce.saved.globalMax, ce.saved.sumExp]);
+    },
+  };
+}
+
+/** The fused form (LMLogits then vocabParallelLMLoss) with the old one-call interface. */
+export class LossHead {
+  readonly logits: LMLogits;
+  readonly finalLayernorm: LayerNorm;
+  private readonly tp: TPEnv;
+  private readonly losses = new WeakMap<MicroBatchContext, LMLoss>();
+
+  constructor(
+    readonly env: ModuleEnv,
+    readonly wordEmbedding: Param,
+    readonly vocabStart: number,
+    prefix = "language_model.encoder.final_layernorm.",
+  ) {
+    this.logits = new LMLogits(env, wordEmbedding, prefix);
+    this.finalLayernorm = this.logits.finalLayernorm;
+    this.tp = tpEnv(env);
+  }
+
+  params(): Param[] {
+    return this.logits.params();
+  }
+
   /** hidden [b, s, h] (kept alive until backward), labels i32 [b, s], lossMask f32 [b, s]. */
   async forward(
     hidden: Tensor,
@@ -70,9 +198,7 @@ export class LossHead {
     lossMask: Tensor,
     ctx: MicroBatchContext,
   ): Promise<LossOutput> {
-    const { backend, cfg } = this.env;
-    const [b, s] = hidden.shape;
-    const T = b * s;
+    const T = hidden.shape[0] * hidden.shape[1];
     assertDType("LossHead.forward", labels, "i32", "labels");
     if (labels.size !== T || lossMask.size !== T) {
       throw new Error(
@@ -82,56 +208,26 @@ export class LossHead {
           `${T} elements to match hidden ${shapeStr(hidden.shape)}`,
       );
     }
-    const h = cfg.hiddenSize;
-    const lnOut = this.finalLayernorm.forward(hidden, ctx);
-    // Megatron's parallel_lm_logits: the input is copied to the TP region, logits stay vocab-split.
-    const x = copyToTensorParallelRegion.forward(this.tp, lnOut.view([T, h]));
-    const logits = backend.empty(cfg.paramsDtype, [T, this.wordEmbedding.value.shape[0]]);
-    linear(backend, x, this.wordEmbedding.value, null, logits);
-    const ce = await vocabParallelCrossEntropy(this.tp, logits, labels.view([T]), this.vocabStart);
-    const lossHost = backend.toF64(ce.loss);
-    const mask = backend.toF64(lossMask);
-    backend.free(ce.loss);
-    const { lossSum, maskSum } = maskedLossSums(lossHost, mask);
-    ctx.saved.set(
-      this,
-      {
-        hShape: hidden.shape,
-        lnOut,
-        ce: ce.saved,
-        mask,
-        maskSum,
-      } satisfies HeadSaved,
-    );
-    // An all-masked micro-batch contributes nothing (Megatron would divide by zero).
-    return { loss: maskSum > 0 ? lossSum / maskSum : 0, lossSum, tokens: maskSum };
+    const logits = this.logits.forward(hidden, ctx);
+    const loss = await vocabParallelLMLoss(this.tp, logits, labels, lossMask, this.vocabStart);
+    this.losses.set(ctx, loss);
+    return loss.out;
   }
 
   /** Starts backward with dloss[i] = mask[i] / sum(mask) * factor; returns d hidden (caller owns). */
   async backward(ctx: MicroBatchContext, factor: number): Promise<Tensor> {
-    const { backend, cfg } = this.env;
-    const sv = takeSaved<HeadSaved>(ctx, this, "LossHead.backward");
-    const T = sv.mask.length, h = cfg.hiddenSize, dt = cfg.paramsDtype;
-    const dl = new Float64Array(T);
-    if (sv.maskSum > 0) { for (let i = 0; i < T; i++) dl[i] = (sv.mask[i] / sv.maskSum) * factor; }
-    const dloss = backend.fromHost(gradDType(dt), [T], dl);
-    const dlogits = vocabParallelCrossEntropyBackward(this.tp, sv.ce, dloss);
-    backend.free(dloss); // dlogits reuses sv.ce.logits' storage
-    const dLn = backend.empty(dt, [T, h]);
-    const w = this.wordEmbedding;
-    linearGrad(backend, dlogits, sv.lnOut.view([T, h]), w.value, w.grad, dLn);
-    backend.free(dlogits);
-    // The logits GEMM input was copied to the TP region: its grad is summed over ranks.
-    await copyToTensorParallelRegion.backward(this.tp, dLn);
-    const dx = this.finalLayernorm.backward(dLn, ctx);
-    freeAll(backend, [dLn, sv.lnOut]);
-    return dx.view(sv.hShape);
+    const loss = this.losses.get(ctx);
+    if (!loss) {
+      throw new Error("LossHead.backward: backward called without a matching forward in this context");
+    }
+    this.losses.delete(ctx);
+    const dlogits = loss.backward(factor);
+    return await this.logits.backward(dlogits, ctx);
   }
 
   discard(ctx: MicroBatchContext): void {
-    const sv = ctx.saved.get(this) as HeadSaved | undefined;
-    if (sv) freeAll(this.env.backend, [sv.lnOut, sv.ce.logits, sv.ce.globalMax, sv.ce.sumExp]);
-    ctx.saved.delete(this);
-    this.finalLayernorm.discard(ctx);
+    this.losses.get(ctx)?.discard();
+    this.losses.delete(ctx);
+    this.logits.discard(ctx);
   }
 }

@@ -4,6 +4,7 @@
 import type { ColumnParallelLinear, RowParallelLinear } from "../parallel/tensor_parallel.ts";
 import type { Param } from "../tensor/param.ts";
 import type { Tensor } from "../tensor/tensor.ts";
+import type { BiasedOutput } from "./attention.ts";
 import {
   freeAll,
   inputProjection,
@@ -49,6 +50,11 @@ export class ParallelMLP {
 
   /** x [b, s, h] -> output [b, s, h] without the 4h->h bias (caller owns it). */
   async forward(x: Tensor, ctx: MicroBatchContext): Promise<Tensor> {
+    return (await this.forwardBias(x, ctx)).out;
+  }
+
+  /** x [b, s, h] -> { out [b, s, h] without the 4h->h bias (caller owns it), that bias (not owned) }. */
+  async forwardBias(x: Tensor, ctx: MicroBatchContext): Promise<BiasedOutput> {
     const { backend, cfg } = this.env;
     const h = cfg.hiddenSize;
     const x2 = x.view([x.size / h, h]);
@@ -57,7 +63,7 @@ export class ParallelMLP {
     backend.biasGeluFwd(pre, this.h4hBias.value, act);
     const out = await this.dense4hH.forward(act);
     ctx.saved.set(this, { x: x2, pre, act } satisfies MlpSaved);
-    return out.view(x.shape);
+    return { out: out.view(x.shape), bias: this.dense4hH.outputBias };
   }
 
   /** dOut [b, s, h] -> dx [b, s, h] (caller owns it); accumulates every grad of this module. */
