@@ -8,7 +8,6 @@ import {
   linear,
   linearGrad,
   type TPEnv,
-  type VocabParallelCESaved,
   vocabParallelCrossEntropy,
   vocabParallelCrossEntropyBackward,
 } from "../parallel/tensor_parallel.ts";
