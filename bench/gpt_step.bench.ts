@@ -12,8 +12,9 @@ import { makeParallelState, SingleRankCommunicator } from "../src/parallel/types
 import type { CheckpointMethod, GPTConfig } from "../src/transformer/config.ts";
 import type { Backend, GemmArgs } from "../src/backend/backend.ts";
 import { parseArgs, validateForTraining, withDefaults } from "../src/training/config.ts";
-import { modelConfigOf } from "../src/training/train.ts";
+import { gptHostBatch, gptTask } from "../src/training/gpt_task.ts";
 import { RankState } from "../src/training/rank.ts";
+import type { TrainingTask } from "../src/training/task.ts";
 import { createLrScheduler } from "../src/optimizer/lr_schedule.ts";
 import { EMBEDDED_DEFAULT } from "../tasks/pretrain_gpt.ts";
 
@@ -104,7 +105,9 @@ function embeddedDefault(be: Backend) {
   const b = cfg.microBatchSize!, s = cfg.seqLength!, n = b * s;
   const rank = new RankState(
     cfg,
-    modelConfigOf(cfg, 50304),
+    gptTask as TrainingTask<unknown>,
+    // Batches are given directly, so the task never reads the tokenizer.
+    { cfg, paddedVocab: 50304, tokenizer: null as never, log: () => {} },
     be,
     makeParallelState({ tp: 1, pp: 1, dp: 1 }, 0),
     new SingleRankCommunicator(),
@@ -114,12 +117,13 @@ function embeddedDefault(be: Backend) {
   const tokens = Int32Array.from({ length: n }, (_, i) => (i * 7919) % 50257);
   const labels = tokens.map((t) => (t * 31 + 7) % 50257);
   const lossMask = new Float32Array(n).fill(1);
+  const batch = gptHostBatch(tokens, labels, lossMask, b, s);
   let iteration = 0;
   const step = () =>
     rank.trainStep({
       iteration: iteration++,
       numMicroBatches: 1,
-      batch: () => ({ tokens, labels, lossMask, b, s }),
+      batch: () => batch,
       firstGlobalSample: () => 0,
     });
   return { b, s, n, step, free: () => rank.free() };

@@ -11,8 +11,9 @@ import { createLrScheduler } from "../src/optimizer/lr_schedule.ts";
 import { LocalWorld } from "../src/parallel/local_comm.ts";
 import { type Communicator, makeParallelState, SingleRankCommunicator } from "../src/parallel/types.ts";
 import { parseArgs, validateForTraining } from "../src/training/config.ts";
-import { type HostBatch, RankState, type StepInputs } from "../src/training/rank.ts";
-import { modelConfigOf } from "../src/training/train.ts";
+import { RankState, type StepInputs } from "../src/training/rank.ts";
+import { gptHostBatch, gptTask } from "../src/training/gpt_task.ts";
+import type { TaskContext, TrainingTask } from "../src/training/task.ts";
 
 const backend = createCpuBackend({ log: () => {} });
 const MICRO = 4, SEQ = 64, GLOBAL = 16, VOCAB = 1024;
@@ -33,7 +34,13 @@ function setup(tp: number, pp: number) {
     ...["--lr", "1e-4", "--data-path", "unused", "--tokenizer-type", "NullTokenizer", "--vocab-size", "1023"],
     ...["--tensor-model-parallel-size", String(tp), "--pipeline-model-parallel-size", String(pp)],
   ]));
-  const modelCfg = modelConfigOf(cfg, padVocabSize(VOCAB, cfg.makeVocabSizeDivisibleBy, tp));
+  // Batches are given directly, so the task never reads the tokenizer.
+  const taskCtx: TaskContext = {
+    cfg,
+    paddedVocab: padVocabSize(VOCAB, cfg.makeVocabSizeDivisibleBy, tp),
+    tokenizer: null as never,
+    log: () => {},
+  };
   const world = tp * pp > 1 ? new LocalWorld(backend, { tp, pp, dp: 1 }) : null;
   const ranks = Array.from({ length: tp * pp }, (_, g) => {
     const ps = world ? world.states[g] : makeParallelState({ tp: 1, pp: 1, dp: 1 }, 0);
@@ -44,16 +51,17 @@ function setup(tp: number, pp: number) {
       trainIters: 1000000,
       lr: cfg.lr!,
     });
-    return new RankState(cfg, modelCfg, backend, ps, comm, scheduler, createGradScaler(cfg));
+    const task = gptTask as TrainingTask<unknown>;
+    return new RankState(cfg, task, taskCtx, backend, ps, comm, scheduler, createGradScaler(cfg));
   });
   const tok = Int32Array.from({ length: MICRO * SEQ }, (_, i) => (i * 7919) % 1023);
-  const batch: HostBatch = {
-    tokens: tok,
-    labels: tok.map((t) => (t + 1) % 1023),
-    lossMask: new Float32Array(MICRO * SEQ).fill(1),
-    b: MICRO,
-    s: SEQ,
-  };
+  const batch = gptHostBatch(
+    tok,
+    tok.map((t) => (t + 1) % 1023),
+    new Float32Array(MICRO * SEQ).fill(1),
+    MICRO,
+    SEQ,
+  );
   let iteration = 0;
   return async () => {
     iteration++;

@@ -16,7 +16,8 @@ import { buildTokenizer } from "../../src/tokenizer/mod.ts";
 import { parseArgs, validateForTraining } from "../../src/training/config.ts";
 import { buildGptData } from "../../src/training/data.ts";
 import { RankState } from "../../src/training/rank.ts";
-import { modelConfigOf } from "../../src/training/train.ts";
+import { gptTask } from "../../src/training/gpt_task.ts";
+import type { TrainingTask } from "../../src/training/task.ts";
 import { REFERENCE_FLAGS } from "./run.ts";
 
 async function main(out: string): Promise<void> {
@@ -30,7 +31,8 @@ async function main(out: string): Promise<void> {
   const scheduler = createLrScheduler({ ...cfg, globalBatchSize: gbs, trainIters: iters, lr: cfg.lr! });
   const rank = new RankState(
     cfg,
-    modelConfigOf(cfg, padded),
+    gptTask as TrainingTask<unknown>,
+    { cfg, paddedVocab: padded, tokenizer, log: () => {} },
     backend,
     makeParallelState({ tp: 1, pp: 1, dp: 1 }, 0),
     new SingleRankCommunicator(),

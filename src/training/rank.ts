@@ -1,10 +1,10 @@
-// One rank of a training run: its model chunks, gradient buffer, optimizer and the pipeline stage
-// runner that feeds micro-batches through the chunks. Several RankStates run concurrently in one
-// process (the local communicator) or one per process (a future NCCL communicator).
+// One rank of a training run: its model chunks (built by the task), gradient buffer, optimizer and
+// the pipeline stage runner that feeds micro-batches through the chunks and the task's loss. Several
+// RankStates run concurrently in one process (the local communicator) or one per process (a future
+// NCCL communicator). Nothing here knows which model it trains.
 
 import type { Backend } from "../backend/backend.ts";
-import { GPTModel, type GPTStage, type LossOutput, type MicroBatchContext } from "../models/mod.ts";
-import type { GPTConfig } from "../models/mod.ts";
+import { type MicroBatchContext, newMicroBatchContext } from "../transformer/common.ts";
 import { MegatronOptimizer } from "../optimizer/optimizer.ts";
 import type { GradScaler } from "../optimizer/grad_scaler.ts";
 import type { AnnealingLR } from "../optimizer/lr_schedule.ts";
@@ -15,6 +15,17 @@ import type { Param } from "../tensor/param.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 import { chunkPrefix } from "./checkpoint.ts";
 import type { Config } from "./config.ts";
+import {
+  type HostBatch,
+  type ModelChunk,
+  type StageTensorSpec,
+  type TaskContext,
+  type TaskLoss,
+  type TrainingTask,
+  uploadBatch,
+} from "./task.ts";
+
+export type { HostBatch } from "./task.ts";
 
 /** Global 0-based layers of virtual chunk `v` on stage `r` (Megatron's interleaved assignment). */
 export function chunkLayers(numLayers: number, pp: number, vp: number, r: number, v: number): number[] {
@@ -24,15 +35,6 @@ export function chunkLayers(numLayers: number, pp: number, vp: number, r: number
   }
   const start = v * (numLayers / vp) + r * per;
   return Array.from({ length: per }, (_, i) => start + i);
-}
-
-/** Host-side micro-batch: tokens/labels i32 [b, s], loss mask f32 [b, s]. */
-export interface HostBatch {
-  tokens: Int32Array;
-  labels: Int32Array;
-  lossMask: Float32Array;
-  b: number;
-  s: number;
 }
 
 export interface StepInputs {
@@ -47,6 +49,8 @@ export interface StepInputs {
 export interface RankStepResult {
   /** Per micro-batch losses (last pipeline stage only; empty elsewhere). */
   losses: number[];
+  /** Per micro-batch named loss scalars (last pipeline stage only). */
+  scalars: Record<string, number>[];
   skipped: boolean;
   gradNorm: number | null;
   /** `--log-num-zeros-in-grad` (null when off or the step was skipped). */
@@ -58,8 +62,56 @@ export interface RankStepResult {
   nextLr: number;
 }
 
+/** Several stage tensors travel as one buffer (the executor sends one tensor per boundary). */
+class StagePacking {
+  readonly shape: readonly number[];
+  readonly dtype: StageTensorSpec["dtype"];
+  private readonly sizes: number[];
+
+  constructor(readonly specs: StageTensorSpec[]) {
+    if (specs.length === 0) throw new Error("task: stageTensors must describe at least one tensor");
+    this.dtype = specs[0].dtype;
+    for (const sp of specs) {
+      if (sp.dtype !== this.dtype) {
+        throw new Error(`task: stage tensors must share one dtype, found ${this.dtype} and ${sp.dtype}`);
+      }
+    }
+    this.sizes = specs.map((sp) => sp.shape.reduce((a, d) => a * d, 1));
+    this.shape = specs.length === 1 ? specs[0].shape : [this.sizes.reduce((a, n) => a + n, 0)];
+  }
+
+  /** Views of each tensor inside a received buffer (the buffer stays the caller's). */
+  unpack(t: Tensor): Tensor[] {
+    if (this.specs.length === 1) return [t];
+    let off = 0;
+    return this.specs.map((sp, i) => {
+      const v = t.flat(off, this.sizes[i]).view(sp.shape);
+      off += this.sizes[i];
+      return v;
+    });
+  }
+
+  /** One buffer to send (takes the tensors over; a single tensor is sent as it is). */
+  pack(be: Backend, ts: Tensor[]): Tensor {
+    if (ts.length !== this.specs.length) {
+      throw new Error(
+        `task: a stage produced ${ts.length} tensors, stageTensors describes ${this.specs.length}`,
+      );
+    }
+    if (ts.length === 1) return ts[0];
+    const out = be.empty(this.dtype, this.shape);
+    let off = 0;
+    ts.forEach((t, i) => {
+      be.copy(t, out.flat(off, this.sizes[i]));
+      off += this.sizes[i];
+      be.free(t);
+    });
+    return out;
+  }
+}
+
 export class RankState {
-  readonly chunks: GPTModel[];
+  readonly chunks: ModelChunk[];
   readonly params: Param[];
   readonly grads: GradBuffer;
   readonly optimizer: MegatronOptimizer;
@@ -69,7 +121,8 @@ export class RankState {
 
   constructor(
     readonly cfg: Config,
-    readonly modelCfg: GPTConfig,
+    readonly task: TrainingTask<unknown>,
+    readonly taskCtx: TaskContext,
     readonly backend: Backend,
     readonly ps: ParallelState,
     readonly comm: Communicator,
@@ -79,12 +132,13 @@ export class RankState {
     const vp = ps.vpSize;
     this.chunks = [];
     for (let v = 0; v < vp; v++) {
-      const stage: GPTStage = {
+      this.chunks.push(task.buildChunk(taskCtx, {
         preProcess: ps.isFirstStage && v === 0,
         postProcess: ps.isLastStage && v === vp - 1,
-        layers: chunkLayers(modelCfg.numLayers, ps.ppSize, vp, ps.ppRank, v),
-      };
-      this.chunks.push(new GPTModel(modelCfg, backend, ps, comm, stage));
+        layers: chunkLayers(cfg.numLayers!, ps.ppSize, vp, ps.ppRank, v),
+        virtualChunk: v,
+        virtualChunks: vp,
+      }, { backend, ps, comm }));
     }
     this.params = this.chunks.flatMap((c) => c.params());
     this.grads = new GradBuffer(backend, this.params);
@@ -113,60 +167,49 @@ export class RankState {
   private runner(
     inputs: StepInputs,
     lossFactor: number,
-    losses: number[],
+    losses: TaskLoss[],
     forwardOnly: boolean,
   ): StageRunner {
     const be = this.backend;
-    const b = this.cfg.microBatchSize!;
-    const { seqLength: s, hiddenSize: h } = this.modelCfg;
-    const dtype = this.modelCfg.paramsDtype;
-    const live = new Map<string, { ctx: MicroBatchContext; owned: Tensor[] }>();
+    const packing = new StagePacking(this.task.stageTensors(this.taskCtx, this.cfg.microBatchSize!));
+    const live = new Map<string, { ctx: MicroBatchContext; owned: Tensor[]; loss: TaskLoss | null }>();
     const key = (c: number, mb: number) => `${c}:${mb}`;
-    const chunks = this.chunks;
+    const { chunks, task, taskCtx } = this;
     const time = this.time.bind(this);
     return {
-      activationShape: [b, s, h],
-      activationDType: dtype,
-      allocActivation: () => be.empty(dtype, [b, s, h]),
+      activationShape: packing.shape,
+      activationDType: packing.dtype,
+      allocActivation: () => be.empty(packing.dtype, packing.shape),
       release: (t) => be.free(t),
       async forward(chunk, mb, input) {
         const model = chunks[chunk];
-        const ctx = model.newContext({
+        const ctx = newMicroBatchContext({
           iteration: inputs.iteration,
           firstGlobalSample: inputs.firstGlobalSample(mb),
           training: !forwardOnly,
         });
-        const owned: Tensor[] = [];
         const t0 = performance.now();
-        const hb = (model.stage.preProcess || model.stage.postProcess) ? inputs.batch(mb) : null;
+        const hb = model.batchFields.length > 0 ? inputs.batch(mb) : null;
         const t1 = performance.now();
         time("batch-generator", t0, t1);
-        const arg: Parameters<GPTModel["forward"]>[0] = {};
-        if (model.stage.preProcess) {
-          arg.tokens = be.fromHost("i32", [hb!.b, hb!.s], hb!.tokens);
-          owned.push(arg.tokens);
-        } else {
-          arg.hidden = input!;
-          owned.push(input!);
-        }
-        if (model.stage.postProcess) {
-          arg.labels = be.fromHost("i32", [hb!.b, hb!.s], hb!.labels);
-          arg.lossMask = be.fromHost("f32", [hb!.b, hb!.s], hb!.lossMask);
-          owned.push(arg.labels, arg.lossMask);
-        }
-        const out = await model.forward(arg, ctx);
+        const batch = hb ? uploadBatch(be, hb, model.batchFields) : {};
+        const owned: Tensor[] = Object.values(batch);
+        if (input) owned.push(input);
+        const outs = await model.forward(batch, input ? packing.unpack(input) : [], ctx);
+        const loss = model.spec.postProcess ? await task.loss(taskCtx, model, outs, batch) : null;
         time("forward-compute", t1);
         if (forwardOnly) {
+          loss?.discard();
           model.discard(ctx);
           for (const t of owned) be.free(t);
         } else {
-          live.set(key(chunk, mb), { ctx, owned });
+          live.set(key(chunk, mb), { ctx, owned, loss });
         }
-        if (model.stage.postProcess) {
-          losses[mb] = (out as LossOutput).loss;
+        if (loss) {
+          losses[mb] = loss;
           return null;
         }
-        return out as Tensor;
+        return packing.pack(be, outs);
       },
       async backward(chunk, mb, outputGrad) {
         const model = chunks[chunk];
@@ -175,10 +218,11 @@ export class RankState {
         if (!e) throw new Error(`backward of chunk ${chunk} micro-batch ${mb} without its forward`);
         live.delete(k);
         const t0 = performance.now();
-        const dIn = await model.backward(e.ctx, model.stage.postProcess ? lossFactor : outputGrad!);
+        const grads = e.loss ? e.loss.backward(lossFactor) : packing.unpack(outputGrad!);
+        const dIn = await model.backward(e.ctx, grads);
         time("backward-compute", t0);
         for (const t of e.owned) be.free(t);
-        return dIn;
+        return dIn.length > 0 ? packing.pack(be, dIn) : null;
       },
     };
   }
@@ -193,7 +237,7 @@ export class RankState {
   async trainStep(inputs: StepInputs): Promise<RankStepResult> {
     const m = inputs.numMicroBatches;
     this.grads.zero();
-    const losses: number[] = [];
+    const losses: TaskLoss[] = [];
     const factor = this.optimizer.lossScale / m;
     const shape = { p: this.ps.ppSize, r: this.ps.ppRank, m, v: this.ps.vpSize };
     await runSchedule(shape, this.runner(inputs, factor, losses, false), this.comm, this.peers());
@@ -206,7 +250,7 @@ export class RankState {
     this.time("optimizer", t0);
     // Megatron's training loop takes calc_params_l2_norm after every step, skipped or not.
     const paramsNorm = this.cfg.logParamsNorm ? await this.optimizer.paramsNorm() : null;
-    return { losses, ...r, paramsNorm };
+    return { losses: losses.map((l) => l.loss), scalars: losses.map((l) => l.scalars), ...r, paramsNorm };
   }
 
   /** Adds the time from t0 (ms) to now (or t1) to a timer; returns the end time. */
@@ -215,12 +259,12 @@ export class RankState {
     return t1;
   }
 
-  /** Forward only (no dropout) of every micro-batch; losses on the last stage. */
-  async evalStep(inputs: StepInputs): Promise<number[]> {
-    const losses: number[] = [];
+  /** Forward only (no dropout) of every micro-batch; losses and scalars on the last stage. */
+  async evalStep(inputs: StepInputs): Promise<{ losses: number[]; scalars: Record<string, number>[] }> {
+    const losses: TaskLoss[] = [];
     const shape = { p: this.ps.ppSize, r: this.ps.ppRank, m: inputs.numMicroBatches, v: this.ps.vpSize };
     await runForwardOnly(shape, this.runner(inputs, 1, losses, true), this.comm, this.peers());
-    return losses;
+    return { losses: losses.map((l) => l.loss), scalars: losses.map((l) => l.scalars) };
   }
 
   /** The tied word embedding copy this rank holds (first chunk of stage 0 or last chunk of the last

@@ -1,11 +1,12 @@
-// GPT pretraining: Megatron's pretrain() loop. Builds the tokenizer, the datasets and one RankState
-// per rank of the (TP, PP, DP) layout (all in this process through the local communicator), then
-// runs train steps with gradient accumulation, batch ramp-up, evaluation, logging (console, progress
-// bar, TensorBoard, JSON lines), checkpoints, and the exit conditions (interval, duration, signal).
+// Megatron's pretrain() loop for any TrainingTask (task.ts): builds the tokenizer, the task's
+// datasets and one RankState per rank of the (TP, PP, DP) layout (all in this process through the
+// local communicator), then runs train steps with gradient accumulation, batch ramp-up, evaluation,
+// logging (console, progress bar, TensorBoard, JSON lines), checkpoints, and the exit conditions
+// (interval, duration, signal). pretrainGPT is pretrain(gptTask, ...).
 
 import type { Backend } from "../backend/backend.ts";
 import { padVocabSize } from "../models/mod.ts";
-import type { GPTConfig } from "../models/mod.ts";
+import type { SampleDataset } from "../data/blendable.ts";
 import { createGradScaler } from "../optimizer/grad_scaler.ts";
 import { createLrScheduler } from "../optimizer/lr_schedule.ts";
 import { buildNumMicroBatchesCalculator, computeTrainIters } from "../optimizer/microbatches.ts";
@@ -25,12 +26,13 @@ import {
   saveCheckpoint,
 } from "./checkpoint.ts";
 import { assertFlagsSupported, type Config, configToJson, flagNotes } from "./config.ts";
-import { buildGptData, type GptData, type SampleSource } from "./data.ts";
+import { gptTask } from "./gpt_task.ts";
 import { MetricsWriter } from "./metrics.ts";
 import { prepareSaveDir } from "./lock.ts";
-import { availableMemory, checkFits, describeEstimate, estimateMemory } from "./memory_estimate.ts";
+import { availableMemory } from "./memory_estimate.ts";
 import { checkResumeFits } from "./resume.ts";
-import { type HostBatch, RankState, type RankStepResult, type StepInputs } from "./rank.ts";
+import { RankState, type RankStepResult, type StepInputs } from "./rank.ts";
+import type { TaskContext, TaskDatasets, TrainingTask } from "./task.ts";
 import { SummaryWriter } from "./tensorboard.ts";
 
 export interface TrainEnv {
@@ -59,6 +61,8 @@ export interface IterationLog {
   /** `--log-params-norm` (null when off). */
   paramsNorm: number | null;
   skipped: boolean;
+  /** The task's named loss values of this iteration (GPT: "lm loss", equal to `loss`). */
+  scalars: Record<string, number>;
 }
 
 export interface TrainResult {
@@ -66,67 +70,28 @@ export interface TrainResult {
   consumedTrainSamples: number;
   /** Every iteration's averaged loss (NaN for skipped steps with a non-finite loss). */
   history: IterationLog[];
-  validation: { iteration: number; loss: number; ppl: number }[];
-  test: { loss: number; ppl: number } | null;
+  /** `loss`/`ppl`: the backpropagated loss; `scalars`: each of the task's loss names. */
+  validation: { iteration: number; loss: number; ppl: number; scalars: Record<string, number> }[];
+  test: { loss: number; ppl: number; scalars: Record<string, number> } | null;
   savedTo: string | null;
   exitReason: "done" | "exit-interval" | "exit-duration" | "signal";
   paddedVocabSize: number;
   tokensPerSecond: number;
 }
 
-export function modelConfigOf(cfg: Config, paddedVocab: number): GPTConfig {
-  return {
-    numLayers: cfg.numLayers!,
-    hiddenSize: cfg.hiddenSize!,
-    numAttentionHeads: cfg.numAttentionHeads!,
-    kvChannels: cfg.kvChannels,
-    ffnHiddenSize: cfg.ffnHiddenSize,
-    seqLength: cfg.seqLength!,
-    maxPositionEmbeddings: cfg.maxPositionEmbeddings!,
-    vocabSize: paddedVocab,
-    hiddenDropout: cfg.hiddenDropout,
-    attentionDropout: cfg.attentionDropout,
-    initMethodStd: cfg.initMethodStd,
-    layernormEpsilon: cfg.layernormEpsilon,
-    paramsDtype: cfg.paramsDtype,
-    activationsCheckpointMethod: cfg.activationsCheckpointMethod ?? null,
-    activationsCheckpointNumLayers: cfg.activationsCheckpointNumLayers,
-    seed: cfg.seed,
-  };
-}
+export { iterationFlops, modelConfigOf } from "./gpt_task.ts";
 
-/** FLOPs of one iteration (Megatron's formula, without recompute): 72 B s l h² (1 + s/6h + V/12lh). */
-export function iterationFlops(batch: number, s: number, l: number, h: number, v: number): number {
-  return 72 * batch * s * l * h * h * (1 + s / (6 * h) + v / (12 * l * h));
-}
-
-/** tokens [s], labels [s], loss mask [s] from one sample of s+1 tokens. */
-function fillSample(
-  sample: ArrayLike<number>,
-  s: number,
-  eod: number | null,
-  hb: HostBatch,
-  row: number,
-): void {
-  if (sample.length !== s + 1) {
-    throw new Error(`data: a sample has ${sample.length} tokens, expected seq-length + 1 = ${s + 1}`);
-  }
-  const o = row * s;
-  for (let i = 0; i < s; i++) {
-    hb.tokens[o + i] = sample[i];
-    hb.labels[o + i] = sample[i + 1];
-    hb.lossMask[o + i] = eod !== null && sample[i] === eod ? 0 : 1;
-  }
-}
+type SampleSource = SampleDataset<unknown>;
 
 interface Run {
   cfg: Config;
   env: TrainEnv;
+  task: TrainingTask<unknown>;
+  taskCtx: TaskContext;
   ranks: RankState[];
   world: LocalWorld | null;
   paddedVocab: number;
-  data: GptData;
-  eodMask: number | null;
+  data: TaskDatasets<unknown>;
   /** --dataloader-type cyclic: one random sampler per split (each caches its epoch's permutation). */
   samplers: Map<SampleSource, MegatronPretrainingRandomSampler> | null;
 }
@@ -160,32 +125,19 @@ function stepInputs(
   numMicroBatches: number,
 ): StepInputs {
   const micro = run.cfg.microBatchSize!;
-  const s = run.cfg.seqLength!;
   const dp = rank.ps.dpSize;
   const first = (mb: number) => mb * micro * dp + rank.ps.dpRank * micro;
   return {
     iteration,
     numMicroBatches,
     firstGlobalSample: first,
-    batch(mb: number): HostBatch {
-      const hb: HostBatch = {
-        tokens: new Int32Array(micro * s),
-        labels: new Int32Array(micro * s),
-        lossMask: new Float32Array(micro * s),
-        b: micro,
-        s,
-      };
+    batch(mb: number) {
       const before = consumed + mb * micro * dp;
-      for (let i = 0; i < micro; i++) {
-        fillSample(
-          source.getItem(sampleIndex(run, source, before, rank.ps.dpRank, i)),
-          s,
-          run.eodMask,
-          hb,
-          i,
-        );
-      }
-      return hb;
+      const samples = Array.from(
+        { length: micro },
+        (_, i) => source.getItem(sampleIndex(run, source, before, rank.ps.dpRank, i)),
+      );
+      return run.task.makeBatch(run.taskCtx, samples);
     },
   };
 }
@@ -197,6 +149,13 @@ function lossRanks(run: Run): RankState[] {
 
 function mean(xs: number[]): number {
   return xs.length === 0 ? NaN : xs.reduce((a, b) => a + b, 0) / xs.length;
+}
+
+/** Per name: the mean over the loss ranks of each rank's mean over micro-batches (as the loss). */
+function meanScalars(names: readonly string[], perRank: Record<string, number>[][]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const n of names) out[n] = mean(perRank.map((mbs) => mean(mbs.map((x) => x[n]))));
+  return out;
 }
 
 /** fn on every rank concurrently; if one rank fails, the others are released from their waits at
@@ -213,8 +172,9 @@ async function trainStep(run: Run, consumed: number, iteration: number, numMicro
   // Loss averaged over micro-batches and DP ranks (Megatron's average_losses_across_data_parallel_group).
   const lr = lossRanks(run);
   const loss = mean(lr.map((r) => mean(results[run.ranks.indexOf(r)].losses)));
+  const scalars = meanScalars(run.task.lossNames, lr.map((r) => results[run.ranks.indexOf(r)].scalars));
   const r0 = results[0];
-  return { loss, ...r0 };
+  return { loss, ...r0, scalars };
 }
 
 async function evaluate(run: Run, source: SampleSource, iters: number, consumedStart: number) {
@@ -223,13 +183,21 @@ async function evaluate(run: Run, source: SampleSource, iters: number, consumedS
   const gbs = run.cfg.globalBatchSize!;
   const numMicro = gbs / (micro * dp);
   const losses: number[] = [];
+  const scalars: Record<string, number>[][] = [];
   for (let i = 0; i < iters; i++) {
     const consumed = consumedStart + i * gbs;
     const per = await allRanks(run, (r) => r.evalStep(stepInputs(run, r, source, consumed, 0, numMicro)));
-    for (const r of lossRanks(run)) losses.push(mean(per[run.ranks.indexOf(r)]));
+    for (const r of lossRanks(run)) {
+      losses.push(mean(per[run.ranks.indexOf(r)].losses));
+      scalars.push(per[run.ranks.indexOf(r)].scalars);
+    }
   }
   const loss = mean(losses);
-  return { loss, ppl: Math.exp(Math.min(20, loss)) };
+  // Megatron's evaluate: each name's mean over the eval iterations' micro-batches.
+  const names = run.task.lossNames;
+  const sc: Record<string, number> = {};
+  for (const n of names) sc[n] = mean(scalars.map((mbs) => mean(mbs.map((x) => x[n]))));
+  return { loss, ppl: Math.exp(Math.min(20, loss)), scalars: sc };
 }
 
 function modelTensors(run: Run, rank: RankState): NamedTensor[] {
@@ -377,6 +345,11 @@ function load(
   return result;
 }
 
+/** Loss names as JSON-lines keys ("lm loss" -> lm_loss). */
+function scalarFields(scalars: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(Object.entries(scalars).map(([n, v]) => [n.replaceAll(" ", "_"), v]));
+}
+
 function fmtNum(x: number | null, digits = 4): string {
   if (x === null) return "-";
   if (!Number.isFinite(x)) return String(x);
@@ -391,7 +364,7 @@ function writeTrainScalars(
   tb: SummaryWriter,
   cfg: Config,
   r: {
-    loss: number;
+    scalars: Record<string, number>;
     nextLr: number;
     lossScale: number;
     gradNorm: number | null;
@@ -405,7 +378,7 @@ function writeTrainScalars(
   const vals: { tag: string; value: number }[] = [];
   if (!cfg.noLogLearnigRateToTensorboard) vals.push({ tag: "learning-rate", value: r.nextLr });
   if (cfg.logBatchSizeToTensorboard) vals.push({ tag: "batch-size", value: r.batch });
-  vals.push({ tag: "lm loss", value: r.loss });
+  for (const [tag, value] of Object.entries(r.scalars)) vals.push({ tag, value });
   if (!cfg.noLogLossScaleToTensorboard) vals.push({ tag: "loss-scale", value: r.lossScale });
   if (r.gradNorm !== null) vals.push({ tag: "grad-norm", value: r.gradNorm });
   // --log-num-zeros-in-grad / --log-params-norm, after the grad norm as in Megatron's training_log.
@@ -420,19 +393,34 @@ function writeTrainScalars(
 function writeValidationScalars(
   tb: SummaryWriter,
   cfg: Config,
-  v: { loss: number; ppl: number },
+  v: { scalars: Record<string, number> },
   iteration: number,
   consumed: number,
 ): void {
-  const vals = [{ tag: "lm loss validation", value: v.loss }];
-  if (cfg.logValidationPplToTensorboard) vals.push({ tag: "lm loss validation ppl", value: v.ppl });
+  const vals: { tag: string; value: number }[] = [];
+  for (const [name, value] of Object.entries(v.scalars)) {
+    vals.push({ tag: `${name} validation`, value });
+    if (cfg.logValidationPplToTensorboard) {
+      vals.push({ tag: `${name} validation ppl`, value: Math.exp(Math.min(20, value)) });
+    }
+  }
   tb.addScalars(vals, iteration);
   tb.addScalars(vals.map((x) => ({ tag: `${x.tag} vs samples`, value: x.value })), consumed);
 }
 
-/** Run pretraining with a validated config. */
-export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResult> {
+/** GPT pretraining with a validated config: the generic loop with the GPT task. */
+export function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResult> {
+  return pretrain(gptTask as TrainingTask<unknown>, cfg, env);
+}
+
+/** Run pretraining of `task` with a validated config. */
+export async function pretrain(
+  task: TrainingTask<unknown>,
+  cfg: Config,
+  env: TrainEnv,
+): Promise<TrainResult> {
   assertFlagsSupported(cfg); // also for callers that skip validateForTraining
+  task.validate?.(cfg);
   const now = env.now ?? (() => performance.now());
   const log = env.log;
   for (const note of flagNotes(cfg)) log(note);
@@ -455,9 +443,9 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
     `> padded vocab (size: ${tokenizer.vocabSize}) with ${paddedVocab - tokenizer.vocabSize} dummy tokens ` +
       `(new size: ${paddedVocab})`,
   );
-  const modelCfg = modelConfigOf(cfg, paddedVocab);
+  const taskCtx: TaskContext = { cfg, paddedVocab, tokenizer, log };
   // Before anything is allocated: a model that cannot fit fails with the estimate.
-  const memory = estimateMemory(modelCfg, {
+  const memory = task.estimateMemory?.(taskCtx, {
     tp,
     pp,
     dp,
@@ -465,8 +453,8 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
     microBatchSize: cfg.microBatchSize!,
     numMicroBatches: cfg.globalBatchSize! / (cfg.microBatchSize! * dp),
     optimizer: cfg.optimizer as "adam" | "sgd",
-  });
-  const noFit = checkFits(memory, availableMemory(env.backend));
+  }) ?? null;
+  const noFit = memory?.check(availableMemory(env.backend)) ?? null;
   if (noFit !== null) throw new Error(noFit);
 
   // Iterations, sample counts and the datasets (built once, shared by every in-process rank).
@@ -486,17 +474,7 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
   const evalIters = cfg.evalIters;
   const validSamples = (Math.floor(trainIters / cfg.evalInterval) + 1) * evalIters * gbs;
   const testSamples = evalIters * gbs;
-  const data = buildGptData({
-    dataPath: cfg.dataPath!,
-    split: cfg.split,
-    seqLength: cfg.seqLength!,
-    seed: cfg.seed,
-    vocabSize: paddedVocab,
-    numSamples: [trainSamples, validSamples, testSamples],
-    log,
-    dataImpl: cfg.dataImpl,
-    mmapWarmup: cfg.mmapWarmup,
-  });
+  const data = task.buildDatasets(taskCtx, [trainSamples, validSamples, testSamples]);
   if (!data.train) throw new Error(`--split ${cfg.split}: the training split is empty`);
 
   // One rank state per (tp, pp, dp), sharing the backend.
@@ -509,24 +487,25 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
     const comm: Communicator = world ? world.communicator(g) : new SingleRankCommunicator();
     // Sample-based runs size the schedule in samples (Megatron creates it before update_train_iters).
     const scheduler = createLrScheduler({ ...cfg, globalBatchSize: gbs, lr: cfg.lr! });
-    ranks.push(new RankState(cfg, modelCfg, env.backend, ps, comm, scheduler, createGradScaler(cfg)));
+    ranks.push(new RankState(cfg, task, taskCtx, env.backend, ps, comm, scheduler, createGradScaler(cfg)));
   }
   const nParams = ranks.filter((r) => r.ps.dpRank === 0)
     .reduce((s, r) => s + r.params.filter((p) => !p.shared).reduce((a, p) => a + p.value.size, 0), 0);
   log(
     `> model: ${cfg.numLayers} layers, hidden ${cfg.hiddenSize}, ${cfg.numAttentionHeads} heads, seq ${cfg.seqLength}, ` +
       `${(nParams / 1e6).toFixed(2)}M parameters, ${cfg.paramsDtype}; layout TP=${tp} PP=${pp} DP=${dp}` +
-      (vp > 1 ? ` (${vp} virtual chunks per stage)` : "") + `; ${describeEstimate(memory)}` +
+      (vp > 1 ? ` (${vp} virtual chunks per stage)` : "") + (memory ? `; ${memory.describe()}` : "") +
       `; backend ${env.backend.description}`,
   );
   const run: Run = {
     cfg,
     env,
+    task,
+    taskCtx,
     ranks,
     world,
     paddedVocab,
     data,
-    eodMask: cfg.eodMaskLoss ? tokenizer.eod : null,
     samplers: cfg.dataloaderType === "cyclic" ? new Map() : null,
   };
 
@@ -571,19 +550,22 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
   let intervalStart = now();
   let intervalTokens = 0;
   let intervalLoss: number[] = [];
+  let intervalScalars: Record<string, number>[] = [];
   let skippedInInterval = 0;
   let nanInInterval = 0;
   let itersSinceLog = 0;
   let totalTokens = 0;
   let totalTime = 0;
-  const flopsPerSample = iterationFlops(1, cfg.seqLength!, cfg.numLayers!, cfg.hiddenSize!, paddedVocab);
+  const tokensPerSample = task.tokensPerSample(taskCtx);
+  const flopsPerSample = task.flopsPerSample?.(taskCtx) ?? null;
 
   const doEval = async (label: string, source: SampleSource | null, start: number) => {
     if (!source || evalIters === 0) return null;
     const r = await evaluate(run, source, evalIters, start);
-    log(
-      `${"-".repeat(10)} ${label} | lm loss value: ${fmtNum(r.loss, 6)} | lm loss PPL: ${fmtNum(r.ppl, 6)}`,
+    const parts = Object.entries(r.scalars).map(([name, v]) =>
+      `${name} value: ${fmtNum(v, 6)} | ${name} PPL: ${fmtNum(Math.exp(Math.min(20, v)), 6)}`
     );
+    log(`${"-".repeat(10)} ${label} | ${parts.join(" | ")}`);
     return r;
   };
 
@@ -613,13 +595,16 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
     }
     consumedTrain += batch;
     const dt = now() - t0;
-    const tokens = batch * cfg.seqLength!;
+    const tokens = batch * tokensPerSample;
     intervalTokens += tokens;
     totalTokens += tokens;
     totalTime += dt;
     if (r.skipped) skippedInInterval++;
     if (!Number.isFinite(r.loss)) nanInInterval++;
-    else if (!r.skipped) intervalLoss.push(r.loss);
+    else if (!r.skipped) {
+      intervalLoss.push(r.loss);
+      intervalScalars.push(r.scalars);
+    }
     history.push({
       iteration,
       consumedSamples: consumedTrain,
@@ -630,6 +615,7 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
       numZerosInGrad: r.numZerosInGrad,
       paramsNorm: r.paramsNorm,
       skipped: r.skipped,
+      scalars: r.scalars,
     });
     itersSinceLog++;
     if (tb && iteration % cfg.tensorboardLogInterval === 0) {
@@ -654,9 +640,12 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
       const iters = iteration % cfg.logInterval === 0 ? cfg.logInterval : iteration % cfg.logInterval;
       const msPerIter = elapsed / iters;
       const tokPerSec = intervalTokens / elapsed * 1000;
-      const flops = flopsPerSample * (intervalTokens / cfg.seqLength!) / (elapsed / 1000);
-      const mfu = env.peak ? flops / env.peak.flops : null;
-      const avgLoss = mean(intervalLoss);
+      const flops = (flopsPerSample ?? 0) * (intervalTokens / tokensPerSample) / (elapsed / 1000);
+      const mfu = env.peak && flopsPerSample !== null ? flops / env.peak.flops : null;
+      const avgScalars: [string, number][] = task.lossNames.map((n) => [
+        n,
+        mean(intervalScalars.map((x) => x[n])),
+      ]);
       if (tb && cfg.logTimersToTensorboard) tb.addScalar("iteration-time", msPerIter / 1000, iteration);
       itersSinceLog = 0;
       for (const rank of ranks) rank.timers.clear();
@@ -666,7 +655,9 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
           ` elapsed time per iteration (ms): ${msPerIter.toFixed(1)} |` +
           ` learning rate: ${r.nextLr.toExponential(3)} | global batch size: ${String(batch).padStart(5)} |` +
           // As Megatron, no loss when every iteration of the interval was skipped or NaN.
-          (intervalLoss.length > 0 ? ` lm loss: ${avgLoss.toExponential(6)} |` : "") +
+          (intervalLoss.length > 0
+            ? avgScalars.map(([n, v]) => ` ${n}: ${v.toExponential(6)} |`).join("")
+            : "") +
           ` loss scale: ${r.lossScale.toFixed(1)} |` +
           ` grad norm: ${fmtNum(r.gradNorm, 3)} |` +
           // Megatron prints these two only when asked for (and num zeros only for a taken step).
@@ -684,7 +675,7 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
         ms_per_iteration: msPerIter,
         learning_rate: r.nextLr,
         global_batch_size: batch,
-        lm_loss: avgLoss,
+        ...scalarFields(Object.fromEntries(avgScalars)),
         loss_scale: r.lossScale,
         grad_norm: r.gradNorm,
         ...(cfg.logNumZerosInGrad ? { num_zeros: r.numZerosInGrad } : {}),
@@ -698,6 +689,7 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
       intervalStart = now();
       intervalTokens = 0;
       intervalLoss = [];
+      intervalScalars = [];
       skippedInInterval = 0;
       nanInInterval = 0;
     }
@@ -708,7 +700,7 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
       if (v) {
         validation.push({ iteration, ...v });
         if (tb) writeValidationScalars(tb, cfg, v, iteration, consumedTrain);
-        metrics?.write({ kind: "validation", iteration, lm_loss: v.loss, ppl: v.ppl });
+        metrics?.write({ kind: "validation", iteration, ...scalarFields(v.scalars), ppl: v.ppl });
       }
     }
 
@@ -751,7 +743,7 @@ export async function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResu
       }
     }
     test = await doEval("test loss at the end of training", data.test, 0);
-    if (test) metrics?.write({ kind: "test", iteration, lm_loss: test.loss, ppl: test.ppl });
+    if (test) metrics?.write({ kind: "test", iteration, ...scalarFields(test.scalars), ppl: test.ppl });
   }
   tb?.close();
   for (const r of ranks) r.free();
