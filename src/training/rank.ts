@@ -11,6 +11,7 @@ import type { AnnealingLR } from "../optimizer/lr_schedule.ts";
 import { allReduceTiedEmbedding, GradBuffer, scalarReducer } from "../parallel/ddp.ts";
 import type { Communicator, ParallelState } from "../parallel/types.ts";
 import { runForwardOnly, runSchedule, type StageRunner } from "../pipeline/schedules.ts";
+import { WeightTable } from "../models/weight_names.ts";
 import type { Param } from "../tensor/param.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 import { chunkPrefix } from "./checkpoint.ts";
@@ -115,6 +116,8 @@ export class RankState {
   readonly params: Param[];
   readonly grads: GradBuffer;
   readonly optimizer: MegatronOptimizer;
+  /** This rank's parameters under Megatron's checkpoint names (save and load go through it). */
+  readonly weights: WeightTable;
   /** Seconds spent per Megatron timer name (forward-compute, optimizer, ...) since the caller last
    *  cleared it; wall time on this rank, for --log-timers-to-tensorboard. */
   readonly timers: Map<string, number> = new Map();
@@ -141,6 +144,9 @@ export class RankState {
       }, { backend, ps, comm }));
     }
     this.params = this.chunks.flatMap((c) => c.params());
+    this.weights = new WeightTable(
+      this.chunks.map((c) => ({ params: () => c.params(), layers: c.spec.layers })),
+    );
     this.grads = new GradBuffer(backend, this.params);
     // Chunks reuse stage-local names (layers.0, ...); the optimizer sees them as Megatron's
     // checkpoint does, prefixed model0., model1., ... (views that read through to the real Param).

@@ -17,7 +17,6 @@ import { buildTokenizer } from "../tokenizer/mod.ts";
 import {
   assertArchitectureArgs,
   type CheckpointMeta,
-  chunkPrefix,
   loadCheckpoint,
   type NamedTensor,
   type RankState as CkptRank,
@@ -202,18 +201,12 @@ async function evaluate(run: Run, source: SampleSource, iters: number, consumedS
 
 function modelTensors(run: Run, rank: RankState): NamedTensor[] {
   const be = run.env.backend;
-  const out: NamedTensor[] = [];
-  rank.chunks.forEach((chunk, v) => {
-    for (const p of chunk.params()) {
-      out.push({
-        name: chunkPrefix(v, rank.ps.vpSize) + p.name,
-        dtype: p.value.dtype,
-        shape: [...p.value.shape],
-        data: be.toHost(p.value),
-      });
-    }
-  });
-  return out;
+  return rank.weights.entries.map(({ name, param: p }) => ({
+    name,
+    dtype: p.value.dtype,
+    shape: [...p.value.shape],
+    data: be.toHost(p.value),
+  }));
 }
 
 function checkpointArgs(run: Run): Record<string, unknown> {
@@ -305,21 +298,18 @@ function load(
       }
     }
     const byName = new Map(ck.model.map((t) => [t.name, t]));
-    rank.chunks.forEach((chunk, v) => {
-      for (const p of chunk.params()) {
-        const name = chunkPrefix(v, rank.ps.vpSize) + p.name;
-        const t = byName.get(name);
-        if (!t) throw new Error(`${ck.dir}/model.safetensors: missing parameter ${name}`);
-        if (t.dtype !== p.value.dtype || t.shape.join(",") !== p.value.shape.join(",")) {
-          throw new Error(
-            `${ck.dir}/model.safetensors: ${name} is ${t.dtype} [${t.shape}], expected ${p.value.dtype} [${p.value.shape}]`,
-          );
-        }
-        const tmp = be.fromHost(t.dtype, t.shape, t.data);
-        be.copy(tmp, p.value);
-        be.free(tmp);
+    for (const { name, param: p } of rank.weights.entries) {
+      const t = byName.get(name);
+      if (!t) throw new Error(`${ck.dir}/model.safetensors: missing parameter ${name}`);
+      if (t.dtype !== p.value.dtype || t.shape.join(",") !== p.value.shape.join(",")) {
+        throw new Error(
+          `${ck.dir}/model.safetensors: ${name} is ${t.dtype} [${t.shape}], expected ${p.value.dtype} [${p.value.shape}]`,
+        );
       }
-    });
+      const tmp = be.fromHost(t.dtype, t.shape, t.data);
+      be.copy(tmp, p.value);
+      be.free(tmp);
+    }
     if (loadOptim && ck.optim && ck.meta.optimizer) {
       const tensors = ck.optim.map((t) => ({ name: t.name, tensor: be.fromHost(t.dtype, t.shape, t.data) }));
       rank.optimizer.importState(ck.meta.optimizer as never, tensors, {});
