@@ -361,10 +361,45 @@ function applies(p: FlagPolicy, v: unknown, def: unknown): boolean {
   return p.when ? p.when(v) : v !== def;
 }
 
-/** Throws a ConfigError for the first given flag megatron-deno does not implement (see REJECTED). */
-export function assertFlagsSupported(cfg: Config): void {
+/** A Config key that is a flag. */
+export type FlagKey = keyof Flags;
+/** Megatron's argument groups (_add_network_size_args, _add_regularization_args, ...), by key. */
+export type FlagGroup = keyof typeof G;
+export const FLAG_GROUPS: { readonly [K in FlagGroup]: string } = G;
+
+/**
+ * A task's command line, composed from flag groups as Megatron's parse_args composes _add_*_args and
+ * the task's extra_args_provider: the groups it takes, the flags it reads that other tasks reject
+ * (e.g. BERT's --bert-no-binary-head), and the flags training requires beyond the common ones.
+ */
+export interface TaskFlags {
+  /** For messages: "pretrain-gpt". */
+  readonly command: string;
+  readonly groups: readonly FlagGroup[];
+  readonly reads: readonly FlagKey[];
+  readonly required: readonly FlagKey[];
+}
+
+/** GPT: every group, nothing extra (the table's rejections are GPT's). */
+export const GPT_FLAGS: TaskFlags = {
+  command: "pretrain-gpt",
+  groups: Object.keys(G) as FlagGroup[],
+  reads: [],
+  required: [],
+};
+
+/** The group key of a flag. */
+export function flagGroup(key: FlagKey): FlagGroup {
+  const d: FlagDef = FLAGS[key];
+  return (Object.keys(G) as FlagGroup[]).find((g) => G[g] === d.group)!;
+}
+
+/** Throws a ConfigError for the first given flag megatron-deno does not implement (see REJECTED);
+ *  flags the task reads (`task.reads`) are exempt. */
+export function assertFlagsSupported(cfg: Config, task: TaskFlags = GPT_FLAGS): void {
   const base = baseValues();
   for (const [k, p] of Object.entries(REJECTED) as [keyof Flags, FlagPolicy][]) {
+    if (task.reads.includes(k)) continue;
     const v = cfg[k];
     // By value, not by whether the flag was typed: a config built in code is held to the same rule.
     if (applies(p, v, base[k])) {
@@ -577,19 +612,37 @@ export function withDefaults(cfg: Config, base: Partial<FlagValues>): Config {
   return finalize(parsed.data as FlagValues, cfg.explicit, false);
 }
 
-/** Enforce the rules a training run needs (required shape/lr/schedule flags) on top of the cross-flag
- *  rules parseArgs already checked. Returns cfg; throws ConfigError. */
-export function validateForTraining(cfg: Config): Config {
-  const required: (keyof Flags)[] = [
-    "numLayers",
-    "hiddenSize",
-    "numAttentionHeads",
-    "seqLength",
-    "maxPositionEmbeddings",
-    "microBatchSize",
-    "lr",
-  ];
-  for (const k of required) {
+/** Flags every training run needs (validateForTraining fails without them). */
+const TRAINING_REQUIRED = [
+  "numLayers",
+  "hiddenSize",
+  "numAttentionHeads",
+  "seqLength",
+  "maxPositionEmbeddings",
+  "microBatchSize",
+  "lr",
+] as const;
+
+/** A Config that validateForTraining accepted: the required and derived fields are present. */
+export type TrainingConfig =
+  & Config
+  & { [K in (typeof TRAINING_REQUIRED)[number] | "dataPath" | "globalBatchSize"]-?: NonNullable<Config[K]> }
+  & { kvChannels: number; ffnHiddenSize: number };
+
+/** Enforce the rules a training run of `task` needs (required shape/lr/schedule flags, the task's
+ *  groups and extra flags) on top of the cross-flag rules parseArgs already checked. Returns the
+ *  config typed with its required fields present; throws ConfigError. */
+export function validateForTraining(cfg: Config, task: TaskFlags = GPT_FLAGS): TrainingConfig {
+  for (const k of cfg.explicit) {
+    if (k in FLAGS && !task.groups.includes(flagGroup(k as FlagKey))) {
+      throw new ConfigError(
+        `${flagOf(k as FlagKey)}: not a flag of ${task.command} (group "${
+          (FLAGS as Record<string, FlagDef>)[k].group
+        }")`,
+      );
+    }
+  }
+  for (const k of [...TRAINING_REQUIRED, ...task.required]) {
     if (cfg[k] === undefined) throw new ConfigError(`${flagOf(k)} is required for training`);
   }
   if (cfg.trainIters === undefined && cfg.trainSamples === undefined) {
@@ -604,8 +657,9 @@ export function validateForTraining(cfg: Config): Config {
       `--vocab-size applies only to --tokenizer-type NullTokenizer, found ${cfg.tokenizerType}`,
     );
   }
-  assertFlagsSupported(cfg);
-  return finalize(cfg, cfg.explicit, true);
+  assertFlagsSupported(cfg, task);
+  // finalize(strict) derives kvChannels, ffnHiddenSize and globalBatchSize or fails.
+  return finalize(cfg, cfg.explicit, true) as TrainingConfig;
 }
 
 function fail(msg: string): never {

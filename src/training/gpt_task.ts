@@ -6,7 +6,7 @@ import { GPTModel } from "../models/gpt.ts";
 import type { LMLoss } from "../transformer/lm_head.ts";
 import type { TransformerConfig } from "../transformer/config.ts";
 import type { Tensor } from "../tensor/tensor.ts";
-import type { Config } from "./config.ts";
+import { type Config, GPT_FLAGS } from "./config.ts";
 import { buildGptData } from "./data.ts";
 import { checkFits, describeEstimate, estimateMemory } from "./memory_estimate.ts";
 import type {
@@ -120,6 +120,7 @@ export function gptHostBatch(
 export const gptTask: TrainingTask<Int32Array> = {
   name: "gpt",
   lossNames: ["lm loss"],
+  flags: GPT_FLAGS,
   modelConfig: (ctx) => modelConfigOf(ctx.cfg, ctx.paddedVocab),
   buildDatasets(ctx, numSamples) {
     const { cfg } = ctx;

@@ -12,7 +12,7 @@ import type { Tensor } from "../tensor/tensor.ts";
 import type { Tokenizer } from "../tokenizer/types.ts";
 import type { MicroBatchContext } from "../transformer/common.ts";
 import type { TransformerConfig } from "../transformer/config.ts";
-import type { Config } from "./config.ts";
+import type { Config, TaskFlags } from "./config.ts";
 
 /** One named host array of a micro-batch, row-major. */
 export type BatchArray =
@@ -109,6 +109,8 @@ export interface TrainingTask<S = unknown> {
   readonly name: string;
   /** Loss scalar names in log order (GPT: ["lm loss"]); validation/test print and log each. */
   readonly lossNames: readonly string[];
+  /** Its command line: flag groups, flags it reads that others reject, extra required flags. */
+  readonly flags: TaskFlags;
   /** Task-specific checks of the validated flags (one line per problem); run before anything else. */
   validate?(cfg: Config): void;
   /** The transformer config a chunk is built from (memory estimate, model log line). */

@@ -409,7 +409,7 @@ export async function pretrain(
   cfg: Config,
   env: TrainEnv,
 ): Promise<TrainResult> {
-  assertFlagsSupported(cfg); // also for callers that skip validateForTraining
+  assertFlagsSupported(cfg, task.flags); // also for callers that skip validateForTraining
   task.validate?.(cfg);
   const now = env.now ?? (() => performance.now());
   const log = env.log;

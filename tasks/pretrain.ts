@@ -1,0 +1,123 @@
+// The pretraining command line shared by every model (Megatron's pretrain_<model>.py scripts): parse
+// the task's flags, optionally fill an embedded default, take the --save lock, pick the backend, run
+// pretrain(task), print the summary. A model registers a command with a PretrainCommand (see
+// tasks/pretrain_gpt.ts) and an entry in cli.ts.
+
+import { selectBackend } from "../src/backend/cuda/select.ts";
+import {
+  type Config,
+  ConfigError,
+  helpText,
+  parseArgs,
+  validateForTraining,
+} from "../src/training/config.ts";
+import { SaveDirLock } from "../src/training/lock.ts";
+import { devicePeak } from "../src/training/peak.ts";
+import type { TrainingTask } from "../src/training/task.ts";
+import { pretrain } from "../src/training/train.ts";
+import { watchNpmWrapper } from "./launcher_watch.ts";
+import { resolveTrainingPaths, userCwd } from "./user_paths.ts";
+
+export interface PretrainCommand {
+  /** Prefix of error lines and the lock's command ("pretrain_gpt"). */
+  readonly name: string;
+  readonly task: TrainingTask<unknown>;
+  /** Without --data-path: the config to train instead (an embedded default adjusted by the given
+   *  flags), or undefined to leave --data-path required. May throw ConfigError. */
+  readonly withoutDataPath?: (cfg: Config) => Promise<Config>;
+}
+
+function fail(name: string, msg: string, code: number): never {
+  console.error(`${name}: ${msg}`);
+  Deno.exit(code);
+}
+
+async function main(cmd: PretrainCommand, argv: string[]): Promise<void> {
+  let cfg: Config;
+  try {
+    cfg = parseArgs(argv);
+    if (cfg.help) {
+      console.log(helpText());
+      return;
+    }
+    if (cfg.dataPath === undefined && cmd.withoutDataPath) cfg = await cmd.withoutDataPath(cfg);
+    cfg = validateForTraining(resolveTrainingPaths(cfg, userCwd()), cmd.task.flags);
+  } catch (e) {
+    if (e instanceof ConfigError) fail(cmd.name, e.message, 2);
+    throw e;
+  }
+
+  const watch = watchNpmWrapper((l) => console.log(l));
+
+  if (cfg.save) {
+    // One trainer per --save folder. The lock goes on every exit that runs JavaScript (normal end,
+    // error, --exit-signal-handler); after a kill it names a dead pid and the next run takes it over.
+    const lock = SaveDirLock.acquire(cfg.save, {
+      command: [cmd.name, ...argv].join(" "),
+      log: (l) => console.log(l),
+    });
+    globalThis.addEventListener("unload", () => lock.release());
+  }
+
+  const { backend, note } = await selectBackend(cfg.device as "cpu" | "cuda" | "auto", {
+    log: (l) => console.log(l),
+  });
+  console.log(note);
+
+  const tty = Deno.stdout.isTerminal() && !cfg.noProgress;
+  const enc = new TextEncoder();
+  let statusShown = false;
+  const clearStatus = () => {
+    if (statusShown) Deno.stdout.writeSync(enc.encode("\r\x1b[2K"));
+    statusShown = false;
+  };
+  const log = (line: string) => {
+    clearStatus();
+    console.log(line);
+  };
+  const progress = tty
+    ? (s: string) => {
+      Deno.stdout.writeSync(enc.encode(`\r\x1b[2K${s}`));
+      statusShown = true;
+    }
+    : undefined;
+
+  const stopRequest: { stop: boolean; signal?: string } = { stop: false };
+  if (cfg.exitSignalHandler) {
+    for (const sig of ["SIGINT", "SIGTERM"] as const) {
+      Deno.addSignalListener(sig, () => {
+        stopRequest.stop = true;
+        stopRequest.signal = sig;
+      });
+    }
+  }
+
+  const peak = devicePeak(backend, cfg.paramsDtype);
+  log(`> MFU is measured against ${peak.what}: ${(peak.flops / 1e12).toFixed(3)} TFLOP/s`);
+  const result = await pretrain(cmd.task, cfg, {
+    backend,
+    log,
+    progress,
+    stopRequest: cfg.exitSignalHandler ? stopRequest : undefined,
+    peak,
+  });
+  clearStatus();
+  const last = result.validation.at(-1);
+  const first = result.validation[0];
+  log(
+    `done: ${result.iteration} iterations, ${result.tokensPerSecond.toFixed(0)} tokens/s` +
+      (first && last ? `, validation loss ${first.loss.toFixed(3)} -> ${last.loss.toFixed(3)}` : ""),
+  );
+  if (result.savedTo) log(`checkpoint saved in ${result.savedTo} (resume with --load ${cfg.save})`);
+  watch.stop();
+  if (cfg.exitSignalHandler) Deno.exit(0); // signal listeners would keep the process alive
+}
+
+/** Runs a pretraining command line: a bad flag is one line and exit code 2, a failure one line and 1. */
+export async function runPretrain(cmd: PretrainCommand, argv: string[]): Promise<void> {
+  try {
+    await main(cmd, argv);
+  } catch (e) {
+    fail(cmd.name, (e as Error).message, 1);
+  }
+}
