@@ -14,7 +14,7 @@ import {
   type TaskFlags,
   validateForTraining,
 } from "../src/training/config.ts";
-import { GPTChunk, gptTask } from "../src/training/gpt_task.ts";
+import { type GPTChunk, gptTask } from "../src/training/gpt_task.ts";
 import type { ModelChunk, TrainingTask } from "../src/training/task.ts";
 import { pretrain } from "../src/training/train.ts";
 
