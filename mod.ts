@@ -62,6 +62,8 @@ export * from "./src/pipeline/schedules.ts";
 
 // ---- training: loop, flags, checkpoints, logs ---------------------------------------------------
 export * from "./src/training/train.ts";
+export * from "./src/training/task.ts";
+export * from "./src/training/gpt_task.ts";
 export * from "./src/training/config.ts";
 export * from "./src/training/checkpoint.ts";
 export * from "./src/training/lock.ts";
