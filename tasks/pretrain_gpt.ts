@@ -35,7 +35,6 @@ export const EMBEDDED_DEFAULT: Partial<FlagValues> = {
 
 /** No data of the user's: the embedded default, adjusted by whatever flags were given. */
 async function embeddedDefault(cfg: Config): Promise<Config> {
-  // No data of the user's: the embedded default, adjusted by whatever flags were given.
   for (const k of ["tokenizerType", "vocabFile", "mergeFile", "vocabSize"] as const) {
     if (cfg.explicit.has(k) && !(k === "tokenizerType" && cfg[k] === "GPT2BPETokenizer")) {
       throw new ConfigError(
