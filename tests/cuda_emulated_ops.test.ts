@@ -65,7 +65,7 @@ if ("skip" in built) {
     }
   });
 
-  Deno.test({ name: "emulated kernels: layerNorm, bias-GeLU, softmax (all masks)", ...opts }, () => {
+  Deno.test({ name: "emulated kernels: layerNorm, bias-GeLU, tanh / erf-GeLU, softmax (all masks)", ...opts }, () => {
     for (const d of D) {
       compare(ctx, "layerNorm fwd+bwd", d, seed++, (m, r) => {
         const [rows, h] = [6, 80];
@@ -84,6 +84,15 @@ if ("skip" in built) {
         m.be.biasGeluBwd(m.inp(d, [5, 24], r.array(120)), x, b, dx);
         return [y, dx];
       });
+      for (const kind of ["tanh", "gelu_erf"] as const) {
+        compare(ctx, `activation ${kind} fwd+bwd`, d, seed++, (m, r) => {
+          const x = m.inp(d, [5, 24], r.array(120, -5, 5));
+          const y = m.out(d, [5, 24]), dx = m.out(d, [5, 24]);
+          m.be.activationFwd(kind, x, y);
+          m.be.activationBwd(kind, m.inp(d, [5, 24], r.array(120)), x, dx);
+          return [y, dx];
+        });
+      }
       for (const kind of ["none", "causal", "padding"] as const) {
         compare(ctx, `softmax ${kind} fwd+bwd`, d, seed++, (m, r) => {
           const [b, np, sq, sk] = [2, 2, 3, 45];

@@ -156,6 +156,16 @@ if (ctx) {
         m.be.biasGeluBwd(dy, x, b, dx);
         return [dx];
       });
+      for (const kind of ["tanh", "gelu_erf"] as const) {
+        compare(ctx, `activation ${kind} fwd+bwd`, d, next(), (m, r) => {
+          const x = m.inp(d, [64, 96], r.array(64 * 96, -5, 5));
+          const dy = m.inp(d, [64, 96], r.array(64 * 96));
+          const y = m.out(d, [64, 96]), dx = m.out(d, [64, 96]);
+          m.be.activationFwd(kind, x, y);
+          m.be.activationBwd(kind, dy, x, dx);
+          return [y, dx];
+        });
+      }
     }
   });
 

@@ -28,6 +28,7 @@ import {
   Tensor,
 } from "../../tensor/tensor.ts";
 import {
+  type Activation,
   type AdamArgs,
   type Backend,
   type GemmArgs,
@@ -40,6 +41,7 @@ import { type Cblas, loadCblas } from "../../../ffi/cblas.ts";
 import { type GemmScratch, gemmTs, newGemmScratch } from "./gemm_ts.ts";
 import { PHILOX_CHUNK_BLOCKS, PhiloxWasm } from "./philox_wasm.ts";
 import { SimdKernels } from "./simd_wasm.ts";
+import { geluErf, geluErfGrad } from "./erf.ts";
 import { KEY_HI } from "../../rng/philox.ts";
 
 type F = Float32Array | Float64Array;
@@ -185,6 +187,23 @@ function geluTanh(x: number): number {
 function geluTanhGrad(x: number): number {
   const s = sigmoid2u(x);
   return s + 2 * x * s * (1 - s) * 0.7978845608028654 * (1 + 3 * 0.044715 * x * x);
+}
+
+/** The activation (or its derivative) as an f64 function. */
+function activationFn(op: string, kind: Activation, grad: boolean): (v: number) => number {
+  switch (kind) {
+    case "tanh":
+      return grad
+        ? (v) => {
+          const t = Math.tanh(v);
+          return 1 - t * t;
+        }
+        : Math.tanh;
+    case "gelu_erf":
+      return grad ? geluErfGrad : geluErf;
+    default:
+      throw new Error(`${op}: unknown activation ${kind}, expected tanh or gelu_erf`);
+  }
 }
 
 function checkAddr(op: string, size: number, addr: RngAddress): number {
@@ -754,6 +773,29 @@ export class CpuBackend implements Backend {
         DX[o + j] = DY[o + j] * (f64 ? geluTanhGrad(v) : Math.fround(geluTanhGrad(v)));
       }
     }
+    commit(op, dx, DX);
+  }
+
+  activationFwd(kind: Activation, x: Tensor, y: Tensor): void {
+    const op = `activationFwd(${kind})`;
+    checkFloat(op, x, "x");
+    assertShape(op, y, x.shape, "y");
+    const X = readF(op, x, "x"), Y = outF(op, y, false, "y");
+    const f = activationFn(op, kind, false);
+    // f64 in, rounded once to the output (f32 storage rounds on write).
+    for (let i = 0; i < X.length; i++) Y[i] = f(X[i]);
+    commit(op, y, Y);
+  }
+
+  activationBwd(kind: Activation, dy: Tensor, x: Tensor, dx: Tensor): void {
+    const op = `activationBwd(${kind})`;
+    checkFloat(op, x, "x");
+    assertShape(op, dy, x.shape, "dy");
+    assertShape(op, dx, x.shape, "dx");
+    const X = readF(op, x, "x"), DY = readF(op, dy, "dy"), DX = outF(op, dx, false, "dx");
+    const g = activationFn(op, kind, true);
+    const f64 = all64(dy, x, dx);
+    for (let i = 0; i < X.length; i++) DX[i] = DY[i] * (f64 ? g(X[i]) : Math.fround(g(X[i])));
     commit(op, dx, DX);
   }
 

@@ -17,6 +17,7 @@ import {
 } from "../../tensor/dtype.ts";
 import { numel, type Shape, shapeStr, type Storage, Tensor } from "../../tensor/tensor.ts";
 import {
+  type Activation,
   type AdamArgs,
   type Backend,
   type GemmArgs,
@@ -96,6 +97,13 @@ function requireDType(op: string, t: Tensor, d: DType | readonly DType[], what: 
       `cuda ${op}: ${what} has dtype ${t.dtype}, expected ${typeof d === "string" ? d : d.join(" or ")}`,
     );
   }
+}
+
+/** The kernels' activation code (kernels/transformer.cu actFwdF). */
+function activationCode(op: string, kind: Activation): number {
+  if (kind === "tanh") return 0;
+  if (kind === "gelu_erf") return 1;
+  throw new Error(`${op}: unknown activation ${kind}, expected tanh or gelu_erf`);
 }
 
 function requireSize(op: string, t: Tensor, n: number, what: string): void {
@@ -682,6 +690,34 @@ export class CudaBackend implements Backend {
       this.ptr(dx),
       x.size,
       f,
+    ]);
+  }
+
+  activationFwd(kind: Activation, x: Tensor, y: Tensor): void {
+    const op = `activationFwd(${kind})`;
+    requireFloat(op, x, "x");
+    requireSameAsX(op, x, [[y, "y"]]);
+    requireSize(op, y, x.size, "y");
+    this.launch1d(`md_act_fwd_${x.dtype}`, x.size, [
+      this.ptr(x),
+      this.ptr(y),
+      x.size,
+      activationCode(op, kind),
+    ]);
+  }
+
+  activationBwd(kind: Activation, dy: Tensor, x: Tensor, dx: Tensor): void {
+    const op = `activationBwd(${kind})`;
+    requireFloat(op, x, "x");
+    requireSameAsX(op, x, [[dy, "dy"], [dx, "dx"]]);
+    requireSize(op, dy, x.size, "dy");
+    requireSize(op, dx, x.size, "dx");
+    this.launch1d(`md_act_bwd_${x.dtype}`, x.size, [
+      this.ptr(dy),
+      this.ptr(x),
+      this.ptr(dx),
+      x.size,
+      activationCode(op, kind),
     ]);
   }
 
