@@ -517,3 +517,59 @@ Deno.test("bad input: one line naming what was expected", async () => {
   });
   assert.ok(TiedLmLogits);
 });
+
+Deno.test("f32 and bf16 BERT heads (+ tokentype) follow the f64 result (dtype plumbing: half activations, f32 grads)", async () => {
+  const runAt = async (dtype: DType) => {
+    const env = single(dtype);
+    const we = word(env);
+    const lm = new BertLMHead(env, {
+      hiddenSize: H,
+      vocabSize: V,
+      init: headInit(SEED, STD, HeadInitKind.lmHeadDense),
+      layernormEpsilon: 1e-5,
+    });
+    const pooler = new Pooler(env, { hiddenSize: H, init: headInit(SEED, STD, HeadInitKind.pooler) });
+    const bin = new BinaryHead(env, { hiddenSize: H, init: headInit(SEED, STD, HeadInitKind.binaryHead) });
+    const tt = new TokentypeEmbedding(env, {
+      numTokentypes: 2,
+      hiddenSize: H,
+      init: headInit(SEED, STD, 10),
+    });
+    const ctx = ctxOf();
+    const hidden = tensor(env, [B, S, H], noise(B * S * H, 11));
+    tt.forward(be.fromHost("i32", [B, S], [0, 0, 0, 1, 1, 0, 0, 1, 1, 1]), hidden, ctx);
+    const mlm = new MaskedLmLoss(env, lm.vocabStart), sop = new SopLoss(env);
+    const lmOut = await mlm.forward(
+      lm.forward(hidden, we.weight, ctx),
+      be.fromHost("i32", [B * S], LABELS),
+      MASK,
+      ctx,
+    );
+    const pooled = pooler.forward(hidden, ctx);
+    const bl = bin.forward(pooled, ctx);
+    const sopOut = sop.forward(bl, [1, 0], ctx);
+    const dl = mlm.backward(ctx, 1);
+    const dHidden = await lm.backward(dl, we.weight, ctx);
+    const ds = sop.backward(ctx, 1);
+    pooler.backward(bin.backward(ds, ctx), ctx, dHidden);
+    tt.backward(dHidden, ctx);
+    const ps = [we.weight, ...lm.params(), ...pooler.params(), ...bin.params(), ...tt.params()];
+    return { loss: lmOut.loss + sopOut.loss, grads: ps.map((p) => be.toF64(p.grad)), dh: be.toF64(dHidden) };
+  };
+  const ref = await runAt("f64");
+  for (const [dtype, tol] of [["f32", 1e-5], ["bf16", 3e-2]] as const) {
+    const r = await runAt(dtype);
+    assert.ok(Math.abs(r.loss - ref.loss) <= tol * ref.loss, `${dtype} loss ${r.loss} vs ${ref.loss}`);
+    for (const [i, g] of r.grads.entries()) {
+      let num = 0, den = 0;
+      for (let j = 0; j < g.length; j++) {
+        num += (g[j] - ref.grads[i][j]) ** 2;
+        den += ref.grads[i][j] ** 2;
+      }
+      assert.ok(
+        Math.sqrt(num / Math.max(den, 1e-30)) <= 4 * tol,
+        `${dtype} grad ${i}: rel L2 ${Math.sqrt(num / den)}`,
+      );
+    }
+  }
+});
