@@ -4,7 +4,6 @@
 // vocab-parallel pieces, parameter names, and bad input.
 
 import assert from "node:assert/strict";
-import type { Backend } from "../src/backend/backend.ts";
 import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
 import { BertLMHead, BinaryHead, Pooler, SopLoss } from "../src/models/bert_heads.ts";
 import { MaskedLmLoss, TiedLmLogits } from "../src/models/lm_logits.ts";
