@@ -67,6 +67,9 @@ export function packKernelArgs(
   }
 }
 
+/** CUresult of a symbol lookup that found nothing (cuModuleGetFunction on the wrong module). */
+export const CUDA_ERROR_NOT_FOUND = 500;
+
 export type CuFunction = Deno.PointerValue;
 export type CuModule = Deno.PointerValue;
 
@@ -125,7 +128,17 @@ export class CudaDriver {
     this.check("cuModuleUnload", this.sym.cuModuleUnload(m));
   }
   getFunction(m: CuModule, name: string): CuFunction {
+    const fn = this.findFunction(m, name);
+    if (fn === undefined) {
+      throw statusError(`cuModuleGetFunction(${name})`, this.errorString(CUDA_ERROR_NOT_FOUND), 500);
+    }
+    return fn;
+  }
+  /** The function, or undefined when this module has no such symbol (CUDA_ERROR_NOT_FOUND only:
+   *  every other failure, e.g. a lost context, throws with its code). */
+  findFunction(m: CuModule, name: string): CuFunction | undefined {
     const rc = this.sym.cuModuleGetFunction(this.out, m, cStr(name));
+    if (rc === CUDA_ERROR_NOT_FOUND) return undefined;
     if (rc !== 0) throw statusError(`cuModuleGetFunction(${name})`, this.errorString(rc), rc);
     return Deno.UnsafePointer.create(this.out[0]);
   }

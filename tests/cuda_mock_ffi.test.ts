@@ -9,6 +9,8 @@ import assert from "node:assert/strict";
 import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
 import { createCudaBackend, type CudaBackend, probeCuda } from "../src/backend/cuda/cuda_backend.ts";
 import type { DiscoverEnv } from "../ffi/discover.ts";
+import { CudaDriver } from "../ffi/cuda.ts";
+import { KernelLibrary } from "../src/backend/cuda/kernels.ts";
 import type { DType } from "../src/tensor/dtype.ts";
 
 const MOCK_C = String.raw`
@@ -52,12 +54,20 @@ static char last_name[128]; static uint64_t last_args[16]; static uint32_t last_
 static void* last_stream;
 int cuInit(unsigned f) { return 0; }
 int cuDriverGetVersion(int* v) { *v = 13000; return 0; }
-int cuGetErrorString(int e, const char** s) { *s = e == 500 ? "named symbol not found" : "mock driver error"; return 0; }
+int cuGetErrorString(int e, const char** s) {
+  *s = e == 500 ? "named symbol not found" : e == 201 ? "invalid device context" : e == 700 ? "an illegal memory access was encountered" : "mock driver error";
+  return 0;
+}
 int cuDeviceGet(int* d, int o) { *d = o; return 0; }
 int cuDeviceGetName(char* n, int len, int d) { snprintf(n, len, "Mock GPU %d", d); return 0; }
 int cuModuleLoadData(void** m, const void* img) { *m = (void*)img ? (void*)0x1000 : 0; return img ? 0 : 1; }
 int cuModuleUnload(void* m) { return 0; }
-int cuModuleGetFunction(void** f, void* m, const char* name) { if (strncmp(name, "md_", 3)) return 500; *f = strdup(name); return 0; }
+/* md_ctxlost_*: a lookup that fails for another reason than "not in this module". */
+int cuModuleGetFunction(void** f, void* m, const char* name) {
+  if (strncmp(name, "md_", 3)) return 500;
+  if (!strncmp(name, "md_ctxlost_", 11)) return 201;
+  *f = strdup(name); return 0;
+}
 int cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                    unsigned shm, void* stream, void** params, void** extra) {
   strncpy(last_name, (const char*)f, 127);
@@ -166,8 +176,28 @@ if (lib) {
     const st = new BigUint64Array(2);
     hooks.mock_blas_state(st);
     assert.equal(st[0], 0x5001n, "cuBLAS runs on the backend's non-blocking stream");
-    assert.equal(st[1], 0n, "CUBLAS_DEFAULT_MATH (no TF32)");
+    assert.equal(st[1], 16n, "CUBLAS_DEFAULT_MATH (no TF32) | DISALLOW_REDUCED_PRECISION_REDUCTION");
   });
+
+  Deno.test(
+    { name: "cuda mock: kernel lookup moves to the next module only on NOT_FOUND", ...opts },
+    async () => {
+      const drv = CudaDriver.open(env);
+      const kl = await KernelLibrary.load(drv, new URL("../kernels/dist/", import.meta.url));
+      assert.ok(kl.get("md_fill_f32").fn !== null);
+      assert.throws(
+        () => kl.get("md_ctxlost_f32"),
+        (e: Error) => e.message === "cuModuleGetFunction(md_ctxlost_f32): invalid device context (201)",
+      );
+      assert.throws(
+        () => kl.get("nope_f32"),
+        (e: Error) =>
+          e.message ===
+            "cuda kernels: nope_f32 not found in kernels/dist (rebuild with deno task build:kernels)",
+      );
+      kl.unload();
+    },
+  );
 
   Deno.test(
     { name: "cuda mock: fromHost/toHost round trips every dtype, views use their offset", ...opts },

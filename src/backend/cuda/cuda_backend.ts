@@ -31,6 +31,7 @@ import {
   CUBLAS_COMPUTE_64F,
   CUBLAS_DEFAULT_MATH,
   CUBLAS_GEMM_DEFAULT,
+  CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION,
   type CublasHandle,
   CUDA_R_16BF,
   CUDA_R_16F,
@@ -232,7 +233,8 @@ export class CudaBackend implements Backend {
     const stream = rt.streamCreate();
     const handle = blas.create();
     blas.setStream(handle, stream);
-    blas.setMathMode(handle, CUBLAS_DEFAULT_MATH);
+    // No TF32 for f32 GEMMs, and f32 partial sums for split-K half GEMMs (as the CPU reference).
+    blas.setMathMode(handle, CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION);
     const kernels = await KernelLibrary.load(
       drv,
       opts.kernelsUrl ?? new URL("../../../kernels/dist/", import.meta.url),

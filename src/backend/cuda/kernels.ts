@@ -149,11 +149,13 @@ export class KernelLibrary {
   get(name: string): { fn: CuFunction; kinds: readonly ArgKind[] } {
     let k = this.fns.get(name);
     if (k) return k;
+    // Only "not in this module" moves on; any other error is real and keeps its code.
     for (const m of this.modules) {
-      try {
-        k = { fn: this.drv.getFunction(m, name), kinds: argKindsFor(name) };
+      const fn = this.drv.findFunction(m, name);
+      if (fn !== undefined) {
+        k = { fn, kinds: argKindsFor(name) };
         break;
-      } catch { /* try the next module */ }
+      }
     }
     if (!k) {
       throw new Error(
