@@ -20,8 +20,8 @@ export const SYMBOLS = {
   },
 } as const satisfies Deno.ForeignLibraryInterface;
 
-/** Kernel parameter kinds: device pointer / 64-bit ints take 8 bytes, the rest 4. */
-export type ArgKind = "ptr" | "u64" | "i64" | "i32" | "u32" | "f32";
+/** Kernel parameter kinds: device pointer / 64-bit ints / double take 8 bytes, the rest 4. */
+export type ArgKind = "ptr" | "u64" | "i64" | "i32" | "u32" | "f32" | "f64";
 
 export const MAX_KERNEL_ARGS = 32;
 
@@ -61,6 +61,9 @@ export function packKernelArgs(
         break;
       case "f32":
         slots.setFloat32(off, Number(v), true);
+        break;
+      case "f64":
+        slots.setFloat64(off, Number(v), true);
         break;
     }
     table[i] = slotsAddr + BigInt(off);

@@ -157,6 +157,10 @@ Deno.test("cuda: kernel argument packing writes 8-byte slots and their addresses
   assert.equal(slots.getInt32(24, true), -2);
   assert.equal(slots.getUint32(32, true), 0xfffffffe);
   assert.equal(slots.getBigInt64(40, true), -5n);
+  // A double (the init kernel's std) fills its whole 8-byte slot: 0.1 = 0x3FB999999999999A.
+  packKernelArgs(["f64"], [0.1], slots, table, 0x2000n);
+  assert.deepEqual([...bytes.slice(0, 8)], [0x9a, 0x99, 0x99, 0x99, 0x99, 0x99, 0xb9, 0x3f]);
+  assert.equal(table[0], 0x2000n);
   assert.throws(() => packKernelArgs(["ptr"], [1n, 2n], slots, table, 0n), /1 parameter kinds but 2 values/);
   assert.throws(() => packKernelArgs(Array(9).fill("i32"), Array(9).fill(0), slots, table, 0n), /exceed/);
 });

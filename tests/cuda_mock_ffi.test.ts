@@ -535,6 +535,47 @@ if (lib) {
   });
 
   Deno.test({
+    name: "cuda mock: normalInit launches md_init_normal with the f64 std and the address",
+    ...opts,
+  }, async () => {
+    const be = await createCudaBackend({ env });
+    const w = be.empty("bf16", [4, 6]);
+    be.normalInit(w, 0.02 / Math.sqrt(48), {
+      seed: 5,
+      stream: 7,
+      iteration: 0,
+      base: 2 ** 40,
+      rowStride: 10,
+      rowLen: 6,
+    });
+    const L = lastLaunch();
+    assert.equal(L.name, "md_init_normal_bf16");
+    assert.equal(L.args[1], 24n);
+    assert.equal(new Float64Array(new BigUint64Array([L.args[2]]).buffer)[0], 0.02 / Math.sqrt(48));
+    assert.deepEqual([...L.args.slice(3, 9)].map((v, i) => i < 3 ? v & 0xffffffffn : v), [
+      5n,
+      7n,
+      0n,
+      2n ** 40n,
+      10n,
+      6n,
+    ]);
+    assert.throws(
+      () =>
+        be.normalInit(be.empty("i32", [4]), 1, {
+          seed: 1,
+          stream: 1,
+          iteration: 0,
+          base: 0,
+          rowStride: 4,
+          rowLen: 4,
+        }),
+      /cuda normalInit: out has dtype i32/,
+    );
+    be.dispose();
+  });
+
+  Deno.test({
     name: "cuda mock: copies between overlapping views of one storage match the CPU backend",
     ...opts,
   }, async () => {

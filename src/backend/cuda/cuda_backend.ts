@@ -799,6 +799,17 @@ export class CudaBackend implements Backend {
     ];
   }
 
+  normalInit(out: Tensor, std: number, addr: RngAddress): void {
+    if (out.dtype !== "f64") requireFloat("normalInit", out, "out");
+    if (out.size === 0) return;
+    this.launch1d(`md_init_normal_${out.dtype}`, out.size, [
+      this.ptr(out),
+      out.size,
+      std,
+      ...this.rngArgs("normalInit", out.size, addr),
+    ]);
+  }
+
   dropout(x: Tensor, p: number, addr: RngAddress, y: Tensor): void {
     requireFloat("dropout", x, "x");
     requireSame("dropout", x, y, "x/y");

@@ -50,6 +50,7 @@ export const KERNEL_ARGS: Readonly<Record<string, readonly ArgKind[]>> = {
   md_ce_bwd: ["ptr", "ptr", "i64", "ptr", "ptr", "ptr", "ptr", "u64"],
   md_adam: ["ptr", "ptr", "ptr", "ptr", "u64", "f32", "f32", "f32", "f32", "f32", "f32", "f32"],
   md_sgd: ["ptr", "ptr", "ptr", "u64", "f32", "f32", "f32", "i32"],
+  md_init_normal: ["ptr", "u64", "f64", "u32", "u32", "u32", "u64", "u64", "u64"],
 };
 
 /** Full kernel name: family plus dtype suffixes, e.g. kernelName("md_add", "f32", "bf16", "f32"). */
@@ -95,6 +96,7 @@ export function allKernelNames(): string[] {
     }
   }
   out.push("md_fill_i32", "md_ce_loss");
+  for (const t of [...F, "f64"]) out.push(kernelName("md_init_normal", t));
   for (const w of [1, 2, 4, 8]) out.push(`md_transpose12_b${w}`);
   return out;
 }

@@ -62,6 +62,14 @@ static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fsub_rn(float a, float b) { return a - b; }
 static inline float __fdiv_rn(float a, float b) { return a / b; }
 static inline float __fsqrt_rn(float a) { return sqrtf(a); }
+// Correctly rounded f64 ops (SSE2 with -ffp-contract=off, as the device's __d*_rn).
+static inline double __dadd_rn(double a, double b) { return a + b; }
+static inline double __dsub_rn(double a, double b) { return a - b; }
+static inline double __dmul_rn(double a, double b) { return a * b; }
+static inline double __ddiv_rn(double a, double b) { return a / b; }
+static inline double __dsqrt_rn(double a) { return sqrt(a); }
+static inline float __double2float_rn(double a) { return (float)a; }
+static inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz((unsigned)x); }
 static inline float atomicAdd(float* p, float v) { const float o = *p; *p = o + v; return o; }
 
 // ---- fiber scheduler -------------------------------------------------------------------------
@@ -214,6 +222,9 @@ int cudaEventRecord(void*, void*) { return 0; }
 int cudaEventSynchronize(void*) { return 0; }
 int cudaEventElapsedTime(float* ms, void*, void*) { *ms = 1.0f; return 0; }
 int emu_live_blocks(void) { return g_live; }
+// The device init's log and sine/cosine pieces (kernels/init_normal.cuh), for edge-value checks.
+double emu_log_u32(uint32_t k) { return mdLogU32(k); }
+double emu_circle_u32(uint32_t j, int sine) { return mdCircleU32(j, sine != 0); }
 int emu_mallocs(void) { return g_mallocs; }
 
 // ---- driver ----
