@@ -191,7 +191,9 @@ static const KernelEntry KERNELS[] = {
 extern "C" {
 // ---- cudart ----
 static int g_mallocs = 0, g_live = 0;
-const char* cudaGetErrorString(int e) { return e == 1 ? "invalid argument" : e == 2 ? "out of memory" : "emulator error"; }
+const char* cudaGetErrorString(int e) {
+  return e == 1 ? "invalid argument" : e == 2 ? "out of memory" : e == 700 ? "an illegal memory access was encountered" : "emulator error";
+}
 int cudaGetLastError(void) { return 0; }
 int cudaRuntimeGetVersion(int* v) { *v = 13000; return 0; }
 int cudaDriverGetVersion(int* v) { *v = 13000; return 0; }
@@ -215,7 +217,13 @@ int cudaMemset(void* p, int v, size_t n) { memset(p, v, n); return 0; }
 int cudaMemsetAsync(void* p, int v, size_t n, void*) { memset(p, v, n); return 0; }
 int cudaStreamCreateWithFlags(void** s, unsigned f) { *s = (void*)(uintptr_t)(0x5000 + f); return 0; }
 int cudaStreamDestroy(void*) { return 0; }
-int cudaStreamSynchronize(void*) { return 0; }
+// EMU_FAULT_KERNEL=<name>: the first synchronization after that kernel ran reports an illegal
+// address (700), as a faulting kernel does on a device (tests/gpu_check_script.test.ts).
+static bool g_fault_pending = false;
+int cudaStreamSynchronize(void*) {
+  if (g_fault_pending) { g_fault_pending = false; return 700; }
+  return 0;
+}
 int cudaEventCreate(void** e) { *e = malloc(8); return 0; }
 int cudaEventDestroy(void* e) { free(e); return 0; }
 int cudaEventRecord(void*, void*) { return 0; }
@@ -245,6 +253,8 @@ int cuModuleGetFunction(void** f, void*, const char* name) {
 int cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                    unsigned shm, void*, void** params, void**) {
   if (bx * by * bz == 0 || bx * by * bz > 1024 || gx == 0 || gy == 0 || gz == 0 || shm != 0) return 1;
+  const char* fault = getenv("EMU_FAULT_KERNEL");
+  if (fault && strcmp(fault, static_cast<const KernelEntry*>(f)->name) == 0) g_fault_pending = true;
   g_invoke = static_cast<const KernelEntry*>(f)->run;
   g_params = params;
   blockDim = {bx, by, bz};
