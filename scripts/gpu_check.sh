@@ -18,14 +18,19 @@
 # When nvidia-smi lists a GPU, MEGATRON_DENO_REQUIRE_CUDA=1 is set: a test or bench that would skip
 # for want of CUDA fails instead, and the table says why. Logs: $OUT/gpu_check.log and
 # $OUT/gpu_check_table.txt when $OUT is set (they come back with the call), else /tmp/gpu_check/.
-# Deno runs with --cached-only: the host is offline, and the payload's node_modules must suffice.
+# Deno runs with --cached-only (and the payload's --lock=.gpu/deno.lock): the host is offline, and
+# the payload's node_modules must suffice.
 # The table is printed last; the exit status is non-zero when any step failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-if [ -f .gpu/env.sh ]; then
+# The GPU host has no Deno: the payload's env.sh unpacks it and node_modules (scripts/gpu_payload.sh).
+if ! command -v deno >/dev/null && [ -f .gpu/env.sh ]; then
   # shellcheck disable=SC1091
   source .gpu/env.sh
 fi
+# Offline: resolve npm imports from node_modules only, against the payload's cut lockfile.
+dflags=(--cached-only)
+[ -f .gpu/deno.lock ] && dflags+=(--lock=.gpu/deno.lock)
 deadline=$((SECONDS + ${GPU_CHECK_DEADLINE:-450}))
 log_dir=$(mktemp -d /tmp/gpu_check.XXXXXX)
 names=() results=() times=() budgets=()
@@ -105,28 +110,28 @@ else
   else
     kdir=$(mktemp -d /tmp/md-kernels.XXXXXX)
     echo "host nvcc '$host_nvcc' differs from kernels/dist's '$built_with': rebuilding into $kdir"
-    if run_step kernels 90 env NVCC="$nvcc_bin" deno run --cached-only -A scripts/build_kernels.ts --out "$kdir"; then
+    if run_step kernels 90 env NVCC="$nvcc_bin" deno run "${dflags[@]}" -A scripts/build_kernels.ts --out "$kdir"; then
       export MEGATRON_DENO_KERNELS_DIR=$kdir
     fi
   fi
 fi
 
 # ---- CUDA itself, then the suites ---------------------------------------------------------------
-run_step cuda-info 30 deno run --cached-only -A scripts/gpu_info.ts
+run_step cuda-info 30 deno run "${dflags[@]}" -A scripts/gpu_info.ts
 for f in ops gpt_train; do
   # GPU_CHECK_TEST_ARGS: extra deno test flags (tests/gpu_check_script.test.ts narrows with --filter).
   # shellcheck disable=SC2086
-  if ! run_step "${f//_/-}" $([ $f = ops ] && echo 150 || echo 120) deno test --cached-only -A --no-check ${GPU_CHECK_TEST_ARGS:-} \
+  if ! run_step "${f//_/-}" $([ $f = ops ] && echo 150 || echo 120) deno test "${dflags[@]}" -A --no-check ${GPU_CHECK_TEST_ARGS:-} \
     "tests/gpu/$f.test.ts"; then
     # Once more, synchronizing after every launch and GEMM, to name the op that faulted.
-    run_step "sync:${f//_/-}" 120 env MEGATRON_DENO_CUDA_SYNC=1 deno test --cached-only -A --no-check ${GPU_CHECK_TEST_ARGS:-} \
+    run_step "sync:${f//_/-}" 120 env MEGATRON_DENO_CUDA_SYNC=1 deno test "${dflags[@]}" -A --no-check ${GPU_CHECK_TEST_ARGS:-} \
       "tests/gpu/$f.test.ts"
     first=$(grep -a -m1 "cuda sync check:" "$log_dir/sync_${f//_/-}.log" 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g')
     [ -n "$first" ] && echo "first failing op (tests/gpu/$f.test.ts): ${first#*cuda sync check: }"
   fi
 done
 if [ "${1:-}" = "--bench" ]; then
-  run_step bench 150 deno run --cached-only -A bench/gpu/gpt345m.ts --steps 20
+  run_step bench 150 deno run "${dflags[@]}" -A bench/gpu/gpt345m.ts --steps 20
 fi
 
 # ---- table -------------------------------------------------------------------------------------

