@@ -91,6 +91,7 @@ if command -v nvidia-smi >/dev/null && timeout 15 nvidia-smi -L 2>/dev/null | gr
   export MEGATRON_DENO_REQUIRE_CUDA=1
 fi
 echo "gpu: $gpu_line"
+echo "kernels/dist: built with nvcc $(grep -o '"nvcc": *"[^"]*"' kernels/dist/manifest.json | sed 's/.*: *"\(.*\)"/\1/')"
 if deno_v=$(deno --version 2>/dev/null | head -1); then
   record info "ok ($deno_v)" $((SECONDS - t0)) 15
 else
