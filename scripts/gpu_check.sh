@@ -15,6 +15,8 @@
 #   sync:<f>  120  a failed test file once more with MEGATRON_DENO_CUDA_SYNC=1 (sync and check after
 #                  every launch/GEMM): the table shows the first op that failed
 #   bench     150  with --bench: bench:gpu --steps 20 (GEMMs, kernels, GPT-345M)
+#   pytorch   120  with --bench, when python3 has torch: bench/pytorch_gpt345m.py (the same GPT-345M,
+#                  eager bf16); the table then gives both tokens/s and their ratio
 # When nvidia-smi lists a GPU, MEGATRON_DENO_REQUIRE_CUDA=1 is set: a test or bench that would skip
 # for want of CUDA fails instead, and the table says why. Logs: $OUT/gpu_check.log and
 # $OUT/gpu_check_table.txt when $OUT is set (they come back with the call), else /tmp/gpu_check/.
@@ -131,8 +133,24 @@ for f in ops gpt_train; do
     [ -n "$first" ] && echo "first failing op (tests/gpu/$f.test.ts): ${first#*cuda sync check: }"
   fi
 done
+compare_line=""
 if [ "${1:-}" = "--bench" ]; then
-  run_step bench 150 deno run "${dflags[@]}" -A bench/gpu/gpt345m.ts --steps 20
+  # GPU_CHECK_BENCH_ARGS / GPU_CHECK_TORCH_ARGS: other sizes (the defaults are GPT-345M, 20 steps).
+  # shellcheck disable=SC2086
+  run_step bench 150 deno run "${dflags[@]}" -A bench/gpu/gpt345m.ts ${GPU_CHECK_BENCH_ARGS:---steps 20}
+  if command -v python3 >/dev/null && timeout 60 python3 -c "import torch" 2>/dev/null; then
+    # shellcheck disable=SC2086
+    run_step pytorch 120 env PYTHONUNBUFFERED=1 python3 bench/pytorch_gpt345m.py ${GPU_CHECK_TORCH_ARGS:---steps 20}
+  else
+    record pytorch "skipped (no python3 with torch)" 0 120
+  fi
+  ours=$(grep -ao '[0-9]* tok/s' "$log_dir/bench.log" 2>/dev/null | tail -1 | cut -d' ' -f1)
+  theirs=$(grep -ao '[0-9]* tokens/s' "$log_dir/pytorch.log" 2>/dev/null | tail -1 | cut -d' ' -f1)
+  if [ -n "$ours" ] && [ -n "$theirs" ] && [ "$theirs" -gt 0 ]; then
+    compare_line="GPT train step tokens/s: megatron-deno $ours, PyTorch eager $theirs, ratio $(
+      awk -v a="$ours" -v b="$theirs" 'BEGIN { printf "%.2f", a / b }'
+    )"
+  fi
 fi
 
 # ---- table -------------------------------------------------------------------------------------
@@ -142,6 +160,7 @@ table=$(
   for i in "${!names[@]}"; do
     printf '%-14s %7s %7s  %s\n' "${names[$i]}" "${times[$i]}" "${budgets[$i]}" "${results[$i]}"
   done
+  [ -n "$compare_line" ] && echo "$compare_line"
   echo "gpu_check: $([ $failed = 0 ] && echo ok || echo FAILED) in $((SECONDS - deadline + ${GPU_CHECK_DEADLINE:-450}))s"
 )
 if [ -n "${OUT:-}" ]; then
