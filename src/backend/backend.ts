@@ -171,6 +171,12 @@ export interface Backend {
   softmaxFwd(scores: Tensor, scale: number, mask: SoftmaxMask, probs: Tensor): void;
   /** dscores = scale * probs * (dprobs - sum(dprobs * probs)). */
   softmaxBwd(dprobs: Tensor, probs: Tensor, scale: number, dscores: Tensor): void;
+  /**
+   * out[i] = std * normal(addr's counter index of i) (philox.ts PhiloxStream.normal, f64), stored
+   * as fromHost stores an f64 (f64 -> f32 -> f16/bf16, each RNE). Weight initialization: every
+   * backend gives the same bits, so a model initialized on the device equals one built on the CPU.
+   */
+  normalInit(out: Tensor, std: number, addr: RngAddress): void;
   /** y = x * keep / (1 - p), keep = uniform(addr) >= p; also the backward (same mask). p = 0: copy. */
   dropout(x: Tensor, p: number, addr: RngAddress, y: Tensor): void;
   /** out = residual + dropout(x + bias); x, residual, out [rows, h]; bias [h] or null. */

@@ -34,7 +34,7 @@ export function replicatedWeight(
 ): Param {
   // A one-rank split draws the full weight: element (r, c) uses Philox counter r * cols + c.
   const w = initWeightShard(rows, cols, ROW_SPLIT, 0, 1, init);
-  return createParam(tp, name, w.shape, w.data, null, false);
+  return createParam(tp, name, w.shape, w.fill, null, false);
 }
 
 export interface TokentypeEmbeddingOptions {

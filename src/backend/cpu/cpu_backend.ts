@@ -42,7 +42,7 @@ import { type GemmScratch, gemmTs, newGemmScratch } from "./gemm_ts.ts";
 import { PHILOX_CHUNK_BLOCKS, PhiloxWasm } from "./philox_wasm.ts";
 import { SimdKernels } from "./simd_wasm.ts";
 import { geluErf, geluErfGrad } from "./erf.ts";
-import { KEY_HI } from "../../rng/philox.ts";
+import { KEY_HI, PhiloxStream } from "../../rng/philox.ts";
 
 type F = Float32Array | Float64Array;
 
@@ -881,6 +881,20 @@ export class CpuBackend implements Backend {
 
   private key(addr: RngAddress) {
     return { seed: addr.seed, stream: addr.stream, iteration: addr.iteration, keyHi: KEY_HI };
+  }
+
+  normalInit(out: Tensor, std: number, addr: RngAddress): void {
+    const op = "normalInit";
+    checkFloat(op, out, "out");
+    if (out.size === 0) return;
+    checkAddr(op, out.size, addr);
+    const g = new PhiloxStream(addr.seed, addr.stream, addr.iteration);
+    const d = rawView(op, out);
+    const { base, rowStride, rowLen } = addr;
+    for (let i = 0, r = 0; r < out.size / rowLen; r++) {
+      const e0 = base + r * rowStride;
+      for (let c = 0; c < rowLen; c++, i++) this.setNum(out.dtype, d, i, std * g.normal(e0 + c));
+    }
   }
 
   dropout(x: Tensor, p: number, addr: RngAddress, y: Tensor): void {
