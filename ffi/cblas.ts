@@ -100,7 +100,10 @@ export interface Cblas {
 }
 
 /** Where the BLAS choice came from, for the backend's log line. */
-export type BlasResult = { blas: Cblas; reason?: undefined } | { blas: null; reason: string };
+export type BlasResult =
+  | { blas: Cblas; reason?: undefined; notFound?: undefined }
+  /** notFound: the search found no library (as opposed to "none" being chosen). */
+  | { blas: null; reason: string; notFound?: boolean };
 
 export function blasCandidates(): string[] {
   switch (Deno.build.os) {
@@ -213,5 +216,5 @@ export function loadCblas(choice?: string): BlasResult {
     const b = tryOpen(p);
     if (b) return { blas: b };
   }
-  return { blas: null, reason: "no BLAS found (tried OpenBLAS, BLIS, MKL, Accelerate)" };
+  return { blas: null, reason: "no BLAS found (tried OpenBLAS, BLIS, MKL, Accelerate)", notFound: true };
 }

@@ -30,6 +30,7 @@ import {
 import type { AdamArgs, Backend, GemmArgs, RngAddress, SgdArgs, SoftmaxMask } from "../backend.ts";
 import { type Cblas, loadCblas } from "../../../ffi/cblas.ts";
 import { type GemmScratch, gemmTs, newGemmScratch } from "./gemm_ts.ts";
+import { defaultGemmThreads, GemmPool } from "./gemm_wasm.ts";
 import { PHILOX_CHUNK_BLOCKS, PhiloxWasm } from "./philox_wasm.ts";
 import { SimdKernels } from "./simd_wasm.ts";
 import { KEY_HI } from "../../rng/philox.ts";
@@ -47,6 +48,16 @@ const isF32 = (x: number): boolean => Math.fround(x) === x;
 /** GEMMs with m * n * k below this run on one BLAS thread. */
 const SMALL_GEMM = 1 << 21;
 
+/** f32 GEMMs (all batch items together) with fewer multiply-adds stay on the TypeScript loops when
+ *  no BLAS is used: copying into the WebAssembly memory would cost more than it saves. */
+const WASM_GEMM_MIN = 1 << 15;
+
+/** One line on how to get a BLAS, printed when none was found (the speed-up is the embedded default's
+ *  step time on 2 cores, OpenBLAS against the WebAssembly GEMM; see bench/gpt_step.bench.ts). */
+export const BLAS_INSTALL_HINT = "cpu backend: no BLAS library found; OpenBLAS makes CPU training about " +
+  "3x faster: apt install libopenblas0 (Debian/Ubuntu), dnf install openblas (Fedora), " +
+  "brew install openblas (macOS); or set MEGATRON_DENO_BLAS=/path/to/libopenblas.so";
+
 /** f32 allocations at least this large are recycled after free (see CpuBackend.empty). */
 const POOL_MIN_ELEMENTS = 1 << 20;
 /** Upper bound on the bytes held by freed, recycled f32 arrays. */
@@ -62,8 +73,13 @@ export class CpuStorage implements Storage {
 }
 
 export interface CpuBackendOptions {
-  /** A CBLAS library path, "none" for the TypeScript GEMM, or undefined to search (env first). */
+  /** A CBLAS library path, "none" for the built-in GEMM, or undefined to search (env first). */
   blas?: string | "none";
+  /** Built-in f32 GEMM when no BLAS is used: the WebAssembly SIMD GEMM (default) or the TypeScript
+   *  loops (kept as the reference; f64 always uses them). */
+  fallbackGemm?: "wasm" | "ts";
+  /** Threads of the WebAssembly GEMM, this one included (default: the machine's cores, at most 8). */
+  gemmThreads?: number;
   /** Receives the one-line description at creation (default: console.error). */
   log?: (line: string) => void;
 }
@@ -221,8 +237,10 @@ function dropoutMask(addr: RngAddress, p: number, rows: number, keep: Uint8Array
 export class CpuBackend implements Backend {
   readonly name = "cpu" as const;
   readonly description: string;
-  /** The CBLAS in use, or null for the TypeScript GEMM. */
+  /** The CBLAS in use, or null for the built-in GEMM. */
   readonly blas: Cblas | null;
+  /** The WebAssembly SIMD GEMM used for f32 when there is no BLAS (null with a BLAS or fallbackGemm "ts"). */
+  readonly wasmGemm: GemmPool | null;
   private readonly scratch: GemmScratch = newGemmScratch();
   private readonly philox = new PhiloxWasm();
   private readonly simd = new SimdKernels();
@@ -234,18 +252,23 @@ export class CpuBackend implements Backend {
   constructor(opts: CpuBackendOptions = {}) {
     const r = loadCblas(opts.blas);
     this.blas = r.blas;
-    this.description = r.blas
-      ? `cpu (${r.blas.name} via FFI: ${r.blas.path})`
-      : `cpu (TypeScript GEMM; ${r.reason})`;
+    this.wasmGemm = r.blas || opts.fallbackGemm === "ts"
+      ? null
+      : new GemmPool(opts.gemmThreads ?? defaultGemmThreads());
+    const gemm = this.wasmGemm ? this.wasmGemm.label : "TypeScript GEMM";
+    this.description = r.blas ? `cpu (${r.blas.name} via FFI: ${r.blas.path})` : `cpu (${gemm}; ${r.reason})`;
     const line = r.blas
       ? `cpu backend: ${r.blas.name} (${r.blas.path})`
-      : `cpu backend: TypeScript GEMM (${r.reason})`;
-    (opts.log ?? ((l: string) => console.error(l)))(line);
+      : `cpu backend: ${gemm} (${r.reason})`;
+    const log = opts.log ?? ((l: string) => console.error(l));
+    log(line);
+    if (r.notFound) log(BLAS_INSTALL_HINT);
   }
 
-  /** Unloads the BLAS library; the backend must not be used afterwards. */
+  /** Unloads the BLAS library and stops the GEMM workers; the backend must not be used afterwards. */
   close(): void {
     this.blas?.close();
+    this.wasmGemm?.close();
   }
 
   // ---- memory ---------------------------------------------------------------------------------
@@ -514,44 +537,57 @@ export class CpuBackend implements Backend {
     // Small products lose more to waking OpenBLAS's threads than they gain from them.
     const single = this.blas !== null && this.blas.threads > 1 && m * n * k < SMALL_GEMM;
     if (single) this.blas!.setThreads(1);
-    for (let bi = 0; bi < batch; bi++) {
-      const oa = bi * sA, ob = bi * sB, oc = bi * sC;
-      if (this.blas) {
-        if (f64) {
-          this.blas.dgemm(
-            transA,
-            transB,
-            m,
-            n,
-            k,
-            alpha,
-            (A as Float64Array).subarray(oa),
-            lda,
-            (B as Float64Array).subarray(ob),
-            ldb,
-            beta,
-            (C as Float64Array).subarray(oc),
-            ldc,
-          );
+    const pool = this.wasmGemm;
+    if (
+      pool !== null && !f64 && k > 0 && alpha !== 0 && m * n * k * batch >= WASM_GEMM_MIN &&
+      pool.fits(eA, eB, batch, m, n)
+    ) {
+      // The whole batch in one job, so batched GEMMs (attention) split across threads by item.
+      const [a32, b32, c32] = [A as Float32Array, B as Float32Array, C as Float32Array];
+      pool.gemm({
+        ...{ transA, transB, m, n, k, alpha, a: a32, oA: 0, lda, sA, eA, b: b32, oB: 0, ldb, sB, eB },
+        ...{ beta, c: c32, oC: 0, ldc, sC, batch },
+      });
+    } else {
+      for (let bi = 0; bi < batch; bi++) {
+        const oa = bi * sA, ob = bi * sB, oc = bi * sC;
+        if (this.blas) {
+          if (f64) {
+            this.blas.dgemm(
+              transA,
+              transB,
+              m,
+              n,
+              k,
+              alpha,
+              (A as Float64Array).subarray(oa),
+              lda,
+              (B as Float64Array).subarray(ob),
+              ldb,
+              beta,
+              (C as Float64Array).subarray(oc),
+              ldc,
+            );
+          } else {
+            this.blas.sgemm(
+              transA,
+              transB,
+              m,
+              n,
+              k,
+              alpha,
+              (A as Float32Array).subarray(oa),
+              lda,
+              (B as Float32Array).subarray(ob),
+              ldb,
+              beta,
+              (C as Float32Array).subarray(oc),
+              ldc,
+            );
+          }
         } else {
-          this.blas.sgemm(
-            transA,
-            transB,
-            m,
-            n,
-            k,
-            alpha,
-            (A as Float32Array).subarray(oa),
-            lda,
-            (B as Float32Array).subarray(ob),
-            ldb,
-            beta,
-            (C as Float32Array).subarray(oc),
-            ldc,
-          );
+          gemmTs(transA, transB, m, n, k, alpha, A, oa, lda, B, ob, ldb, beta, C, oc, ldc, this.scratch);
         }
-      } else {
-        gemmTs(transA, transB, m, n, k, alpha, A, oa, lda, B, ob, ldb, beta, C, oc, ldc, this.scratch);
       }
     }
     if (single) this.blas!.setThreads(this.blas!.threads);
