@@ -195,7 +195,7 @@ const SEQ = 0, DONE = 1, ERR = 2, QUIT = 3, PARTS = 4;
 const P_M = 5, P_N = 6, P_K = 7, P_BATCH = 8, P_TA = 9, P_TB = 10;
 const P_AOFF = 11, P_LDA = 12, P_SA = 13, P_BOFF = 14, P_LDB = 15, P_SB = 16;
 const P_COFF = 17, P_LDC = 18, P_SC = 19, P_OVERWRITE = 20, P_ALPHA = 21;
-const READY = 32, PART_OF = 32 + MAX_THREADS;
+const READY_COUNT = 31, READY = 32, PART_OF = 32 + MAX_THREADS;
 const CTRL_BYTES = 4096;
 /** Floats of one thread's packing scratch: an MC x KC block of A and a KC x NC block of B. */
 const SCRATCH_FLOATS = MC * KC + KC * NC;
@@ -204,7 +204,7 @@ const SCRATCH_FLOATS = MC * KC + KC * NC;
 const scratchAt = (t: number): number => CTRL_BYTES + t * SCRATCH_FLOATS * 4;
 export const scratchEnd = (threads: number): number => scratchAt(threads);
 
-export const ctrlSlots = { SEQ, DONE, ERR, QUIT, READY, PART_OF } as const;
+export const ctrlSlots = { SEQ, DONE, ERR, QUIT, READY_COUNT, READY, PART_OF } as const;
 
 /** One thread's view of the shared memory (views are rebuilt when the memory grows). */
 export class GemmThread {
@@ -360,6 +360,8 @@ function packA(
  *  ~20 us, about 0.4 M multiply-adds). */
 const PARALLEL_MIN = 1 << 20;
 const PAGE = 65536;
+/** How long the first large GEMM waits for the workers to start (module load and compile: ~0.1-1 s). */
+const START_WAIT_MS = 30_000;
 /** Shared memory ceiling: 4 GiB minus a page (byte addresses must fit in a wasm32 i32). */
 const MAX_BYTES = 65535 * PAGE;
 
@@ -510,22 +512,34 @@ export class GemmPool {
     if (this.threads > 1) this.startWorkers();
   }
 
-  /** Starts the workers once; they announce themselves in READY and join jobs from then on. A runtime
-   *  without node:worker_threads (or a denied permission) leaves the GEMM on this thread. */
+  /** Starts the workers once and waits (at most START_WAIT_MS) until they have started, so the first
+   *  large GEMM and everything after it run on all threads. A worker that does not start (no
+   *  node:worker_threads, a denied permission) is left out: it never sets READY, jobs run without it. */
   private startWorkers(): void {
     if (this.workers !== null) return;
-    this.workers = [];
+    this.workers = this.spawn();
+    const c = this.main.ctrl, want = this.workers.length, deadline = performance.now() + START_WAIT_MS;
+    for (let r = Atomics.load(c, READY_COUNT); r < want; r = Atomics.load(c, READY_COUNT)) {
+      const left = deadline - performance.now();
+      if (left <= 0) break;
+      Atomics.wait(c, READY_COUNT, r, left);
+    }
+  }
+
+  private spawn(): PoolWorker[] {
+    const out: PoolWorker[] = [];
     try {
       for (let w = 1; w < this.threads; w++) {
         const wk = new NodeWorker(new URL("./gemm_worker.ts", import.meta.url), {
           workerData: { mem: this.mem, relaxed: this.relaxed, slot: w },
         }) as unknown as PoolWorker;
         wk.unref();
-        this.workers.push(wk);
+        out.push(wk);
       }
     } catch {
-      // Workers stay missing: READY never gets set for them, so jobs run on this thread.
+      // The missing workers never set READY, so jobs run without them.
     }
+    return out;
   }
 
   /** Stops the workers; the pool must not be used afterwards. */

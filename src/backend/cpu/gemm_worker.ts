@@ -6,10 +6,12 @@ import { ctrlSlots, GemmThread, instantiateGemm } from "./gemm_wasm.ts";
 const { mem, relaxed, slot } = workerData as { mem: WebAssembly.Memory; relaxed: boolean; slot: number };
 const th = new GemmThread(mem, instantiateGemm(mem, relaxed), slot);
 const c = th.ctrl;
-const { SEQ, DONE, ERR, QUIT, READY, PART_OF } = ctrlSlots;
+const { SEQ, DONE, ERR, QUIT, READY_COUNT, READY, PART_OF } = ctrlSlots;
 // Read the sequence number before announcing readiness: a job posted in between does not count on us.
 let seq = Atomics.load(c, SEQ);
 Atomics.store(c, READY + slot - 1, 1);
+Atomics.add(c, READY_COUNT, 1);
+Atomics.notify(c, READY_COUNT);
 for (;;) {
   Atomics.wait(c, SEQ, seq);
   seq = Atomics.load(c, SEQ);
