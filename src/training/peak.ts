@@ -44,7 +44,11 @@ export function devicePeak(backend: Backend, dtype: DType): DevicePeak {
   if (backend.name === "cuda") {
     const d = DATASHEET.find((e) => e.match.test(backend.description));
     if (d) {
-      return { flops: half ? d.half : d.f32, what: `${d.name} dense ${half ? dtype : "f32"} peak`, label: "MFU" };
+      return {
+        flops: half ? d.half : d.f32,
+        what: `${d.name} dense ${half ? dtype : "f32"} peak`,
+        label: "MFU",
+      };
     }
     return {
       flops: measureGemmPeak(backend, dtype, 4096),

@@ -142,10 +142,20 @@ export function gemmModuleBytes(relaxed: boolean): Uint8Array<ArrayBuffer> {
   body.push(...get(ACCUM), ...IF, ...writeRows(true), ELSE, ...writeRows(false), END);
   body.push(...get(I), ...i32c(MR), ADD, ...set(I), ...br(0), END, END);
   body.push(...get(J), ...i32c(NR), ADD, ...set(J), ...br(0), END, END, END);
-  const locals = [2, 7, I32, 4 + 2 * MR, V128];
-  const fn = [...locals, ...body];
+  const macro = [
+    ...uleb([2, 7, I32, 4 + 2 * MR, V128].length + body.length),
+    2,
+    7,
+    I32,
+    4 + 2 * MR,
+    V128,
+    ...body,
+  ];
+  const fns = [macro, ...packFunctions()];
   const name = (s: string) => [s.length, ...new TextEncoder().encode(s)];
-  const type = [0x60, 9, I32, I32, I32, I32, I32, I32, I32, F32, I32, 0];
+  const macroType = [0x60, 9, I32, I32, I32, I32, I32, I32, I32, F32, I32, 0];
+  const packType = [0x60, 6, I32, I32, I32, I32, I32, I32, 0];
+  const exported = ["macro", "packAN", "packAT", "packBN", "packBT"];
   return new Uint8Array([
     0x00,
     0x61,
@@ -155,13 +165,155 @@ export function gemmModuleBytes(relaxed: boolean): Uint8Array<ArrayBuffer> {
     0x00,
     0x00,
     0x00,
-    ...section(1, [1, ...type]),
+    ...section(1, [2, ...macroType, ...packType]),
     // import "e"."m": memory, shared, min 1 page, max 65536 pages (4 GiB)
     ...section(2, [1, ...name("e"), ...name("m"), 0x02, 0x03, 1, ...uleb(65536)]),
-    ...section(3, [1, 0]),
-    ...section(7, [1, ...name("macro"), 0, 0]),
-    ...section(10, [1, ...uleb(fn.length), ...fn]),
+    ...section(3, [5, 0, 1, 1, 1, 1]),
+    ...section(7, [exported.length, ...exported.flatMap((e, i) => [...name(e), 0, i])]),
+    ...section(10, [fns.length, ...fns.flat()]),
   ]);
+}
+
+const f32load = (off: number) => [0x2a, 2, ...uleb(off)];
+const f32store = (off: number) => [0x38, 2, ...uleb(off)];
+/** Shuffle of 32-bit lanes (0-3 from the first operand, 4-7 from the second). */
+const shuffle32 = (l: number[]) => simd(0x0d, ...l.flatMap((x) => [4 * x, 4 * x + 1, 4 * x + 2, 4 * x + 3]));
+
+/** `body` repeated while the i32 local `n` counts down to 0 (n may start at 0). */
+function countDown(n: number, body: number[]): number[] {
+  return [
+    ...BLOCK,
+    ...LOOP,
+    ...get(n),
+    0x45, // i32.eqz
+    ...brIf(1),
+    ...body,
+    ...get(n),
+    ...i32c(1),
+    SUB,
+    ...set(n),
+    ...br(0),
+    END,
+    END,
+  ];
+}
+
+const addTo = (l: number, v: number[]) => [...get(l), ...v, ADD, ...set(l)];
+
+/** 4x4 transpose of the v128 locals v[0..3] (rows) into t[0..3] (columns); uses locals x[0..3]. */
+function transpose4(v: number[], x: number[], t: number[]): number[] {
+  return [
+    ...get(v[0]),
+    ...get(v[1]),
+    ...shuffle32([0, 4, 1, 5]),
+    ...set(x[0]),
+    ...get(v[2]),
+    ...get(v[3]),
+    ...shuffle32([0, 4, 1, 5]),
+    ...set(x[1]),
+    ...get(v[0]),
+    ...get(v[1]),
+    ...shuffle32([2, 6, 3, 7]),
+    ...set(x[2]),
+    ...get(v[2]),
+    ...get(v[3]),
+    ...shuffle32([2, 6, 3, 7]),
+    ...set(x[3]),
+    ...get(x[0]),
+    ...get(x[1]),
+    ...shuffle32([0, 1, 4, 5]),
+    ...set(t[0]),
+    ...get(x[0]),
+    ...get(x[1]),
+    ...shuffle32([2, 3, 6, 7]),
+    ...set(t[1]),
+    ...get(x[2]),
+    ...get(x[3]),
+    ...shuffle32([0, 1, 4, 5]),
+    ...set(t[2]),
+    ...get(x[2]),
+    ...get(x[3]),
+    ...shuffle32([2, 3, 6, 7]),
+    ...set(t[3]),
+  ];
+}
+
+/** Packing of whole panels, all (dst, src, ldBytes, kc, kc4, panels) with kc4 = kc rounded down to a
+ *  multiple of 4. Each writes panels one after another from dst (panel = kc rows of MR or NR floats):
+ *  packAN: A row-major (rows = panel rows, transposed in 4x4 blocks), packAT: A transposed (MR
+ *  contiguous floats per k), packBN: B row-major (NR contiguous floats per k), packBT: B transposed. */
+function packFunctions(): number[][] {
+  const [DST, SRC, LD, KC_, KC4, PANELS] = [0, 1, 2, 3, 4, 5];
+  const fn = (nI32: number, nV: number, body: number[]) => {
+    const code = [2, nI32, I32, nV, V128, ...body, END];
+    return [...uleb(code.length), ...code];
+  };
+  // Contiguous copies: per k, `vecs` v128 from s to dst; s += ld, dst += 16 vecs; panel q's source
+  // starts at src + 16 vecs q.
+  const copyPanels = (vecs: number) => {
+    const Q = 6, P = 7, S = 8;
+    const perK: number[] = [];
+    for (let h = 0; h < vecs; h++) perK.push(...get(DST), ...get(S), ...vload(16 * h), ...vstore(16 * h));
+    perK.push(...addTo(DST, i32c(16 * vecs)), ...addTo(S, get(LD)));
+    const perPanel = [
+      ...get(SRC),
+      ...get(PANELS),
+      ...get(Q),
+      SUB,
+      ...i32c(16 * vecs),
+      MUL,
+      ADD,
+      ...set(S),
+      ...get(KC_),
+      ...set(P),
+      ...countDown(P, perK),
+    ];
+    return fn(3, 0, [...get(PANELS), ...set(Q), ...countDown(Q, perPanel)]);
+  };
+  // Transposing copies: panel q reads `rows` source rows (q rows .. + rows), 4 k at a time, and writes
+  // the 4 x rows block as 4 consecutive k of rows floats; k beyond kc4 one float at a time.
+  const transposePanels = (rows: number) => {
+    const Q = 6, P = 7, R0 = 8; // R0 .. R0 + rows - 1: row pointers
+    const V = R0 + rows, X = V + rows, T = X + 4; // v128 locals: rows loads, 4 temporaries, rows transposed
+    const vl = (i: number) => V + i, tl = (i: number) => T + i;
+    const blk: number[] = [];
+    for (let r = 0; r < rows; r++) blk.push(...get(R0 + r), ...vload(0), ...set(vl(r)));
+    for (let g = 0; g < rows / 4; g++) {
+      const v = [0, 1, 2, 3].map((i) => vl(4 * g + i)), t = [0, 1, 2, 3].map((i) => tl(4 * g + i));
+      blk.push(...transpose4(v, [X, X + 1, X + 2, X + 3], t));
+    }
+    // Column i (k offset i) of group g goes to dst + i rows 4 + 16 g.
+    for (let i = 0; i < 4; i++) {
+      for (let g = 0; g < rows / 4; g++) {
+        blk.push(...get(DST), ...get(tl(4 * g + i)), ...vstore(16 * (i * rows / 4 + g)));
+      }
+    }
+    blk.push(...addTo(DST, i32c(16 * rows)));
+    for (let r = 0; r < rows; r++) blk.push(...addTo(R0 + r, i32c(16)));
+    const tail: number[] = [];
+    for (let r = 0; r < rows; r++) {
+      tail.push(...get(DST), ...get(R0 + r), ...f32load(0), ...f32store(4 * r), ...addTo(R0 + r, i32c(4)));
+    }
+    tail.push(...addTo(DST, i32c(4 * rows)));
+    const perPanel: number[] = [
+      // Row pointers: src + (panels - q) rows ld + r ld.
+      ...get(SRC),
+      ...get(PANELS),
+      ...get(Q),
+      SUB,
+      ...i32c(rows),
+      MUL,
+      ...get(LD),
+      MUL,
+      ADD,
+      ...set(R0),
+    ];
+    for (let r = 1; r < rows; r++) perPanel.push(...get(R0 + r - 1), ...get(LD), ADD, ...set(R0 + r));
+    perPanel.push(...get(KC4), ...i32c(2), 0x76, ...set(P), ...countDown(P, blk)); // i32.shr_u: kc4 / 4
+    perPanel.push(...get(KC_), ...get(KC4), SUB, ...set(P), ...countDown(P, tail));
+    return fn(2 + rows, rows + 4 + rows, [...get(PANELS), ...set(Q), ...countDown(Q, perPanel)]);
+  };
+  return [transposePanels(MR), copyPanels(MR / 4), copyPanels(NR / 4), transposePanels(NR)];
 }
 
 export type MacroKernel = (
@@ -181,9 +333,27 @@ export function hasRelaxedSimd(): boolean {
   return WebAssembly.validate(gemmModuleBytes(true));
 }
 
-export function instantiateGemm(mem: WebAssembly.Memory, relaxed: boolean): MacroKernel {
+/** Whole-panel packing: (dst, src, ldBytes, kc, kc4, panels), byte addresses (see packFunctions). */
+export type PackKernel = (
+  dst: number,
+  src: number,
+  ld: number,
+  kc: number,
+  kc4: number,
+  panels: number,
+) => void;
+
+export interface GemmKernels {
+  macro: MacroKernel;
+  packAN: PackKernel;
+  packAT: PackKernel;
+  packBN: PackKernel;
+  packBT: PackKernel;
+}
+
+export function instantiateGemm(mem: WebAssembly.Memory, relaxed: boolean): GemmKernels {
   const inst = new WebAssembly.Instance(new WebAssembly.Module(gemmModuleBytes(relaxed)), { e: { m: mem } });
-  return inst.exports.macro as unknown as MacroKernel;
+  return inst.exports as unknown as GemmKernels;
 }
 
 // ---- shared control block and the per-thread driver ------------------------------------------------
@@ -210,7 +380,7 @@ export const ctrlSlots = { SEQ, DONE, ERR, QUIT, READY_COUNT, READY, PART_OF } a
 export class GemmThread {
   private f32: Float32Array;
   private i32: Int32Array;
-  constructor(readonly mem: WebAssembly.Memory, readonly macro: MacroKernel, readonly slot: number) {
+  constructor(readonly mem: WebAssembly.Memory, readonly k: GemmKernels, readonly slot: number) {
     this.f32 = new Float32Array(mem.buffer);
     this.i32 = new Int32Array(mem.buffer, 0, CTRL_BYTES / 4);
   }
@@ -264,19 +434,65 @@ export class GemmThread {
       const nc = Math.min(NC, j1 - jc);
       for (let pc = 0; pc < k; pc += KC) {
         const kc = Math.min(KC, k - pc);
-        packB(f, pb >> 2, bOff, ldb, tb, pc, kc, jc, nc, n);
+        this.packB(f, pb, bOff, ldb, tb, pc, kc, jc, nc, n);
         for (let ic = i0; ic < i1; ic += MC) {
           const mc = Math.min(MC, i1 - ic);
-          packA(f, pa >> 2, aOff, lda, ta, ic, mc, pc, kc, m);
+          this.packA(f, pa, aOff, lda, ta, ic, mc, pc, kc, m);
           const accumulate = pc > 0 || !overwrite ? 1 : 0;
-          this.macro(mc, nc, kc, pa, pb, (cOff + ic * ldc + jc) * 4, ldc * 4, alpha, accumulate);
+          this.k.macro(mc, nc, kc, pa, pb, (cOff + ic * ldc + jc) * 4, ldc * 4, alpha, accumulate);
         }
       }
     }
   }
+
+  /** Whole panels through the wasm packing kernels; the partial last panel float by float. */
+  private packB(
+    f: Float32Array,
+    dst: number,
+    off: number,
+    ld: number,
+    trans: boolean,
+    pc: number,
+    kc: number,
+    jc: number,
+    nc: number,
+    n: number,
+  ): void {
+    const full = Math.max(0, Math.min(nc, n - jc) / NR | 0), kc4 = kc & ~3;
+    if (full > 0) {
+      if (trans) this.k.packBT(dst, 4 * (off + jc * ld + pc), 4 * ld, kc, kc4, full);
+      else this.k.packBN(dst, 4 * (off + pc * ld + jc), 4 * ld, kc, kc4, full);
+    }
+    if (full * NR < nc) {
+      packB(f, dst / 4 + full * NR * kc, off, ld, trans, pc, kc, jc + full * NR, nc - full * NR, n);
+    }
+  }
+
+  private packA(
+    f: Float32Array,
+    dst: number,
+    off: number,
+    ld: number,
+    trans: boolean,
+    ic: number,
+    mc: number,
+    pc: number,
+    kc: number,
+    m: number,
+  ): void {
+    const full = Math.max(0, Math.min(mc, m - ic) / MR | 0), kc4 = kc & ~3;
+    if (full > 0) {
+      if (trans) this.k.packAT(dst, 4 * (off + pc * ld + ic), 4 * ld, kc, kc4, full);
+      else this.k.packAN(dst, 4 * (off + ic * ld + pc), 4 * ld, kc, kc4, full);
+    }
+    if (full * MR < mc) {
+      packA(f, dst / 4 + full * MR * kc, off, ld, trans, ic + full * MR, mc - full * MR, pc, kc, m);
+    }
+  }
 }
 
-/** op(B)[pc:pc+kc, jc:jc+nc] into NR-wide panels (panel q: kc rows of NR), columns >= n as zeros. */
+/** op(B)[pc:pc+kc, jc:jc+nc] into NR-wide panels (panel q: kc rows of NR), columns >= n as zeros; a
+ *  float at a time (the partial last panel; whole panels go through the wasm packing kernels). */
 function packB(
   f: Float32Array,
   dst: number,
@@ -291,15 +507,6 @@ function packB(
 ): void {
   for (let q = 0; q < nc; q += NR) {
     const d = dst + q * kc;
-    if (!trans && jc + q + NR <= n) {
-      // Whole panel of a row-major op(B): NR contiguous floats per row.
-      let s = off + pc * ld + jc + q;
-      for (let p = 0; p < kc; p++, s += ld) {
-        const o = d + p * NR;
-        for (let j = 0; j < NR; j++) f[o + j] = f[s + j];
-      }
-      continue;
-    }
     for (let j = 0; j < NR; j++) {
       const col = jc + q + j;
       if (col >= n) {
@@ -315,7 +522,8 @@ function packB(
   }
 }
 
-/** op(A)[ic:ic+mc, pc:pc+kc] into MR-tall panels (panel q: kc columns of MR), rows >= m as zeros. */
+/** op(A)[ic:ic+mc, pc:pc+kc] into MR-tall panels (panel q: kc columns of MR), rows >= m as zeros; a
+ *  float at a time (the partial last panel). */
 function packA(
   f: Float32Array,
   dst: number,
@@ -330,15 +538,6 @@ function packA(
 ): void {
   for (let q = 0; q < mc; q += MR) {
     const d = dst + q * kc;
-    if (trans && ic + q + MR <= m) {
-      // Whole panel of a transposed A: MR contiguous floats per column.
-      let s = off + pc * ld + ic + q;
-      for (let p = 0; p < kc; p++, s += ld) {
-        const o = d + p * MR;
-        for (let r = 0; r < MR; r++) f[o + r] = f[s + r];
-      }
-      continue;
-    }
     for (let r = 0; r < MR; r++) {
       const row = ic + q + r;
       if (row >= m) {
