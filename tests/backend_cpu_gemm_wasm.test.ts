@@ -4,7 +4,7 @@
 // is split by rows, columns or batch items, and workers that neither leak nor keep the process alive.
 import assert from "node:assert/strict";
 import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
-import { GemmPool, type PoolJob } from "../src/backend/cpu/gemm_wasm.ts";
+import { GemmPool, IDLE_EXIT_MS, type PoolJob } from "../src/backend/cpu/gemm_wasm.ts";
 import { PhiloxStream } from "../src/rng/philox.ts";
 import type { DType } from "../src/tensor/dtype.ts";
 
@@ -140,6 +140,27 @@ Deno.test("wasm gemm: repeated runs give the same bits (across JIT tiers)", asyn
       p.gemm(job(c, ops, C));
       assert.deepEqual(new Uint32Array(C.buffer), new Uint32Array(first.buffer), `run ${r}`);
     }
+  } finally {
+    p.close();
+  }
+});
+
+Deno.test("wasm gemm: idle workers exit and are started again by the next large GEMM", async () => {
+  const p = await readyPool(2);
+  try {
+    const c: Case = { tA: false, tB: true, m: 64, n: 520, k: 96, alpha: 1, beta: 0, batch: 1, pad: 0 };
+    const ops = operands(c, 3);
+    const first = ops.C.slice();
+    p.gemm(job(c, ops, first));
+    const t0 = Date.now();
+    while (p.readyWorkers() > 0) {
+      if (Date.now() - t0 > IDLE_EXIT_MS + 30_000) assert.fail("the idle worker did not exit");
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const again = ops.C.slice();
+    p.gemm(job(c, ops, again));
+    assert.equal(p.readyWorkers(), 1, "a new worker runs after the next large GEMM");
+    assert.deepEqual(new Uint32Array(again.buffer), new Uint32Array(first.buffer));
   } finally {
     p.close();
   }

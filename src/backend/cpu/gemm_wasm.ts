@@ -365,7 +365,15 @@ const SEQ = 0, DONE = 1, ERR = 2, QUIT = 3, PARTS = 4;
 const P_M = 5, P_N = 6, P_K = 7, P_BATCH = 8, P_TA = 9, P_TB = 10;
 const P_AOFF = 11, P_LDA = 12, P_SA = 13, P_BOFF = 14, P_LDB = 15, P_SB = 16;
 const P_COFF = 17, P_LDC = 18, P_SC = 19, P_OVERWRITE = 20, P_ALPHA = 21;
-const READY_COUNT = 31, READY = 32, PART_OF = 32 + MAX_THREADS;
+/** STATE + w: worker slot w + 1's state (below); PART_OF + w: its part of the current job. */
+const STATE = 32, PART_OF = 32 + MAX_THREADS;
+/** Worker states. Only the worker moves STARTING -> IDLE and IDLE -> ABSENT (idle exit), only the caller
+ *  moves IDLE -> CLAIMED (compare-exchange both ways, so a worker never exits holding a part) and
+ *  ABSENT -> STARTING; the worker moves CLAIMED -> IDLE when its part is done. */
+const ABSENT = 0, STARTING = 1, IDLE = 2, CLAIMED = 3;
+/** A worker that saw no job for this long exits (so a dropped pool's threads and memory go away); the
+ *  next large GEMM starts a new one. */
+export const IDLE_EXIT_MS = 3000;
 const CTRL_BYTES = 4096;
 /** Floats of one thread's packing scratch: an MC x KC block of A and a KC x NC block of B. */
 const SCRATCH_FLOATS = MC * KC + KC * NC;
@@ -374,7 +382,7 @@ const SCRATCH_FLOATS = MC * KC + KC * NC;
 const scratchAt = (t: number): number => CTRL_BYTES + t * SCRATCH_FLOATS * 4;
 export const scratchEnd = (threads: number): number => scratchAt(threads);
 
-export const ctrlSlots = { SEQ, DONE, ERR, QUIT, READY_COUNT, READY, PART_OF } as const;
+export const ctrlSlots = { SEQ, DONE, ERR, QUIT, STATE, PART_OF, STARTING, IDLE, CLAIMED, ABSENT } as const;
 
 /** One thread's view of the shared memory (views are rebuilt when the memory grows). */
 export class GemmThread {
@@ -601,7 +609,10 @@ export class GemmPool {
   readonly relaxed: boolean;
   private readonly mem = new WebAssembly.Memory({ initial: 1, maximum: 65536, shared: true });
   private readonly main: GemmThread;
-  private workers: PoolWorker[] | null = null;
+  /** Worker handles by slot (slot w + 1 at index w). */
+  private readonly workers: (PoolWorker | undefined)[] = [];
+  /** Slots whose worker could not be created. */
+  private readonly failed: boolean[] = [];
   private closed = false;
 
   constructor(readonly threads: number) {
@@ -673,16 +684,16 @@ export class GemmPool {
     }
   }
 
-  /** Runs the job in the control block: parts for the ready workers and part 0 here, then waits. */
+  /** Runs the job in the control block: parts for the workers it claims and part 0 here, then waits. */
   private run(parallel: boolean): void {
     const c = this.main.ctrl;
     let parts = 1;
     if (parallel && this.threads > 1) {
       this.startWorkers();
       for (let w = 0; w < this.threads - 1; w++) {
-        const ready = Atomics.load(c, READY + w) !== 0;
-        Atomics.store(c, PART_OF + w, ready ? parts : -1);
-        if (ready) parts++;
+        if (Atomics.compareExchange(c, STATE + w, IDLE, CLAIMED) === IDLE) {
+          Atomics.store(c, PART_OF + w, parts++);
+        }
       }
     }
     Atomics.store(c, PARTS, parts);
@@ -699,10 +710,10 @@ export class GemmPool {
     }
   }
 
-  /** Workers that have started and take part in jobs from now on. */
+  /** Workers that are running (idle or in a job). */
   readyWorkers(): number {
     let r = 0;
-    for (let w = 0; w < this.threads - 1; w++) r += Atomics.load(this.main.ctrl, READY + w) !== 0 ? 1 : 0;
+    for (let w = 0; w < this.threads - 1; w++) r += Atomics.load(this.main.ctrl, STATE + w) >= IDLE ? 1 : 0;
     return r;
   }
 
@@ -711,34 +722,38 @@ export class GemmPool {
     if (this.threads > 1) this.startWorkers();
   }
 
-  /** Starts the workers once and waits (at most START_WAIT_MS) until they have started, so the first
-   *  large GEMM and everything after it run on all threads. A worker that does not start (no
-   *  node:worker_threads, a denied permission) is left out: it never sets READY, jobs run without it. */
+  /** Starts a worker in every empty slot (first use, or after an idle exit) and waits (at most
+   *  START_WAIT_MS) until they run, so the GEMM that needed them uses all threads. A worker that cannot
+   *  be created (no node:worker_threads, a denied permission) is not tried again; one that does not
+   *  start in time joins the jobs after it has. */
   private startWorkers(): void {
-    if (this.workers !== null) return;
-    this.workers = this.spawn();
-    const c = this.main.ctrl, want = this.workers.length, deadline = performance.now() + START_WAIT_MS;
-    for (let r = Atomics.load(c, READY_COUNT); r < want; r = Atomics.load(c, READY_COUNT)) {
-      const left = deadline - performance.now();
-      if (left <= 0) break;
-      Atomics.wait(c, READY_COUNT, r, left);
-    }
-  }
-
-  private spawn(): PoolWorker[] {
-    const out: PoolWorker[] = [];
-    try {
-      for (let w = 1; w < this.threads; w++) {
+    const c = this.main.ctrl;
+    let started = false;
+    for (let w = 0; w < this.threads - 1; w++) {
+      if (this.failed[w] || Atomics.load(c, STATE + w) !== ABSENT) continue;
+      Atomics.store(c, STATE + w, STARTING);
+      try {
+        this.workers[w]?.terminate(); // an exited worker's handle
         const wk = new NodeWorker(new URL("./gemm_worker.ts", import.meta.url), {
-          workerData: { mem: this.mem, relaxed: this.relaxed, slot: w },
+          workerData: { mem: this.mem, relaxed: this.relaxed, slot: w + 1 },
         }) as unknown as PoolWorker;
         wk.unref();
-        out.push(wk);
+        this.workers[w] = wk;
+        started = true;
+      } catch {
+        Atomics.store(c, STATE + w, ABSENT);
+        this.failed[w] = true;
       }
-    } catch {
-      // The missing workers never set READY, so jobs run without them.
     }
-    return out;
+    if (!started) return;
+    const deadline = performance.now() + START_WAIT_MS;
+    for (let w = 0; w < this.threads - 1; w++) {
+      for (let st = Atomics.load(c, STATE + w); st === STARTING; st = Atomics.load(c, STATE + w)) {
+        const left = deadline - performance.now();
+        if (left <= 0) return;
+        Atomics.wait(c, STATE + w, STARTING, left);
+      }
+    }
   }
 
   /** Stops the workers; the pool must not be used afterwards. */
@@ -749,7 +764,7 @@ export class GemmPool {
     Atomics.store(c, QUIT, 1);
     Atomics.add(c, SEQ, 1);
     Atomics.notify(c, SEQ);
-    for (const w of this.workers ?? []) w.terminate();
+    for (const w of this.workers) w?.terminate();
   }
 }
 
