@@ -20,7 +20,7 @@ export const MR = 4;
 export const NR = 8;
 /** Depth of one packed block; fixed, because it fixes each element's summation order. */
 export const KC = 256;
-const MC = 128;
+const MC = 32 * MR;
 const NC = 2048;
 
 function uleb(n: number): number[] {
@@ -74,11 +74,17 @@ export function gemmModuleBytes(relaxed: boolean): Uint8Array<ArrayBuffer> {
     relaxed
       ? [...get(AV), ...get(h ? B1 : B0), ...get(acc(r, h)), ...RELAXED_MADD_F32X4, ...set(acc(r, h))]
       : [...get(AV), ...get(h ? B1 : B0), ...F32X4_MUL, ...get(acc(r, h)), ...F32X4_ADD, ...set(acc(r, h))];
-  const step: number[] = [...get(B), ...vload(0), ...set(B0), ...get(B), ...vload(16), ...set(B1)];
-  for (let r = 0; r < MR; r++) {
-    step.push(...get(A), ...splat32(4 * r), ...set(AV), ...fma(r, 0), ...fma(r, 1));
-  }
-  step.push(...get(A), ...i32c(4 * MR), ADD, ...set(A), ...get(B), ...i32c(4 * NR), ADD, ...set(B));
+  // One k step u places past the pointers (the loop runs two per trip; the order over k is unchanged).
+  const stepAt = (u: number): number[] => {
+    const out = [...get(B), ...vload(32 * u), ...set(B0), ...get(B), ...vload(32 * u + 16), ...set(B1)];
+    for (let r = 0; r < MR; r++) {
+      out.push(...get(A), ...splat32(4 * (MR * u + r)), ...set(AV), ...fma(r, 0), ...fma(r, 1));
+    }
+    return out;
+  };
+  const advance = (
+    u: number,
+  ) => [...get(A), ...i32c(4 * MR * u), ADD, ...set(A), ...get(B), ...i32c(4 * NR * u), ADD, ...set(B)];
   // Writes of one tile row r at C + r ldc: (C +) alpha acc.
   const writeRows = (accumulate: boolean): number[] => {
     const out: number[] = [];
@@ -135,8 +141,11 @@ export function gemmModuleBytes(relaxed: boolean): Uint8Array<ArrayBuffer> {
     ...set(B),
   ];
   for (let r = 0; r < MR; r++) body.push(...ZERO, ...set(acc(r, 0)), ...ZERO, ...set(acc(r, 1)));
-  body.push(...get(KC_), ...set(P), ...LOOP, ...step);
-  body.push(...get(P), ...i32c(1), SUB, 0x22, ...uleb(P), ...brIf(0), END); // local.tee P; loop while P != 0
+  // An odd first step, then kc / 2 pairs.
+  body.push(...get(KC_), ...i32c(1), 0x71, ...IF, ...stepAt(0), ...advance(1), END); // i32.and
+  body.push(...get(KC_), ...i32c(1), 0x76, ...set(P)); // i32.shr_u
+  body.push(...BLOCK, ...LOOP, ...get(P), 0x45, ...brIf(1), ...stepAt(0), ...stepAt(1), ...advance(2));
+  body.push(...get(P), ...i32c(1), SUB, ...set(P), ...br(0), END, END);
   // C tile address: pc + i ldc + 4 j.
   body.push(...get(PC), ...get(I), ...get(LDC), MUL, ADD, ...get(J), ...i32c(2), 0x74, ADD, ...set(C));
   body.push(...get(ACCUM), ...IF, ...writeRows(true), ELSE, ...writeRows(false), END);
