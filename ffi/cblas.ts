@@ -191,7 +191,7 @@ function tryOpen(path: string): Cblas | null {
  * Opens a CBLAS. `choice`: a library path, "none", or undefined (then env MEGATRON_DENO_BLAS, then
  * the candidates). An explicit path that fails to open is an error, not a silent fallback.
  */
-export function loadCblas(choice?: string): BlasResult {
+export function loadCblas(choice?: string, candidates: string[] = blasCandidates()): BlasResult {
   let sel = choice;
   let source = "option blas";
   if (sel === undefined) {
@@ -212,7 +212,7 @@ export function loadCblas(choice?: string): BlasResult {
     }
     return { blas: b };
   }
-  for (const p of blasCandidates()) {
+  for (const p of candidates) {
     const b = tryOpen(p);
     if (b) return { blas: b };
   }

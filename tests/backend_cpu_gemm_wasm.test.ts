@@ -3,7 +3,7 @@
 // leading dimensions, offsets, batches, half dtypes), the same bits for 1, 2 and 3 threads whether C
 // is split by rows, columns or batch items, and workers that neither leak nor keep the process alive.
 import assert from "node:assert/strict";
-import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
+import { BLAS_INSTALL_HINT, createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
 import { GemmPool, IDLE_EXIT_MS, type PoolJob } from "../src/backend/cpu/gemm_wasm.ts";
 import { PhiloxStream } from "../src/rng/philox.ts";
 import type { DType } from "../src/tensor/dtype.ts";
@@ -227,4 +227,28 @@ Deno.test("wasm gemm workers do not keep the process alive", async () => {
   assert.equal(new TextDecoder().decode(out.stderr), "");
   assert.equal(out.code, 0);
   assert.equal(new TextDecoder().decode(out.stdout), "512\n");
+});
+
+Deno.test("no BLAS found: the backend line names the wasm GEMM, then one line on how to install OpenBLAS", async () => {
+  const code = `
+    import { createCpuBackend } from ${
+    JSON.stringify(new URL("../src/backend/cpu/cpu_backend.ts", import.meta.url).href)
+  };
+    createCpuBackend({ blasCandidates: ["/nonexistent/libopenblas.so.0"], gemmThreads: 2 }).close();
+  `;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--no-check", code],
+    env: { MEGATRON_DENO_BLAS: "" }, // empty: search (CI sets "none")
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 0);
+  const lines = new TextDecoder().decode(out.stderr).trimEnd().split("\n");
+  assert.equal(lines.length, 2, lines.join("\n"));
+  assert.match(
+    lines[0],
+    /^cpu backend: WebAssembly SIMD GEMM \((relaxed madd|mul\+add), 2 threads\) \(no BLAS found \(tried OpenBLAS, BLIS, MKL, Accelerate\)\)$/,
+  );
+  assert.equal(lines[1], BLAS_INSTALL_HINT);
+  assert.match(lines[1], /apt install libopenblas0 .*dnf install openblas .*brew install openblas/);
 });

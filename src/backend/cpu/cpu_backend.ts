@@ -55,7 +55,7 @@ const WASM_GEMM_MIN = 1 << 15;
 /** One line on how to get a BLAS, printed when none was found (the speed-up is the embedded default's
  *  step time on 2 cores, OpenBLAS against the WebAssembly GEMM; see bench/gpt_step.bench.ts). */
 export const BLAS_INSTALL_HINT = "cpu backend: no BLAS library found; OpenBLAS makes CPU training about " +
-  "3x faster: apt install libopenblas0 (Debian/Ubuntu), dnf install openblas (Fedora), " +
+  "2x faster: apt install libopenblas0 (Debian/Ubuntu), dnf install openblas (Fedora), " +
   "brew install openblas (macOS); or set MEGATRON_DENO_BLAS=/path/to/libopenblas.so";
 
 /** f32 allocations at least this large are recycled after free (see CpuBackend.empty). */
@@ -80,6 +80,8 @@ export interface CpuBackendOptions {
   fallbackGemm?: "wasm" | "ts";
   /** Threads of the WebAssembly GEMM, this one included (default: the machine's cores, at most 8). */
   gemmThreads?: number;
+  /** Libraries to search instead of ffi/cblas.ts' list (tests of the no-BLAS path). */
+  blasCandidates?: string[];
   /** Receives the one-line description at creation (default: console.error). */
   log?: (line: string) => void;
 }
@@ -250,7 +252,7 @@ export class CpuBackend implements Backend {
   private pooledBytes = 0;
 
   constructor(opts: CpuBackendOptions = {}) {
-    const r = loadCblas(opts.blas);
+    const r = loadCblas(opts.blas, opts.blasCandidates);
     this.blas = r.blas;
     this.wasmGemm = r.blas || opts.fallbackGemm === "ts"
       ? null
