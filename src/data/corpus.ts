@@ -66,7 +66,7 @@ export interface Address {
  *  corpus fetches them. --no-config --no-lock: the global npm cache, no node_modules or lock changes;
  *  --quiet: no per-package download lines. Needs --allow-run. */
 export async function sotuAddresses(): Promise<Address[]> {
-  const code = `const m = await import("npm:${CORPUS_PACKAGE}");
+  const code = `const m = await import(${JSON.stringify(`npm:${CORPUS_PACKAGE}`)});
     const all = m.default().map((a) => ({ year: a.year, name: a.name, party: a.party, text: a.text }));
     await Deno.stdout.write(new TextEncoder().encode(JSON.stringify(all)));`;
   let out: Deno.CommandOutput;
