@@ -536,9 +536,6 @@ export class CpuBackend implements Backend {
       // and half -> f32 -> half is exact. BLAS and gemmTs ignore C's values when beta == 0.
       C.set(readF(op, c));
     }
-    // Small products lose more to waking OpenBLAS's threads than they gain from them.
-    const single = this.blas !== null && this.blas.threads > 1 && m * n * k < SMALL_GEMM;
-    if (single) this.blas!.setThreads(1);
     const pool = this.wasmGemm;
     if (
       pool !== null && !f64 && k > 0 && alpha !== 0 && m * n * k * batch >= WASM_GEMM_MIN &&
@@ -550,46 +547,53 @@ export class CpuBackend implements Backend {
         ...{ transA, transB, m, n, k, alpha, a: a32, oA: 0, lda, sA, eA, b: b32, oB: 0, ldb, sB, eB },
         ...{ beta, c: c32, oC: 0, ldc, sC, batch },
       });
-    } else {
-      for (let bi = 0; bi < batch; bi++) {
-        const oa = bi * sA, ob = bi * sB, oc = bi * sC;
-        if (this.blas) {
-          if (f64) {
-            this.blas.dgemm(
-              transA,
-              transB,
-              m,
-              n,
-              k,
-              alpha,
-              (A as Float64Array).subarray(oa),
-              lda,
-              (B as Float64Array).subarray(ob),
-              ldb,
-              beta,
-              (C as Float64Array).subarray(oc),
-              ldc,
-            );
-          } else {
-            this.blas.sgemm(
-              transA,
-              transB,
-              m,
-              n,
-              k,
-              alpha,
-              (A as Float32Array).subarray(oa),
-              lda,
-              (B as Float32Array).subarray(ob),
-              ldb,
-              beta,
-              (C as Float32Array).subarray(oc),
-              ldc,
-            );
-          }
+      if (!cDirect) {
+        if (c.dtype === "f32") (rawView(op, c) as Float32Array).set(C);
+        else commit(op, c, C);
+      }
+      return;
+    }
+    // Small products lose more to waking OpenBLAS's threads than they gain from them.
+    const single = this.blas !== null && this.blas.threads > 1 && m * n * k < SMALL_GEMM;
+    if (single) this.blas!.setThreads(1);
+    for (let bi = 0; bi < batch; bi++) {
+      const oa = bi * sA, ob = bi * sB, oc = bi * sC;
+      if (this.blas) {
+        if (f64) {
+          this.blas.dgemm(
+            transA,
+            transB,
+            m,
+            n,
+            k,
+            alpha,
+            (A as Float64Array).subarray(oa),
+            lda,
+            (B as Float64Array).subarray(ob),
+            ldb,
+            beta,
+            (C as Float64Array).subarray(oc),
+            ldc,
+          );
         } else {
-          gemmTs(transA, transB, m, n, k, alpha, A, oa, lda, B, ob, ldb, beta, C, oc, ldc, this.scratch);
+          this.blas.sgemm(
+            transA,
+            transB,
+            m,
+            n,
+            k,
+            alpha,
+            (A as Float32Array).subarray(oa),
+            lda,
+            (B as Float32Array).subarray(ob),
+            ldb,
+            beta,
+            (C as Float32Array).subarray(oc),
+            ldc,
+          );
         }
+      } else {
+        gemmTs(transA, transB, m, n, k, alpha, A, oa, lda, B, ob, ldb, beta, C, oc, ldc, this.scratch);
       }
     }
     if (single) this.blas!.setThreads(this.blas!.threads);
