@@ -89,8 +89,8 @@ CASES.push({ tA: false, tB: true, m: 256, n: 1000, k: 128, alpha: 1, beta: 0, ba
 CASES.push({ tA: false, tB: false, m: 128, n: 128, k: 32, alpha: 0.125, beta: 0, batch: 16, pad: 0 }); // attention
 
 /** A pool whose workers have all started (so jobs really are split). */
-async function readyPool(threads: number): Promise<GemmPool> {
-  const p = new GemmPool(threads);
+async function readyPool(threads: number, relaxed = true): Promise<GemmPool> {
+  const p = new GemmPool(threads, { relaxed });
   p.start();
   const t0 = Date.now();
   while (p.readyWorkers() < threads - 1) {
@@ -100,33 +100,41 @@ async function readyPool(threads: number): Promise<GemmPool> {
   return p;
 }
 
-Deno.test("wasm gemm: within the f32 bound of an f64 reference; same bits for 1, 2 and 3 threads", async () => {
-  const pools = [new GemmPool(1), await readyPool(2), await readyPool(3)];
-  try {
-    CASES.forEach((c, ci) => {
-      const ops = operands(c, 100 + 10 * ci);
-      const { want, bound } = reference(c, ops);
-      const outs = pools.map((p) => {
-        const C = ops.C.slice();
-        p.gemm(job(c, ops, C));
-        return C;
-      });
-      const what = JSON.stringify(c);
-      for (let i = 0; i < want.length; i++) {
-        // Elements between rows and batch items must be untouched (NaN stays NaN).
-        const err = Number.isNaN(want[i]) && Number.isNaN(outs[0][i]) ? 0 : Math.abs(outs[0][i] - want[i]);
-        if (!(err <= bound[i])) {
-          assert.fail(`${what}: C[${i}] = ${outs[0][i]}, f64 ${want[i]}, bound ${bound[i]}`);
+for (const relaxed of [true, false]) {
+  const kernel = relaxed ? "relaxed madd where available" : "mul + add";
+  Deno.test(`wasm gemm (${kernel}): within the f32 bound of an f64 reference; same bits for 1, 2 and 3 threads`, async () => {
+    const pools = [new GemmPool(1, { relaxed }), await readyPool(2, relaxed), await readyPool(3, relaxed)];
+    if (!relaxed) assert.equal(pools[0].relaxed, false);
+    try {
+      CASES.forEach((c, ci) => {
+        const ops = operands(c, 100 + 10 * ci);
+        const { want, bound } = reference(c, ops);
+        const outs = pools.map((p) => {
+          const C = ops.C.slice();
+          p.gemm(job(c, ops, C));
+          return C;
+        });
+        const what = JSON.stringify(c);
+        for (let i = 0; i < want.length; i++) {
+          // Elements between rows and batch items must be untouched (NaN stays NaN).
+          const err = Number.isNaN(want[i]) && Number.isNaN(outs[0][i]) ? 0 : Math.abs(outs[0][i] - want[i]);
+          if (!(err <= bound[i])) {
+            assert.fail(`${what}: C[${i}] = ${outs[0][i]}, f64 ${want[i]}, bound ${bound[i]}`);
+          }
         }
-      }
-      for (let t = 1; t < pools.length; t++) {
-        assert.deepEqual(new Uint32Array(outs[t].buffer), new Uint32Array(outs[0].buffer), `${what} threads`);
-      }
-    });
-  } finally {
-    for (const p of pools) p.close();
-  }
-});
+        for (let t = 1; t < pools.length; t++) {
+          assert.deepEqual(
+            new Uint32Array(outs[t].buffer),
+            new Uint32Array(outs[0].buffer),
+            `${what} threads`,
+          );
+        }
+      });
+    } finally {
+      for (const p of pools) p.close();
+    }
+  });
+}
 
 Deno.test("wasm gemm: repeated runs give the same bits (across JIT tiers)", async () => {
   const p = await readyPool(2);

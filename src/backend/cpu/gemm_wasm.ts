@@ -82,9 +82,10 @@ export function gemmModuleBytes(relaxed: boolean): Uint8Array<ArrayBuffer> {
     }
     return out;
   };
-  const advance = (
-    u: number,
-  ) => [...get(A), ...i32c(4 * MR * u), ADD, ...set(A), ...get(B), ...i32c(4 * NR * u), ADD, ...set(B)];
+  const advance = (u: number): number[] => [
+    ...[...get(A), ...i32c(4 * MR * u), ADD, ...set(A)],
+    ...[...get(B), ...i32c(4 * NR * u), ADD, ...set(B)],
+  ];
   // Writes of one tile row r at C + r ldc: (C +) alpha acc.
   const writeRows = (accumulate: boolean): number[] => {
     const out: number[] = [];
@@ -624,11 +625,12 @@ export class GemmPool {
   private readonly failed: boolean[] = [];
   private closed = false;
 
-  constructor(readonly threads: number) {
+  /** relaxed: false forces f32x4 mul + add even where relaxed SIMD exists (tests of that path). */
+  constructor(readonly threads: number, opts: { relaxed?: boolean } = {}) {
     if (!Number.isInteger(threads) || threads < 1 || threads > MAX_THREADS) {
       throw new Error(`gemm threads must be an integer in [1, ${MAX_THREADS}], found ${threads}`);
     }
-    this.relaxed = hasRelaxedSimd();
+    this.relaxed = opts.relaxed !== false && hasRelaxedSimd();
     this.main = new GemmThread(this.mem, instantiateGemm(this.mem, this.relaxed), 0);
   }
 
