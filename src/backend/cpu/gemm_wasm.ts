@@ -577,8 +577,9 @@ function packA(
  *  ~20 us, about 0.4 M multiply-adds). */
 const PARALLEL_MIN = 1 << 20;
 const PAGE = 65536;
-/** How long the first large GEMM waits for the workers to start (module load and compile: ~0.1-1 s). */
-const START_WAIT_MS = 30_000;
+/** How long the first large GEMM waits for the workers to start (module load and compile: ~0.1-1 s; a
+ *  worker that takes longer joins later jobs). */
+const START_WAIT_MS = 5_000;
 /** Shared memory ceiling: 4 GiB minus a page (byte addresses must fit in a wasm32 i32). */
 const MAX_BYTES = 65535 * PAGE;
 
@@ -779,7 +780,9 @@ export class GemmPool {
   }
 }
 
-/** Threads for the pool by default: the machine's cores, at most 8. */
+/** Threads for the pool by default: the machine's cores, at most 8; 1 when this module was imported
+ *  from a URL (node:worker_threads starts workers from local files only). */
 export function defaultGemmThreads(): number {
+  if (new URL(import.meta.url).protocol !== "file:") return 1;
   return Math.max(1, Math.min(8, navigator.hardwareConcurrency || 1));
 }
