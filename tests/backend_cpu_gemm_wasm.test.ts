@@ -174,6 +174,49 @@ Deno.test("wasm gemm: idle workers exit and are started again by the next large 
   }
 });
 
+Deno.test("wasm gemm: a job beyond the 4 GiB shared memory is refused (the backend then uses the TS loops)", () => {
+  const p = new GemmPool(1);
+  try {
+    assert.equal(p.fits(100, 100, 1, 10, 10), true);
+    assert.equal(p.fits(1, 1, 1, 40000, 40000), false); // C alone: 6.4 GB
+    const tiny = new Float32Array(1);
+    assert.throws(
+      () =>
+        p.gemm({
+          ...{
+            transA: false,
+            transB: false,
+            m: 40000,
+            n: 40000,
+            k: 1,
+            alpha: 1,
+            a: tiny,
+            oA: 0,
+            lda: 1,
+            sA: 0,
+          },
+          ...{
+            eA: 1,
+            b: tiny,
+            oB: 0,
+            ldb: 1,
+            sB: 0,
+            eB: 1,
+            beta: 0,
+            c: tiny,
+            oC: 0,
+            ldc: 1,
+            sC: 0,
+            batch: 1,
+          },
+        }),
+      /^Error: gemm: 1 x \[40000, 40000, 1\] does not fit in the WebAssembly GEMM's memory$/,
+    );
+  } finally {
+    p.close();
+  }
+});
+
 Deno.test("cpu backend without BLAS: wasm GEMM for f32 and half dtypes, f64 on the TypeScript loops", () => {
   const lines: string[] = [];
   const be = createCpuBackend({ blas: "none", gemmThreads: 2, log: (l) => lines.push(l) });

@@ -649,10 +649,20 @@ export class GemmPool {
     return { aAt, bAt, cAt, bytes: end };
   }
 
-  /** Whether gemm() can take this job (its operands fit in the 4 GiB shared memory). */
+  /** Whether gemm() can take this job: its operands fit in the 4 GiB shared memory, which is grown here
+   *  (false when the system refuses the memory; the caller then uses another GEMM). */
   fits(eA: number, eB: number, batch: number, m: number, n: number): boolean {
     const mp = Math.ceil(m / MR) * MR, np = Math.ceil(n / NR) * NR;
-    return this.layout(eA, eB, batch, mp, np).bytes <= MAX_BYTES;
+    const bytes = this.layout(eA, eB, batch, mp, np).bytes;
+    if (bytes > MAX_BYTES) return false;
+    if (bytes > this.mem.buffer.byteLength) {
+      try {
+        this.mem.grow(Math.ceil((bytes - this.mem.buffer.byteLength) / PAGE));
+      } catch {
+        return false; // out of memory (RangeError)
+      }
+    }
+    return true;
   }
 
   /** Row-major C = alpha op(A) op(B) + beta C for `batch` items at element strides sA, sB, sC; eA, eB:
@@ -663,8 +673,8 @@ export class GemmPool {
     if (this.closed) throw new Error("gemm: the backend was closed");
     const mp = Math.ceil(m / MR) * MR, np = Math.ceil(n / NR) * NR;
     const L = this.layout(eA, eB, batch, mp, np);
-    if (L.bytes > this.mem.buffer.byteLength) {
-      this.mem.grow(Math.ceil((L.bytes - this.mem.buffer.byteLength) / PAGE));
+    if (!this.fits(eA, eB, batch, m, n)) {
+      throw new Error(`gemm: ${batch} x [${m}, ${n}, ${k}] does not fit in the WebAssembly GEMM's memory`);
     }
     const f = this.main.floats(), c = this.main.ctrl;
     f.set(A.subarray(oA, oA + eA), L.aAt);
