@@ -55,7 +55,7 @@ const WASM_GEMM_MIN = 1 << 15;
 /** One line on how to get a BLAS, printed when none was found (the speed-up is the embedded default's
  *  step time on 2 cores, OpenBLAS against the WebAssembly GEMM; see bench/gpt_step.bench.ts). */
 export const BLAS_INSTALL_HINT = "cpu backend: no BLAS library found; OpenBLAS makes CPU training about " +
-  "2x faster: apt install libopenblas0 (Debian/Ubuntu), dnf install openblas (Fedora), " +
+  "2-3x faster: apt install libopenblas0 (Debian/Ubuntu), dnf install openblas (Fedora), " +
   "brew install openblas (macOS); or set MEGATRON_DENO_BLAS=/path/to/libopenblas.so";
 
 /** f32 allocations at least this large are recycled after free (see CpuBackend.empty). */
