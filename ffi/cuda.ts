@@ -20,8 +20,8 @@ export const SYMBOLS = {
   },
 } as const satisfies Deno.ForeignLibraryInterface;
 
-/** Kernel parameter kinds: device pointer / 64-bit ints take 8 bytes, the rest 4. */
-export type ArgKind = "ptr" | "u64" | "i64" | "i32" | "u32" | "f32";
+/** Kernel parameter kinds: device pointer / 64-bit ints / double take 8 bytes, the rest 4. */
+export type ArgKind = "ptr" | "u64" | "i64" | "i32" | "u32" | "f32" | "f64";
 
 export const MAX_KERNEL_ARGS = 32;
 
@@ -62,10 +62,16 @@ export function packKernelArgs(
       case "f32":
         slots.setFloat32(off, Number(v), true);
         break;
+      case "f64":
+        slots.setFloat64(off, Number(v), true);
+        break;
     }
     table[i] = slotsAddr + BigInt(off);
   }
 }
+
+/** CUresult of a symbol lookup that found nothing (cuModuleGetFunction on the wrong module). */
+export const CUDA_ERROR_NOT_FOUND = 500;
 
 export type CuFunction = Deno.PointerValue;
 export type CuModule = Deno.PointerValue;
@@ -125,7 +131,17 @@ export class CudaDriver {
     this.check("cuModuleUnload", this.sym.cuModuleUnload(m));
   }
   getFunction(m: CuModule, name: string): CuFunction {
+    const fn = this.findFunction(m, name);
+    if (fn === undefined) {
+      throw statusError(`cuModuleGetFunction(${name})`, this.errorString(CUDA_ERROR_NOT_FOUND), 500);
+    }
+    return fn;
+  }
+  /** The function, or undefined when this module has no such symbol (CUDA_ERROR_NOT_FOUND only:
+   *  every other failure, e.g. a lost context, throws with its code). */
+  findFunction(m: CuModule, name: string): CuFunction | undefined {
     const rc = this.sym.cuModuleGetFunction(this.out, m, cStr(name));
+    if (rc === CUDA_ERROR_NOT_FOUND) return undefined;
     if (rc !== 0) throw statusError(`cuModuleGetFunction(${name})`, this.errorString(rc), rc);
     return Deno.UnsafePointer.create(this.out[0]);
   }

@@ -1,7 +1,8 @@
 // Locating NVIDIA shared libraries. Order per library: its env var (MEGATRON_DENO_<LIB>, a full
 // path), LD_LIBRARY_PATH, CUDA toolkit dirs (CUDA_HOME, CUDA_PATH, /usr/local/cuda), the driver
 // dirs (/usr/local/nvidia/lib64), system lib dirs, then Python wheel dirs
-// (<site-packages>/nvidia/<pkg>/lib). Pure path logic is separated from file-system probing so it
+// (<site-packages>/nvidia/<pkg>/lib, and the CUDA 13/12 wheels' shared nvidia/cu13/lib,
+// nvidia/cu12/lib). Pure path logic is separated from file-system probing so it
 // can be unit-tested.
 
 export type CudaLib = "cudart" | "cuda" | "cublas" | "cublaslt" | "cudnn" | "nccl";
@@ -59,6 +60,9 @@ const SYSTEM_DIRS = [
   "/lib64",
 ];
 
+/** Shared library folders of the per-CUDA-major wheels, newest first. */
+const WHEEL_SHARED_DIRS = ["cu13", "cu12"];
+
 function uniq(xs: string[]): string[] {
   return [...new Set(xs)];
 }
@@ -82,7 +86,10 @@ export function candidatePaths(lib: CudaLib, env: DiscoverEnv): string[] {
   const explicit = env.get(spec.env);
   if (explicit) out.push(explicit);
   const dirs = searchDirs(env);
-  for (const sp of env.sitePackages) dirs.push(`${sp}/nvidia/${spec.wheel}/lib`);
+  // CUDA 13 wheels (and some CUDA 12 ones) put every library in one nvidia/cu<major>/lib.
+  for (const sp of env.sitePackages) {
+    dirs.push(`${sp}/nvidia/${spec.wheel}/lib`, ...WHEEL_SHARED_DIRS.map((d) => `${sp}/nvidia/${d}/lib`));
+  }
   // cuBLASLt ships in the cublas wheel; the driver is never in a wheel but harmless to list.
   for (const d of dirs) for (const n of spec.names) out.push(`${d}/${n}`);
   return uniq(out);

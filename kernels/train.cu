@@ -141,3 +141,21 @@ __device__ __forceinline__ void sgdImpl(float* p, const G* g, float* buf, u64 n,
     sgdImpl(p, g, buf, n, lr, momentum, wd, first);                                                     \
   }
 FOR_T(SGD_INST)
+
+// ---- normal initialization (bit-equal to the CPU's, see init_normal.cuh) ---------------------
+// out[i] = std * normal(base + (i / rowLen) * rowStride + i % rowLen), rounded to out's dtype.
+#include "init_normal.cuh"
+template <typename T>
+__device__ __forceinline__ void initNormalImpl(T* out, u64 n, double std, uint32_t seed, uint32_t stream,
+                                               uint32_t iteration, u64 base, u64 rowStride, u64 rowLen) {
+  GRID_STRIDE(i, n) {
+    stInit(out, i, __dmul_rn(std, mdNormal(rngIndex(i, base, rowStride, rowLen), seed, stream, iteration)));
+  }
+}
+#define INIT_INST(n_, t)                                                                                   \
+  extern "C" __global__ void md_init_normal_##n_(t* out, u64 n, double std, uint32_t seed, uint32_t stream, \
+                                                 uint32_t iteration, u64 base, u64 rowStride, u64 rowLen) { \
+    initNormalImpl(out, n, std, seed, stream, iteration, base, rowStride, rowLen);                         \
+  }
+FOR_T(INIT_INST)
+INIT_INST(f64, double)

@@ -136,6 +136,27 @@ __device__ __forceinline__ void biasGeluBwdImpl(const T* dy, const T* x, const T
   }
 FOR_T(GELU_INST)
 
+// ---- tanh (kind 0) and exact erf GeLU (kind 1), elementwise ---------------------------------------
+__device__ __forceinline__ float actFwdF(int kind, float v) {
+  return kind == 0 ? tanhf(v) : 0.5f * v * erfcf(-v * 0.70710678118654752f);
+}
+__device__ __forceinline__ float actGradF(int kind, float v) {
+  if (kind == 0) {
+    const float t = tanhf(v);
+    return 1.f - t * t;
+  }
+  // Phi(v) + v phi(v)
+  return 0.5f * erfcf(-v * 0.70710678118654752f) + v * 0.39894228040143268f * expf(-0.5f * v * v);
+}
+#define ACT_INST(n_, t)                                                                                 \
+  extern "C" __global__ void md_act_fwd_##n_(const t* x, t* y, u64 n, int kind) {                       \
+    GRID_STRIDE(i, n) stf(y, i, actFwdF(kind, ldf(x, i)));                                              \
+  }                                                                                                     \
+  extern "C" __global__ void md_act_bwd_##n_(const t* dy, const t* x, t* dx, u64 n, int kind) {         \
+    GRID_STRIDE(i, n) stf(dx, i, ldf(dy, i) * actGradF(kind, ldf(x, i)));                               \
+  }
+FOR_T(ACT_INST)
+
 // ---- scaled masked softmax -------------------------------------------------------------------
 // scores [b, np, sq, sk]; one block per row r = ((bi * np + hd) * sq + i). maskKind: 0 none,
 // 1 causal (j > i + sk - sq masked, i.e. aligned to the last key), 2 padding (u8 mask [b, sq, sk], 1 = masked). Masked -> -10000.

@@ -3,6 +3,9 @@
 //
 //   deno task build:kernels            rebuild and rewrite dist/
 //   deno task build:kernels --check    rebuild into a temp dir; fail if dist/ is stale
+//   deno task build:kernels --out DIR  build into DIR (fatbins + manifest) for a host whose driver
+//                                      is older than the committed fatbins' CUDA; then run with
+//                                      MEGATRON_DENO_KERNELS_DIR=DIR
 //
 // nvcc 13.0 output was checked to be byte-for-byte deterministic (same bytes across runs and
 // source directories), so --check compares fatbin bytes whenever the local nvcc version equals
@@ -103,17 +106,23 @@ async function writeAtomic(path: string, text: string): Promise<void> {
 }
 
 async function main(): Promise<number> {
-  const { values } = parseArgs({ args: Deno.args, options: { check: { type: "boolean", default: false } } });
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: { check: { type: "boolean", default: false }, out: { type: "string" } },
+  });
   const nvcc = findNvcc();
   const version = await nvccVersion(nvcc);
   const names = await listSources();
   const sources = await sourceHashes(names);
   if (!values.check) {
-    await Deno.mkdir(DIST_DIR, { recursive: true });
-    const fatbins = await compileAll(nvcc, names, DIST_DIR.pathname.replace(/\/$/, ""));
+    const outDir = values.out ? values.out.replace(/\/$/, "") : DIST_DIR.pathname.replace(/\/$/, "");
+    await Deno.mkdir(outDir, { recursive: true });
+    const fatbins = await compileAll(nvcc, names, outDir);
     const manifest: Manifest = { nvcc: version, flags: [...NVCC_FLAGS], sources, fatbins };
-    await writeAtomic(new URL("manifest.json", DIST_DIR).pathname, JSON.stringify(manifest, null, 2) + "\n");
-    console.log(`build_kernels: built ${Object.keys(fatbins).length} fatbins with nvcc ${version}`);
+    await writeAtomic(`${outDir}/manifest.json`, JSON.stringify(manifest, null, 2) + "\n");
+    console.log(
+      `build_kernels: built ${Object.keys(fatbins).length} fatbins with nvcc ${version} in ${outDir}`,
+    );
     return 0;
   }
   // --check

@@ -1,59 +1,172 @@
 #!/usr/bin/env bash
-# One-shot check on the offline GPU host (one device call). From the project root, after
-# ../shared/gpu/pack-deno.sh and `deno install` here, carry .gpu and node_modules and run:
+# One-shot check on the offline GPU host, in one device call that ends well inside its 10 minutes
+# (every step has a time budget and all of them share a deadline, GPU_CHECK_DEADLINE=450 s, so a
+# second call still fits in the device time). Here, first: bash scripts/gpu_payload.sh (writes
+# .gpu/, <= 40 MiB); carry .gpu; there, from the project root:
 #     bash scripts/gpu_check.sh [--bench]
-# Steps: device info, `deno task build:kernels --check` (only when nvcc exists),
-# `deno task test:gpu` (op-by-op vs the CPU reference + tiny GPT training), with --bench also
-# `deno task bench:gpu` (GEMM TFLOP/s, kernel GB/s, GPT-345M-shape step); a short table last.
-# Exit status: non-zero when any step failed.
+# Steps (budget in seconds):
+#   info       15  nvidia-smi (GPU, driver, memory), deno --version
+#   kernels    90  only when the host's nvcc is not the one in kernels/dist/manifest.json: build the
+#                  fatbins into a temporary folder and use them (MEGATRON_DENO_KERNELS_DIR)
+#   cuda-info  30  scripts/gpu_info.ts: driver and runtime CUDA versions, libraries, GPU; fails in
+#                  one line when the driver is older than the fatbins need
+#   ops       150  tests/gpu/ops.test.ts: every op x dtype against the CPU backend
+#   gpt-train 120  tests/gpu/gpt_train.test.ts: tiny GPT 20 steps CUDA vs CPU (f32, fp16, bf16)
+#   sync:<f>  120  a failed test file once more with MEGATRON_DENO_CUDA_SYNC=1 (sync and check after
+#                  every launch/GEMM): the table shows the first op that failed
+#   bench     150  with --bench: bench:gpu --steps 20 (GEMMs, kernels, GPT-345M)
+#   pytorch   120  with --bench, when python3 has torch: bench/pytorch_gpt345m.py (the same GPT-345M,
+#                  eager bf16); the table then gives both tokens/s and their ratio
+# When nvidia-smi lists a GPU, MEGATRON_DENO_REQUIRE_CUDA=1 is set: a test or bench that would skip
+# for want of CUDA fails instead, and the table says why. Logs: $OUT/gpu_check.log and
+# $OUT/gpu_check_table.txt when $OUT is set (they come back with the call), else /tmp/gpu_check/.
+# Deno runs with --cached-only (and the payload's --lock=.gpu/deno.lock): the host is offline, and
+# the payload's node_modules must suffice.
+# The table is printed last; the exit status is non-zero when any step failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-if [ -f .gpu/env.sh ]; then
+# The GPU host has no Deno: the payload's env.sh unpacks it and node_modules (scripts/gpu_payload.sh).
+if ! command -v deno >/dev/null && [ -f .gpu/env.sh ]; then
   # shellcheck disable=SC1091
   source .gpu/env.sh
 fi
-log_dir=${GPU_CHECK_LOG_DIR:-/tmp/gpu_check}
-mkdir -p "$log_dir"
-names=()
-results=()
-times=()
+# Offline: resolve npm imports from node_modules only, against the payload's cut lockfile.
+dflags=(--cached-only)
+[ -f .gpu/deno.lock ] && dflags+=(--lock=.gpu/deno.lock)
+deadline=$((SECONDS + ${GPU_CHECK_DEADLINE:-450}))
+log_dir=$(mktemp -d /tmp/gpu_check.XXXXXX)
+names=() results=() times=() budgets=()
+failed=0
 
-run_step() { # name, command...
-  local name=$1
-  shift
-  local t0=$SECONDS
-  echo "=== $name: $*"
-  "$@" 2>&1 | tee "$log_dir/${name// /_}.log"
-  local rc=${PIPESTATUS[0]}
-  names+=("$name")
-  times+=($((SECONDS - t0)))
-  if [ "$rc" -eq 0 ]; then results+=("ok"); else results+=("FAILED (exit $rc)"); fi
+# Seconds left for a step with budget $1 (never past the shared deadline).
+budget_for() {
+  local left=$((deadline - SECONDS))
+  [ "$left" -lt "$1" ] && echo "$left" || echo "$1"
 }
 
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-deno --version | head -1 || { echo "gpu_check: no deno on PATH (run ../shared/gpu/pack-deno.sh and carry .gpu)"; exit 1; }
+# The line of a log that best explains a failure: the most specific pattern found first.
+why() {
+  local p line
+  for p in "cuda sync check:" "MEGATRON_DENO_REQUIRE_CUDA=1 but" "gpu_info:" "exceeds" "error: " "FAILED"; do
+    line=$(sed 's/\x1b\[[0-9;]*m//g' "$1" | grep -a -m1 -F "$p") && { echo "${line:0:200}"; return; }
+  done
+}
 
+record() { # name result seconds budget
+  names+=("$1") results+=("$2") times+=("$3") budgets+=("$4")
+  case "$2" in ok* | skipped*) ;; *) failed=1 ;; esac
+}
+
+run_step() { # name budget command...
+  local name=$1 want=$2
+  shift 2
+  local b
+  b=$(budget_for "$want")
+  if [ "$b" -le 5 ]; then
+    record "$name" "NOT RUN (deadline reached)" 0 "$want"
+    return 1
+  fi
+  local log="$log_dir/${name//[^a-zA-Z0-9_.-]/_}.log" t0=$SECONDS rc
+  echo "=== $name (budget ${b}s): $*"
+  timeout -k 5 "$b" "$@" > >(tee "$log") 2>&1
+  rc=$?
+  sleep 0.2 # let tee finish the log
+  local res="ok"
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    res="TIMEOUT after ${b}s"
+  elif [ "$rc" -ne 0 ]; then
+    res="FAILED (exit $rc): $(why "$log")"
+  elif grep -aq "skipped — no CUDA" "$log"; then
+    res="SKIPPED: $(grep -a -m1 'skipped — no CUDA' "$log" | cut -c1-140)"
+    [ "$gpu_listed" = 1 ] && res="FAILED (skipped although nvidia-smi lists a GPU): ${res#SKIPPED: }"
+  fi
+  record "$name" "$res" $((SECONDS - t0)) "$want"
+  [ "$res" = ok ]
+}
+
+# ---- info --------------------------------------------------------------------------------------
+gpu_listed=0 gpu_line="none listed by nvidia-smi"
+t0=$SECONDS
+if command -v nvidia-smi >/dev/null && timeout 15 nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+  gpu_listed=1
+  gpu_line=$(timeout 15 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -1)
+  export MEGATRON_DENO_REQUIRE_CUDA=1
+fi
+echo "gpu: $gpu_line"
+echo "kernels/dist: built with nvcc $(grep -o '"nvcc": *"[^"]*"' kernels/dist/manifest.json | sed 's/.*: *"\(.*\)"/\1/')"
+if deno_v=$(deno --version 2>/dev/null | head -1); then
+  record info "ok ($deno_v)" $((SECONDS - t0)) 15
+else
+  record info "FAILED: no deno on PATH (run scripts/gpu_payload.sh here and carry .gpu)" $((SECONDS - t0)) 15
+fi
+
+# ---- kernels: rebuild only for another nvcc -----------------------------------------------------
 nvcc_bin=$(command -v nvcc || true)
 [ -z "$nvcc_bin" ] && [ -x /usr/local/cuda/bin/nvcc ] && nvcc_bin=/usr/local/cuda/bin/nvcc
-if [ -n "$nvcc_bin" ]; then
-  run_step "kernels --check" env NVCC="$nvcc_bin" deno task build:kernels --check
+built_with=$(grep -o '"nvcc": *"[^"]*"' kernels/dist/manifest.json | sed 's/.*: *"\(.*\)"/\1/')
+if [ -z "$nvcc_bin" ]; then
+  record kernels "skipped (no nvcc; using kernels/dist, $built_with)" 0 90
 else
-  names+=("kernels --check"); results+=("skipped (no nvcc)"); times+=(0)
-fi
-run_step "test:gpu" deno task test:gpu
-if [ "${1:-}" = "--bench" ]; then
-  run_step "bench:gpu" deno task bench:gpu
+  host_nvcc=$("$nvcc_bin" --version | grep -o 'release .*' | head -1)
+  if [ "$host_nvcc" = "$built_with" ]; then
+    record kernels "skipped (host nvcc = manifest: $built_with)" 0 90
+  else
+    kdir=$(mktemp -d /tmp/md-kernels.XXXXXX)
+    echo "host nvcc '$host_nvcc' differs from kernels/dist's '$built_with': rebuilding into $kdir"
+    if run_step kernels 90 env NVCC="$nvcc_bin" deno run "${dflags[@]}" -A scripts/build_kernels.ts --out "$kdir"; then
+      export MEGATRON_DENO_KERNELS_DIR=$kdir
+    fi
+  fi
 fi
 
-echo
-echo "gpu_check summary (logs in $log_dir)"
-printf '%-18s %-22s %6s\n' step result seconds
-status=0
-for i in "${!names[@]}"; do
-  printf '%-18s %-22s %6s\n' "${names[$i]}" "${results[$i]}" "${times[$i]}"
-  case "${results[$i]}" in FAILED*) status=1 ;; esac
+# ---- CUDA itself, then the suites ---------------------------------------------------------------
+run_step cuda-info 30 deno run "${dflags[@]}" -A scripts/gpu_info.ts
+for f in ops gpt_train; do
+  # GPU_CHECK_TEST_ARGS: extra deno test flags (tests/gpu_check_script.test.ts narrows with --filter).
+  # shellcheck disable=SC2086
+  if ! run_step "${f//_/-}" $([ $f = ops ] && echo 150 || echo 120) deno test "${dflags[@]}" -A --no-check ${GPU_CHECK_TEST_ARGS:-} \
+    "tests/gpu/$f.test.ts"; then
+    # Once more, synchronizing after every launch and GEMM, to name the op that faulted.
+    run_step "sync:${f//_/-}" 120 env MEGATRON_DENO_CUDA_SYNC=1 deno test "${dflags[@]}" -A --no-check ${GPU_CHECK_TEST_ARGS:-} \
+      "tests/gpu/$f.test.ts"
+    first=$(grep -a -m1 "cuda sync check:" "$log_dir/sync_${f//_/-}.log" 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g')
+    [ -n "$first" ] && echo "first failing op (tests/gpu/$f.test.ts): ${first#*cuda sync check: }"
+  fi
 done
-if grep -q "test:gpu: skipped" "$log_dir/test:gpu.log" 2>/dev/null; then
-  echo "note: test:gpu skipped (no CUDA) — see the skip line above"
+compare_line=""
+if [ "${1:-}" = "--bench" ]; then
+  # GPU_CHECK_BENCH_ARGS / GPU_CHECK_TORCH_ARGS: other sizes (the defaults are GPT-345M, 20 steps).
+  # shellcheck disable=SC2086
+  run_step bench 150 deno run "${dflags[@]}" -A bench/gpu/gpt345m.ts ${GPU_CHECK_BENCH_ARGS:---steps 20}
+  if command -v python3 >/dev/null && timeout 60 python3 -c "import torch" 2>/dev/null; then
+    # shellcheck disable=SC2086
+    run_step pytorch 120 env PYTHONUNBUFFERED=1 python3 bench/pytorch_gpt345m.py ${GPU_CHECK_TORCH_ARGS:---steps 20}
+  else
+    record pytorch "skipped (no python3 with torch)" 0 120
+  fi
+  ours=$(grep -ao '[0-9]* tok/s' "$log_dir/bench.log" 2>/dev/null | tail -1 | cut -d' ' -f1)
+  theirs=$(grep -ao '[0-9]* tokens/s' "$log_dir/pytorch.log" 2>/dev/null | tail -1 | cut -d' ' -f1)
+  if [ -n "$ours" ] && [ -n "$theirs" ] && [ "$theirs" -gt 0 ]; then
+    compare_line="GPT train step tokens/s: megatron-deno $ours, PyTorch eager $theirs, ratio $(
+      awk -v a="$ours" -v b="$theirs" 'BEGIN { printf "%.2f", a / b }'
+    )"
+  fi
 fi
-exit $status
+
+# ---- table -------------------------------------------------------------------------------------
+table=$(
+  echo "gpu_check: GPU $gpu_line; $(grep -a -m1 '^cuda driver:' "$log_dir/cuda-info.log" 2>/dev/null | sed 's/  */ /g')"
+  printf '%-14s %7s %7s  %s\n' step seconds budget result
+  for i in "${!names[@]}"; do
+    printf '%-14s %7s %7s  %s\n' "${names[$i]}" "${times[$i]}" "${budgets[$i]}" "${results[$i]}"
+  done
+  [ -n "$compare_line" ] && echo "$compare_line"
+  echo "gpu_check: $([ $failed = 0 ] && echo ok || echo FAILED) in $((SECONDS - deadline + ${GPU_CHECK_DEADLINE:-450}))s"
+)
+if [ -n "${OUT:-}" ]; then
+  for l in "$log_dir"/*.log; do echo "=== $(basename "$l")"; cat "$l"; done > "$OUT/gpu_check.log" 2>/dev/null
+  echo "$table" > "$OUT/gpu_check_table.txt"
+fi
+echo
+echo "$table"
+exit $failed

@@ -1,4 +1,4 @@
-// GEMM: BLAS (when found) and the TypeScript fallback against a naive f64 loop, with transposes,
+// GEMM: BLAS (when found), the TypeScript loops and the WebAssembly GEMM (large cases) against a naive f64 loop, with transposes,
 // alpha/beta, beta = 0 over NaN, leading dimensions, strided batches and half inputs.
 import assert from "node:assert/strict";
 import { type CpuBackend, createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
@@ -7,8 +7,9 @@ import type { DType } from "../src/tensor/dtype.ts";
 import type { Tensor } from "../src/tensor/tensor.ts";
 
 const blasBe = createCpuBackend({ log: () => {} });
-const tsBe = createCpuBackend({ blas: "none", log: () => {} });
-const backends: [string, CpuBackend][] = [["default", blasBe], ["ts", tsBe]];
+const tsBe = createCpuBackend({ blas: "none", fallbackGemm: "ts", log: () => {} });
+const wasmBe = createCpuBackend({ blas: "none", log: () => {} });
+const backends: [string, CpuBackend][] = [["default", blasBe], ["ts", tsBe], ["wasm", wasmBe]];
 
 function rnd(n: number, seed: number): number[] {
   const g = new PhiloxStream(seed, 77, 0);
@@ -236,7 +237,7 @@ Deno.test("gemm: ldc > n leaves the elements between C rows untouched (f32 and h
   }
 });
 
-Deno.test("gemm: BLAS and TS fallback agree on a larger product", () => {
+Deno.test("gemm: BLAS, TS and wasm fallbacks agree on a larger product", () => {
   const m = 64, n = 96, k = 200;
   const A = rnd(m * k, 10), B = rnd(k * n, 11);
   const res = backends.map(([, be]) => {
@@ -254,14 +255,16 @@ Deno.test("gemm: BLAS and TS fallback agree on a larger product", () => {
     return be.toF64(c);
   });
   closeArr(res[0], res[1], 1e-5, "blas vs ts");
+  closeArr(res[0], res[2], 1e-5, "blas vs wasm");
 });
 
 Deno.test("backend description reports the BLAS choice", () => {
   const lines: string[] = [];
-  const be = createCpuBackend({ blas: "none", log: (l) => lines.push(l) });
+  const be = createCpuBackend({ blas: "none", fallbackGemm: "ts", log: (l) => lines.push(l) });
   assert.deepEqual(lines, ["cpu backend: TypeScript GEMM (no BLAS: option blas=none)"]);
   assert.equal(be.blas, null);
   assert.match(be.description, /^cpu \(TypeScript GEMM/);
+  assert.match(wasmBe.description, /^cpu \(WebAssembly SIMD GEMM/);
   if (blasBe.blas) assert.match(blasBe.description, new RegExp(`^cpu \\(${blasBe.blas.name} via FFI`));
   assert.throws(
     () => createCpuBackend({ blas: "/nonexistent/libfoo.so", log: () => {} }),

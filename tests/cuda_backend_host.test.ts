@@ -222,6 +222,7 @@ function cudaSignatures(): Map<string, string[]> {
         if (/^(int|int32_t) /.test(p)) return "i32";
         if (/^uint32_t /.test(p)) return "u32";
         if (/^float /.test(p)) return "f32";
+        if (/^double /.test(p)) return "f64";
         throw new Error(`${f.name}: unknown parameter type in '${p}' of ${fam}`);
       });
       out.set(fam, kinds);

@@ -12,6 +12,10 @@ import type { DiscoverEnv } from "../ffi/discover.ts";
 import type { DType } from "../src/tensor/dtype.ts";
 import { buildEmulator } from "./gpu/emulator/build.ts";
 import { compare, type Ctx } from "./gpu/harness.ts";
+import { circleU32, logU32 } from "../src/rng/philox.ts";
+import { GPTModel } from "../src/models/mod.ts";
+import { makeParallelState, SingleRankCommunicator } from "../src/parallel/types.ts";
+import type { Backend } from "../src/backend/backend.ts";
 
 const built = await buildEmulator();
 const opts = { sanitizeResources: false, sanitizeOps: false };
@@ -84,6 +88,15 @@ if ("skip" in built) {
         m.be.biasGeluBwd(m.inp(d, [5, 24], r.array(120)), x, b, dx);
         return [y, dx];
       });
+      for (const kind of ["tanh", "gelu_erf"] as const) {
+        compare(ctx, `activation ${kind} fwd+bwd`, d, seed++, (m, r) => {
+          const x = m.inp(d, [5, 24], r.array(120, -5, 5));
+          const y = m.out(d, [5, 24]), dx = m.out(d, [5, 24]);
+          m.be.activationFwd(kind, x, y);
+          m.be.activationBwd(kind, m.inp(d, [5, 24], r.array(120)), x, dx);
+          return [y, dx];
+        });
+      }
       for (const kind of ["none", "causal", "padding"] as const) {
         compare(ctx, `softmax ${kind} fwd+bwd`, d, seed++, (m, r) => {
           const [b, np, sq, sk] = [2, 2, 3, 45];
@@ -121,6 +134,86 @@ if ("skip" in built) {
         );
         return [out];
       }, 1e-6);
+    }
+  });
+
+  Deno.test({ name: "emulated kernels: normalInit bit-equal to the CPU's initialization", ...opts }, () => {
+    // The f64 log and sine/cosine of init_normal.cuh against philox.ts, on the edge inputs (k = 0:
+    // the e = -1 branch; powers of two; the sqrt(2) and pi/4 fold boundaries; quadrant edges).
+    const emu = Deno.dlopen(lib, {
+      emu_log_u32: { parameters: ["u32"], result: "f64" },
+      emu_circle_u32: { parameters: ["u32", "i32"], result: "f64" },
+    });
+    const edges = [
+      0,
+      1,
+      2,
+      3,
+      4,
+      5,
+      6,
+      0xb504f333,
+      0x5a827999,
+      0x5a82799a,
+      0x1fffffff,
+      0x20000000,
+      0x20000001,
+    ];
+    for (let b = 0; b < 32; b++) edges.push((2 ** b) >>> 0, (2 ** b - 1) >>> 0, (2 ** b + 1) >>> 0);
+    for (const q of [0, 1, 2, 3]) {
+      edges.push(q * 0x40000000, q * 0x40000000 + 0x3fffffff, q * 0x40000000 + 0x20000000);
+    }
+    let s = 99;
+    for (let i = 0; i < 20000; i++) edges.push(s = (Math.imul(s, 1664525) + 1013904223) >>> 0);
+    for (const k of edges) {
+      assert.equal(emu.symbols.emu_log_u32(k), logU32(k), `log ${k}`);
+      assert.equal(emu.symbols.emu_circle_u32(k, 1), circleU32(k, true), `sin ${k}`);
+      assert.equal(emu.symbols.emu_circle_u32(k, 0), circleU32(k, false), `cos ${k}`);
+    }
+    emu.close();
+    // Whole tensors: strided rows, counters above 2^32, every dtype including f64.
+    const addr = {
+      seed: 1234,
+      stream: 0x100012,
+      iteration: 0,
+      base: 2 ** 33 + 3,
+      rowStride: 1000,
+      rowLen: 77,
+    };
+    for (const d of [...D, "f64"] as DType[]) {
+      const a = ctx.cuda.empty(d, [13, 77]), b = ctx.cpu.empty(d, [13, 77]);
+      ctx.cuda.normalInit(a, 0.02 / Math.sqrt(48), addr);
+      ctx.cpu.normalInit(b, 0.02 / Math.sqrt(48), addr);
+      assert.deepEqual(ctx.cuda.toHost(a), ctx.cpu.toHost(b), d);
+      ctx.cuda.free(a);
+      ctx.cpu.free(b);
+    }
+    // A bf16 GPT built on each backend: every weight and f32 master copy has the same bits.
+    const build = (be: Backend) =>
+      new GPTModel(
+        {
+          numLayers: 2,
+          hiddenSize: 32,
+          numAttentionHeads: 4,
+          seqLength: 16,
+          maxPositionEmbeddings: 16,
+          vocabSize: 96,
+          hiddenDropout: 0.1,
+          attentionDropout: 0.1,
+          initMethodStd: 0.02,
+          paramsDtype: "bf16",
+          activationsCheckpointMethod: null,
+          seed: 1234,
+        },
+        be,
+        makeParallelState({ tp: 1, pp: 1, dp: 1 }, 0),
+        new SingleRankCommunicator(),
+      );
+    const onGpu = build(ctx.cuda).params(), onCpu = build(ctx.cpu).params();
+    assert.equal(onGpu.length, onCpu.length);
+    for (const [i, p] of onGpu.entries()) {
+      assert.deepEqual(ctx.cuda.toHost(p.value), ctx.cpu.toHost(onCpu[i].value), p.name);
+      assert.deepEqual(ctx.cuda.toHost(p.main!), ctx.cpu.toHost(onCpu[i].main!), `${p.name} (main)`);
     }
   });
 

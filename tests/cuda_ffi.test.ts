@@ -11,6 +11,16 @@ import {
   statusError,
 } from "../ffi/discover.ts";
 import { type ArgKind, packKernelArgs } from "../ffi/cuda.ts";
+import {
+  attrBuffer,
+  CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+  CUBLASLT_MATMUL_DESC_EPILOGUE,
+  CUBLASLT_MATMUL_DESC_TRANSA,
+  CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+  CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+  LAYOUT_ATTR_TYPES,
+  MATMUL_DESC_ATTR_TYPES,
+} from "../ffi/cublaslt.ts";
 
 function fakeEnv(vars: Record<string, string>, sitePackages: string[] = []): DiscoverEnv {
   return { get: (n) => vars[n], sitePackages, pythonSitePackages: () => [] };
@@ -44,6 +54,38 @@ Deno.test("discover: env var first, then LD_LIBRARY_PATH, CUDA_HOME, toolkit, sy
     candidatePaths("nccl", env).includes("/venv/lib/python3.12/site-packages/nvidia/nccl/lib/libnccl.so.2"),
   );
   assert.ok(searchDirs(fakeEnv({})).includes("/usr/local/cuda/lib64"));
+  // CUDA 13 wheels share nvidia/cu13/lib (cu12 for some CUDA 12 ones): after the per-library
+  // wheel dir, cu13 before cu12.
+  const sp = "/venv/lib/python3.12/site-packages/nvidia";
+  const rt = candidatePaths("cudart", env);
+  const at = (p: string) => {
+    const i = rt.indexOf(p);
+    assert.ok(i >= 0, `${p} not searched`);
+    return i;
+  };
+  assert.ok(at(`${sp}/cuda_runtime/lib/libcudart.so.13`) < at(`${sp}/cu13/lib/libcudart.so.13`));
+  assert.ok(at(`${sp}/cu13/lib/libcudart.so.13`) < at(`${sp}/cu12/lib/libcudart.so.12`));
+  assert.ok(candidatePaths("cublaslt", env).includes(`${sp}/cu13/lib/libcublasLt.so.13`));
+});
+
+Deno.test("cublasLt: attribute buffers have the attribute's C size, not the JS value's", () => {
+  const L = (attr: number, v: number | bigint) => attrBuffer("set", LAYOUT_ATTR_TYPES, attr, v);
+  const D = (attr: number, v: number | bigint) => attrBuffer("set", MATMUL_DESC_ATTR_TYPES, attr, v);
+  // The int64 strided-batch offset given as a number used to go out in 4 bytes.
+  const off = L(CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, 3 * 2 ** 31);
+  assert.equal(off.byteLength, 8);
+  assert.deepEqual([...new BigInt64Array(off.buffer)], [3n * 2n ** 31n]);
+  assert.equal(L(CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, 16n).byteLength, 4);
+  assert.deepEqual([...new Int32Array(L(CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, 16n).buffer)], [16]);
+  assert.equal(L(2, 1024).byteLength, 8, "ROWS is uint64_t");
+  assert.equal(D(CUBLASLT_MATMUL_DESC_TRANSA, 1).byteLength, 4);
+  assert.equal(D(CUBLASLT_MATMUL_DESC_EPILOGUE, 36).byteLength, 4);
+  assert.equal(D(CUBLASLT_MATMUL_DESC_BIAS_POINTER, 0x7f0000001000n).byteLength, 8);
+  assert.throws(() => L(99, 1), (e: Error) => e.message === "set: attribute 99 has no known C type");
+  assert.throws(
+    () => L(CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, 2 ** 31),
+    (e: Error) => e.message === "set: attribute 5 value 2147483648 does not fit i32",
+  );
 });
 
 Deno.test("discover: site-packages found under common prefixes without python", () => {
@@ -115,6 +157,10 @@ Deno.test("cuda: kernel argument packing writes 8-byte slots and their addresses
   assert.equal(slots.getInt32(24, true), -2);
   assert.equal(slots.getUint32(32, true), 0xfffffffe);
   assert.equal(slots.getBigInt64(40, true), -5n);
+  // A double (the init kernel's std) fills its whole 8-byte slot: 0.1 = 0x3FB999999999999A.
+  packKernelArgs(["f64"], [0.1], slots, table, 0x2000n);
+  assert.deepEqual([...bytes.slice(0, 8)], [0x9a, 0x99, 0x99, 0x99, 0x99, 0x99, 0xb9, 0x3f]);
+  assert.equal(table[0], 0x2000n);
   assert.throws(() => packKernelArgs(["ptr"], [1n, 2n], slots, table, 0n), /1 parameter kinds but 2 values/);
   assert.throws(() => packKernelArgs(Array(9).fill("i32"), Array(9).fill(0), slots, table, 0n), /exceed/);
 });

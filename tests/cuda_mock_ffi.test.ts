@@ -9,6 +9,8 @@ import assert from "node:assert/strict";
 import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
 import { createCudaBackend, type CudaBackend, probeCuda } from "../src/backend/cuda/cuda_backend.ts";
 import type { DiscoverEnv } from "../ffi/discover.ts";
+import { CudaDriver } from "../ffi/cuda.ts";
+import { KernelLibrary } from "../src/backend/cuda/kernels.ts";
 import type { DType } from "../src/tensor/dtype.ts";
 import { availableMemory } from "../src/training/memory_estimate.ts";
 
@@ -23,11 +25,13 @@ static bf16 f2bf(float f) { uint32_t u; memcpy(&u, &f, 4); u += 0x7fff + ((u >> 
 
 /* ---- cudart ---- */
 static int mallocs = 0, live = 0;
-const char* cudaGetErrorString(int e) { return e == 1 ? "invalid argument" : e == 2 ? "out of memory" : "mock error"; }
+const char* cudaGetErrorString(int e) {
+  return e == 1 ? "invalid argument" : e == 2 ? "out of memory" : e == 700 ? "an illegal memory access was encountered" : "mock error";
+}
 int cudaGetLastError(void) { return 0; }
 int cudaRuntimeGetVersion(int* v) { *v = 13000; return 0; }
 int cudaDriverGetVersion(int* v) { *v = 13000; return 0; }
-int cudaGetDeviceCount(int* n) { *n = 1; return 0; }
+int cudaGetDeviceCount(int* n) { const char* e = getenv("MOCK_CUDA_DEVICES"); *n = e ? atoi(e) : 1; return 0; }
 int cudaSetDevice(int d) { return d == 0 ? 0 : 101; }
 int cudaGetDevice(int* d) { *d = 0; return 0; }
 int cudaDeviceGetAttribute(int* v, int attr, int dev) { *v = attr == 16 ? 4 : attr == 75 ? 9 : 0; return 0; }
@@ -35,13 +39,22 @@ int cudaDeviceSynchronize(void) { return 0; }
 int cudaMemGetInfo(size_t* f, size_t* t) { *f = 1 << 30; *t = 1 << 30; return 0; }
 int cudaMalloc(void** p, size_t n) { if (n > ((size_t)1 << 32)) return 2; *p = aligned_alloc(256, (n + 255) / 256 * 256); mallocs++; live++; return 0; }
 int cudaFree(void* p) { if (p) { free(p); live--; } return 0; }
-int cudaMemcpyAsync(void* d, const void* s, size_t n, int kind, void* st) { if (kind < 1 || kind > 3) return 1; memcpy(d, s, n); return 0; }
+/* Overlapping ranges are undefined behaviour for cudaMemcpyAsync: report them as an error. */
+int cudaMemcpyAsync(void* d, const void* s, size_t n, int kind, void* st) {
+  if (kind < 1 || kind > 3) return 1;
+  if (n && (const char*)s < (char*)d + n && (char*)d < (const char*)s + n) return 1;
+  memcpy(d, s, n); return 0;
+}
 int cudaMemcpy(void* d, const void* s, size_t n, int kind) { memcpy(d, s, n); return 0; }
 int cudaMemset(void* p, int v, size_t n) { memset(p, v, n); return 0; }
 int cudaMemsetAsync(void* p, int v, size_t n, void* st) { memset(p, v, n); return 0; }
 int cudaStreamCreateWithFlags(void** s, unsigned f) { *s = (void*)(uintptr_t)(0x5000 + f); return 0; }
 int cudaStreamDestroy(void* s) { return 0; }
-int cudaStreamSynchronize(void* s) { return 0; }
+/* mock_fault_after(name): the next synchronization after a launch of that kernel reports an
+   asynchronous fault (700), as a real device does. */
+static char fault_kernel[128]; static int fault_pending = 0;
+int cudaStreamSynchronize(void* s) { if (fault_pending) { fault_pending = 0; return 700; } return 0; }
+void mock_fault_after(const char* name) { strncpy(fault_kernel, name, 127); }
 int cudaEventCreate(void** e) { *e = malloc(8); return 0; }
 int cudaEventDestroy(void* e) { free(e); return 0; }
 int cudaEventRecord(void* e, void* s) { return 0; }
@@ -52,19 +65,30 @@ int cudaEventElapsedTime(float* ms, void* a, void* b) { *ms = 1.5f; return 0; }
 static char last_name[128]; static uint64_t last_args[16]; static uint32_t last_dims[7]; static int launches = 0;
 static void* last_stream;
 int cuInit(unsigned f) { return 0; }
-int cuDriverGetVersion(int* v) { *v = 13000; return 0; }
-int cuGetErrorString(int e, const char** s) { *s = e == 500 ? "named symbol not found" : "mock driver error"; return 0; }
+static int drv_version = 13000;
+int cuDriverGetVersion(int* v) { *v = drv_version; return 0; }
+void mock_set_driver_version(int v) { drv_version = v; }
+int cuGetErrorString(int e, const char** s) {
+  *s = e == 500 ? "named symbol not found" : e == 201 ? "invalid device context" : e == 700 ? "an illegal memory access was encountered" : "mock driver error";
+  return 0;
+}
 int cuDeviceGet(int* d, int o) { *d = o; return 0; }
 int cuDeviceGetName(char* n, int len, int d) { snprintf(n, len, "Mock GPU %d", d); return 0; }
 int cuModuleLoadData(void** m, const void* img) { *m = (void*)img ? (void*)0x1000 : 0; return img ? 0 : 1; }
 int cuModuleUnload(void* m) { return 0; }
-int cuModuleGetFunction(void** f, void* m, const char* name) { if (strncmp(name, "md_", 3)) return 500; *f = strdup(name); return 0; }
+/* md_ctxlost_*: a lookup that fails for another reason than "not in this module". */
+int cuModuleGetFunction(void** f, void* m, const char* name) {
+  if (strncmp(name, "md_", 3)) return 500;
+  if (!strncmp(name, "md_ctxlost_", 11)) return 201;
+  *f = strdup(name); return 0;
+}
 int cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                    unsigned shm, void* stream, void** params, void** extra) {
   strncpy(last_name, (const char*)f, 127);
   for (int i = 0; i < 16; i++) last_args[i] = params[i] ? *(uint64_t*)params[i] : 0;
   uint32_t d[7] = {gx, gy, gz, bx, by, bz, shm}; memcpy(last_dims, d, sizeof d);
   last_stream = stream; launches++;
+  if (fault_kernel[0] && !strcmp((const char*)f, fault_kernel)) { fault_pending = 1; fault_kernel[0] = 0; }
   return (bx * by * bz > 1024 || gx == 0) ? 1 : 0;
 }
 /* test hook */
@@ -150,6 +174,8 @@ if (lib) {
     mock_live: { parameters: [], result: "i32" },
     mock_last_stream: { parameters: [], result: "u64" },
     mock_blas_state: { parameters: ["buffer"], result: "i32" },
+    mock_fault_after: { parameters: ["buffer"], result: "void" },
+    mock_set_driver_version: { parameters: ["i32"], result: "void" },
   }).symbols;
   const lastLaunch = () => {
     const name = new Uint8Array(128), args = new BigUint64Array(16), dims = new Uint32Array(7);
@@ -163,12 +189,35 @@ if (lib) {
     const p = probeCuda(env);
     assert.ok(p.ok, p.ok ? "" : p.reason);
     cuda = await createCudaBackend({ env });
-    assert.match(cuda.description, /^cuda:0 \(Mock GPU 0, sm_90, CUDA runtime 13\.0, cuBLAS 130000\)$/);
+    assert.match(
+      cuda.description,
+      /^cuda:0 \(Mock GPU 0, sm_90, CUDA runtime 13\.0, driver 13\.0, cuBLAS 130000\)$/,
+    );
     const st = new BigUint64Array(2);
     hooks.mock_blas_state(st);
     assert.equal(st[0], 0x5001n, "cuBLAS runs on the backend's non-blocking stream");
-    assert.equal(st[1], 0n, "CUBLAS_DEFAULT_MATH (no TF32)");
+    assert.equal(st[1], 16n, "CUBLAS_DEFAULT_MATH (no TF32) | DISALLOW_REDUCED_PRECISION_REDUCTION");
   });
+
+  Deno.test(
+    { name: "cuda mock: kernel lookup moves to the next module only on NOT_FOUND", ...opts },
+    async () => {
+      const drv = CudaDriver.open(env);
+      const kl = await KernelLibrary.load(drv, new URL("../kernels/dist/", import.meta.url));
+      assert.ok(kl.get("md_fill_f32").fn !== null);
+      assert.throws(
+        () => kl.get("md_ctxlost_f32"),
+        (e: Error) => e.message === "cuModuleGetFunction(md_ctxlost_f32): invalid device context (201)",
+      );
+      assert.throws(
+        () => kl.get("nope_f32"),
+        (e: Error) =>
+          e.message ===
+            "cuda kernels: nope_f32 not found in kernels/dist (rebuild with deno task build:kernels)",
+      );
+      kl.unload();
+    },
+  );
 
   Deno.test(
     { name: "cuda mock: fromHost/toHost round trips every dtype, views use their offset", ...opts },
@@ -367,5 +416,205 @@ if (lib) {
     assert.equal(cuda.elapsedMs(a, b), 1.5);
     cuda.dispose();
     assert.equal(hooks.mock_live(), 0, "every device block returned");
+  });
+
+  Deno.test(
+    { name: "cuda mock: fatbins built for a newer CUDA than the driver fail in one line", ...opts },
+    async () => {
+      const dist = new URL("../kernels/dist/", import.meta.url);
+      const dir = await Deno.makeTempDir({ prefix: "md-kernels-dir-" });
+      try {
+        for (const f of ["elementwise.fatbin", "transformer.fatbin", "train.fatbin"]) {
+          await Deno.copyFile(new URL(f, dist), `${dir}/${f}`);
+        }
+        const manifest = JSON.parse(await Deno.readTextFile(new URL("manifest.json", dist)));
+        await Deno.writeTextFile(
+          `${dir}/manifest.json`,
+          JSON.stringify({ ...manifest, nvcc: "release 13.1, V13.1.2" }),
+        );
+        const withDir: DiscoverEnv = {
+          ...env,
+          get: (n) => n === "MEGATRON_DENO_KERNELS_DIR" ? dir : vars[n],
+        };
+        // The committed fatbins (nvcc 13.0) on a CUDA 12.8 driver.
+        hooks.mock_set_driver_version(12080);
+        await assert.rejects(
+          () => createCudaBackend({ env }),
+          (e: Error) =>
+            e.message ===
+              `cuda kernels: ${
+                  new URL(dist).pathname
+                } was built with nvcc 13.0 and needs a CUDA 13.0+ driver (r580+), ` +
+                "but this driver supports CUDA 12.8 (cuDriverGetVersion 12080); rebuild with this host's nvcc " +
+                "(deno task build:kernels --out DIR) and set MEGATRON_DENO_KERNELS_DIR=DIR",
+        );
+        // MEGATRON_DENO_KERNELS_DIR is where the manifest is read from: 13.1 needs more than 13.0.
+        hooks.mock_set_driver_version(13000);
+        await assert.rejects(() => createCudaBackend({ env: withDir }), (e: Error) =>
+          e.message.startsWith(
+            `cuda kernels: ${dir}/ was built with nvcc 13.1 and needs a CUDA 13.1+ driver (r580+), but this driver supports CUDA 13.0 `,
+          ));
+        hooks.mock_set_driver_version(13010);
+        const be = await createCudaBackend({ env: withDir });
+        assert.match(be.description, /CUDA runtime 13\.0, driver 13\.1,/);
+        be.dispose();
+      } finally {
+        hooks.mock_set_driver_version(13000);
+        await Deno.remove(dir, { recursive: true });
+      }
+    },
+  );
+
+  Deno.test(
+    { name: "cuda mock: MEGATRON_DENO_REQUIRE_CUDA=1 turns a failed probe into an error", ...opts },
+    () => {
+      Deno.env.set("MOCK_CUDA_DEVICES", "0");
+      try {
+        const p = probeCuda(env);
+        assert.deepEqual(p, { ok: false, reason: "cudaGetDeviceCount: no CUDA device visible" });
+        const required: DiscoverEnv = {
+          ...env,
+          get: (n) => n === "MEGATRON_DENO_REQUIRE_CUDA" ? "1" : vars[n],
+        };
+        assert.throws(
+          () => probeCuda(required),
+          (e: Error) =>
+            e.message ===
+              "MEGATRON_DENO_REQUIRE_CUDA=1 but CUDA is not usable: cudaGetDeviceCount: no CUDA device visible",
+        );
+      } finally {
+        Deno.env.delete("MOCK_CUDA_DEVICES");
+      }
+    },
+  );
+
+  Deno.test({
+    name: "cuda mock: test:gpu and bench:gpu skip without a GPU, fail when CUDA is required",
+    ...opts,
+  }, async () => {
+    const root = new URL("..", import.meta.url).pathname;
+    const run = async (args: string[], require: boolean) => {
+      const out = await new Deno.Command(Deno.execPath(), {
+        args,
+        cwd: root,
+        env: {
+          ...vars,
+          MOCK_CUDA_DEVICES: "0",
+          MEGATRON_DENO_REQUIRE_CUDA: require ? "1" : "0",
+          NO_COLOR: "1",
+        },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const dec = new TextDecoder();
+      return { code: out.code, text: dec.decode(out.stdout) + dec.decode(out.stderr) };
+    };
+    const line = "cudaGetDeviceCount: no CUDA device visible";
+    let r = await run(["run", "-A", "bench/gpu/gpt345m.ts"], false);
+    assert.equal(r.code, 0, r.text);
+    assert.ok(r.text.includes(`bench:gpu: skipped — no CUDA: ${line}`), r.text);
+    r = await run(["run", "-A", "bench/gpu/gpt345m.ts"], true);
+    assert.notEqual(r.code, 0, r.text);
+    assert.ok(r.text.includes(`MEGATRON_DENO_REQUIRE_CUDA=1 but CUDA is not usable: ${line}`), r.text);
+    r = await run(["test", "-A", "--no-check", "tests/gpu/ops.test.ts"], true);
+    assert.notEqual(r.code, 0, r.text);
+    assert.ok(r.text.includes(`MEGATRON_DENO_REQUIRE_CUDA=1 but CUDA is not usable: ${line}`), r.text);
+  });
+
+  Deno.test({
+    name: "cuda mock: MEGATRON_DENO_CUDA_SYNC names the op whose fault surfaces at a sync",
+    ...opts,
+  }, async () => {
+    // Without sync checks the fault shows up at the next synchronization, without a name.
+    const plain = await createCudaBackend({ env, syncCheck: false });
+    const h = plain.zeros("f16", [300]);
+    hooks.mock_fault_after(new TextEncoder().encode("md_fill_f16\0"));
+    plain.fill(h, 1);
+    assert.throws(
+      () => plain.toHost(h),
+      (e: Error) =>
+        e.message ===
+          "cudaStreamSynchronize: an illegal memory access was encountered (700): an earlier op failed; " +
+            "rerun with MEGATRON_DENO_CUDA_SYNC=1 to name it",
+    );
+    plain.free(h);
+    plain.dispose();
+    const dbg = await createCudaBackend({
+      env: { ...env, get: (n) => n === "MEGATRON_DENO_CUDA_SYNC" ? "1" : vars[n] },
+    });
+    assert.ok(dbg.syncCheck && dbg.description.endsWith(", sync-check)"), dbg.description);
+    const t = dbg.zeros("f16", [300]);
+    hooks.mock_fault_after(new TextEncoder().encode("md_fill_f16\0"));
+    assert.throws(
+      () => dbg.fill(t, 1),
+      (e: Error) =>
+        e.message ===
+          "cuda sync check: kernel md_fill_f16 grid [2,1,1] block [256,1,1] failed: " +
+            "an illegal memory access was encountered (700)",
+    );
+    dbg.free(t);
+    dbg.dispose();
+  });
+
+  Deno.test({
+    name: "cuda mock: normalInit launches md_init_normal with the f64 std and the address",
+    ...opts,
+  }, async () => {
+    const be = await createCudaBackend({ env });
+    const w = be.empty("bf16", [4, 6]);
+    be.normalInit(w, 0.02 / Math.sqrt(48), {
+      seed: 5,
+      stream: 7,
+      iteration: 0,
+      base: 2 ** 40,
+      rowStride: 10,
+      rowLen: 6,
+    });
+    const L = lastLaunch();
+    assert.equal(L.name, "md_init_normal_bf16");
+    assert.equal(L.args[1], 24n);
+    assert.equal(new Float64Array(new BigUint64Array([L.args[2]]).buffer)[0], 0.02 / Math.sqrt(48));
+    assert.deepEqual([...L.args.slice(3, 9)].map((v, i) => i < 3 ? v & 0xffffffffn : v), [
+      5n,
+      7n,
+      0n,
+      2n ** 40n,
+      10n,
+      6n,
+    ]);
+    assert.throws(
+      () =>
+        be.normalInit(be.empty("i32", [4]), 1, {
+          seed: 1,
+          stream: 1,
+          iteration: 0,
+          base: 0,
+          rowStride: 4,
+          rowLen: 4,
+        }),
+      /cuda normalInit: out has dtype i32/,
+    );
+    be.dispose();
+  });
+
+  Deno.test({
+    name: "cuda mock: copies between overlapping views of one storage match the CPU backend",
+    ...opts,
+  }, async () => {
+    const be = await createCudaBackend({ env });
+    const vals = Array.from({ length: 10 }, (_, i) => i + 1);
+    for (const d of ["f32", "bf16", "i64"] as DType[]) {
+      for (const [from, to] of [[0, 2], [2, 0], [3, 3], [0, 1]]) {
+        const run = (b: typeof cpu | CudaBackend) => {
+          const t = b.fromHost(d, [10], vals);
+          b.copy(t.flat(from, 7), t.flat(to, 7));
+          const r = [...b.toF64(t)];
+          b.free(t);
+          return r;
+        };
+        assert.deepEqual(run(be), run(cpu), `${d} ${from}->${to}`);
+      }
+    }
+    be.dispose();
   });
 }

@@ -6,10 +6,13 @@ import assert from "node:assert/strict";
 import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
 import { type GPTConfig, GPTModel } from "../src/models/mod.ts";
 import { mergeShards, shardOf, WEIGHT_RULES, weightRule, WeightTable } from "../src/models/weight_names.ts";
+import { BertLMHead, BinaryHead, Pooler } from "../src/models/bert_heads.ts";
+import { T5LMHead } from "../src/models/t5_head.ts";
 import { LocalWorld } from "../src/parallel/local_comm.ts";
-import { COLUMN_SPLIT, ROW_SPLIT } from "../src/parallel/tensor_parallel.ts";
+import { COLUMN_SPLIT, ROW_SPLIT, type TPEnv } from "../src/parallel/tensor_parallel.ts";
 import { makeParallelState, SingleRankCommunicator } from "../src/parallel/types.ts";
 import type { Param } from "../src/tensor/param.ts";
+import { headInit, HeadInitKind, TokentypeEmbedding } from "../src/transformer/tokentype_embedding.ts";
 
 const backend = createCpuBackend({ log: () => {} });
 const cfg: GPTConfig = {
@@ -118,4 +121,37 @@ Deno.test("weight names: BERT/T5 names have rules; unknown names and wrong split
       "weight names: language_model.encoder.layers.0.mlp.dense_4h_to_h.weight is built split along dimension 0 " +
       "but the table says split along dimension 1 (ParallelMLP.dense4hH)",
   });
+});
+
+Deno.test("weight names: the BERT/T5 heads and tokentype embedding are built as the table says", () => {
+  const tp: TPEnv = {
+    backend,
+    comm: new SingleRankCommunicator(),
+    ps: makeParallelState({ tp: 1, pp: 1, dp: 1 }, 0),
+    dtype: "f32",
+  };
+  const init = headInit(5, 0.02, HeadInitKind.pooler);
+  const params = [
+    ...new TokentypeEmbedding(tp, { numTokentypes: 2, hiddenSize: 8, init }).params(),
+    ...new Pooler(tp, { hiddenSize: 8, init }).params(),
+    ...new BertLMHead(tp, { hiddenSize: 8, vocabSize: 16, init, layernormEpsilon: 1e-5 }).params(),
+    ...new BinaryHead(tp, { hiddenSize: 8, init }).params(),
+  ];
+  const table = new WeightTable([{ params: () => params, layers: [] }]);
+  assert.deepEqual(table.entries.map((e) => e.name), [
+    "language_model.embedding.tokentype_embeddings.weight",
+    "language_model.pooler.dense.weight",
+    "language_model.pooler.dense.bias",
+    "lm_head.bias",
+    "lm_head.dense.weight",
+    "lm_head.dense.bias",
+    "lm_head.layernorm.weight",
+    "lm_head.layernorm.bias",
+    "binary_head.weight",
+    "binary_head.bias",
+  ]);
+  const t5 = new T5LMHead(tp, { hiddenSize: 8, vocabSize: 16 }).params();
+  assert.deepEqual(new WeightTable([{ params: () => t5, layers: [] }]).entries.map((e) => e.rule.split), [
+    COLUMN_SPLIT,
+  ]);
 });

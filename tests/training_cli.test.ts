@@ -233,6 +233,8 @@ Deno.test("cli: trains, saves, says where; --load with another architecture name
   const ok = await cli(await tiny(["--save", save]));
   assert.equal(ok.code, 0, ok.stderr);
   assert.match(ok.stdout, / iteration\s+4\/\s+4 \|/);
+  // On a CPU the utilization is relative to the measured GEMM rate, and the line says so.
+  assert.match(ok.stdout, / MFU \(vs measured CPU GEMM peak\): \d+\.\d\d% \|/);
   assert.match(ok.stdout, /validation loss at iteration 2 \| lm loss value: \d/);
   assert.ok(
     ok.stdout.includes(`checkpoint saved in ${save}/iter_0000004 (resume with --load ${save})`),

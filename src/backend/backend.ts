@@ -44,6 +44,10 @@ export type SoftmaxMask =
   /** u8 [b, sq, sk], 1 = masked (Megatron's boolean True); broadcast over heads. */
   | { kind: "padding"; mask: Tensor };
 
+/** Elementwise activations beyond the fused bias-GeLU: tanh (BERT pooler) and the exact erf GeLU
+ *  0.5 x (1 + erf(x / sqrt 2)) (torch's F.gelu, BERT's LM head). */
+export type Activation = "tanh" | "gelu_erf";
+
 export interface GemmArgs {
   transA: boolean;
   transB: boolean;
@@ -159,10 +163,20 @@ export interface Backend {
   biasGeluFwd(x: Tensor, bias: Tensor, y: Tensor): void;
   /** dx = dy * gelu_tanh'(x + bias) (bias grad = sumRows(dx)). */
   biasGeluBwd(dy: Tensor, x: Tensor, bias: Tensor, dx: Tensor): void;
+  /** y = act(x) elementwise (x, y of one float dtype and size). */
+  activationFwd(kind: Activation, x: Tensor, y: Tensor): void;
+  /** dx = dy * act'(x) elementwise (from the forward's input x). */
+  activationBwd(kind: Activation, dy: Tensor, x: Tensor, dx: Tensor): void;
   /** probs = softmax(scale * scores + mask(-10000)) over the last dim; scores [b, np, sq, sk]. */
   softmaxFwd(scores: Tensor, scale: number, mask: SoftmaxMask, probs: Tensor): void;
   /** dscores = scale * probs * (dprobs - sum(dprobs * probs)). */
   softmaxBwd(dprobs: Tensor, probs: Tensor, scale: number, dscores: Tensor): void;
+  /**
+   * out[i] = std * normal(addr's counter index of i) (philox.ts PhiloxStream.normal, f64), stored
+   * as fromHost stores an f64 (f64 -> f32 -> f16/bf16, each RNE). Weight initialization: every
+   * backend gives the same bits, so a model initialized on the device equals one built on the CPU.
+   */
+  normalInit(out: Tensor, std: number, addr: RngAddress): void;
   /** y = x * keep / (1 - p), keep = uniform(addr) >= p; also the backward (same mask). p = 0: copy. */
   dropout(x: Tensor, p: number, addr: RngAddress, y: Tensor): void;
   /** out = residual + dropout(x + bias); x, residual, out [rows, h]; bias [h] or null. */

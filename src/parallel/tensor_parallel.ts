@@ -11,8 +11,7 @@
 // coordinates (element (r, c) of the full TP=1 weight draws Philox counter r * cols + c), so TP
 // shards are exact slices of the TP=1 weight.
 
-import type { Backend } from "../backend/backend.ts";
-import { fillNormal } from "../rng/philox.ts";
+import type { Backend, RngAddress } from "../backend/backend.ts";
 import { type DType, isHalf } from "../tensor/dtype.ts";
 import type { Param, TensorParallelInfo } from "../tensor/param.ts";
 import { shapeStr, type Tensor } from "../tensor/tensor.ts";
@@ -41,7 +40,15 @@ function gradDType(dt: DType): DType {
   return dt === "f64" ? "f64" : "f32";
 }
 
-/** This TP rank's slice of the full [rows, cols] weight drawn by global coordinates. */
+/** A normal initialization run by the backend (Backend.normalInit): on a GPU it runs on the device,
+ *  so a large model does not spend minutes drawing its weights in JavaScript. */
+export interface NormalFill {
+  readonly std: number;
+  readonly addr: RngAddress;
+}
+
+/** This TP rank's slice of the full [rows, cols] weight drawn by global coordinates: its shape and
+ *  the addressing that makes element (r, c) draw counter (r0 + r) * cols + c0 + c. */
 export function initWeightShard(
   fullRows: number,
   fullCols: number,
@@ -49,7 +56,7 @@ export function initWeightShard(
   tpRank: number,
   tpSize: number,
   init: NormalInit,
-): { shape: [number, number]; data: Float64Array } {
+): { shape: [number, number]; fill: NormalFill } {
   const dim = split.partitionDim === 0 ? fullRows : fullCols;
   if (dim % tpSize !== 0) {
     throw new Error(
@@ -61,32 +68,34 @@ export function initWeightShard(
   const nc = split.partitionDim === 1 ? fullCols / tpSize : fullCols;
   const r0 = split.partitionDim === 0 ? tpRank * nr : 0;
   const c0 = split.partitionDim === 1 ? tpRank * nc : 0;
-  const data = new Float64Array(nr * nc);
-  for (let r = 0; r < nr; r++) {
-    fillNormal(
-      data.subarray(r * nc, (r + 1) * nc),
-      init.seed,
-      init.stream,
-      0,
-      init.std,
-      (r0 + r) * fullCols + c0,
-    );
-  }
-  return { shape: [nr, nc], data };
+  const addr = {
+    seed: init.seed,
+    stream: init.stream,
+    iteration: 0,
+    base: r0 * fullCols + c0,
+    rowStride: fullCols,
+  };
+  return { shape: [nr, nc], fill: { std: init.std, addr: { ...addr, rowLen: nc } } };
 }
 
-/** A Param in env.dtype from host values (zeros when null), its zeroed grad and, for half
- *  precision, the f32 master copy the optimizer updates. */
+/** A Param in env.dtype from host values, a normal fill drawn by the backend, or zeros (null); its
+ *  zeroed grad and, for half precision, the f32 master copy the optimizer updates. */
 export function createParam(
   env: TPEnv,
   name: string,
   shape: number[],
-  data: Float64Array | null,
+  data: Float64Array | NormalFill | null,
   tp: TensorParallelInfo | null,
   noWeightDecay: boolean,
 ): Param {
   const be = env.backend;
-  const host = (dt: DType) => data ? be.fromHost(dt, shape, data) : be.zeros(dt, shape);
+  const host = (dt: DType) => {
+    if (data === null) return be.zeros(dt, shape);
+    if (data instanceof Float64Array) return be.fromHost(dt, shape, data);
+    const t = be.empty(dt, shape);
+    be.normalInit(t, data.std, data.addr);
+    return t;
+  };
   return {
     name,
     value: host(env.dtype),
@@ -253,7 +262,7 @@ export class ParallelLinear<O extends ParallelLinearOptions> {
   ) {
     const { ps } = env, split = this.split;
     const w = initWeightShard(outFeatures, inFeatures, split, ps.tpRank, ps.tpSize, init);
-    this.weight = createParam(env, `${name}.weight`, w.shape, w.data, split, false);
+    this.weight = createParam(env, `${name}.weight`, w.shape, w.fill, split, false);
     const biasSplit = split.partitionDim === 0 ? split : null;
     this.bias = (opts.bias ?? true)
       ? createParam(env, `${name}.bias`, [w.shape[0]], null, biasSplit, true)
@@ -411,7 +420,7 @@ export class VocabParallelEmbedding {
     const w = initWeightShard(vocabSize, hiddenSize, COLUMN_SPLIT, ps.tpRank, ps.tpSize, init);
     this.vocabPerRank = w.shape[0];
     this.vocabStart = ps.tpRank * this.vocabPerRank;
-    this.weight = createParam(env, `${name}.weight`, w.shape, w.data, COLUMN_SPLIT, false);
+    this.weight = createParam(env, `${name}.weight`, w.shape, w.fill, COLUMN_SPLIT, false);
   }
 
   /** ids i32 [n] -> [n, h] (replicated; caller owns). */

@@ -9,8 +9,10 @@
 //   bits(e) = philox4x32_10(counter, key)[lane]
 //   uniform(e) = (bits(e) >>> 8) * 2^-24          (exact in f32, in [0, 1))
 //   dropout keeps element e when uniform(e) >= p  (p rounded to f32 first)
-//   normal(e): Box-Muller on the lane pair (0,1) or (2,3) of the same block, computed in f64 on the
-//   host (initialization always happens on the host, then the values are copied to the device).
+//   normal(e): Box-Muller on the lane pair (0,1) or (2,3) of the same block, in f64 with a log and a
+//   sine/cosine built from + - * / and sqrt alone (logU32, circleU32), which IEEE-754 rounds the
+//   same way everywhere: kernels/init_normal.cuh computes the same doubles on the GPU, so a model
+//   initialized on the device is bit-equal to one initialized here.
 
 const M0 = 0xd2511f53;
 const M1 = 0xcd9e8d57;
@@ -62,6 +64,90 @@ export function philox4x32(
   out[2] = c2;
   out[3] = c3;
   return out;
+}
+
+// ---- log and sine/cosine of Philox outputs from correctly rounded operations only ------------
+// Math.log/cos/sin are implementation-defined (V8, glibc and CUDA's libdevice differ in the last
+// bit), which would make a device-side initialization differ from this one. These use + - * /
+// and sqrt in a fixed order (each op is IEEE-754 round-to-nearest in JS, C and CUDA's __d*_rn);
+// kernels/init_normal.cuh is the same code, operation for operation. Accuracy ~1 ulp.
+
+const LN2_HI = 0.6931471803691238;
+const LN2_LO = 1.9082149292705877e-10;
+const SQRT2 = 1.4142135623730951;
+/** 2 pi / 2^32 (the exact scaling of the double 2 pi). */
+const TWO_PI_2M32 = 1.4629180792671596e-9;
+
+/** log((k + 0.5) 2^-32) for a u32 k: log(m 2^e) with m in [sqrt(1/2), sqrt(2)], log(m) = 2 atanh(s). */
+export function logU32(k: number): number {
+  k >>>= 0;
+  const t = k + 0.5; // exact
+  let e = 31 - Math.clz32(k); // t in [2^e, 2^(e+1)); -1 for k = 0 (t = 0.5)
+  let m = e >= 0 ? t / ((1 << e) >>> 0) : t * 2; // exact power-of-two scaling
+  if (m > SQRT2) {
+    m = m * 0.5;
+    e = e + 1;
+  }
+  const s = (m - 1) / (m + 1);
+  const z = s * s; // <= 0.0295: 11 odd terms of atanh reach 2^-53
+  let p = 0.043478260869565216;
+  p = p * z + 0.047619047619047616;
+  p = p * z + 0.05263157894736842;
+  p = p * z + 0.058823529411764705;
+  p = p * z + 0.06666666666666667;
+  p = p * z + 0.07692307692307693;
+  p = p * z + 0.09090909090909091;
+  p = p * z + 0.1111111111111111;
+  p = p * z + 0.14285714285714285;
+  p = p * z + 0.2;
+  p = p * z + 0.3333333333333333;
+  const logm = 2 * (s + s * (z * p));
+  const E = e - 32;
+  return E * LN2_HI + (E * LN2_LO + logm);
+}
+
+/** sin (sine = true) or cos of 2 pi (j + 0.5) 2^-32 for a u32 j: quadrant from the top two bits,
+ *  the rest folded to [0, pi/4] and evaluated by Taylor polynomials. */
+export function circleU32(j: number, sine: boolean): number {
+  j >>>= 0;
+  const q = j >>> 30;
+  const f = j & 0x3fffffff;
+  const fold = f >= 0x20000000; // angle in the quadrant > pi/4: use pi/2 - angle
+  const a = fold ? (0x40000000 - f) - 0.5 : f + 0.5; // exact
+  const x = a * TWO_PI_2M32;
+  const z = x * x;
+  let ps = -8.22063524662433e-18;
+  ps = ps * z + 2.8114572543455206e-15;
+  ps = ps * z + -7.647163731819816e-13;
+  ps = ps * z + 1.6059043836821613e-10;
+  ps = ps * z + -2.505210838544172e-8;
+  ps = ps * z + 2.7557319223985893e-6;
+  ps = ps * z + -0.0001984126984126984;
+  ps = ps * z + 0.008333333333333333;
+  ps = ps * z + -0.16666666666666666;
+  const sx = x + x * (z * ps);
+  let pc = -1.5619206968586225e-16;
+  pc = pc * z + 4.779477332387385e-14;
+  pc = pc * z + -1.1470745597729725e-11;
+  pc = pc * z + 2.08767569878681e-9;
+  pc = pc * z + -2.755731922398589e-7;
+  pc = pc * z + 2.48015873015873e-5;
+  pc = pc * z + -0.001388888888888889;
+  pc = pc * z + 0.041666666666666664;
+  pc = pc * z + -0.5;
+  const cx = 1 + z * pc;
+  const s = fold ? cx : sx, c = fold ? sx : cx;
+  // (sin, cos)(phi + q pi/2)
+  switch (q) {
+    case 0:
+      return sine ? s : c;
+    case 1:
+      return sine ? c : -s;
+    case 2:
+      return sine ? -s : -c;
+    default:
+      return sine ? -c : s;
+  }
 }
 
 /** What a random stream is used for; packed with the global layer number into `stream`. */
@@ -118,16 +204,14 @@ export class PhiloxStream {
     return (this.bits(e) >>> 8) * 5.9604644775390625e-8;
   }
 
-  /** Standard normal by Box-Muller over the lane pair of element e (f64). */
+  /** Standard normal by Box-Muller over the lane pair of element e (f64):
+   *  sqrt(-2 log u1) * (cos | sin)(2 pi u2), u = (bits + 0.5) 2^-32. */
   normal(e: number): number {
     const blk = this.blockAt(Math.floor(e / 4));
     const lane = e % 4;
     const pair = lane < 2 ? 0 : 2;
-    const u1 = (blk[pair] + 0.5) * 2.3283064365386963e-10;
-    const u2 = (blk[pair + 1] + 0.5) * 2.3283064365386963e-10;
-    const r = Math.sqrt(-2 * Math.log(u1));
-    const t = 2 * Math.PI * u2;
-    return (lane & 1) === 0 ? r * Math.cos(t) : r * Math.sin(t);
+    const r = Math.sqrt(-2 * logU32(blk[pair]));
+    return r * circleU32(blk[pair + 1], (lane & 1) === 1);
   }
 }
 

@@ -15,6 +15,9 @@ const DATASHEET: { match: RegExp; name: string; half: number; f32: number }[] = 
 export interface DevicePeak {
   flops: number;
   what: string;
+  /** The utilization's name in the log line: "MFU" against a datasheet peak; against a measured GEMM
+   *  rate (a CPU, an unknown GPU) it says so, since that is not the hardware's peak. */
+  label: string;
 }
 
 /** Best of a few n x n x n GEMMs in `dtype` on the backend. */
@@ -40,13 +43,24 @@ export function devicePeak(backend: Backend, dtype: DType): DevicePeak {
   const half = dtype === "f16" || dtype === "bf16";
   if (backend.name === "cuda") {
     const d = DATASHEET.find((e) => e.match.test(backend.description));
-    if (d) return { flops: half ? d.half : d.f32, what: `${d.name} dense ${half ? dtype : "f32"} peak` };
-    return { flops: measureGemmPeak(backend, dtype, 4096), what: `measured ${dtype} cuBLAS GEMM 4096^3` };
+    if (d) {
+      return {
+        flops: half ? d.half : d.f32,
+        what: `${d.name} dense ${half ? dtype : "f32"} peak`,
+        label: "MFU",
+      };
+    }
+    return {
+      flops: measureGemmPeak(backend, dtype, 4096),
+      what: `measured ${dtype} cuBLAS GEMM 4096^3`,
+      label: "MFU (vs measured GEMM peak)",
+    };
   }
   // Half GEMMs on the CPU convert to f32 and run sgemm, so the f32 rate is the ceiling.
   const d = dtype === "f64" ? "f64" : "f32";
   return {
     flops: measureGemmPeak(backend, d, 512),
     what: `measured ${d} GEMM 512^3 on ${backend.description}`,
+    label: "MFU (vs measured CPU GEMM peak)",
   };
 }

@@ -43,7 +43,7 @@ export interface TrainEnv {
   /** Set `stop = true` (e.g. from a signal handler) to save and exit after the current iteration. */
   stopRequest?: { stop: boolean; signal?: string };
   /** Peak FLOP/s of the device, for MFU, with a description (e.g. "measured sgemm peak"). */
-  peak?: { flops: number; what: string };
+  peak?: { flops: number; what: string; label?: string };
   /** Monotonic clock in ms (tests may fix it). */
   now?: () => number;
 }
@@ -656,7 +656,7 @@ export async function pretrain(
           ` number of skipped iterations: ${String(skippedInInterval).padStart(3)} |` +
           ` number of nan iterations: ${String(nanInInterval).padStart(3)} |` +
           ` tokens/s: ${tokPerSec.toFixed(0)} | TFLOP/s: ${(flops / 1e12).toFixed(4)} |` +
-          ` MFU: ${mfu === null ? "-" : (mfu * 100).toFixed(2) + "%"} |`,
+          ` ${env.peak?.label ?? "MFU"}: ${mfu === null ? "-" : (mfu * 100).toFixed(2) + "%"} |`,
       );
       metrics?.write({
         kind: "train",

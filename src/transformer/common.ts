@@ -10,7 +10,7 @@ import {
   RowParallelLinear,
   type TPEnv,
 } from "../parallel/tensor_parallel.ts";
-import { fillNormal, Purpose, streamId } from "../rng/philox.ts";
+import { Purpose, streamId } from "../rng/philox.ts";
 import type { Param } from "../tensor/param.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 import type { ResolvedTransformerConfig } from "./config.ts";
@@ -150,9 +150,11 @@ export function makeParam(
   init: InitSpec,
   opts: { noWeightDecay?: boolean } = {},
 ): Param {
-  const data = new Float64Array(shape.reduce((a, d) => a * d, 1));
-  if (init.kind === "const") data.fill(init.value);
-  else fillNormal(data, env.cfg.seed, init.stream, 0, init.std);
+  const n = shape.reduce((a, d) => a * d, 1);
+  const data = init.kind === "const" ? new Float64Array(n).fill(init.value) : {
+    std: init.std,
+    addr: { seed: env.cfg.seed, stream: init.stream, iteration: 0, base: 0, rowStride: n, rowLen: n },
+  };
   return createParam(tpEnv(env), name, [...shape], data, null, opts.noWeightDecay ?? false);
 }
 

@@ -43,7 +43,10 @@ export async function checkGradients(
   const eps = opts.eps ?? 1e-5;
   const samples = opts.samples ?? 6;
   const tol = opts.tol ?? 1e-6;
-  const absFloor = opts.absFloor ?? 1e-4;
+  // Below absFloor x tol (1e-9) a difference is the central difference's own noise: the f64 loss
+  // carries ~1e-15 relative roundoff, divided by 2 eps = 2e-5 that is ~1e-10 on an exactly zero
+  // gradient (e.g. the key bias). A 1e-4 floor put the pass/fail line right on that noise.
+  const absFloor = opts.absFloor ?? 1e-3;
   const res: GradCheckResult = { worst: 0, worstAt: "", checked: 0, failures: [] };
   for (const [ti, t] of targets.entries()) {
     const grad = t.grad instanceof Float64Array ? t.grad : backend.toF64(t.grad);

@@ -5,7 +5,14 @@
 import type { Backend } from "../../src/backend/backend.ts";
 import { createCpuBackend } from "../../src/backend/cpu/cpu_backend.ts";
 import { createCudaBackend, type CudaBackend, probeCuda } from "../../src/backend/cuda/cuda_backend.ts";
-import { type DType, isFloat } from "../../src/tensor/dtype.ts";
+import {
+  bf16BitsToF32,
+  type DType,
+  f16BitsToF32,
+  f32ToBf16Bits,
+  f32ToF16Bits,
+  isFloat,
+} from "../../src/tensor/dtype.ts";
 import type { Shape, Tensor } from "../../src/tensor/tensor.ts";
 import { numel } from "../../src/tensor/tensor.ts";
 import { buildEmulator } from "./emulator/build.ts";
@@ -161,6 +168,49 @@ export function compare(
   } finally {
     mc.freeAll();
     mr.freeAll();
+  }
+}
+
+/** Host values as `dtype` stores them (f32, then f16/bf16 RNE), in f64: a reference's inputs. */
+export function roundTo(dtype: DType, v: ArrayLike<number>): Float64Array {
+  const out = Float64Array.from(v, Math.fround);
+  if (dtype === "bf16") {
+    for (let i = 0; i < out.length; i++) {
+      out[i] = bf16BitsToF32(f32ToBf16Bits(out[i]));
+    }
+  }
+  if (dtype === "f16") { for (let i = 0; i < out.length; i++) out[i] = f16BitsToF32(f32ToF16Bits(out[i])); }
+  return out;
+}
+
+/**
+ * Like compare, but against an f64 reference computed in JS from the same random stream instead
+ * of the CPU backend: for sums, where the CPU's sequential f32 order would eat the margin.
+ * `ref` must draw from `r` in the order `body` does.
+ */
+export function compareToF64(
+  ctx: Ctx,
+  op: string,
+  dtype: string,
+  seed: number,
+  body: (m: Maker, r: Rand) => Tensor[],
+  ref: (r: Rand) => Float64Array[],
+  bound: number,
+): number {
+  const mc = new Maker(ctx.cuda, true);
+  try {
+    const outC = body(mc, new Rand(seed));
+    const want = ref(new Rand(seed));
+    let worst = 0;
+    for (let i = 0; i < want.length; i++) worst = Math.max(worst, relErr(ctx.cuda.toF64(outC[i]), want[i]));
+    const ok = worst <= bound;
+    ctx.rows.push({ op: `${op} vs f64`, dtype, relErr: worst, bound, ok });
+    if (!ok) {
+      throw new Error(`${op} (${dtype}) vs f64: relative error ${worst.toExponential(2)} exceeds ${bound}`);
+    }
+    return worst;
+  } finally {
+    mc.freeAll();
   }
 }
 

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import type { SoftmaxMask } from "../../src/backend/backend.ts";
 import type { DType } from "../../src/tensor/dtype.ts";
-import { BOUND, compare, printTable, setup } from "./harness.ts";
+import { BOUND, compare, compareToF64, printTable, roundTo, setup } from "./harness.ts";
 
 const ctx = await setup();
 const FLOATS: DType[] = ["f32", "f16", "bf16"];
@@ -45,6 +45,27 @@ if (ctx) {
     }
   });
 
+  Deno.test({ name: "gpu: normalInit bit-equal to the CPU initialization", ...opts }, () => {
+    const addr = {
+      seed: 1234,
+      stream: 0x100032,
+      iteration: 0,
+      base: 2 ** 33 + 1,
+      rowStride: 4096,
+      rowLen: 1000,
+    };
+    for (const d of [...FLOATS, "f64"] as DType[]) {
+      compare(ctx, "normalInit", d, next(), (m) => {
+        // f64 has no fill kernel: poison it through fromHost.
+        const w = d === "f64"
+          ? m.inp(d, [300, 1000], new Float64Array(300000).fill(NaN))
+          : m.out(d, [300, 1000]);
+        m.be.normalInit(w, 0.02 / Math.sqrt(48), addr);
+        return [w];
+      }, 0);
+    }
+  });
+
   Deno.test({ name: "gpu: transpose12 / sumRows", ...opts }, () => {
     for (const d of [...FLOATS, "i32"] as DType[]) {
       compare(ctx, "transpose12", d, next(), (m, r) => {
@@ -57,10 +78,18 @@ if (ctx) {
     for (const d of FLOATS) {
       for (const o of ["f32", d] as DType[]) {
         for (const acc of [false, true]) {
-          compare(ctx, `sumRows${acc ? " (+=)" : ""}`, `${d}->${o}`, next(), (m, r) => {
-            const x = m.inp(d, [300, 67], r.array(300 * 67));
-            const y = acc ? m.inp(o, [67], r.array(67)) : m.out(o, [67]);
+          // Against the exact (f64) column sums: the GPU's f32 partial sums err far less than
+          // f32's 1e-5; a half output is one rounding of the sum (2 half-ulps with the f32 error).
+          const [R, C] = [300, 67];
+          compareToF64(ctx, `sumRows${acc ? " (+=)" : ""}`, `${d}->${o}`, next(), (m, r) => {
+            const x = m.inp(d, [R, C], r.array(R * C));
+            const y = acc ? m.inp(o, [C], r.array(C)) : m.out(o, [C]);
             m.be.sumRows(x, y, acc);
+            return [y];
+          }, (r) => {
+            const x = roundTo(d, r.array(R * C));
+            const y = acc ? roundTo(o, r.array(C)) : new Float64Array(C);
+            for (let i = 0; i < R * C; i++) y[i % C] += x[i];
             return [y];
           }, BOUND[o]);
         }
@@ -156,6 +185,16 @@ if (ctx) {
         m.be.biasGeluBwd(dy, x, b, dx);
         return [dx];
       });
+      for (const kind of ["tanh", "gelu_erf"] as const) {
+        compare(ctx, `activation ${kind} fwd+bwd`, d, next(), (m, r) => {
+          const x = m.inp(d, [64, 96], r.array(64 * 96, -5, 5));
+          const dy = m.inp(d, [64, 96], r.array(64 * 96));
+          const y = m.out(d, [64, 96]), dx = m.out(d, [64, 96]);
+          m.be.activationFwd(kind, x, y);
+          m.be.activationBwd(kind, dy, x, dx);
+          return [y, dx];
+        });
+      }
     }
   });
 

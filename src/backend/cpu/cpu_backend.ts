@@ -28,6 +28,7 @@ import {
   Tensor,
 } from "../../tensor/tensor.ts";
 import {
+  type Activation,
   type AdamArgs,
   type Backend,
   type GemmArgs,
@@ -38,9 +39,11 @@ import {
 } from "../backend.ts";
 import { type Cblas, loadCblas } from "../../../ffi/cblas.ts";
 import { type GemmScratch, gemmTs, newGemmScratch } from "./gemm_ts.ts";
+import { defaultGemmThreads, GemmPool } from "./gemm_wasm.ts";
 import { PHILOX_CHUNK_BLOCKS, PhiloxWasm } from "./philox_wasm.ts";
 import { SimdKernels } from "./simd_wasm.ts";
-import { KEY_HI } from "../../rng/philox.ts";
+import { geluErf, geluErfGrad } from "./erf.ts";
+import { KEY_HI, PhiloxStream } from "../../rng/philox.ts";
 
 type F = Float32Array | Float64Array;
 
@@ -54,6 +57,16 @@ const isF32 = (x: number): boolean => Math.fround(x) === x;
 
 /** GEMMs with m * n * k below this run on one BLAS thread. */
 const SMALL_GEMM = 1 << 21;
+
+/** f32 GEMMs (all batch items together) with fewer multiply-adds stay on the TypeScript loops when
+ *  no BLAS is used: copying into the WebAssembly memory would cost more than it saves. */
+const WASM_GEMM_MIN = 1 << 15;
+
+/** One line on how to get a BLAS, printed when none was found (the speed-up is the embedded default's
+ *  step time on 2 cores, OpenBLAS against the WebAssembly GEMM; see bench/gpt_step.bench.ts). */
+export const BLAS_INSTALL_HINT = "cpu backend: no BLAS library found; OpenBLAS makes CPU training about " +
+  "2-3x faster: apt install libopenblas0 (Debian/Ubuntu), dnf install openblas (Fedora), " +
+  "brew install openblas (macOS); or set MEGATRON_DENO_BLAS=/path/to/libopenblas.so";
 
 /** f32 allocations at least this large are recycled after free (see CpuBackend.empty). */
 const POOL_MIN_ELEMENTS = 1 << 20;
@@ -70,8 +83,15 @@ export class CpuStorage implements Storage {
 }
 
 export interface CpuBackendOptions {
-  /** A CBLAS library path, "none" for the TypeScript GEMM, or undefined to search (env first). */
+  /** A CBLAS library path, "none" for the built-in GEMM, or undefined to search (env first). */
   blas?: string | "none";
+  /** Built-in f32 GEMM when no BLAS is used: the WebAssembly SIMD GEMM (default) or the TypeScript
+   *  loops (kept as the reference; f64 always uses them). */
+  fallbackGemm?: "wasm" | "ts";
+  /** Threads of the WebAssembly GEMM, this one included (default: the machine's cores, at most 8). */
+  gemmThreads?: number;
+  /** Libraries to search instead of ffi/cblas.ts' list (tests of the no-BLAS path). */
+  blasCandidates?: string[];
   /** Receives the one-line description at creation (default: console.error). */
   log?: (line: string) => void;
 }
@@ -187,6 +207,23 @@ function geluTanhGrad(x: number): number {
   return s + 2 * x * s * (1 - s) * 0.7978845608028654 * (1 + 3 * 0.044715 * x * x);
 }
 
+/** The activation (or its derivative) as an f64 function. */
+function activationFn(op: string, kind: Activation, grad: boolean): (v: number) => number {
+  switch (kind) {
+    case "tanh":
+      return grad
+        ? (v) => {
+          const t = Math.tanh(v);
+          return 1 - t * t;
+        }
+        : Math.tanh;
+    case "gelu_erf":
+      return grad ? geluErfGrad : geluErf;
+    default:
+      throw new Error(`${op}: unknown activation ${kind}, expected tanh or gelu_erf`);
+  }
+}
+
 function checkAddr(op: string, size: number, addr: RngAddress): number {
   const { rowLen, rowStride, base } = addr;
   if (!Number.isInteger(rowLen) || rowLen <= 0 || size % rowLen !== 0) {
@@ -236,8 +273,10 @@ function dropoutMask(addr: RngAddress, p: number, rows: number, keep: Uint8Array
 export class CpuBackend implements Backend {
   readonly name = "cpu" as const;
   readonly description: string;
-  /** The CBLAS in use, or null for the TypeScript GEMM. */
+  /** The CBLAS in use, or null for the built-in GEMM. */
   readonly blas: Cblas | null;
+  /** The WebAssembly SIMD GEMM used for f32 when there is no BLAS (null with a BLAS or fallbackGemm "ts"). */
+  readonly wasmGemm: GemmPool | null;
   private readonly scratch: GemmScratch = newGemmScratch();
   private readonly philox = new PhiloxWasm();
   private readonly simd = new SimdKernels();
@@ -247,20 +286,25 @@ export class CpuBackend implements Backend {
   private pooledBytes = 0;
 
   constructor(opts: CpuBackendOptions = {}) {
-    const r = loadCblas(opts.blas);
+    const r = loadCblas(opts.blas, opts.blasCandidates);
     this.blas = r.blas;
-    this.description = r.blas
-      ? `cpu (${r.blas.name} via FFI: ${r.blas.path})`
-      : `cpu (TypeScript GEMM; ${r.reason})`;
+    this.wasmGemm = r.blas || opts.fallbackGemm === "ts"
+      ? null
+      : new GemmPool(opts.gemmThreads ?? defaultGemmThreads());
+    const gemm = this.wasmGemm ? this.wasmGemm.label : "TypeScript GEMM";
+    this.description = r.blas ? `cpu (${r.blas.name} via FFI: ${r.blas.path})` : `cpu (${gemm}; ${r.reason})`;
     const line = r.blas
       ? `cpu backend: ${r.blas.name} (${r.blas.path})`
-      : `cpu backend: TypeScript GEMM (${r.reason})`;
-    (opts.log ?? ((l: string) => console.error(l)))(line);
+      : `cpu backend: ${gemm} (${r.reason})`;
+    const log = opts.log ?? ((l: string) => console.error(l));
+    log(line);
+    if (r.notFound) log(BLAS_INSTALL_HINT);
   }
 
-  /** Unloads the BLAS library; the backend must not be used afterwards. */
+  /** Unloads the BLAS library and stops the GEMM workers; the backend must not be used afterwards. */
   close(): void {
     this.blas?.close();
+    this.wasmGemm?.close();
   }
 
   // ---- memory ---------------------------------------------------------------------------------
@@ -527,6 +571,23 @@ export class CpuBackend implements Backend {
       // and half -> f32 -> half is exact. BLAS and gemmTs ignore C's values when beta == 0.
       C.set(readF(op, c));
     }
+    const pool = this.wasmGemm;
+    if (
+      pool !== null && !f64 && k > 0 && alpha !== 0 && m * n * k * batch >= WASM_GEMM_MIN &&
+      pool.fits(eA, eB, batch, m, n)
+    ) {
+      // The whole batch in one job, so batched GEMMs (attention) split across threads by item.
+      const [a32, b32, c32] = [A as Float32Array, B as Float32Array, C as Float32Array];
+      pool.gemm({
+        ...{ transA, transB, m, n, k, alpha, a: a32, oA: 0, lda, sA, eA, b: b32, oB: 0, ldb, sB, eB },
+        ...{ beta, c: c32, oC: 0, ldc, sC, batch },
+      });
+      if (!cDirect) {
+        if (c.dtype === "f32") (rawView(op, c) as Float32Array).set(C);
+        else commit(op, c, C);
+      }
+      return;
+    }
     // Small products lose more to waking OpenBLAS's threads than they gain from them.
     const single = this.blas !== null && this.blas.threads > 1 && m * n * k < SMALL_GEMM;
     if (single) this.blas!.setThreads(1);
@@ -757,6 +818,29 @@ export class CpuBackend implements Backend {
     commit(op, dx, DX);
   }
 
+  activationFwd(kind: Activation, x: Tensor, y: Tensor): void {
+    const op = `activationFwd(${kind})`;
+    checkFloat(op, x, "x");
+    assertShape(op, y, x.shape, "y");
+    const X = readF(op, x, "x"), Y = outF(op, y, false, "y");
+    const f = activationFn(op, kind, false);
+    // f64 in, rounded once to the output (f32 storage rounds on write).
+    for (let i = 0; i < X.length; i++) Y[i] = f(X[i]);
+    commit(op, y, Y);
+  }
+
+  activationBwd(kind: Activation, dy: Tensor, x: Tensor, dx: Tensor): void {
+    const op = `activationBwd(${kind})`;
+    checkFloat(op, x, "x");
+    assertShape(op, dy, x.shape, "dy");
+    assertShape(op, dx, x.shape, "dx");
+    const X = readF(op, x, "x"), DY = readF(op, dy, "dy"), DX = outF(op, dx, false, "dx");
+    const g = activationFn(op, kind, true);
+    const f64 = all64(dy, x, dx);
+    for (let i = 0; i < X.length; i++) DX[i] = DY[i] * (f64 ? g(X[i]) : Math.fround(g(X[i])));
+    commit(op, dx, DX);
+  }
+
   softmaxFwd(scores: Tensor, scale: number, mask: SoftmaxMask, probs: Tensor): void {
     const op = "softmaxFwd";
     checkFloat(op, scores, "scores");
@@ -839,6 +923,20 @@ export class CpuBackend implements Backend {
 
   private key(addr: RngAddress) {
     return { seed: addr.seed, stream: addr.stream, iteration: addr.iteration, keyHi: KEY_HI };
+  }
+
+  normalInit(out: Tensor, std: number, addr: RngAddress): void {
+    const op = "normalInit";
+    checkFloat(op, out, "out");
+    if (out.size === 0) return;
+    checkAddr(op, out.size, addr);
+    const g = new PhiloxStream(addr.seed, addr.stream, addr.iteration);
+    const d = rawView(op, out);
+    const { base, rowStride, rowLen } = addr;
+    for (let i = 0, r = 0; r < out.size / rowLen; r++) {
+      const e0 = base + r * rowStride;
+      for (let c = 0; c < rowLen; c++, i++) this.setNum(out.dtype, d, i, std * g.normal(e0 + c));
+    }
   }
 
   dropout(x: Tensor, p: number, addr: RngAddress, y: Tensor): void {

@@ -17,6 +17,7 @@ import {
 } from "../../tensor/dtype.ts";
 import { numel, type Shape, shapeStr, type Storage, Tensor } from "../../tensor/tensor.ts";
 import {
+  type Activation,
   type AdamArgs,
   type Backend,
   type GemmArgs,
@@ -39,6 +40,7 @@ import {
   CUBLAS_COMPUTE_64F,
   CUBLAS_DEFAULT_MATH,
   CUBLAS_GEMM_DEFAULT,
+  CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION,
   type CublasHandle,
   CUDA_R_16BF,
   CUDA_R_16F,
@@ -47,7 +49,7 @@ import {
 } from "../../../ffi/cublas.ts";
 import { type DiscoverEnv, realDiscoverEnv } from "../../../ffi/discover.ts";
 import { CachingAllocator, type MemoryStats } from "./allocator.ts";
-import { KernelLibrary } from "./kernels.ts";
+import { cudaVersionString, KernelLibrary, kernelsDirUrl } from "./kernels.ts";
 import { checkGemmBounds, toCublasGemm } from "./gemm_map.ts";
 
 /** Device storage: one allocator block. Views share it. */
@@ -61,8 +63,12 @@ export interface CudaBackendOptions {
   device?: number;
   /** Library discovery environment (default: the process environment). */
   env?: DiscoverEnv;
-  /** Directory holding the fatbins (default: kernels/dist next to this package). */
+  /** Directory holding the fatbins (default: $MEGATRON_DENO_KERNELS_DIR, else kernels/dist next to
+   *  this package). */
   kernelsUrl?: URL;
+  /** Debug mode: synchronize after every kernel launch, GEMM and device copy and throw naming the
+   *  op that failed (default: MEGATRON_DENO_CUDA_SYNC=1). Slow; for finding a faulting kernel. */
+  syncCheck?: boolean;
 }
 
 const FLOAT_KERNEL_DTYPES: readonly DType[] = ["f32", "f16", "bf16"];
@@ -96,6 +102,13 @@ function requireDType(op: string, t: Tensor, d: DType | readonly DType[], what: 
       `cuda ${op}: ${what} has dtype ${t.dtype}, expected ${typeof d === "string" ? d : d.join(" or ")}`,
     );
   }
+}
+
+/** The kernels' activation code (kernels/transformer.cu actFwdF). */
+function activationCode(op: string, kind: Activation): number {
+  if (kind === "tanh") return 0;
+  if (kind === "gelu_erf") return 1;
+  throw new Error(`${op}: unknown activation ${kind}, expected tanh or gelu_erf`);
 }
 
 function requireSize(op: string, t: Tensor, n: number, what: string): void {
@@ -204,6 +217,7 @@ export class CudaBackend implements Backend {
     readonly stream: CudaStream,
     private readonly kernels: KernelLibrary,
     readonly device: number,
+    readonly syncCheck: boolean,
   ) {
     this.alloc = new CachingAllocator({
       malloc: (b) => rt.tryMalloc(b),
@@ -216,10 +230,12 @@ export class CudaBackend implements Backend {
       rt.attribute(cudaDevAttrComputeCapabilityMinor, device),
     ];
     this.deviceName = drv.deviceName(device);
-    const v = rt.runtimeVersion();
+    const v = rt.runtimeVersion(), dv = drv.driverVersion();
     this.description = `cuda:${device} (${this.deviceName}, sm_${
       this.computeCapability.join("")
-    }, CUDA runtime ${Math.floor(v / 1000)}.${(v % 1000) / 10}, cuBLAS ${blas.version(handle)})`;
+    }, CUDA runtime ${cudaVersionString(v)}, driver ${cudaVersionString(dv)}, cuBLAS ${blas.version(handle)}${
+      syncCheck ? ", sync-check" : ""
+    })`;
   }
 
   static async create(opts: CudaBackendOptions = {}): Promise<CudaBackend> {
@@ -240,12 +256,18 @@ export class CudaBackend implements Backend {
     const stream = rt.streamCreate();
     const handle = blas.create();
     blas.setStream(handle, stream);
-    blas.setMathMode(handle, CUBLAS_DEFAULT_MATH);
+    // No TF32 for f32 GEMMs, and f32 partial sums for split-K half GEMMs (as the CPU reference).
+    blas.setMathMode(handle, CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION);
     const kernels = await KernelLibrary.load(
       drv,
-      opts.kernelsUrl ?? new URL("../../../kernels/dist/", import.meta.url),
+      opts.kernelsUrl ??
+        kernelsDirUrl(
+          env.get("MEGATRON_DENO_KERNELS_DIR"),
+          new URL("../../../kernels/dist/", import.meta.url),
+        ),
     );
-    return new CudaBackend(rt, drv, blas, handle, stream, kernels, device);
+    const syncCheck = opts.syncCheck ?? env.get("MEGATRON_DENO_CUDA_SYNC") === "1";
+    return new CudaBackend(rt, drv, blas, handle, stream, kernels, device, syncCheck);
   }
 
   // ---- plumbing ----------------------------------------------------------------------------
@@ -264,6 +286,26 @@ export class CudaBackend implements Backend {
   ) {
     const k = this.kernels.get(name);
     this.drv.launch(k.fn, grid, block, 0, this.stream, k.kinds as ArgKind[], args, name);
+    if (this.syncCheck) this.checkedSync(`kernel ${name} grid [${grid}] block [${block}]`);
+  }
+
+  /** Sync-check mode: wait for the stream and name `what` if it (or anything before it) failed. */
+  private checkedSync(what: string): void {
+    const rc = this.rt.sym.cudaStreamSynchronize(this.stream);
+    if (rc !== 0) {
+      throw new Error(`cuda sync check: ${what} failed: ${this.rt.errorString(rc)} (${rc})`);
+    }
+  }
+
+  /** Stream synchronization whose error says how to find the op that faulted. */
+  private sync(): void {
+    const rc = this.rt.sym.cudaStreamSynchronize(this.stream);
+    if (rc !== 0) {
+      throw new Error(
+        `cudaStreamSynchronize: ${this.rt.errorString(rc)} (${rc}): an earlier op failed` +
+          (this.syncCheck ? "" : "; rerun with MEGATRON_DENO_CUDA_SYNC=1 to name it"),
+      );
+    }
   }
 
   /** Grid-stride launch over n elements. */
@@ -380,7 +422,7 @@ export class CudaBackend implements Backend {
       const view = new Uint8Array(out.buffer as ArrayBuffer, 0, t.bytes);
       this.rt.dtoh(view, this.ptr(t), t.bytes, this.stream);
     }
-    this.rt.streamSynchronize(this.stream);
+    this.sync();
     return out;
   }
 
@@ -396,19 +438,39 @@ export class CudaBackend implements Backend {
   }
 
   synchronize(): void {
-    this.rt.streamSynchronize(this.stream);
+    this.sync();
   }
 
   // ---- elementwise / copies ----------------------------------------------------------------
   copy(src: Tensor, dst: Tensor): void {
     requireSize("copy", dst, src.size, "dst");
     if (src.dtype === dst.dtype) {
-      if (src.bytes > 0) this.rt.dtod(this.ptr(dst), this.ptr(src), src.bytes, this.stream);
+      if (src.bytes === 0) return;
+      const ps = this.ptr(src), pd = this.ptr(dst), n = BigInt(src.bytes);
+      if (ps === pd) return;
+      if (ps < pd + n && pd < ps + n) {
+        // Overlapping views of one storage: cudaMemcpyAsync is undefined there; go through a
+        // temporary, which gives what the CPU backend's TypedArray.set gives.
+        const tmp = this.empty(src.dtype, [src.size]);
+        try {
+          this.dtod(this.ptr(tmp), ps, src.bytes);
+          this.dtod(pd, this.ptr(tmp), src.bytes);
+        } finally {
+          this.free(tmp);
+        }
+        return;
+      }
+      this.dtod(pd, ps, src.bytes);
       return;
     }
     requireFloat("copy", src, "src");
     requireFloat("copy", dst, "dst");
     this.launch1d(`md_copy_${src.dtype}_${dst.dtype}`, src.size, [this.ptr(src), this.ptr(dst), src.size]);
+  }
+
+  private dtod(dst: bigint, src: bigint, bytes: number): void {
+    this.rt.dtod(dst, src, bytes, this.stream);
+    if (this.syncCheck) this.checkedSync(`cudaMemcpyAsync(DtoD, ${bytes} bytes)`);
   }
 
   fill(t: Tensor, value: number): void {
@@ -553,6 +615,13 @@ export class CudaBackend implements Backend {
         ),
       );
     }
+    if (this.syncCheck) {
+      this.checkedSync(
+        `gemm ${a.dtype}->${c.dtype} ${g.transA ? "T" : "N"}${
+          g.transB ? "T" : "N"
+        } m=${g.m} n=${g.n} k=${g.k} batch=${batch}`,
+      );
+    }
   }
 
   // ---- transformer ops ---------------------------------------------------------------------
@@ -685,6 +754,34 @@ export class CudaBackend implements Backend {
     ]);
   }
 
+  activationFwd(kind: Activation, x: Tensor, y: Tensor): void {
+    const op = `activationFwd(${kind})`;
+    requireFloat(op, x, "x");
+    requireSameAsX(op, x, [[y, "y"]]);
+    requireSize(op, y, x.size, "y");
+    this.launch1d(`md_act_fwd_${x.dtype}`, x.size, [
+      this.ptr(x),
+      this.ptr(y),
+      x.size,
+      activationCode(op, kind),
+    ]);
+  }
+
+  activationBwd(kind: Activation, dy: Tensor, x: Tensor, dx: Tensor): void {
+    const op = `activationBwd(${kind})`;
+    requireFloat(op, x, "x");
+    requireSameAsX(op, x, [[dy, "dy"], [dx, "dx"]]);
+    requireSize(op, dy, x.size, "dy");
+    requireSize(op, dx, x.size, "dx");
+    this.launch1d(`md_act_bwd_${x.dtype}`, x.size, [
+      this.ptr(dy),
+      this.ptr(x),
+      this.ptr(dx),
+      x.size,
+      activationCode(op, kind),
+    ]);
+  }
+
   softmaxFwd(scores: Tensor, scale: number, mask: SoftmaxMask, probs: Tensor): void {
     requireFloat("softmaxFwd", scores, "scores");
     requireFloat("softmaxFwd", probs, "probs");
@@ -750,6 +847,17 @@ export class CudaBackend implements Backend {
       BigInt(a.rowStride),
       BigInt(a.rowLen),
     ];
+  }
+
+  normalInit(out: Tensor, std: number, addr: RngAddress): void {
+    if (out.dtype !== "f64") requireFloat("normalInit", out, "out");
+    if (out.size === 0) return;
+    this.launch1d(`md_init_normal_${out.dtype}`, out.size, [
+      this.ptr(out),
+      out.size,
+      std,
+      ...this.rngArgs("normalInit", out.size, addr),
+    ]);
   }
 
   dropout(x: Tensor, p: number, addr: RngAddress, y: Tensor): void {
@@ -1023,17 +1131,33 @@ export type CudaProbe = { ok: true; description: string } | { ok: false; reason:
 /**
  * Cheap check whether the CUDA backend can run here: the runtime, driver and cuBLAS libraries
  * load, the driver accepts the runtime and at least one GPU is visible. Creates no context.
+ * With MEGATRON_DENO_REQUIRE_CUDA=1 a failed probe throws instead (a GPU host must not "pass"
+ * by skipping).
  */
 export function probeCuda(env: DiscoverEnv = realDiscoverEnv()): CudaProbe {
+  const p = probeCudaOnce(env);
+  if (!p.ok && env.get("MEGATRON_DENO_REQUIRE_CUDA") === "1") {
+    throw new Error(`MEGATRON_DENO_REQUIRE_CUDA=1 but CUDA is not usable: ${p.reason}`);
+  }
+  return p;
+}
+
+function probeCudaOnce(env: DiscoverEnv): CudaProbe {
   // The libraries stay loaded (not dlclosed): the backend reopens the same files right after,
   // and unloading an initialized CUDA runtime buys nothing.
   try {
     const rt = Cudart.open(env);
     const count = rt.deviceCount();
     if (count < 1) return { ok: false, reason: "cudaGetDeviceCount: no CUDA device visible" };
-    CudaDriver.open(env);
+    const drv = CudaDriver.open(env);
     Cublas.open(env);
-    return { ok: true, description: `${count} CUDA device(s), runtime ${rt.runtimeVersion()}` };
+    const v = rt.runtimeVersion(), dv = drv.driverVersion();
+    return {
+      ok: true,
+      description: `${count} CUDA device(s), runtime ${cudaVersionString(v)}, driver ${
+        cudaVersionString(dv)
+      }`,
+    };
   } catch (e) {
     return { ok: false, reason: (e as Error).message };
   }

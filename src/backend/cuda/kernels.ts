@@ -25,6 +25,8 @@ export const KERNEL_ARGS: Readonly<Record<string, readonly ArgKind[]>> = {
   md_layernorm_bwd_params: ["ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "u64", "u64"],
   md_bias_gelu_fwd: ["ptr", "ptr", "ptr", "u64", "u64"],
   md_bias_gelu_bwd: ["ptr", "ptr", "ptr", "ptr", "u64", "u64"],
+  md_act_fwd: ["ptr", "ptr", "u64", "i32"],
+  md_act_bwd: ["ptr", "ptr", "ptr", "u64", "i32"],
   md_softmax_fwd: ["ptr", "ptr", "ptr", "i32", "f32", "u64", "u64", "u64"],
   md_softmax_bwd: ["ptr", "ptr", "f32", "ptr", "u64"],
   md_dropout: ["ptr", "ptr", "u64", "f32", "f32", "u32", "u32", "u32", "u64", "u64", "u64"],
@@ -52,6 +54,7 @@ export const KERNEL_ARGS: Readonly<Record<string, readonly ArgKind[]>> = {
   md_ce_bwd: ["ptr", "ptr", "i64", "ptr", "ptr", "ptr", "ptr", "u64"],
   md_adam: ["ptr", "ptr", "ptr", "ptr", "u64", "f32", "f32", "f32", "f32", "f32", "f32", "f32"],
   md_sgd: ["ptr", "ptr", "ptr", "u64", "f32", "f32", "f32", "i32"],
+  md_init_normal: ["ptr", "u64", "f64", "u32", "u32", "u32", "u64", "u64", "u64"],
 };
 
 /** Full kernel name: family plus dtype suffixes, e.g. kernelName("md_add", "f32", "bf16", "f32"). */
@@ -84,6 +87,8 @@ export function allKernelNames(): string[] {
         "md_layernorm_bwd_params",
         "md_bias_gelu_fwd",
         "md_bias_gelu_bwd",
+        "md_act_fwd",
+        "md_act_bwd",
         "md_softmax_bwd",
         "md_dropout",
         "md_ce_sumexp",
@@ -98,6 +103,7 @@ export function allKernelNames(): string[] {
     }
   }
   out.push("md_fill_i32", "md_ce_loss", "md_sumpartials");
+  for (const t of [...F, "f64"]) out.push(kernelName("md_init_normal", t));
   for (const w of [1, 2, 4, 8]) out.push(`md_transpose12_b${w}`);
   return out;
 }
@@ -131,19 +137,80 @@ export async function readFatbin(url: URL): Promise<Uint8Array<ArrayBuffer>> {
   }
 }
 
+/** What kernels/dist/manifest.json (scripts/build_kernels.ts) says about how the fatbins were built. */
+export interface KernelManifest {
+  /** nvcc's release line, e.g. "release 13.0, V13.0.88". */
+  nvcc: string;
+}
+
+/** The CUDA version (as cuDriverGetVersion reports it: 1000 major + 10 minor) the fatbins need. */
+export function requiredDriverVersion(m: KernelManifest): number {
+  const r = /release (\d+)\.(\d+)/.exec(m.nvcc ?? "");
+  if (!r) throw new Error(`cuda kernels: manifest nvcc '${m.nvcc}' has no 'release X.Y'`);
+  return Number(r[1]) * 1000 + Number(r[2]) * 10;
+}
+
+/** 13000 -> "13.0". */
+export function cudaVersionString(v: number): string {
+  return `${Math.floor(v / 1000)}.${(v % 1000) / 10}`;
+}
+
+/** Oldest driver branch per CUDA major (NVIDIA's compatibility table), for the error line. */
+const DRIVER_BRANCH: Readonly<Record<number, string>> = { 11: "r450", 12: "r525", 13: "r580" };
+
+/**
+ * One line when the driver is older than the CUDA the fatbins were built with (their ELF ABI and
+ * PTX version then cannot load), else null. `dir` names the folder in the message.
+ */
+export function driverMismatch(driverVersion: number, m: KernelManifest, dir: string): string | null {
+  const need = requiredDriverVersion(m);
+  if (driverVersion >= need) return null;
+  const branch = DRIVER_BRANCH[Math.floor(need / 1000)];
+  return `cuda kernels: ${dir} was built with nvcc ${cudaVersionString(need)} and needs a CUDA ${
+    cudaVersionString(need)
+  }+ driver${branch ? ` (${branch}+)` : ""}, but this driver supports CUDA ${
+    cudaVersionString(driverVersion)
+  } (cuDriverGetVersion ${driverVersion}); rebuild with this host's nvcc ` +
+    `(deno task build:kernels --out DIR) and set MEGATRON_DENO_KERNELS_DIR=DIR`;
+}
+
+/** The kernels folder: MEGATRON_DENO_KERNELS_DIR (a path, relative to the working directory) or
+ *  the package's kernels/dist. */
+export function kernelsDirUrl(envDir: string | undefined, fallback: URL): URL {
+  if (!envDir) return fallback;
+  const abs = envDir.startsWith("/") ? envDir : `${Deno.cwd()}/${envDir}`;
+  return new URL(`file://${abs.endsWith("/") ? abs : abs + "/"}`);
+}
+
+/** Reads and parses manifest.json in `distUrl`; one line naming the file when it cannot. */
+export async function readManifest(distUrl: URL): Promise<KernelManifest> {
+  const url = new URL("manifest.json", distUrl);
+  const bytes = await readFatbin(url);
+  try {
+    const m = JSON.parse(new TextDecoder().decode(bytes));
+    if (typeof m?.nvcc !== "string") throw new Error("no nvcc field");
+    return m as KernelManifest;
+  } catch (e) {
+    throw new Error(`cuda kernels: ${url.href} is not a kernel manifest (${(e as Error).message})`);
+  }
+}
+
 export class KernelLibrary {
   private readonly fns = new Map<string, { fn: CuFunction; kinds: readonly ArgKind[] }>();
 
   private constructor(private readonly drv: CudaDriver, private readonly modules: CuModule[]) {}
 
+  /** Loads every fatbin of `distUrl` after checking the driver against its manifest. */
   static async load(drv: CudaDriver, distUrl: URL): Promise<KernelLibrary> {
+    const bad = driverMismatch(drv.driverVersion(), await readManifest(distUrl), distUrl.pathname);
+    if (bad) throw new Error(bad);
     const mods: CuModule[] = [];
     for (const f of FATBINS) {
       const bytes = await readFatbin(new URL(f, distUrl));
       try {
         mods.push(drv.loadModule(bytes));
       } catch (e) {
-        throw new Error(`${(e as Error).message} while loading kernels/dist/${f}`);
+        throw new Error(`${(e as Error).message} while loading ${new URL(f, distUrl).pathname}`);
       }
     }
     return new KernelLibrary(drv, mods);
@@ -152,11 +219,13 @@ export class KernelLibrary {
   get(name: string): { fn: CuFunction; kinds: readonly ArgKind[] } {
     let k = this.fns.get(name);
     if (k) return k;
+    // Only "not in this module" moves on; any other error is real and keeps its code.
     for (const m of this.modules) {
-      try {
-        k = { fn: this.drv.getFunction(m, name), kinds: argKindsFor(name) };
+      const fn = this.drv.findFunction(m, name);
+      if (fn !== undefined) {
+        k = { fn, kinds: argKindsFor(name) };
         break;
-      } catch { /* try the next module */ }
+      }
     }
     if (!k) {
       throw new Error(

@@ -62,6 +62,14 @@ static inline float __fadd_rn(float a, float b) { return a + b; }
 static inline float __fsub_rn(float a, float b) { return a - b; }
 static inline float __fdiv_rn(float a, float b) { return a / b; }
 static inline float __fsqrt_rn(float a) { return sqrtf(a); }
+// Correctly rounded f64 ops (SSE2 with -ffp-contract=off, as the device's __d*_rn).
+static inline double __dadd_rn(double a, double b) { return a + b; }
+static inline double __dsub_rn(double a, double b) { return a - b; }
+static inline double __dmul_rn(double a, double b) { return a * b; }
+static inline double __ddiv_rn(double a, double b) { return a / b; }
+static inline double __dsqrt_rn(double a) { return sqrt(a); }
+static inline float __double2float_rn(double a) { return (float)a; }
+static inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz((unsigned)x); }
 static inline float atomicAdd(float* p, float v) { const float o = *p; *p = o + v; return o; }
 
 // ---- fiber scheduler -------------------------------------------------------------------------
@@ -192,7 +200,9 @@ static const KernelEntry KERNELS[] = {
 extern "C" {
 // ---- cudart ----
 static int g_mallocs = 0, g_live = 0;
-const char* cudaGetErrorString(int e) { return e == 1 ? "invalid argument" : e == 2 ? "out of memory" : "emulator error"; }
+const char* cudaGetErrorString(int e) {
+  return e == 1 ? "invalid argument" : e == 2 ? "out of memory" : e == 700 ? "an illegal memory access was encountered" : "emulator error";
+}
 int cudaGetLastError(void) { return 0; }
 int cudaRuntimeGetVersion(int* v) { *v = 13000; return 0; }
 int cudaDriverGetVersion(int* v) { *v = 13000; return 0; }
@@ -216,13 +226,22 @@ int cudaMemset(void* p, int v, size_t n) { memset(p, v, n); return 0; }
 int cudaMemsetAsync(void* p, int v, size_t n, void*) { memset(p, v, n); return 0; }
 int cudaStreamCreateWithFlags(void** s, unsigned f) { *s = (void*)(uintptr_t)(0x5000 + f); return 0; }
 int cudaStreamDestroy(void*) { return 0; }
-int cudaStreamSynchronize(void*) { return 0; }
+// EMU_FAULT_KERNEL=<name>: the first synchronization after that kernel ran reports an illegal
+// address (700), as a faulting kernel does on a device (tests/gpu_check_script.test.ts).
+static bool g_fault_pending = false;
+int cudaStreamSynchronize(void*) {
+  if (g_fault_pending) { g_fault_pending = false; return 700; }
+  return 0;
+}
 int cudaEventCreate(void** e) { *e = malloc(8); return 0; }
 int cudaEventDestroy(void* e) { free(e); return 0; }
 int cudaEventRecord(void*, void*) { return 0; }
 int cudaEventSynchronize(void*) { return 0; }
 int cudaEventElapsedTime(float* ms, void*, void*) { *ms = 1.0f; return 0; }
 int emu_live_blocks(void) { return g_live; }
+// The device init's log and sine/cosine pieces (kernels/init_normal.cuh), for edge-value checks.
+double emu_log_u32(uint32_t k) { return mdLogU32(k); }
+double emu_circle_u32(uint32_t j, int sine) { return mdCircleU32(j, sine != 0); }
 int emu_mallocs(void) { return g_mallocs; }
 
 // ---- driver ----
@@ -243,6 +262,8 @@ int cuModuleGetFunction(void** f, void*, const char* name) {
 int cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                    unsigned shm, void*, void** params, void**) {
   if (bx * by * bz == 0 || bx * by * bz > 1024 || gx == 0 || gy == 0 || gz == 0 || shm != 0) return 1;
+  const char* fault = getenv("EMU_FAULT_KERNEL");
+  if (fault && strcmp(fault, static_cast<const KernelEntry*>(f)->name) == 0) g_fault_pending = true;
   g_invoke = static_cast<const KernelEntry*>(f)->run;
   g_params = params;
   blockDim = {bx, by, bz};

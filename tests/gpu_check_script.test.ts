@@ -1,0 +1,110 @@
+// scripts/gpu_check.sh end to end without a GPU: a fake nvidia-smi that lists one GPU and the CPU
+// emulator of the CUDA stack (tests/gpu/emulator) in place of the libraries. Checks that a kernel
+// fault fails the run and the sync-check rerun names the kernel, that missing CUDA on a host whose
+// nvidia-smi lists a GPU fails (not "skipped"), and that the table and logs land in $OUT.
+// Skips with one line without a C++ compiler or bash.
+import assert from "node:assert/strict";
+import { buildEmulator } from "./gpu/emulator/build.ts";
+
+const built = await buildEmulator();
+const root = new URL("..", import.meta.url).pathname;
+const opts = { sanitizeResources: false, sanitizeOps: false };
+
+async function gpuCheck(env: Record<string, string>): Promise<{ code: number; out: string; table: string }> {
+  const fake = await Deno.makeTempDir({ prefix: "md-fake-smi-" });
+  await Deno.writeTextFile(
+    `${fake}/nvidia-smi`,
+    '#!/bin/sh\ncase "$*" in *-L*) echo "GPU 0: Fake H200 (UUID: GPU-0)";; *) echo "Fake H200, 580.65, 143771 MiB";; esac\n',
+  );
+  await Deno.chmod(`${fake}/nvidia-smi`, 0o755);
+  const out = await Deno.makeTempDir({ prefix: "md-gpu-check-out-" });
+  try {
+    const r = await new Deno.Command("bash", {
+      args: ["scripts/gpu_check.sh"],
+      cwd: root,
+      env: {
+        ...env,
+        PATH: `${fake}:${Deno.env.get("PATH")}`,
+        OUT: out,
+        NO_COLOR: "1",
+        GPU_CHECK_DEADLINE: "300",
+      },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder().decode(r.stdout) + new TextDecoder().decode(r.stderr);
+    const table = await Deno.readTextFile(`${out}/gpu_check_table.txt`);
+    assert.ok((await Deno.stat(`${out}/gpu_check.log`)).size > 0, "the steps' logs come back under $OUT");
+    return { code: r.code, out: text, table };
+  } finally {
+    await Deno.remove(fake, { recursive: true });
+    await Deno.remove(out, { recursive: true });
+  }
+}
+
+/** The table row of a step: "name seconds budget result". */
+function row(table: string, name: string): string {
+  const line = table.split("\n").find((l) => l.startsWith(`${name} `));
+  assert.ok(line, `no row '${name}' in:\n${table}`);
+  return line.replace(/^\S+\s+\d+\s+\d+\s+/, "");
+}
+
+if ("skip" in built) {
+  console.log(`gpu_check script: skipped — ${built.skip}`);
+} else {
+  const lib = built.path;
+  const libs = { MEGATRON_DENO_CUDART: lib, MEGATRON_DENO_CUDA: lib, MEGATRON_DENO_CUBLAS: lib };
+
+  Deno.test(
+    { name: "gpu_check: a faulting kernel fails the run; the sync rerun names it", ...opts },
+    async () => {
+      const r = await gpuCheck({
+        ...libs,
+        EMU_FAULT_KERNEL: "md_scale_f32_f32",
+        GPU_CHECK_TEST_ARGS: "--filter copy",
+      });
+      assert.equal(r.code, 1, r.out);
+      assert.match(r.table, /^gpu_check: GPU Fake H200, 580\.65, 143771 MiB; cuda driver: CUDA 13\.0 /);
+      assert.match(row(r.table, "info"), /^ok \(deno \d/);
+      assert.equal(row(r.table, "cuda-info"), "ok");
+      assert.match(row(r.table, "ops"), /^FAILED \(exit 1\): /);
+      assert.match(
+        row(r.table, "sync:ops"),
+        /^FAILED \(exit 1\): .*cuda sync check: kernel md_scale_f32_f32 grid \[4,1,1\] block \[256,1,1\] failed: an illegal memory access was encountered \(700\)/,
+      );
+      assert.equal(row(r.table, "gpt-train"), "ok");
+      assert.ok(
+        r.out.includes(
+          "first failing op (tests/gpu/ops.test.ts): kernel md_scale_f32_f32 grid [4,1,1] block [256,1,1] " +
+            "failed: an illegal memory access was encountered (700)",
+        ),
+        r.out,
+      );
+      assert.ok(r.out.trimEnd().endsWith(r.table.trimEnd()), "the table is printed last");
+      assert.match(r.table, /\ngpu_check: FAILED in \d+s\n?$/);
+    },
+  );
+
+  Deno.test(
+    { name: "gpu_check: a GPU listed but CUDA unusable is a failure, not a skip", ...opts },
+    async () => {
+      const none = "/nonexistent/libcuda.so";
+      const r = await gpuCheck({
+        MEGATRON_DENO_CUDART: lib,
+        MEGATRON_DENO_CUBLAS: lib,
+        MEGATRON_DENO_CUDA: none,
+        LD_LIBRARY_PATH: "/nonexistent",
+        GPU_CHECK_TEST_ARGS: "--filter copy",
+      });
+      assert.equal(r.code, 1, r.out);
+      assert.match(row(r.table, "cuda-info"), /^FAILED \(exit 1\): gpu_info: cuda: library not found/);
+      for (const step of ["ops", "gpt-train"]) {
+        assert.match(
+          row(r.table, step),
+          /^FAILED \(exit 1\): .*MEGATRON_DENO_REQUIRE_CUDA=1 but CUDA is not usable: cuda: library not found/,
+          step,
+        );
+      }
+    },
+  );
+}
