@@ -131,6 +131,9 @@ export interface TrainingTask<S = unknown> {
   flopsPerSample?(ctx: TaskContext): number | null;
   /** Bytes a rank needs (checked against free memory before allocating); omit to skip the check. */
   estimateMemory?(ctx: TaskContext, layout: MemoryLayout): TaskMemoryEstimate | null;
+  /** One sample as `inspect-data` prints it: Megatron's field names and values (masks as 2-D 0/1
+   *  lists); with `decode`, the detokenized text beside them. */
+  sampleJson?(ctx: TaskContext, sample: S, opts: { decode: boolean }): Record<string, unknown>;
 }
 
 export interface MemoryLayout {
