@@ -6,26 +6,12 @@ import assert from "node:assert/strict";
 import { gzipSync } from "node:zlib";
 import { MMapIndexedDataset } from "../src/data/indexed_dataset.ts";
 import { buildTokenizer } from "../src/tokenizer/mod.ts";
+import { type Ran, runScript } from "./helpers/run_cli.ts";
 
 const PREPROCESS = new URL("../tasks/preprocess_data.ts", import.meta.url).pathname;
 const PRETRAIN = new URL("../tasks/pretrain_gpt.ts", import.meta.url).pathname;
-const dec = new TextDecoder();
 
-interface Ran {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function run(script: string, args: string[]): Promise<Ran> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", script, ...args],
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).output();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const run = (script: string, args: string[]): Promise<Ran> => runScript(script, args);
 
 /** stderr without deno's own npm download/initialize lines: must be exactly one line. */
 function oneLine(r: Ran): string {

@@ -4,32 +4,13 @@
 
 import assert from "node:assert/strict";
 import { preprocessTinyCorpus } from "./helpers/tiny_corpus.ts";
+import { errorLine, type Ran, runScript } from "./helpers/run_cli.ts";
 
 const SCRIPT = new URL("../tasks/pretrain_gpt.ts", import.meta.url).pathname;
 const dec = new TextDecoder();
 
-interface Ran {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function cli(args: string[]): Promise<Ran> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", SCRIPT, ...args],
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).output();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
-
-/** The error: exactly one "pretrain_gpt: ..." line on stderr, no stack trace. */
-function errorLine(r: Ran): string {
-  const lines = r.stderr.split("\n").filter((l) => l.startsWith("pretrain_gpt: "));
-  assert.equal(lines.length, 1, `expected one error line, stderr:\n${r.stderr}`);
-  assert.ok(!/^\s+at /m.test(r.stderr), `stack trace in stderr:\n${r.stderr}`);
-  return lines[0].slice("pretrain_gpt: ".length);
+function cli(args: string[]): Promise<Ran> {
+  return runScript(SCRIPT, args);
 }
 
 const SHAPE = [

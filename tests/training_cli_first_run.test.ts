@@ -9,27 +9,15 @@ import { MMapIndexedDataset } from "../src/data/indexed_dataset.ts";
 import { parsePreprocessArgs, preprocess } from "../src/data/preprocess.ts";
 import { parseArgs, validateForTraining, withDefaults } from "../src/training/config.ts";
 import { EMBEDDED_DEFAULT } from "../tasks/pretrain_gpt.ts";
+import { type Ran, runScript } from "./helpers/run_cli.ts";
 
 const SCRIPT = new URL("../tasks/pretrain_gpt.ts", import.meta.url).pathname;
-const dec = new TextDecoder();
 const DIR = Deno.makeTempDirSync({ prefix: "mdeno_first_run_" });
 // Remove the scratch directory when the test module ends.
 globalThis.addEventListener("unload", () => Deno.removeSync(DIR, { recursive: true }));
 
-interface Ran {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function cli(args: string[], env: Record<string, string> = {}): Promise<Ran> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", SCRIPT, ...args],
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1", ...env },
-  }).output();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+function cli(args: string[], env: Record<string, string> = {}): Promise<Ran> {
+  return runScript(SCRIPT, args, env);
 }
 
 /** A corpus cache ($MEGATRON_DENO_CACHE) holding a tiny GPT-2 tokenized stand-in for the bundled

@@ -20,6 +20,7 @@ import { formatBytes } from "../src/training/memory_estimate.ts";
 import { hostName } from "../src/training/process.ts";
 import { readSafetensors, writeSafetensors } from "../src/training/safetensors.ts";
 import { preprocessTinyCorpus } from "./helpers/tiny_corpus.ts";
+import { errorLine, type Ran, runScript } from "./helpers/run_cli.ts";
 
 const SCRIPT = new URL("../tasks/pretrain_gpt.ts", import.meta.url).pathname;
 const dec = new TextDecoder();
@@ -47,28 +48,8 @@ async function flags(more: string[]): Promise<string[]> {
   ];
 }
 
-interface Ran {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
 async function cli(args: string[]): Promise<Ran> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", SCRIPT, ...await flags(args)],
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).output();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
-
-/** Exactly one "pretrain_gpt: ..." line on stderr, no stack trace; returns its text. */
-function errorLine(r: Ran): string {
-  const lines = r.stderr.split("\n").filter((l) => l.startsWith("pretrain_gpt: "));
-  assert.equal(lines.length, 1, `expected one error line, stderr:\n${r.stderr}\nstdout:\n${r.stdout}`);
-  assert.ok(!/^\s+at /m.test(r.stderr), `stack trace in stderr:\n${r.stderr}`);
-  return lines[0].slice("pretrain_gpt: ".length);
+  return runScript(SCRIPT, await flags(args));
 }
 
 function listing(dir: string): string[] {
