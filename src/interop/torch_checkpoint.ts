@@ -491,6 +491,11 @@ export function encodeTorchCheckpoint(root: PyValue, archiveName = "archive"): U
     ]);
   });
   records.push([`${archiveName}/version`, new TextEncoder().encode("3\n")]);
+  return encodeStoredZip(records);
+}
+
+/** A zip of stored (uncompressed) records, each data start 64-byte aligned as torch writes them. */
+export function encodeStoredZip(records: readonly [string, Uint8Array][]): Uint8Array {
   const table = crcTable();
   const parts: Uint8Array[] = [];
   const central: Uint8Array[] = [];
