@@ -512,3 +512,38 @@ export function gpt2ShapeFromConfig(c: Record<string, unknown>, where = "config.
   }
   return { ...s, positions: int("n_positions") };
 }
+
+/** The BERT shape from a BertForPreTraining config.json. Note HF's layer_norm_eps (1e-12 by default)
+ *  differs from Megatron's 1e-5: the model must use the config's value for equal logits. */
+export function bertShapeFromConfig(c: Record<string, unknown>, where = "config.json"): GptShape & {
+  vocab: number;
+  positions: number;
+  typeVocab: number;
+  ffn: number;
+  layerNormEps: number;
+} {
+  const int = (k: string) => {
+    const v = c[k];
+    if (typeof v !== "number" || !Number.isInteger(v) || v <= 0) {
+      throw new Error(`${where}: ${k}: expected a positive integer, found ${JSON.stringify(v)}`);
+    }
+    return v;
+  };
+  const s = {
+    numLayers: int("num_hidden_layers"),
+    hidden: int("hidden_size"),
+    heads: int("num_attention_heads"),
+    vocab: int("vocab_size"),
+    positions: int("max_position_embeddings"),
+    typeVocab: int("type_vocab_size"),
+    ffn: int("intermediate_size"),
+    layerNormEps: typeof c.layer_norm_eps === "number" ? c.layer_norm_eps : 1e-12,
+  };
+  if (s.hidden % s.heads !== 0) {
+    throw new Error(`${where}: hidden_size ${s.hidden} is not divisible by num_attention_heads ${s.heads}`);
+  }
+  if (c.hidden_act !== undefined && c.hidden_act !== "gelu") {
+    throw new Error(`${where}: hidden_act ${JSON.stringify(c.hidden_act)}: only "gelu" (erf) is supported`);
+  }
+  return s;
+}
