@@ -5,6 +5,8 @@ Needs torch, transformers, safetensors and numpy. Writes tests/data/interop/:
   megatron_gpt_zip.pt / megatron_gpt_legacy.pt  a Megatron-2021-structured GPT checkpoint (model ->
       language_model -> embedding / encoder, checkpoint_version 3.0, args Namespace, iteration, RNG
       states) in torch's zip and pre-1.6 formats, plus odd tensors (strided, fp16, bf16, int64, bool)
+  megatron_gpt_v0.pt / _v1.pt  the same model saved as checkpoint_version 0 and 1 (older names, QKV
+      orders [3, np, hn] and [np, hn, 3])
   megatron_gpt_expected.json   every tensor's dtype, shape and values (as float64) and the metadata
   hf_gpt2/, hf_bert/           tiny random GPT2LMHeadModel / BertForPreTraining (save_pretrained)
   hf_gpt2_megatron.safetensors, hf_bert_megatron.safetensors  the same weights in Megatron 2021 names
@@ -115,6 +117,27 @@ def pad_rows(w, rows):
     return out
 
 
+def old_versions(state):
+    """The same model as checkpoint_version 0 and 1.0: 'transformer' key, '.attention.' names and the
+    old QKV row orders, made from the version-3 rows with torch view/transpose."""
+    heads = state["args"].num_attention_heads
+    for version in (0, 1):
+        enc = collections.OrderedDict()
+        for k, v in state["model"]["language_model"]["encoder"].items():
+            if "query_key_value" in k:
+                rest = tuple(v.shape[1:])
+                hn = v.shape[0] // 3 // heads
+                per_head = v.reshape(heads, 3, hn, *rest)  # version 3: [np, 3, hn]
+                v = (per_head.transpose(0, 1) if version == 0 else per_head.transpose(1, 2)).reshape(v.shape)
+            enc[k.replace(".self_attention.", ".attention.")] = v.contiguous()
+        old = {"args": state["args"], "iteration": state["iteration"],
+               "model": {"language_model": {"embedding": state["model"]["language_model"]["embedding"],
+                                            "transformer": enc}}}
+        if version == 1:
+            old["checkpoint_version"] = 1.0
+        torch.save(old, os.path.join(OUT, f"megatron_gpt_v{version}.pt"))
+
+
 def hf_fixtures():
     import transformers
     from safetensors.torch import save_file
@@ -223,6 +246,7 @@ def main():
     with open(os.path.join(OUT, "megatron_gpt_expected.json"), "w") as f:
         json.dump(expected, f, indent=0, sort_keys=True)
         f.write("\n")
+    old_versions(state)
     hf_fixtures()
     print("fixtures written to", os.path.abspath(OUT), file=sys.stderr)
 
