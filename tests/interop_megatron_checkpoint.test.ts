@@ -12,7 +12,7 @@ import {
   writeMegatronCheckpoint,
   writeMegatronTracker,
 } from "../src/interop/megatron_checkpoint.ts";
-import { PyDict, PyTorchDtype } from "../src/interop/pickle.ts";
+import { type PyDict, PyTorchDtype } from "../src/interop/pickle.ts";
 import { readTorchCheckpoint, TorchTensor } from "../src/interop/torch_checkpoint.ts";
 
 const DATA = new URL("./data/interop/", import.meta.url).pathname;

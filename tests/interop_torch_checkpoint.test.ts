@@ -6,10 +6,10 @@ import assert from "node:assert/strict";
 import {
   PyDict,
   PyNamespace,
-  PyNdarray,
-  PySet,
+  type PyNdarray,
+  type PySet,
   PyTorchDtype,
-  PyTuple,
+  type PyTuple,
   unpickle,
 } from "../src/interop/pickle.ts";
 import {

@@ -578,29 +578,6 @@ export function flattenTensors(v: PyValue, prefix = ""): Map<string, TorchTensor
   return out;
 }
 
-/** Build nested ordered dicts from "a.b.c" -> tensor, splitting on dots up to `depth` levels
- *  (Megatron keeps e.g. encoder's "layers.0.mlp.dense_h_to_4h.weight" as one key). */
-export function nestTensors(
-  flat: Iterable<[string, TorchTensor]>,
-  splitPrefixes: (name: string) => string[],
-): PyDict {
-  const root = new PyDict(true);
-  for (const [name, t] of flat) {
-    const path = splitPrefixes(name);
-    let d = root;
-    for (const seg of path.slice(0, -1)) {
-      let nx = d.get(seg);
-      if (!(nx instanceof PyDict)) {
-        nx = new PyDict(true);
-        d.set(seg, nx);
-      }
-      d = nx as PyDict;
-    }
-    d.set(path[path.length - 1], t);
-  }
-  return root;
-}
-
 /** A Python value as plain JSON-like data (Namespace/dict -> object, tuple -> array; tensors and
  *  arrays are summarized). For args and metadata. */
 export function toPlain(v: PyValue): unknown {
