@@ -215,7 +215,7 @@ def check_deno(directory):
         summary[name] = s
     summary["torch"] = torch.__version__
     with open(os.path.join(OUT, "deno_written_check.json"), "w") as f:
-        json.dump(summary, f, indent=1, sort_keys=True)
+        json.dump(summary, f, indent=2, sort_keys=True)
         f.write("\n")
     print("torch.load(weights_only=True) accepted both files in", directory)
 
@@ -244,7 +244,7 @@ def main():
         "random_rng_state_version": state["random_rng_state"][0],
     }
     with open(os.path.join(OUT, "megatron_gpt_expected.json"), "w") as f:
-        json.dump(expected, f, indent=0, sort_keys=True)
+        json.dump(expected, f, indent=2, sort_keys=True)
         f.write("\n")
     old_versions(state)
     hf_fixtures()
