@@ -11,6 +11,8 @@ Needs torch, transformers, safetensors and numpy. Writes tests/data/interop/:
   hf_gpt2/, hf_bert/           tiny random GPT2LMHeadModel / BertForPreTraining (save_pretrained)
   hf_gpt2_megatron.safetensors, hf_bert_megatron.safetensors  the same weights in Megatron 2021 names
       and layouts, computed here with torch ops (an implementation independent of the TypeScript one)
+  reference_logits.json        logits (fp32, CPU, input ids 1..7) of the tiny HF GPT-2 and BERT and of the
+      Megatron fixture run as a GPT2LMHeadModel, for the model-level import tests
   deno_written_check.json      with --check-deno DIR: torch.load(weights_only=True) of the .pt files
       scripts/interop_write_sample.ts wrote, summarized
 """
@@ -200,6 +202,66 @@ def hf_fixtures():
     save_file({k: v.contiguous() for k, v in meg.items()}, os.path.join(OUT, "hf_bert_megatron.safetensors"))
 
 
+def reference_logits():
+    """Logits a converted model must reproduce (fp32, CPU): the tiny HF GPT-2 and BERT from their
+    folders, and the Megatron fixture's weights run as a GPT2LMHeadModel (Megatron 2021 GPT = GPT-2's
+    architecture with the tanh GeLU, LayerNorm eps 1e-5, logits over the padded vocabulary)."""
+    import transformers
+    from safetensors.torch import load_file
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7]])
+    out = {"input_ids": ids[0].tolist()}
+    g = transformers.GPT2LMHeadModel.from_pretrained(os.path.join(OUT, "hf_gpt2")).eval()
+    with torch.no_grad():
+        out["hf_gpt2_logits"] = g(ids).logits[0].flatten().tolist()
+    b = transformers.BertForPreTraining.from_pretrained(os.path.join(OUT, "hf_bert")).eval()
+    types = torch.tensor([[0, 0, 0, 1, 1, 1, 1]])
+    out["bert_token_type_ids"] = types[0].tolist()
+    with torch.no_grad():
+        r = b(input_ids=ids, token_type_ids=types, attention_mask=torch.ones_like(ids))
+        out["hf_bert_prediction_logits"] = r.prediction_logits[0].flatten().tolist()
+        out["hf_bert_seq_relationship_logits"] = r.seq_relationship_logits[0].tolist()
+    # The Megatron fixture as GPT-2: undo the per-head QKV interleaving and transpose to Conv1D.
+    state = torch.load(os.path.join(OUT, "megatron_gpt_zip.pt"), weights_only=False)
+    a = state["args"]
+    lm = state["model"]["language_model"]
+    cfg = transformers.GPT2Config(vocab_size=a.padded_vocab_size, n_positions=a.max_position_embeddings,
+                                  n_embd=a.hidden_size, n_layer=a.num_layers, n_head=a.num_attention_heads,
+                                  activation_function="gelu_new", layer_norm_epsilon=1e-5)
+    m = transformers.GPT2LMHeadModel(cfg).eval()
+    sd = {"transformer.wte.weight": lm["embedding"]["word_embeddings"]["weight"],
+          "transformer.wpe.weight": lm["embedding"]["position_embeddings"]["weight"],
+          "transformer.ln_f.weight": lm["encoder"]["final_layernorm.weight"],
+          "transformer.ln_f.bias": lm["encoder"]["final_layernorm.bias"]}
+    heads = a.num_attention_heads
+    for i in range(a.num_layers):
+        e = lambda k: lm["encoder"][f"layers.{i}.{k}"]
+        h = f"transformer.h.{i}."
+        def blocks(w):
+            rest = tuple(w.shape[1:])
+            hn = w.shape[0] // 3 // heads
+            return w.reshape(heads, 3, hn, *rest).transpose(0, 1).reshape(w.shape)
+        sd[h + "ln_1.weight"], sd[h + "ln_1.bias"] = e("input_layernorm.weight"), e("input_layernorm.bias")
+        sd[h + "attn.c_attn.weight"] = blocks(e("self_attention.query_key_value.weight")).t()
+        sd[h + "attn.c_attn.bias"] = blocks(e("self_attention.query_key_value.bias"))
+        sd[h + "attn.c_proj.weight"] = e("self_attention.dense.weight").t()
+        sd[h + "attn.c_proj.bias"] = e("self_attention.dense.bias")
+        sd[h + "ln_2.weight"] = e("post_attention_layernorm.weight")
+        sd[h + "ln_2.bias"] = e("post_attention_layernorm.bias")
+        sd[h + "mlp.c_fc.weight"] = e("mlp.dense_h_to_4h.weight").t()
+        sd[h + "mlp.c_fc.bias"] = e("mlp.dense_h_to_4h.bias")
+        sd[h + "mlp.c_proj.weight"] = e("mlp.dense_4h_to_h.weight").t()
+        sd[h + "mlp.c_proj.bias"] = e("mlp.dense_4h_to_h.bias")
+    missing, unexpected = m.load_state_dict({k: v.contiguous() for k, v in sd.items()}, strict=False)
+    assert not unexpected and all(k == "lm_head.weight" or k.endswith((".attn.bias", ".attn.masked_bias"))
+                                  for k in missing), (missing, unexpected)
+    m.tie_weights()
+    with torch.no_grad():
+        out["megatron_gpt_logits"] = m(ids).logits[0].flatten().tolist()
+    with open(os.path.join(OUT, "reference_logits.json"), "w") as f:
+        json.dump(out, f, indent=2)
+        f.write("\n")
+
+
 def check_deno(directory):
     """Load the TypeScript writer's files with weights_only=True (Namespace allowed explicitly: torch
     does not allow it by default) and record what torch saw."""
@@ -224,8 +286,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--check-deno", metavar="DIR",
                     help="the folder where `deno run -A scripts/interop_write_sample.ts DIR` wrote its .pt files")
+    ap.add_argument("--logits-only", action="store_true", help="only (re)write reference_logits.json")
     a = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
+    if a.logits_only:
+        reference_logits()
+        return
     if a.check_deno:
         check_deno(a.check_deno)
         return
@@ -248,6 +314,7 @@ def main():
         f.write("\n")
     old_versions(state)
     hf_fixtures()
+    reference_logits()
     print("fixtures written to", os.path.abspath(OUT), file=sys.stderr)
 
 
