@@ -46,6 +46,36 @@ Deno.test("top-p: cumulative softmax with the shift keeps the first token crossi
   assert.deepEqual(kept(filterLogits(l, { topK: 3, topP: 0.85 })), [0, 1, 3]);
 });
 
+Deno.test("top-k / top-p against a plain sort-based formula on random logits, ties by lower id", () => {
+  // Equal logits: top-p keeps the lowest ids first (the tie order we fix).
+  assert.deepEqual(kept(filterLogits([1, 1, 1, 1], { topP: 0.3 })), [0, 1]);
+  assert.deepEqual(kept(filterLogits([0, 2, 1, 2, 2], { topP: 0.5 })), [1, 3]);
+  let seed = 7;
+  const rnd = () => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648);
+  for (let trial = 0; trial < 200; trial++) {
+    const n = 1 + Math.floor(rnd() * 40);
+    // Few distinct values so ties are common.
+    const l = Array.from({ length: n }, () => Math.floor(rnd() * 6) / 2);
+    const k = Math.floor(rnd() * (n + 2)), p = rnd();
+    // The formula, spelled out: top-k by a full sort, top-p by a stable sort of ids.
+    const x = l.map((v) => Math.fround(v));
+    if (k > 0) {
+      const kth = [...x].sort((a, b) => b - a)[Math.min(k, n) - 1];
+      for (let i = 0; i < n; i++) if (x[i] < kth) x[i] = -Infinity;
+    }
+    const order = x.map((_, i) => i).sort((a, b) => (x[b] === x[a] ? a - b : x[b] - x[a]));
+    const pr = softmax(order.map((i) => x[i]));
+    const removed = new Set<number>();
+    let cum = 0;
+    order.forEach((id, j) => {
+      if (j > 0 && cum > p) removed.add(id);
+      cum += pr[j];
+    });
+    const want = x.flatMap((v, i) => (v === -Infinity || removed.has(i) ? [] : [i]));
+    assert.deepEqual(kept(filterLogits(l, { topK: k, topP: p })), want, `trial ${trial}: k ${k} p ${p} ${l}`);
+  }
+});
+
 Deno.test("temperature divides the logits (in f32) before softmax", () => {
   const l = [0.3, -1.2, 2.5, 0];
   for (const t of [0.5, 1, 1.7]) {

@@ -13,6 +13,7 @@ import {
   unpickle,
 } from "../src/interop/pickle.ts";
 import {
+  crc32,
   decodeTorchCheckpoint,
   encodeStoredZip,
   encodeTorchCheckpoint,
@@ -104,6 +105,23 @@ for (const fmt of ["zip", "legacy"]) {
     assert.deepEqual((root.get("random_rng_state") as PyTuple).items[0], expected.random_rng_state_version);
   });
 }
+
+Deno.test("crc32: the standard check value, and every length mod 8", () => {
+  assert.equal(crc32(new TextEncoder().encode("123456789")), 0xcbf43926);
+  // Against a bytewise reference.
+  const bytewise = (d: Uint8Array) => {
+    let c = 0xffffffff;
+    for (const b of d) {
+      c ^= b;
+      for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    }
+    return (c ^ 0xffffffff) >>> 0;
+  };
+  const d = Uint8Array.from({ length: 40 }, (_, i) => (i * 73 + 11) & 0xff);
+  for (let n = 0; n <= d.length; n++) {
+    assert.equal(crc32(d.subarray(0, n)), bytewise(d.subarray(0, n)), `length ${n}`);
+  }
+});
 
 Deno.test("zip checkpoint: a flipped storage byte fails the CRC with one line naming the record", () => {
   const buf = Deno.readFileSync(`${DATA}megatron_gpt_zip.pt`);

@@ -60,24 +60,69 @@ export function filterLogits(logits: ArrayLike<number>, o: SamplingOptions = {})
   for (let i = 0; i < n; i++) x[i] = Math.fround(Math.fround(logits[i]) / t);
   const k = o.topK ?? 0;
   if (k > 0) {
-    const sorted = Float64Array.from(x).sort();
-    const kth = sorted[Math.max(0, n - Math.min(k, n))];
+    const kth = kthLargest(x, Math.min(k, n));
     for (let i = 0; i < n; i++) if (x[i] < kth) x[i] = -Infinity;
   }
   const p = o.topP ?? 0;
   if (p > 0) {
-    const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => x[b] - x[a] || a - b);
-    const probs = softmax(order.map((i) => x[i]));
-    let cum = 0;
-    // Keep sorted position j when the cumulative probability before it is <= p (the shift).
-    let prevAbove = false;
-    for (let j = 0; j < n; j++) {
-      if (j > 0 && prevAbove) x[order[j]] = -Infinity;
+    // Sort the values (native typed-array sort), find how many sorted positions survive the shifted
+    // cumulative cut, then keep every id above the last kept value and, among ids equal to it, the
+    // lowest ones: the same set as a descending sort that breaks ties by id.
+    const sorted = x.filter((v) => v !== -Infinity).sort().reverse();
+    const probs = softmax(sorted);
+    let keep = sorted.length, cum = 0;
+    for (let j = 0; j < sorted.length; j++) {
       cum += probs[j];
-      prevAbove = cum > p;
+      if (cum > p) {
+        keep = j + 1; // position j crosses p and stays; every later one goes
+        break;
+      }
+    }
+    if (keep < sorted.length) {
+      const last = sorted[keep - 1];
+      let equalKept = 0;
+      for (let j = 0; j < keep; j++) if (sorted[j] === last) equalKept++;
+      for (let i = 0; i < n; i++) {
+        if (x[i] < last) x[i] = -Infinity;
+        else if (x[i] === last && equalKept-- <= 0) x[i] = -Infinity;
+      }
     }
   }
   return x;
+}
+
+/** The k-th largest value (1-based) by a size-k min-heap, O(n log k). */
+function kthLargest(x: Float64Array, k: number): number {
+  const heap = new Float64Array(k);
+  let size = 0;
+  const down = (i: number) => {
+    for (;;) {
+      const l = 2 * i + 1, r = l + 1;
+      let m = i;
+      if (l < size && heap[l] < heap[m]) m = l;
+      if (r < size && heap[r] < heap[m]) m = r;
+      if (m === i) return;
+      const t = heap[i];
+      heap[i] = heap[m], heap[m] = t;
+      i = m;
+    }
+  };
+  for (let i = 0; i < x.length; i++) {
+    const v = x[i];
+    if (size < k) {
+      let j = size++;
+      heap[j] = v;
+      while (j > 0 && heap[(j - 1) >> 1] > heap[j]) {
+        const p = (j - 1) >> 1, t = heap[p];
+        heap[p] = heap[j], heap[j] = t;
+        j = p;
+      }
+    } else if (v > heap[0]) {
+      heap[0] = v;
+      down(0);
+    }
+  }
+  return heap[0];
 }
 
 /** Softmax in f64 (max-subtracted); -Infinity entries get probability 0. */

@@ -143,8 +143,13 @@ function materialize(
         `reaches past its storage of ${storage.length} elements`,
     );
   }
+  const cs = contiguousStride(shape);
+  const contiguous = stride.every((s, i) => shape[i] === 1 || s === cs[i]);
+  // The storage array is already a private copy: a tensor covering all of it (the usual case) keeps it.
+  if (contiguous && storageOffset === 0 && n === storage.length) {
+    return new TorchTensor(dtype, [...shape], storage, [...stride], storageOffset);
+  }
   const out = view(dtype, new ArrayBuffer(n * ELEMENT_BYTES[dtype]), 0, n);
-  const contiguous = stride.every((s, i) => shape[i] === 1 || s === contiguousStride(shape)[i]);
   if (contiguous) {
     // deno-lint-ignore no-explicit-any
     (out as any).set((storage as any).subarray(storageOffset, storageOffset + n));
@@ -294,20 +299,36 @@ function entryData(buf: Uint8Array, e: ZipEntry, name: string): Uint8Array {
   return data;
 }
 
+/** Slicing-by-8 tables of zip's CRC-32 (polynomial 0xEDB88320): 8 x 256 entries. */
 function crcTable(): Uint32Array {
-  const t = new Uint32Array(256);
+  const t = new Uint32Array(8 * 256);
   for (let n = 0; n < 256; n++) {
     let c = n;
     for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
     t[n] = c >>> 0;
   }
+  for (let k = 1; k < 8; k++) {
+    for (let n = 0; n < 256; n++) {
+      const p = t[(k - 1) * 256 + n];
+      t[k * 256 + n] = (p >>> 8) ^ t[p & 0xff];
+    }
+  }
   return t;
 }
 
-/** CRC-32 (zip's, polynomial 0xEDB88320). */
+/** CRC-32 as zip computes it; eight bytes per step (the tables are rebuilt per call: 2048 entries). */
 export function crc32(data: Uint8Array, table = crcTable()): number {
   let c = 0xffffffff;
-  for (let i = 0; i < data.length; i++) c = table[(c ^ data[i]) & 0xff] ^ (c >>> 8);
+  let i = 0;
+  const n8 = data.length - (data.length % 8);
+  for (; i < n8; i += 8) {
+    const lo = c ^ (data[i] | (data[i + 1] << 8) | (data[i + 2] << 16) | (data[i + 3] << 24));
+    c = table[7 * 256 + (lo & 0xff)] ^ table[6 * 256 + ((lo >>> 8) & 0xff)] ^
+      table[5 * 256 + ((lo >>> 16) & 0xff)] ^ table[4 * 256 + (lo >>> 24)] ^
+      table[3 * 256 + data[i + 4]] ^ table[2 * 256 + data[i + 5]] ^ table[256 + data[i + 6]] ^
+      table[data[i + 7]];
+  }
+  for (; i < data.length; i++) c = table[(c ^ data[i]) & 0xff] ^ (c >>> 8);
   return (c ^ 0xffffffff) >>> 0;
 }
 
