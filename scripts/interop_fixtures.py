@@ -275,11 +275,22 @@ def check_deno(directory):
         if "args" in obj:
             s["args"] = {k: (str(v) if isinstance(v, torch.dtype) else v) for k, v in vars(obj["args"]).items()}
         summary[name] = s
+    # The Megatron fixture exported by the TypeScript code as a GPT-2 folder: transformers loads it and
+    # its logits are compared with reference_logits.json's (computed from the .pt with torch ops).
+    import transformers
+    g = transformers.GPT2LMHeadModel.from_pretrained(os.path.join(directory, "deno_exported_gpt2")).eval()
+    ref = json.load(open(os.path.join(OUT, "reference_logits.json")))
+    with torch.no_grad():
+        logits = g(torch.tensor([ref["input_ids"]])).logits[0].flatten()
+    want = torch.tensor(ref["megatron_gpt_logits"], dtype=torch.float32)
+    summary["deno_exported_gpt2"] = {"max_abs_diff": float((logits - want).abs().max()),
+                                     "max_abs": float(want.abs().max())}
     summary["torch"] = torch.__version__
     with open(os.path.join(OUT, "deno_written_check.json"), "w") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
         f.write("\n")
-    print("torch.load(weights_only=True) accepted both files in", directory)
+    print("torch.load(weights_only=True) accepted both files in", directory,
+          "; exported GPT-2 logits max abs diff", summary["deno_exported_gpt2"]["max_abs_diff"])
 
 
 def main():

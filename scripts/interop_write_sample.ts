@@ -1,9 +1,12 @@
-// Writes the .pt files scripts/interop_fixtures.py --check-deno loads with torch.load(weights_only=True);
+// Writes the .pt files scripts/interop_fixtures.py --check-deno loads with torch.load(weights_only=True),
+// and the Megatron fixture exported as a GPT-2 folder that it loads with transformers;
 // tests/interop_torch_checkpoint.test.ts rebuilds the same bytes and compares them with the committed files.
 //   deno run -A scripts/interop_write_sample.ts tests/data/interop
 
 import { PyDict, PyFloat, PyNamespace, PyTorchDtype, type PyValue } from "../src/interop/pickle.ts";
 import { encodeTorchCheckpoint, TorchTensor } from "../src/interop/torch_checkpoint.ts";
+import { readMegatronCheckpoint } from "../src/interop/megatron_checkpoint.ts";
+import { gpt2Config, gpt2NameMap, megatronToHf, toNamedTensors, writeHfFolder } from "../src/interop/hf.ts";
 
 function model(): PyDict {
   const w = new Float32Array(6 * 4).map((_, i) => (i - 7) / 8);
@@ -51,9 +54,26 @@ export function sampleWeightsOnly(): PyValue {
   return new PyDict().set("checkpoint_version", new PyFloat(3)).set("iteration", 42).set("model", model());
 }
 
+/** The torch-written Megatron fixture exported as a transformers GPT-2 folder (vocabulary kept padded:
+ *  the fixture has no real vocabulary size). */
+export function exportMegatronFixtureToHf(dir: string, out: string): void {
+  const c = readMegatronCheckpoint(`${dir}/megatron_gpt_zip.pt`);
+  const a = c.args as Record<string, number>;
+  const shape = { numLayers: a.num_layers, hidden: a.hidden_size, heads: a.num_attention_heads };
+  const meg = new Map(
+    [...c.chunks[0]].map(([k, t]) => [k, { shape: t.shape, data: t.data as Float32Array }]),
+  );
+  const hf = megatronToHf(gpt2NameMap(shape), meg, { ...shape, vocab: a.padded_vocab_size });
+  writeHfFolder(out, {
+    config: gpt2Config({ ...shape, vocab: a.padded_vocab_size, positions: a.max_position_embeddings }),
+    tensors: toNamedTensors(hf),
+  });
+}
+
 if (import.meta.main) {
   const dir = Deno.args[0] ?? "tests/data/interop";
   Deno.writeFileSync(`${dir}/deno_written.pt`, encodeTorchCheckpoint(sampleCheckpoint()));
   Deno.writeFileSync(`${dir}/deno_written_weights_only.pt`, encodeTorchCheckpoint(sampleWeightsOnly()));
-  console.log(`wrote ${dir}/deno_written.pt and deno_written_weights_only.pt`);
+  exportMegatronFixtureToHf(dir, `${dir}/deno_exported_gpt2`);
+  console.log(`wrote ${dir}/deno_written.pt, deno_written_weights_only.pt and deno_exported_gpt2/`);
 }

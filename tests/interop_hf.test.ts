@@ -20,6 +20,7 @@ import {
   writeHfFolder,
 } from "../src/interop/hf.ts";
 import { readSafetensors } from "../src/training/safetensors.ts";
+import { exportMegatronFixtureToHf } from "../scripts/interop_write_sample.ts";
 
 const DATA = new URL("./data/interop/", import.meta.url).pathname;
 
@@ -183,5 +184,24 @@ Deno.test("HF folders: write/read round trip; tied head checked; bad input named
     () => gpt2ShapeFromConfig({ ...src.config, n_layer: "2" }, "c.json"),
     "c.json: n_layer: expected a positive integer",
   );
+  Deno.removeSync(dir, { recursive: true });
+});
+
+Deno.test("Megatron -> HF GPT-2 export: bytes equal the folder transformers loaded with the reference logits", () => {
+  const check = JSON.parse(Deno.readTextFileSync(`${DATA}deno_written_check.json`)).deno_exported_gpt2;
+  // scripts/interop_fixtures.py --check-deno: GPT2LMHeadModel.from_pretrained on this folder.
+  assert.ok(
+    check.max_abs_diff <= 1e-5 * check.max_abs,
+    `transformers saw logits off by ${check.max_abs_diff}`,
+  );
+  const dir = Deno.makeTempDirSync();
+  exportMegatronFixtureToHf(DATA.replace(/\/$/, ""), `${dir}/gpt2`);
+  for (const f of ["config.json", "model.safetensors"]) {
+    assert.deepEqual(
+      Deno.readFileSync(`${dir}/gpt2/${f}`),
+      Deno.readFileSync(`${DATA}deno_exported_gpt2/${f}`),
+      f,
+    );
+  }
   Deno.removeSync(dir, { recursive: true });
 });

@@ -547,3 +547,39 @@ export function bertShapeFromConfig(c: Record<string, unknown>, where = "config.
   }
   return s;
 }
+
+/** config.json for a GPT2LMHeadModel export of a Megatron GPT (tanh GeLU = gelu_new, LayerNorm eps 1e-5,
+ *  tied head). `vocab` is the exported vocabulary (the real one; padded rows are cut). */
+export function gpt2Config(s: GptShape & { vocab: number; positions: number }): Record<string, unknown> {
+  return {
+    architectures: ["GPT2LMHeadModel"],
+    model_type: "gpt2",
+    vocab_size: s.vocab,
+    n_positions: s.positions,
+    n_embd: s.hidden,
+    n_layer: s.numLayers,
+    n_head: s.heads,
+    n_inner: null,
+    activation_function: "gelu_new",
+    layer_norm_epsilon: 1e-5,
+    resid_pdrop: 0.1,
+    embd_pdrop: 0.1,
+    attn_pdrop: 0.1,
+    initializer_range: 0.02,
+    scale_attn_weights: true,
+    tie_word_embeddings: true,
+    bos_token_id: 50256,
+    eos_token_id: 50256,
+  };
+}
+
+/** The tensors of a Megatron -> HF conversion as safetensors entries (names sorted, as transformers
+ *  writes them), keeping each array's element type. */
+export function toNamedTensors(m: Map<string, Tensor2>, dtype: NamedTensor["dtype"] = "f32"): NamedTensor[] {
+  return [...m].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([name, t]) => ({
+    name,
+    dtype,
+    shape: t.shape,
+    data: t.data as NamedTensor["data"],
+  }));
+}
