@@ -72,5 +72,5 @@ export * from "./src/training/metrics.ts";
 
 // ---- interop, generation sampling, downstream tasks (namespaced: their helper names are generic) -
 export * as interop from "./src/interop/mod.ts";
-export * as generation from "./src/generation/sampling.ts";
+export * as generation from "./src/generation/mod.ts";
 export * as downstream from "./src/downstream/mod.ts";
