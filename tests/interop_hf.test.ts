@@ -4,6 +4,7 @@
 
 import assert from "node:assert/strict";
 import {
+  bertConfig,
   bertNameMap,
   bertShapeFromConfig,
   convertQkv,
@@ -138,6 +139,11 @@ Deno.test("HF BERT -> Megatron (post-LN shift): equals the torch-computed conver
   const back = megatronToHf(map, meg, { ...shape, vocab: shape.vocab });
   assert.deepEqual([...back.keys()].sort(), [...hf.keys()].sort());
   for (const [k, t] of hf) assert.deepEqual(back.get(k), { shape: t.shape, data: t.data }, k);
+  // The export config describes the same model.
+  assert.deepEqual(bertShapeFromConfig(bertConfig(shape)), shape);
+  for (const k of ["vocab_size", "hidden_size", "intermediate_size", "layer_norm_eps", "type_vocab_size"]) {
+    assert.equal(bertConfig(shape)[k], folder.config[k], k);
+  }
 });
 
 Deno.test("HF folders: write/read round trip; tied head checked; bad input named", () => {

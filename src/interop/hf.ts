@@ -583,3 +583,27 @@ export function toNamedTensors(m: Map<string, Tensor2>, dtype: NamedTensor["dtyp
     data: t.data as NamedTensor["data"],
   }));
 }
+
+/** config.json for a BertForPreTraining export (erf GeLU; `layerNormEps` is the model's own eps). */
+export function bertConfig(
+  s: GptShape & { vocab: number; positions: number; typeVocab: number; ffn: number; layerNormEps: number },
+): Record<string, unknown> {
+  return {
+    architectures: ["BertForPreTraining"],
+    model_type: "bert",
+    vocab_size: s.vocab,
+    hidden_size: s.hidden,
+    num_hidden_layers: s.numLayers,
+    num_attention_heads: s.heads,
+    intermediate_size: s.ffn,
+    hidden_act: "gelu",
+    hidden_dropout_prob: 0.1,
+    attention_probs_dropout_prob: 0.1,
+    max_position_embeddings: s.positions,
+    type_vocab_size: s.typeVocab,
+    initializer_range: 0.02,
+    layer_norm_eps: s.layerNormEps,
+    pad_token_id: 0,
+    tie_word_embeddings: true,
+  };
+}
