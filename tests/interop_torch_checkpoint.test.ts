@@ -205,6 +205,23 @@ Deno.test("restricted unpickler: os.system is refused by name and nothing runs",
   Deno.removeSync(dir, { recursive: true });
 });
 
+Deno.test("Megatron's old fp16 loss scalers load as inert records; other classes stay refused", () => {
+  // pickle.dumps({'s': fp16.loss_scaler.DynamicLossScaler()}, protocol=2) with cur_scale 4096.0, cur_iter 7.
+  // The pickle's bytes, written as char codes (each char one byte).
+  const raw = Uint8Array.from(
+    [..."\x80\x02}q\x00X\x01\x00\x00\x00sq\x01cfp16.loss_scaler\nDynamicLossScaler\nq\x02)\x81q\x03}q\x04(X\t\x00\x00\x00cur_scaleq\x05G"]
+      .map((c) => c.charCodeAt(0))
+      .concat([0x40, 0xb0, 0, 0, 0, 0, 0, 0])
+      .concat([..."X\x08\x00\x00\x00cur_iterq\x06K\x07ubs."].map((c) => c.charCodeAt(0))),
+  );
+  const v = unpickle(raw, { source: "old.pt" }).value;
+  assert.deepEqual(toPlain(v), {
+    s: { __class__: "fp16.loss_scaler.DynamicLossScaler", cur_scale: 4096, cur_iter: 7 },
+  });
+  const other = Uint8Array.from([..."\x80\x02cfp16.other\nThing\n)\x81."].map((c) => c.charCodeAt(0)));
+  throwsWith(() => unpickle(other, { source: "o.pt" }), "o.pt: byte 2: refusing global fp16.other.Thing");
+});
+
 Deno.test("torch zip writer: bytes equal the files torch.load(weights_only=True) accepted", () => {
   const check = JSON.parse(Deno.readTextFileSync(`${DATA}deno_written_check.json`));
   for (

@@ -42,6 +42,13 @@ export class PyNamespace {
   constructor(readonly attrs: Map<string, PyValue> = new Map()) {}
 }
 
+/** An instance of one of Megatron's own old classes (the fp16 loss scalers pickled into pre-2021
+ *  optimizer states): its class name and the attributes BUILD gave it. No code of the class exists here. */
+export class PyObject {
+  readonly attrs = new Map<string, PyValue>();
+  constructor(readonly className: string) {}
+}
+
 /** builtins.set / frozenset. */
 export class PySet {
   constructor(readonly items: PyValue[], readonly frozen = false) {}
@@ -108,6 +115,7 @@ export type PyValue =
   | PyNdarray
   | PyGlobal
   | PyFloat
+  | PyObject
   // Tensors once the checkpoint reader attached their data (see torch_checkpoint.ts).
   | { readonly kind: "tensor" };
 
@@ -158,9 +166,19 @@ const TORCH_DTYPES: Readonly<Record<string, TorchDtypeName>> = {
   bool: "bool",
 };
 
+/** Megatron's old loss-scaler classes, found in optimizer states of checkpoints from 2019-2020 (Megatron
+ *  itself aliased these modules to load them). Built as inert PyObject records. */
+const OPAQUE_CLASSES: ReadonlySet<string> = new Set(
+  ["fp16.loss_scaler", "megatron.fp16.loss_scaler", "megatron.fp16_deprecated.loss_scaler"].flatMap((m) => [
+    `${m}.LossScaler`,
+    `${m}.DynamicLossScaler`,
+  ]),
+);
+
 /** Every global the unpickler accepts, "module name" -> what it stands for. */
 function allowedGlobal(module: string, name: string): string | null {
   const full = `${module}.${name}`;
+  if (OPAQUE_CLASSES.has(full)) return `object:${full}`;
   switch (full) {
     case "torch._utils._rebuild_tensor_v2":
     case "torch._utils._rebuild_tensor":
@@ -696,6 +714,7 @@ function reduce(id: string, args: PyValue[], where: () => string): PyValue {
 
 function newObj(id: string, args: PyValue, where: () => string): PyValue {
   if (id === "argparse.Namespace") return new PyNamespace();
+  if (id.startsWith("object:")) return new PyObject(id.slice(7));
   if (id === "collections.OrderedDict") return new PyDict(true);
   if (id === "torch.Size" && args instanceof PyTuple) {
     return new PyTuple(args.items.length === 0 ? [] : intList(args.items[0], `${where()}: torch.Size`));
@@ -713,6 +732,11 @@ function build(target: StackItem, state: PyValue, where: () => string): void {
       if (typeof k !== "string") fail("Namespace attribute names must be strings");
       target.attrs.set(k as string, v);
     }
+    return;
+  }
+  if (target instanceof PyObject) {
+    if (!(state instanceof PyDict)) return fail(`of ${target.className} needs a dict`);
+    for (const [k, v] of (state as PyDict).map) target.attrs.set(String(k), v);
     return;
   }
   if (target instanceof PyDict) {

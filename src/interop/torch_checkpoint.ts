@@ -18,6 +18,7 @@ import {
   PyDict,
   PyNamespace,
   PyNdarray,
+  PyObject,
   PySet,
   PyStorageRef,
   PyStorageType,
@@ -610,5 +611,8 @@ export function toPlain(v: PyValue): unknown {
   if (v instanceof TorchTensor) return { tensor: v.dtype, shape: v.shape };
   if (v instanceof PyNdarray) return { ndarray: v.dtype, shape: v.shape };
   if (v instanceof PyTorchDtype) return `torch.${v.name}`;
+  if (v instanceof PyObject) {
+    return { __class__: v.className, ...Object.fromEntries([...v.attrs].map(([k, x]) => [k, toPlain(x)])) };
+  }
   return v;
 }
