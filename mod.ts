@@ -2,7 +2,7 @@
 // qualified npm:/node: specifiers only. Importing this module has no side effects.
 //
 // Layers, bottom to top: tensor, rng -> backend -> tokenizer -> data -> optimizer -> parallel ->
-// transformer -> models -> pipeline -> training.
+// transformer -> models -> pipeline -> training -> generation, downstream, interop.
 
 // ---- tensor, dtype, parameters ------------------------------------------------------------------
 export * from "./src/tensor/dtype.ts";
@@ -71,3 +71,8 @@ export * from "./src/training/memory_estimate.ts";
 export * from "./src/training/safetensors.ts";
 export * from "./src/training/tensorboard.ts";
 export * from "./src/training/metrics.ts";
+
+// ---- interop, generation sampling, downstream tasks (namespaced: their helper names are generic) -
+export * as interop from "./src/interop/mod.ts";
+export * as generation from "./src/generation/mod.ts";
+export * as downstream from "./src/downstream/mod.ts";
