@@ -83,7 +83,7 @@ function close(a: number, b: number, rel: number, what: string) {
   assert.ok(Math.abs(a - b) <= rel * Math.max(Math.abs(a), Math.abs(b)), `${what}: ${a} vs ${b}`);
 }
 
-Deno.test("T5 layout invariance: TP=2, DP=2, TP=2 x DP=2 give one rank's losses and weights (dropout on)", async (t) => {
+Deno.test("T5 layout invariance: TP=2, DP=2, TP=2 x DP=2 (also with recompute) give one rank's losses and weights (dropout on)", async (t) => {
   const dir = Deno.makeTempDirSync({ prefix: "t5_layout_" });
   try {
     const d = writeTinyT5Data(dir);
@@ -91,9 +91,22 @@ Deno.test("T5 layout invariance: TP=2, DP=2, TP=2 x DP=2 give one rank's losses 
     assert.ok(ref.losses.every(Number.isFinite) && ref.losses.length === 6);
     assert.ok(ref.losses[5] < ref.losses[0], `loss did not decrease: ${ref.losses}`);
     assert.equal(ref.valid.length, 2, "validation at iterations 3 and 6");
-    for (const l of [{ tp: 2, dp: 1 }, { tp: 1, dp: 2 }, { tp: 2, dp: 2 }]) {
-      await t.step(`TP=${l.tp} DP=${l.dp}`, async () => {
-        const got = await train([...baseArgs(d, 6), ...layoutArgs(l)], l.tp, `${dir}/tp${l.tp}dp${l.dp}`);
+    const recompute = [
+      "--activations-checkpoint-method",
+      "uniform",
+      "--activations-checkpoint-num-layers",
+      "1",
+    ];
+    for (
+      const l of [{ tp: 2, dp: 1 }, { tp: 1, dp: 2 }, { tp: 2, dp: 2 }, { tp: 2, dp: 2, extra: recompute }]
+    ) {
+      const label = `TP=${l.tp} DP=${l.dp}${l.extra ? " with activation recompute" : ""}`;
+      await t.step(label, async () => {
+        const got = await train(
+          [...baseArgs(d, 6), ...layoutArgs(l), ...(l.extra ?? [])],
+          l.tp,
+          `${dir}/tp${l.tp}dp${l.dp}${l.extra ? "r" : ""}`,
+        );
         got.losses.forEach((x, i) => close(x, ref.losses[i], 1e-5, `iteration ${i + 1}`));
         got.valid.forEach((x, i) => close(x, ref.valid[i], 1e-5, `validation ${i}`));
         assert.deepEqual([...got.weights.keys()].sort(), [...ref.weights.keys()].sort());
