@@ -174,6 +174,13 @@ export const t5Task: TrainingTask<T5Sample> = {
         `--tokenizer-type ${cfg.tokenizerType}: T5 needs BertWordPieceLowerCase or BertWordPieceCase`,
       );
     }
+    // GPT flags T5 would otherwise take and ignore.
+    if (cfg.eodMaskLoss) {
+      throw new ConfigError("--eod-mask-loss: applies to GPT; T5's loss mask comes from its dataset");
+    }
+    if (cfg.mergeFile !== undefined) {
+      throw new ConfigError("--merge-file: applies to GPT2BPETokenizer; T5 uses a WordPiece --vocab-file");
+    }
     if (cfg.vocabExtraIds < 1) {
       throw new ConfigError("--vocab-extra-ids: T5 needs sentinel tokens, found none (Megatron uses 100)");
     }
