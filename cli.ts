@@ -13,6 +13,13 @@ const COMMANDS = {
       return 0;
     },
   },
+  "pretrain-t5": {
+    what: "T5 pretraining (Megatron 2021's T5) with Megatron-LM's flags",
+    run: async (argv: string[]) => {
+      await (await import("./tasks/pretrain_t5.ts")).run(argv);
+      return 0;
+    },
+  },
   preprocess: {
     what: "tools/preprocess_data.py: loose JSON lines -> Megatron .bin/.idx",
     run: async (argv: string[]) => (await import("./tasks/preprocess_data.ts")).main(argv),

@@ -42,6 +42,7 @@ async function main(cmd: PretrainCommand, argv: string[]): Promise<void> {
     }
     if (cfg.dataPath === undefined && cmd.withoutDataPath) cfg = await cmd.withoutDataPath(cfg);
     cfg = validateForTraining(resolveTrainingPaths(cfg, userCwd()), cmd.task.flags);
+    cmd.task.validate?.(cfg); // a task's flag rules fail here as bad usage (exit 2), before any work
   } catch (e) {
     if (e instanceof ConfigError) fail(cmd.name, e.message, 2);
     throw e;

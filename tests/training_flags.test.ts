@@ -484,6 +484,7 @@ const FLAGS: Record<string, Entry> = {
     args: ["--encoder-seq-length", "4"],
     see: (c) => modelConfigOf(c, 32).seqLength,
   },
+  // The "rejected" entries below are GPT's; T5 reads these (see the T5 test at the end of this file).
   decoderSeqLength: {
     kind: "rejected",
     args: ["--decoder-seq-length", "8"],
@@ -795,4 +796,29 @@ Deno.test("flags: TensorBoard tags and steps of a run, as Megatron's training_lo
   assert.equal(ppl, Math.fround(Math.exp(o.result!.validation[0].loss)));
   assert.equal(loss, Math.fround(o.result!.validation[0].loss));
   assert.deepEqual(o.tb.get("batch-size")!.map(([, v]) => v), [4, 4, 4]);
+});
+
+Deno.test("flags: pretrain-t5 reads the T5 flags GPT rejects (--decoder-seq-length, --mask-prob, --short-seq-prob, the post-LN residual) and keeps GPT's other rejections", async () => {
+  const { T5_FLAGS } = await import("../src/training/t5_task.ts");
+  const t5 = [
+    ...["--num-layers", "1", "--hidden-size", "8", "--num-attention-heads", "2", "--encoder-seq-length", "8"],
+    ...["--max-position-embeddings", "8", "--micro-batch-size", "2", "--lr", "1e-2", "--train-iters", "3"],
+    ...["--data-path", "x", "--tokenizer-type", "BertWordPieceLowerCase", "--vocab-extra-ids", "4"],
+  ];
+  const reads = [
+    ["--decoder-seq-length", "4"],
+    ["--mask-prob", "0.2"],
+    ["--short-seq-prob", "0.2"],
+    ["--apply-residual-connection-post-layernorm"],
+  ];
+  assert.equal(reads.length, T5_FLAGS.reads.length);
+  for (const r of reads) {
+    // T5 takes the flag; GPT still stops at it with its one line.
+    validateForTraining(parseArgs([...t5, ...r, "--decoder-seq-length", "4"]), T5_FLAGS);
+    assert.throws(() => validateForTraining(parseArgs([...t5, ...r])), /: not supported; /);
+  }
+  assert.throws(
+    () => validateForTraining(parseArgs([...t5, "--decoder-seq-length", "4", "--openai-gelu"]), T5_FLAGS),
+    /^ConfigError: --openai-gelu: not supported; /,
+  );
 });

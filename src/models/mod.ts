@@ -15,4 +15,5 @@ export type { LossOutput } from "../transformer/lm_head.ts";
 export * from "./lm_logits.ts";
 export * from "./bert_heads.ts";
 export * from "./t5_head.ts";
+export * from "./t5.ts";
 export * from "../transformer/tokentype_embedding.ts";
