@@ -137,7 +137,10 @@ const OWN_HELP = [
 ].join("\n");
 
 /** Takes inspect-data's own flags out of argv; the rest are pretraining flags. */
-function splitArgs(argv: readonly string[]): { own: OwnFlags; rest: string[] } {
+function splitArgs(
+  argv: readonly string[],
+  types: Record<string, TaskLoader>,
+): { own: OwnFlags; rest: string[] } {
   const given = new Map<string, string | true>();
   const rest: string[] = [];
   const valued = ["--dataset-type", "--subset", "--num-samples", "--start", "--output"];
@@ -172,11 +175,11 @@ function splitArgs(argv: readonly string[]): { own: OwnFlags; rest: string[] } {
   };
   const datasetType = given.get("--dataset-type") as string | undefined;
   if (datasetType === undefined && !help) {
-    throw new ConfigError(`--dataset-type is required (one of ${Object.keys(DATASET_TYPES).join(", ")})`);
+    throw new ConfigError(`--dataset-type is required (one of ${Object.keys(types).join(", ")})`);
   }
-  if (datasetType !== undefined && !Object.hasOwn(DATASET_TYPES, datasetType)) {
+  if (datasetType !== undefined && !Object.hasOwn(types, datasetType)) {
     throw new ConfigError(
-      `--dataset-type: expected one of ${Object.keys(DATASET_TYPES).join(", ")}, found ${
+      `--dataset-type: expected one of ${Object.keys(types).join(", ")}, found ${
         JSON.stringify(datasetType)
       }`,
     );
@@ -247,15 +250,13 @@ export async function inspectData(
   };
   let own: OwnFlags, cfg: Config, task: TrainingTask<unknown>;
   try {
-    const split = splitArgs(argv);
+    const split = splitArgs(argv, types);
     own = split.own;
     if (own.help) {
       console.log(`${OWN_HELP}\n${helpText()}`);
       return 0;
     }
-    const loader = types[own.datasetType];
-    if (!loader) return fail(`--dataset-type: expected one of ${Object.keys(types).join(", ")}`, 2);
-    const loaded = await loader();
+    const loaded = await types[own.datasetType]();
     if (!loaded) return fail(`--dataset-type ${own.datasetType}: not available`, 2);
     task = loaded;
     // The pretraining command's flags and rules, under this command's name.
