@@ -13,13 +13,13 @@ const COMMANDS = {
       return 0;
     },
   },
-  "inspect-data": {
-    what: "the samples a pretraining run reads, as JSON lines (Megatron's field names)",
-    run: async (argv: string[]) => (await import("./tasks/inspect_data.ts")).main(argv),
-  },
   preprocess: {
     what: "tools/preprocess_data.py: loose JSON lines -> Megatron .bin/.idx",
     run: async (argv: string[]) => (await import("./tasks/preprocess_data.ts")).main(argv),
+  },
+  "inspect-data": {
+    what: "the samples a pretraining run reads, as JSON lines (Megatron's field names)",
+    run: async (argv: string[]) => (await import("./tasks/inspect_data.ts")).main(argv),
   },
 } as const satisfies Record<string, { what: string; run: (argv: string[]) => Promise<number> }>;
 

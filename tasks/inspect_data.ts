@@ -18,28 +18,43 @@ import { buildTaskContext, runSampleCounts, SplitOrder, type Subset } from "../s
 import type { TrainingTask } from "../src/training/task.ts";
 import { resolveTrainingPaths, userCwd } from "./user_paths.ts";
 
+/** A --dataset-type's task; `forConfig` picks a variant from the validated flags (BERT's
+ *  --bert-no-binary-head) after `task.flags` validated them. */
+export interface LoadedTask {
+  task: TrainingTask<unknown>;
+  forConfig?: (cfg: Config) => TrainingTask<unknown>;
+}
+
 /** Loads the task of one --dataset-type; null when its module is not part of this checkout. */
-export type TaskLoader = () => Promise<TrainingTask<unknown> | null>;
+export type TaskLoader = () => Promise<LoadedTask | null>;
 
 /** A task module that may be absent: null only when that very file is missing (a module that is there
  *  but fails to load is an error of its own). */
-async function optionalTask(path: string, exportName: string): Promise<TrainingTask<unknown> | null> {
+async function optionalTask(
+  path: string,
+  taskExport: string,
+  forConfigExport?: string,
+): Promise<LoadedTask | null> {
   const url = new URL(path, import.meta.url).href;
+  let mod: Record<string, unknown>;
   try {
     // A computed specifier: the type-check does not require the file to exist.
-    const mod = await import(url);
-    return mod[exportName] as TrainingTask<unknown>;
+    mod = await import(url);
   } catch (e) {
     const err = e as Error & { code?: string };
     if (err.code === "ERR_MODULE_NOT_FOUND" && err.message.includes(`"${url}"`)) return null;
     throw e;
   }
+  const task = mod[taskExport] as TrainingTask<unknown> | undefined;
+  if (!task) throw new Error(`${path}: exports no ${taskExport}`);
+  const forConfig = forConfigExport ? mod[forConfigExport] as LoadedTask["forConfig"] : undefined;
+  return { task, ...(forConfig ? { forConfig } : {}) };
 }
 
 /** --dataset-type -> task. A new model adds one line. */
 export const DATASET_TYPES: Record<string, TaskLoader> = {
-  gpt: async () => (await import("../src/training/gpt_task.ts")).gptTask as TrainingTask<unknown>,
-  bert: () => optionalTask("../src/training/bert_task.ts", "bertTask"),
+  gpt: async () => ({ task: (await import("../src/training/gpt_task.ts")).gptTask as TrainingTask<unknown> }),
+  bert: () => optionalTask("../src/training/bert_task.ts", "bertTask", "bertTaskFor"),
   t5: () => optionalTask("../src/training/t5_task.ts", "t5Task"),
 };
 
@@ -258,10 +273,13 @@ export async function inspectData(
     }
     const loaded = await types[own.datasetType]();
     if (!loaded) return fail(`--dataset-type ${own.datasetType}: not available`, 2);
-    task = loaded;
     // The pretraining command's flags and rules, under this command's name.
-    const flags: TaskFlags = { ...task.flags, command: `inspect-data --dataset-type ${own.datasetType}` };
+    const flags: TaskFlags = {
+      ...loaded.task.flags,
+      command: `inspect-data --dataset-type ${own.datasetType}`,
+    };
     cfg = validateForTraining(resolveTrainingPaths(parseArgs(split.rest), userCwd()), flags);
+    task = loaded.forConfig?.(cfg) ?? loaded.task;
     task.validate?.(cfg);
     if (own.output !== null) own.output = resolve(userCwd(), own.output);
   } catch (e) {

@@ -391,8 +391,8 @@ Deno.test("inspect-data is generic over TrainingTask: a test task's sampleJson, 
       },
     };
     const types: Record<string, TaskLoader> = {
-      fake: () => Promise.resolve(fake),
-      bare: () => Promise.resolve({ ...base, name: "bare", sampleJson: undefined }),
+      fake: () => Promise.resolve({ task: base, forConfig: () => fake }),
+      bare: () => Promise.resolve({ task: { ...base, name: "bare", sampleJson: undefined } }),
       absent: () => Promise.resolve(null),
     };
     const errors: string[] = [];
@@ -535,8 +535,9 @@ for (const m of MASKED_LM) {
       assert.equal(lines.length, 8);
       for (const l of lines) assert.deepEqual(Object.keys(l), m.fields);
       // The same samples through the data module's own JSON, at the single sampler's indices 0..7.
-      const task = (await DATASET_TYPES[m.type]())!;
-      const cfg = validateForTraining(parseArgs(flags), task.flags);
+      const loaded = (await DATASET_TYPES[m.type]())!;
+      const cfg = validateForTraining(parseArgs(flags), loaded.task.flags);
+      const task = loaded.forConfig?.(cfg) ?? loaded.task;
       const ctx = await buildTaskContext(cfg, quiet);
       const d = task.buildDatasets(ctx, runSampleCounts(cfg).requested);
       const toJson = (await m.toJson()) as (s: unknown) => Record<string, unknown>;
