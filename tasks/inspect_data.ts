@@ -8,6 +8,9 @@ import { resolve } from "node:path";
 import {
   type Config,
   ConfigError,
+  editDistance,
+  flagKeys,
+  flagName,
   helpText,
   parseArgs,
   type TaskFlags,
@@ -151,6 +154,18 @@ const OWN_HELP = [
   "Pretraining flags:",
 ].join("\n");
 
+/** A misspelt flag of inspect-data's own is named as such, not as the nearest training flag. */
+function nearOwnFlag(flag: string, own: readonly string[]): void {
+  if (!flag.startsWith("--")) return;
+  const dist = (names: readonly string[]) => Math.min(...names.map((n) => editDistance(flag, n)));
+  const training = flagKeys().map(flagName);
+  if (training.includes(flag)) return;
+  const d = dist(own);
+  if (d <= 2 && d < dist(training)) {
+    throw new ConfigError(`unknown flag ${flag}; did you mean ${own.find((n) => editDistance(flag, n) === d)}?`);
+  }
+}
+
 /** Takes inspect-data's own flags out of argv; the rest are pretraining flags. */
 function splitArgs(
   argv: readonly string[],
@@ -174,7 +189,10 @@ function splitArgs(
       else if (i + 1 < argv.length && !argv[i + 1].startsWith("--")) v = argv[++i];
       else throw new ConfigError(`${flag}: missing value`);
       given.set(flag, v);
-    } else rest.push(tok);
+    } else {
+      nearOwnFlag(flag, [...valued, "--decode"]);
+      rest.push(tok);
+    }
   }
   const help = rest.includes("--help") || rest.includes("-h");
   const int = (flag: string, min: number, dflt?: number): number => {

@@ -356,6 +356,14 @@ Deno.test("inspect-data CLI, GPT: exact JSON lines = GPTDataset.getItem, --decod
         [...base, "--subset", "train", "--num-samples", "1", "--decode=yes"],
         '--decode: takes no value, found "yes"',
       ],
+      [
+        [...base, "--subset", "train", "--num-sample", "1"],
+        "unknown flag --num-sample; did you mean --num-samples?",
+      ],
+      [
+        [...base, "--subset", "train", "--num-samples", "1", "--num-layer", "2"],
+        "unknown flag --num-layer; did you mean --num-layers?",
+      ],
     ];
     for (const [args, msg] of cases) {
       const r = await inspectCli(args);
