@@ -149,7 +149,7 @@ const OWN_HELP = [
   "  --num-samples N       how many samples to print (an integer >= 1)",
   "  --start I             first position in the subset's order (default 0)",
   "  --output FILE         write the lines to FILE (written whole, then renamed into place)",
-  "  --decode              add the detokenized text beside the token ids (<field>_decoded)",
+  "  --decode              add the detokenized text beside the token ids (GPT: text_decoded)",
   "",
   "Pretraining flags:",
 ].join("\n");
@@ -162,7 +162,9 @@ function nearOwnFlag(flag: string, own: readonly string[]): void {
   if (training.includes(flag)) return;
   const d = dist(own);
   if (d <= 2 && d < dist(training)) {
-    throw new ConfigError(`unknown flag ${flag}; did you mean ${own.find((n) => editDistance(flag, n) === d)}?`);
+    throw new ConfigError(
+      `unknown flag ${flag}; did you mean ${own.find((n) => editDistance(flag, n) === d)}?`,
+    );
   }
 }
 
@@ -286,7 +288,8 @@ export async function inspectData(
     const split = splitArgs(argv, types);
     own = split.own;
     if (own.help) {
-      console.log(`${OWN_HELP}\n${helpText()}`);
+      // helpText()'s own usage line is pretrain:gpt's; its flag groups follow it.
+      console.log(`${OWN_HELP}\n${helpText().split("\n").slice(2).join("\n")}`);
       return 0;
     }
     const loaded = await types[own.datasetType]();

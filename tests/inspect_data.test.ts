@@ -311,6 +311,11 @@ Deno.test("inspect-data CLI, GPT: exact JSON lines = GPTDataset.getItem, --decod
     assert.deepEqual([...Deno.readDirSync(dir)].filter((e) => e.name.includes(".tmp-")), []);
     ds.close();
 
+    const help = await inspectCli(["--help"]);
+    assert.equal(help.code, 0);
+    assert.match(help.stdout, /^usage: deno task inspect-data --dataset-type gpt\|bert\|t5 /);
+    assert.match(help.stdout, /\n {2}--num-layers VALUE /); // the pretraining flags follow
+
     // Bad input: one line each, exit code 2.
     const base = [...flags, "--dataset-type", "gpt"];
     const cases: [string[], string][] = [
