@@ -24,6 +24,10 @@ const COMMANDS = {
     what: "tools/preprocess_data.py: loose JSON lines -> Megatron .bin/.idx",
     run: async (argv: string[]) => (await import("./tasks/preprocess_data.ts")).main(argv),
   },
+  "inspect-data": {
+    what: "the samples a pretraining run reads, as JSON lines (Megatron's field names)",
+    run: async (argv: string[]) => (await import("./tasks/inspect_data.ts")).main(argv),
+  },
 } as const satisfies Record<string, { what: string; run: (argv: string[]) => Promise<number> }>;
 
 type Command = keyof typeof COMMANDS;

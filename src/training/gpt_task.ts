@@ -172,6 +172,11 @@ export const gptTask: TrainingTask<Int32Array> = {
   tokensPerSample: (ctx) => ctx.cfg.seqLength!,
   flopsPerSample: (ctx) =>
     iterationFlops(1, ctx.cfg.seqLength!, ctx.cfg.numLayers!, ctx.cfg.hiddenSize!, ctx.paddedVocab),
+  // Megatron's GPTDataset item: {"text": seq-length + 1 token ids}; with decode, their detokenization.
+  sampleJson: (ctx, sample, { decode }) => ({
+    text: Array.from(sample),
+    ...(decode ? { text_decoded: ctx.tokenizer.detokenize(sample) } : {}),
+  }),
   estimateMemory(ctx, layout) {
     const e = estimateMemory(modelConfigOf(ctx.cfg, ctx.paddedVocab), layout);
     return { describe: () => describeEstimate(e), check: (avail) => checkFits(e, avail) };

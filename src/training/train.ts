@@ -5,15 +5,12 @@
 // (interval, duration, signal). pretrainGPT is pretrain(gptTask, ...).
 
 import type { Backend } from "../backend/backend.ts";
-import { padVocabSize } from "../models/mod.ts";
 import type { SampleDataset } from "../data/blendable.ts";
 import { createGradScaler } from "../optimizer/grad_scaler.ts";
 import { createLrScheduler } from "../optimizer/lr_schedule.ts";
-import { buildNumMicroBatchesCalculator, computeTrainIters } from "../optimizer/microbatches.ts";
+import { buildNumMicroBatchesCalculator } from "../optimizer/microbatches.ts";
 import { LocalWorld } from "../parallel/local_comm.ts";
 import { type Communicator, makeParallelState, SingleRankCommunicator } from "../parallel/types.ts";
-import { MegatronPretrainingRandomSampler } from "../data/sampler.ts";
-import { buildTokenizer } from "../tokenizer/mod.ts";
 import {
   assertArchitectureArgs,
   type CheckpointMeta,
@@ -30,6 +27,7 @@ import { MetricsWriter } from "./metrics.ts";
 import { prepareSaveDir } from "./lock.ts";
 import { availableMemory } from "./memory_estimate.ts";
 import { checkResumeFits } from "./resume.ts";
+import { buildTaskContext, runSampleCounts, SplitOrder } from "./run_data.ts";
 import { RankState, type RankStepResult, type StepInputs } from "./rank.ts";
 import type { TaskContext, TaskDatasets, TrainingTask } from "./task.ts";
 import { SummaryWriter } from "./tensorboard.ts";
@@ -91,26 +89,19 @@ interface Run {
   world: LocalWorld | null;
   paddedVocab: number;
   data: TaskDatasets<unknown>;
-  /** --dataloader-type cyclic: one random sampler per split (each caches its epoch's permutation). */
-  samplers: Map<SampleSource, MegatronPretrainingRandomSampler> | null;
+  /** One sample order per split (a cyclic one caches its epoch's permutation). */
+  orders: Map<SampleSource, SplitOrder>;
 }
 
 /** The dataset index of sample i of DP rank d's micro-batch starting after `consumed` samples. */
 function sampleIndex(run: Run, source: SampleSource, consumed: number, d: number, i: number): number {
-  const micro = run.cfg.microBatchSize!;
-  if (!run.samplers) return consumed + d * micro + i; // single: sequential blocks of micro*dp
-  let sampler = run.samplers.get(source);
-  if (!sampler) {
+  let order = run.orders.get(source);
+  if (!order) {
     const name = source === run.data.train ? "train" : source === run.data.valid ? "validation" : "test";
-    sampler = new MegatronPretrainingRandomSampler({
-      totalSamples: source.length,
-      microBatchSize: micro,
-      dataParallelSize: run.cfg.dataParallelSize,
-      name,
-    });
-    run.samplers.set(source, sampler);
+    order = new SplitOrder(run.cfg, source.length, name);
+    run.orders.set(source, order);
   }
-  return sampler.sampleIndex(consumed, d, i);
+  return order.index(consumed, d, i);
 }
 
 /** Megatron's sampler for one global step: micro-batch mb of DP rank d reads the samples its sampler
@@ -421,19 +412,8 @@ export async function pretrain(
   }
   const tp = cfg.tensorModelParallelSize, pp = cfg.pipelineModelParallelSize, dp = cfg.dataParallelSize;
   const vp = cfg.virtualPipelineModelParallelSize;
-  const tokenizer = await buildTokenizer({
-    tokenizerType: cfg.tokenizerType as never,
-    vocabFile: cfg.vocabFile,
-    mergeFile: cfg.mergeFile,
-    vocabExtraIds: cfg.vocabExtraIds,
-    vocabSize: cfg.vocabSize,
-  });
-  const paddedVocab = padVocabSize(tokenizer.vocabSize, cfg.makeVocabSizeDivisibleBy, tp);
-  log(
-    `> padded vocab (size: ${tokenizer.vocabSize}) with ${paddedVocab - tokenizer.vocabSize} dummy tokens ` +
-      `(new size: ${paddedVocab})`,
-  );
-  const taskCtx: TaskContext = { cfg, paddedVocab, tokenizer, log };
+  const taskCtx: TaskContext = await buildTaskContext(cfg, log);
+  const paddedVocab = taskCtx.paddedVocab;
   // Before anything is allocated: a model that cannot fit fails with the estimate.
   const memory = task.estimateMemory?.(taskCtx, {
     tp,
@@ -454,17 +434,11 @@ export async function pretrain(
     dataParallelSize: dp,
     rampupBatchSize: cfg.rampupBatchSize ?? null,
   };
-  const trainIters = computeTrainIters({
-    ...mbArgs,
-    trainIters: cfg.trainIters,
-    trainSamples: cfg.trainSamples,
-  });
+  // The same counts inspect-data shows (run_data.ts).
+  const { trainIters, requested } = runSampleCounts(cfg);
   const gbs = cfg.globalBatchSize!;
-  const trainSamples = cfg.trainSamples ?? trainIters * gbs;
   const evalIters = cfg.evalIters;
-  const validSamples = (Math.floor(trainIters / cfg.evalInterval) + 1) * evalIters * gbs;
-  const testSamples = evalIters * gbs;
-  const data = task.buildDatasets(taskCtx, [trainSamples, validSamples, testSamples]);
+  const data = task.buildDatasets(taskCtx, requested);
   if (!data.train) throw new Error(`--split ${cfg.split}: the training split is empty`);
 
   // One rank state per (tp, pp, dp), sharing the backend.
@@ -496,7 +470,7 @@ export async function pretrain(
     world,
     paddedVocab,
     data,
-    samplers: cfg.dataloaderType === "cyclic" ? new Map() : null,
+    orders: new Map(),
   };
 
   let iteration = 0;
