@@ -152,7 +152,7 @@ Deno.test("malformed values: one line naming the variable", () => {
       [],
       "rank source torchrun: MASTER_PORT=70000 is not a TCP port (1..65535)",
     ],
-    [{ RANK: "0", WORLD_SIZE: "0" }, [], 'rank source torchrun: WORLD_SIZE="0" must be at least 0'],
+    [{ RANK: "0", WORLD_SIZE: "0" }, [], "rank source torchrun: WORLD_SIZE=0 must be at least 1"],
     [{ PMI_RANK: "-1", PMI_SIZE: "4" }, [], 'rank source mpich: PMI_RANK="-1" is not a non-negative integer'],
     [{ PMI_RANK: "1" }, [], "rank source mpich: PMI_SIZE is not set (PMI_RANK is set)"],
     [
