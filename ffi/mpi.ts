@@ -94,13 +94,16 @@ const NAMES: Record<MpiFlavor, string[]> = {
 };
 
 /** Paths to try, in order (pure: testable with a fake env). */
-export function mpiCandidatePaths(get: (k: string) => string | undefined): string[] {
+export function mpiCandidatePaths(
+  get: (k: string) => string | undefined,
+  systemDirs: readonly string[] = SYSTEM_DIRS,
+): string[] {
   const out: string[] = [];
   const explicit = get("MEGATRON_DENO_MPI");
   if (explicit) out.push(explicit);
   const ompiFirst = get("OMPI_COMM_WORLD_RANK") !== undefined;
   const order: MpiFlavor[] = ompiFirst ? ["openmpi", "mpich"] : ["mpich", "openmpi"];
-  const dirs = [...(get("LD_LIBRARY_PATH") ?? "").split(":").filter((d) => d), ...SYSTEM_DIRS];
+  const dirs = [...(get("LD_LIBRARY_PATH") ?? "").split(":").filter((d) => d), ...systemDirs];
   for (const f of order) for (const d of dirs) for (const n of NAMES[f]) out.push(`${d}/${n}`);
   return [...new Set(out)];
 }
@@ -136,10 +139,13 @@ function isFile(p: string): boolean {
 }
 
 /** Opens the first loadable MPI library; one line naming every path tried when none loads. */
-export function openMpi(get: (k: string) => string | undefined = (k) => Deno.env.get(k)): MpiLib {
+export function openMpi(
+  get: (k: string) => string | undefined = (k) => Deno.env.get(k),
+  systemDirs: readonly string[] = SYSTEM_DIRS,
+): MpiLib {
   const dl = openDl();
   const tried: string[] = [];
-  for (const path of mpiCandidatePaths(get)) {
+  for (const path of mpiCandidatePaths(get, systemDirs)) {
     if (!isFile(path)) {
       tried.push(path);
       continue;
