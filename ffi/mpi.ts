@@ -65,6 +65,8 @@ export interface MpiLib {
   readonly COMM_WORLD: MpiHandle;
   readonly COMM_NULL: MpiHandle;
   readonly BYTE: MpiHandle;
+  /** MPI_FLOAT (for MPI's own reductions in the benchmark; the communicator moves bytes only). */
+  readonly FLOAT: MpiHandle;
   readonly SUM: MpiHandle;
   readonly MAX: MpiHandle;
   readonly ERRORS_RETURN: MpiHandle;
@@ -204,6 +206,7 @@ function openMpich(path: string): MpiLib {
     COMM_WORLD: 0x44000000,
     COMM_NULL: 0x04000000,
     BYTE: 0x4c00010d,
+    FLOAT: 0x4c00040a,
     MAX: 0x58000001,
     SUM: 0x58000003,
     ERRORS_RETURN: 0x54000001,
@@ -227,6 +230,7 @@ function openOmpi(path: string, addr: (name: string) => bigint | null): MpiLib {
     COMM_WORLD: need("ompi_mpi_comm_world"),
     COMM_NULL: need("ompi_mpi_comm_null"),
     BYTE: need("ompi_mpi_byte"),
+    FLOAT: need("ompi_mpi_float"),
     MAX: need("ompi_mpi_op_max"),
     SUM: need("ompi_mpi_op_sum"),
     ERRORS_RETURN: need("ompi_mpi_errors_return"),

@@ -136,6 +136,8 @@ export class MpiCommunicator implements Communicator {
   /** Sends whose buffers must stay alive until MPI is done with them. */
   private pendingSends: { req: Int32Array | BigUint64Array; buf: Uint8Array; to: number }[] = [];
   private broken: Error | null = null;
+  /** Buffers of requests in progress (see waitAll). */
+  private readonly inflight: (readonly unknown[])[] = [];
 
   /** Collective over the world: every rank must construct it with the same layout. */
   constructor(
@@ -191,7 +193,22 @@ export class MpiCommunicator implements Communicator {
 
   /** Polls requests until all complete; spins briefly, then yields to the event loop so timers and
    *  signals still run. Throws one line on an MPI error or at the deadline. */
-  private async waitAll(reqs: Int32Array | BigUint64Array, what: () => string): Promise<void> {
+  private async waitAll(
+    reqs: Int32Array | BigUint64Array,
+    what: () => string,
+    keep: readonly unknown[] = [],
+  ): Promise<void> {
+    // MPI reads and writes the buffers (and the count arrays of the v-collectives) until completion,
+    // possibly from another process (CMA): they must stay reachable, or the GC may free them.
+    this.inflight.push(keep);
+    try {
+      await this.poll(reqs, what);
+    } finally {
+      this.inflight.splice(this.inflight.indexOf(keep), 1);
+    }
+  }
+
+  private async poll(reqs: Int32Array | BigUint64Array, what: () => string): Promise<void> {
     const flag = new Int32Array(1);
     const deadline = performance.now() + this.timeoutMs;
     let nextYield = performance.now() + 2;
@@ -317,7 +334,7 @@ export class MpiCommunicator implements Communicator {
       ),
       what(),
     );
-    await this.waitAll(req, what);
+    await this.waitAll(req, what, [sendAll, recvChunks, counts, displs, rcounts, rdispls]);
     const reduced = this.reduceChunks(dtype, op, recvChunks, mine, n);
     if (!gather) {
       this.importBytes(dst, reduced);
@@ -339,7 +356,7 @@ export class MpiCommunicator implements Communicator {
       ),
       what(),
     );
-    await this.waitAll(req2, what);
+    await this.waitAll(req2, what, [reduced, out, counts, displs]);
     this.importBytes(dst, out);
   }
 
@@ -418,7 +435,7 @@ export class MpiCommunicator implements Communicator {
       this.lib.fn.MPI_Iallgather(ptr(send), c, this.lib.BYTE, ptr(out), c, this.lib.BYTE, comm, req),
       what(),
     );
-    await this.waitAll(req, what);
+    await this.waitAll(req, what, [send, out]);
     this.importBytes(dst, out);
   }
 
@@ -440,7 +457,7 @@ export class MpiCommunicator implements Communicator {
       ),
       what(),
     );
-    await this.waitAll(req, what);
+    await this.waitAll(req, what, [buf]);
     if (g.rank !== rootInGroup) this.importBytes(t, buf);
   }
 
@@ -509,7 +526,7 @@ export class MpiCommunicator implements Communicator {
     const b = this.message(t, tag);
     const req = this.postSend(b, toGlobalRank, this.syncSends);
     if (this.syncSends) {
-      await this.waitAll(req, () => `send from rank ${this.ps.globalRank} to rank ${toGlobalRank}`);
+      await this.waitAll(req, () => `send from rank ${this.ps.globalRank} to rank ${toGlobalRank}`, [b]);
       return;
     }
     this.pendingSends.push({ req, buf: b, to: toGlobalRank });
@@ -530,7 +547,7 @@ export class MpiCommunicator implements Communicator {
   async recv(t: Tensor, fromGlobalRank: number, tag?: string): Promise<void> {
     const b = staging(HEADER + t.size * DTYPE_BYTES[t.dtype]);
     const req = this.postRecv(b, fromGlobalRank);
-    await this.waitAll(req, () => `recv on rank ${this.ps.globalRank} from rank ${fromGlobalRank}`);
+    await this.waitAll(req, () => `recv on rank ${this.ps.globalRank} from rank ${fromGlobalRank}`, [b]);
     this.reapSends();
     this.deliver(b, t, fromGlobalRank, tag);
   }
@@ -549,7 +566,7 @@ export class MpiCommunicator implements Communicator {
       reqs[i] = r[0] as never;
     });
     const peers = ops.map((o) => `${o.op} ${o.op === "send" ? "to" : "from"} ${o.peer}`).join(", ");
-    await this.waitAll(reqs, () => `batch on rank ${this.ps.globalRank} (${peers})`);
+    await this.waitAll(reqs, () => `batch on rank ${this.ps.globalRank} (${peers})`, bufs);
     ops.forEach((o, i) => {
       if (o.op === "recv") this.deliver(bufs[i], o.tensor, o.peer, o.tag);
     });
