@@ -188,3 +188,28 @@ Deno.test("task mapping and the megatron launch subcommand", async () => {
   assert.equal(sortLines(o.stdout).length, 2);
   assert.match(o.stdout, /^\[rank1\]: RANK=1 /m);
 });
+
+const JOIN = new URL("./distributed/join_child.ts", import.meta.url).pathname;
+
+function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const p = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return p;
+}
+
+Deno.test("launcher + store: ranks join, rank 0 names the rank source once; a seed mismatch is one line", async () => {
+  const port = freePort();
+  const o = await run(["--nproc-per-node", "3", "--master-port", `${port}`, "--", JOIN, "1234"]);
+  assert.equal(o.code, 0, o.stderr);
+  assert.deepEqual(sortLines(o.stdout), [
+    `[rank0]: distributed: rank source torchrun: world size 3, master 127.0.0.1:${port}`,
+    "[rank0]: rank 0 of 3 ok",
+    "[rank1]: rank 1 of 3 ok",
+    "[rank2]: rank 2 of 3 ok",
+  ]);
+  const bad = await run(["--nproc-per-node", "3", "--master-port", `${freePort()}`, "--", JOIN, "1234", "2"]);
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /^\[rank\d\]: start-up check: rank 2 has --seed 7 but rank 0 has 1234$/m);
+  assert.match(bad.stderr, /^launch: rank \d \(pid \d+\) exited with code 1; stopping the other ranks$/m);
+});
