@@ -17,8 +17,7 @@
 import type { Backend } from "../backend/backend.ts";
 import { CpuStorage } from "../backend/cpu/cpu_backend.ts";
 import { type DType, DTYPE_BYTES, type HostArray, isFloat } from "../tensor/dtype.ts";
-import type { Tensor } from "../tensor/tensor.ts";
-import { shapeStr } from "../tensor/tensor.ts";
+import { shapeStr, Tensor } from "../tensor/tensor.ts";
 import type { Communicator, GroupName, ParallelState, ReduceOp } from "../parallel/types.ts";
 import { MPI_UNDEFINED, type MpiHandle, type MpiLib, openMpi } from "../../ffi/mpi.ts";
 import type { P2POp } from "./p2p.ts";
@@ -133,6 +132,8 @@ export class MpiCommunicator implements Communicator {
   private readonly p2p: MpiHandle;
   private readonly timeoutMs: number;
   private readonly syncSends: boolean;
+  /** CPU backend: MPI reads and writes tensor memory directly. */
+  private readonly zeroCopy: boolean;
   /** Sends whose buffers must stay alive until MPI is done with them. */
   private pendingSends: { req: Int32Array | BigUint64Array; buf: Uint8Array; to: number }[] = [];
   private broken: Error | null = null;
@@ -149,6 +150,9 @@ export class MpiCommunicator implements Communicator {
     this.lib = world.lib;
     this.timeoutMs = opts.timeoutMs ?? 600_000;
     this.syncSends = opts.synchronousSends ?? false;
+    const probe = backend.empty("f32", [1]);
+    this.zeroCopy = probe.storage instanceof CpuStorage;
+    backend.free(probe);
     if (world.size !== ps.worldSize || world.rank !== ps.globalRank) {
       throw new MpiError(
         `mpi: the layout needs world size ${ps.worldSize} but mpiexec started ${world.size} process(es)` +
@@ -260,10 +264,21 @@ export class MpiCommunicator implements Communicator {
     this.backend.free(tmp);
   }
 
-  private tensorOf(dtype: DType, b: Uint8Array): Tensor {
-    const t = this.backend.empty(dtype, [b.byteLength / DTYPE_BYTES[dtype]]);
+  /** A tensor holding bytes b: on the CPU backend a view of b itself (never to be freed: the backend
+   *  would pool memory it does not own), else a copy (owned: free it). */
+  private tensorOf(dtype: DType, b: Uint8Array): { t: Tensor; owned: boolean } {
+    const n = b.byteLength / DTYPE_BYTES[dtype];
+    if (this.zeroCopy) return { t: new Tensor(dtype, [n], new CpuStorage(typed(dtype, b))), owned: false };
+    const t = this.backend.empty(dtype, [n]);
     this.importBytes(t, b);
-    return t;
+    return { t, owned: true };
+  }
+
+  /** The bytes to send from t: the CPU tensor's own memory (MPI only reads it, and callers await the
+   *  collective), else a staged copy. */
+  private sendBytes(t: Tensor): Uint8Array {
+    const view = this.zeroCopy ? hostView(t) : null;
+    return view ? bytesOf(view) : this.exportBytes(t);
   }
 
   private count(n: number, what: string): number {
@@ -314,7 +329,7 @@ export class MpiCommunicator implements Communicator {
     }
     const me = g.rank;
     const mine = counts[me];
-    const sendAll = this.exportBytes(src);
+    const sendAll = this.sendBytes(src);
     const recvChunks = staging(mine * n);
     const rcounts = new Int32Array(new ArrayBuffer(64 + 4 * n), 0, n).fill(mine);
     const rdispls = new Int32Array(new ArrayBuffer(64 + 4 * n), 0, n).map((_, j) => j * mine);
@@ -340,7 +355,9 @@ export class MpiCommunicator implements Communicator {
       this.importBytes(dst, reduced);
       return;
     }
-    const out = staging(size * esz);
+    // Gather straight into dst's memory on the CPU (src was fully read by the exchange above).
+    const dstView = this.zeroCopy ? hostView(dst) : null;
+    const out = dstView ? bytesOf(dstView) : staging(size * esz);
     const req2 = this.lib.handles(1);
     this.check(
       this.lib.fn.MPI_Iallgatherv(
@@ -357,7 +374,7 @@ export class MpiCommunicator implements Communicator {
       what(),
     );
     await this.waitAll(req2, what, [reduced, out, counts, displs]);
-    this.importBytes(dst, out);
+    if (!dstView) this.importBytes(dst, out);
   }
 
   /** The n contributions to one chunk, reduced in group order exactly as LocalWorld does. */
@@ -368,22 +385,32 @@ export class MpiCommunicator implements Communicator {
     if (op === "sum" && isFloat(dtype)) {
       // LocalWorld.sumInGroupOrder: acc (f32, or f64 for f64) = src0; acc += src_r via Backend.add.
       const dt = dtype === "f64" ? "f64" : "f32";
-      const acc = be.empty(dt, [elems]);
+      const out = staging(len);
+      // Same-width sums accumulate straight in the output bytes.
+      const direct = dtype === dt ? this.tensorOf(dt, out) : null;
+      const acc = direct ? direct.t : be.empty(dt, [elems]);
       const first = this.tensorOf(dtype, part(0));
-      be.copy(first, acc);
-      be.free(first);
+      be.copy(first.t, acc);
+      if (first.owned) be.free(first.t);
       const wide = dtype === dt ? null : be.empty(dt, [elems]);
       for (let r = 1; r < n; r++) {
-        let t = this.tensorOf(dtype, part(r));
-        const own = t;
+        const x = this.tensorOf(dtype, part(r));
+        let t = x.t;
         if (wide) {
           be.copy(t, wide);
           t = wide;
         }
         be.add(acc, t, acc);
-        be.free(own);
+        if (x.owned) be.free(x.t);
       }
       if (wide) be.free(wide);
+      if (direct) {
+        if (direct.owned) {
+          out.set(bytesOf(be.toHost(acc)));
+          be.free(acc);
+        }
+        return out;
+      }
       const res = be.empty(dtype, [elems]);
       be.copy(acc, res);
       be.free(acc);
@@ -394,9 +421,9 @@ export class MpiCommunicator implements Communicator {
     // Integer sums and max: f64 on the host, then rounded into the dtype (LocalWorld.writeInto).
     const hosts: Float64Array[] = [];
     for (let r = 0; r < n; r++) {
-      const t = this.tensorOf(dtype, part(r));
-      hosts.push(be.toF64(t));
-      be.free(t);
+      const x = this.tensorOf(dtype, part(r));
+      hosts.push(be.toF64(x.t));
+      if (x.owned) be.free(x.t);
     }
     const acc = new Float64Array(hosts[0]);
     for (let r = 1; r < n; r++) {
