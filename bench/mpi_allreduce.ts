@@ -63,7 +63,7 @@ try {
   console.log(`MPI all-reduce, ${np} processes, ${flavor}; time per call (us) and bus bandwidth (GB/s)`);
   console.log(
     ["size", "C us", "C GB/s", "FFI us", "FFI GB/s", "comm us", "comm GB/s", "comm/C time"].map((s) =>
-      s.padStart(11)
+      s.padStart(12)
     )
       .join(""),
   );

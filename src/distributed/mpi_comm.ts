@@ -92,6 +92,8 @@ function hostView(t: Tensor): HostArray | null {
   return t.storage.data.subarray(t.offset, t.offset + t.size) as HostArray;
 }
 
+/** Bytes of a typed array. Reading `.buffer` also moves a small V8 on-heap array off the heap, so the
+ *  address handed to MPI stays valid while a request is pending. */
 function bytesOf(a: HostArray): Uint8Array {
   return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 }
