@@ -118,6 +118,19 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "p2p: a wrong tag or shape on receipt is one line naming both ranks",
+  ignore: !MPICH,
+  fn: async () => {
+    const tag = await mpiexec(MPICH!, 2, ["badtag", "0.5"]);
+    assert.notEqual(tag.code, 0);
+    assert.match(tag.stderr, /^recv on rank 1 from rank 0: expected message fwd:c0:m0, got fwd:c0:m1$/m);
+    const shape = await mpiexec(MPICH!, 2, ["badshape", "0.5"]);
+    assert.notEqual(shape.code, 0);
+    assert.match(shape.stderr, /^recv on rank 1 from rank 0: sent \[2, ?3\], receiving into \[3, ?2\]$/m);
+  },
+});
+
 for (const [name, launcher] of [["MPICH", MPICH], ["Open MPI", OMPI]] as const) {
   Deno.test({
     name: `${name}: a hung rank makes the others exit within the timeout with one line each`,

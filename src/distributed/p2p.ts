@@ -60,3 +60,38 @@ export function sendBackwardRecvForward(
     { op: "recv", tensor: input, peer: prevRank, tag: tags.fwd },
   ]);
 }
+
+/** Megatron's p2p_communication._communicate: whichever of the four transfers are given, batched in
+ *  its order [isend prev, irecv prev, isend next, irecv next]. Ranks are global; tags optional. */
+export function communicate(
+  comm: Communicator,
+  x: {
+    sendPrev?: Tensor;
+    recvPrev?: Tensor;
+    sendNext?: Tensor;
+    recvNext?: Tensor;
+    prevRank?: number;
+    nextRank?: number;
+    tags?: { sendPrev?: string; recvPrev?: string; sendNext?: string; recvNext?: string };
+  },
+): Promise<void> {
+  const ops: P2POp[] = [];
+  const need = (r: number | undefined, what: string) => {
+    if (r === undefined) throw new Error(`p2p: ${what} given without a peer rank`);
+    return r;
+  };
+  const t = x.tags ?? {};
+  if (x.sendPrev) {
+    ops.push({ op: "send", tensor: x.sendPrev, peer: need(x.prevRank, "sendPrev"), tag: t.sendPrev });
+  }
+  if (x.recvPrev) {
+    ops.push({ op: "recv", tensor: x.recvPrev, peer: need(x.prevRank, "recvPrev"), tag: t.recvPrev });
+  }
+  if (x.sendNext) {
+    ops.push({ op: "send", tensor: x.sendNext, peer: need(x.nextRank, "sendNext"), tag: t.sendNext });
+  }
+  if (x.recvNext) {
+    ops.push({ op: "recv", tensor: x.recvNext, peer: need(x.nextRank, "recvNext"), tag: t.recvNext });
+  }
+  return batchIsendIrecv(comm, ops);
+}

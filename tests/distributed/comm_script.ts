@@ -7,7 +7,7 @@ import type { Backend } from "../../src/backend/backend.ts";
 import type { Communicator, GroupName, ParallelState } from "../../src/parallel/types.ts";
 import type { DType } from "../../src/tensor/dtype.ts";
 import type { Tensor } from "../../src/tensor/tensor.ts";
-import { batchIsendIrecv } from "../../src/distributed/p2p.ts";
+import { batchIsendIrecv, communicate } from "../../src/distributed/p2p.ts";
 
 export const LAYOUTS = [
   { tp: 2, pp: 2, dp: 1 },
@@ -102,5 +102,19 @@ export async function commScript(
   ]);
   out["p2p:batch:prev"] = hex(be, fromPrev);
   out["p2p:batch:next"] = hex(be, fromNext);
+  // Megatron's four-way exchange, as a middle pipeline stage does it.
+  const rp = be.zeros("bf16", [2, 3]);
+  const rn = be.zeros("bf16", [2, 3]);
+  await communicate(comm, {
+    sendPrev: be.fromHost("bf16", [2, 3], values(r, 904, 6)),
+    recvPrev: rp,
+    sendNext: be.fromHost("bf16", [2, 3], values(r, 905, 6)),
+    recvNext: rn,
+    prevRank: prev,
+    nextRank: next,
+    tags: { sendPrev: `g${r}`, recvPrev: `a${prev}`, sendNext: `a${r}`, recvNext: `g${next}` },
+  });
+  out["p2p:communicate:prev"] = hex(be, rp);
+  out["p2p:communicate:next"] = hex(be, rn);
   return out;
 }

@@ -1,8 +1,9 @@
 // One MPI rank of the communicator tests, started by `mpiexec -n N deno run -A mpi_child.ts <mode>
-// <timeout-minutes>`. Modes: script <dir> (tests/distributed/comm_script.ts for every 4-rank layout;
-// writes <dir>/rank<r>.json {rank, results}), kill / stall (rank 2 SIGKILLs itself / hangs before a world all-reduce), naive-sync /
-// paired (two pipeline stages exchanging with unbuffered sends, one by one or as a batch). Errors: the
-// one line on stderr, exit 1.
+// <timeout-minutes> [dir]`. Modes: script (tests/distributed/comm_script.ts for every 4-rank layout;
+// writes <dir>/rank<r>.json {rank, results}); kill / stall (rank 2 SIGKILLs itself / hangs before a
+// world all-reduce); badtag / badshape (a mismatched p2p message); naive-sync / paired (two pipeline
+// stages exchanging with unbuffered sends, one call at a time or as one batch). Errors: the one line on
+// stderr, exit 1.
 
 import { createCpuBackend } from "../../src/backend/cpu/cpu_backend.ts";
 import { MpiCommunicator, MpiWorld } from "../../src/distributed/mpi_comm.ts";
@@ -44,6 +45,20 @@ try {
     const t = be.fromHost("f32", [1000], new Float32Array(1000).fill(1));
     await comm.allReduce(t, "sum", "world");
     console.log("unexpected: all-reduce completed");
+  } else if (mode === "badtag" || mode === "badshape") {
+    // Rank 0 sends micro-batch 1 where rank 1 expects micro-batch 0 (or a differently shaped tensor).
+    const ps = makeParallelState({ tp: 1, pp: 2, dp: 1 }, world.rank);
+    const comm = new MpiCommunicator(world, be, ps, { timeoutMs });
+    if (world.rank === 0) {
+      await comm.send(be.zeros("f32", [2, 3]), 1, "fwd:c0:m1");
+      await comm.close();
+    } else {
+      await comm.recv(
+        be.zeros("f32", mode === "badshape" ? [3, 2] : [2, 3]),
+        0,
+        mode === "badshape" ? "fwd:c0:m1" : "fwd:c0:m0",
+      );
+    }
   } else if (mode === "naive-sync" || mode === "paired") {
     // 1F1B with p=2 at the first steady-state step: stage 0 sends forward micro-batch 1 and needs the
     // gradient of micro-batch 0; stage 1 sends that gradient and needs micro-batch 1.
