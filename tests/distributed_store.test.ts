@@ -3,6 +3,7 @@
 // use, world-size mismatch, two processes claiming one rank, a killed rank, a barrier timeout).
 
 import assert from "node:assert/strict";
+import { TcpStore } from "../src/distributed/store.ts";
 
 const CHILD = new URL("./distributed/store_child.ts", import.meta.url).pathname;
 
@@ -135,4 +136,30 @@ Deno.test("a barrier times out naming the missing rank", async () => {
   const o = await spawn([`${freePort()}`, "0", "2", "0.02", "barrier"]);
   assert.equal(o.code, 1);
   assert.equal(o.stderr, "store: barrier b#0 timed out after 0.02 min: rank(s) 1 did not arrive");
+});
+
+Deno.test("get and wait are bounded by the timeout (in-process pair of ranks)", async () => {
+  const port = freePort();
+  const opts = { host: "127.0.0.1", port, worldSize: 2, timeoutMs: 0.01 * 60_000 };
+  const [a, b] = await Promise.all([
+    TcpStore.connect({ ...opts, rank: 0 }),
+    TcpStore.connect({ ...opts, rank: 1 }),
+  ]);
+  try {
+    await assert.rejects(() => b.get("nokey"), {
+      message: "store: waiting for key(s) nokey timed out after 0.01 min",
+    });
+    await a.set("k1", "v");
+    await assert.rejects(() => a.wait(["k1", "k2"]), {
+      message: "store: waiting for key(s) k2 timed out after 0.01 min",
+    });
+    // A value set later wakes the waiter.
+    const got = b.get("late");
+    await a.set("late", "x");
+    assert.equal(await got, "x");
+    assert.equal(await a.add("n", 5), 5);
+    assert.equal(await b.add("n", -2), 3);
+  } finally {
+    await Promise.all([a.close(), b.close()]);
+  }
 });

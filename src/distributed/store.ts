@@ -268,6 +268,15 @@ class StoreServer {
     }
   }
 
+  /** After a failure: waits (bounded) until the other ranks have read their error line and gone, so
+   *  rank 0's exit does not cut them off with a vaguer "connection closed". */
+  async settle(ms: number): Promise<void> {
+    const end = Date.now() + ms;
+    while (this.failure && this.members.size > 1 && Date.now() < end) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
   close(): void {
     this.closed = true;
     for (const w of this.keyWaits.splice(0)) clearTimeout(w.timer);
@@ -411,7 +420,10 @@ export class TcpStore {
       }`;
     });
     const r = await reply;
-    if (!r.ok) throw new StoreError(r.error!);
+    if (!r.ok) {
+      await this.server?.settle(2000);
+      throw new StoreError(r.error!);
+    }
     return r.value;
   }
 
@@ -490,6 +502,7 @@ export async function checkAgreement(
     await store.set("agree/verdict", verdict);
   }
   const verdict = await store.get("agree/verdict");
-  if (verdict !== "ok") throw new StoreError(verdict);
+  // Everyone has read the verdict before anyone exits on it (rank 0's exit closes the store).
   await store.barrier("agree");
+  if (verdict !== "ok") throw new StoreError(verdict);
 }
