@@ -8,7 +8,8 @@
 // chunks in group order on this rank's backend, with the same ops LocalWorld uses (f32 accumulation via
 // Backend.add for float types, f64 on the host for integers and max), and an MPI_Iallgatherv of the
 // reduced chunks. Element i is therefore summed exactly as LocalWorld sums it; the traffic is that of a
-// ring all-reduce (2 (n-1)/n of the buffer per rank).
+// ring all-reduce (2 (n-1)/n of the buffer per rank). All-reduces of up to 64 KB use one all-gather of
+// the whole buffer instead, each rank summing all of it in group order (one collective: lower latency).
 //
 // Every request is polled with MPI_Test(all) until done or until the timeout
 // (--distributed-timeout-minutes): a peer that died makes the others fail with one line naming the
@@ -36,6 +37,8 @@ const GROUPS: readonly GroupName[] = ["tensor", "pipeline", "data", "model", "em
 /** Bytes of the header in front of every p2p message: tag and shape, JSON, NUL padded. */
 const HEADER = 256;
 const MAX_COUNT = 0x7fffffff;
+/** All-reduces up to this size use one all-gather (latency) instead of exchange + gather (bandwidth). */
+const SMALL_ALLREDUCE_BYTES = 64 * 1024;
 
 export class MpiError extends Error {}
 
@@ -197,8 +200,7 @@ export class MpiCommunicator implements Communicator {
     return c;
   }
 
-  /** Polls requests until all complete; spins briefly, then yields to the event loop so timers and
-   *  signals still run. Throws one line on an MPI error or at the deadline. */
+  /** Polls requests until all complete. Throws one line on an MPI error or at the deadline. */
   private async waitAll(
     reqs: Int32Array | BigUint64Array,
     what: () => string,
@@ -217,7 +219,9 @@ export class MpiCommunicator implements Communicator {
   private async poll(reqs: Int32Array | BigUint64Array, what: () => string): Promise<void> {
     const flag = new Int32Array(1);
     const deadline = performance.now() + this.timeoutMs;
-    let nextYield = performance.now() + 2;
+    // MPI advances non-blocking operations only inside MPI calls, so keep testing (as MPI's own blocking
+    // calls spin); a macrotask yield every 20 ms lets timers and signal handlers run.
+    let nextYield = performance.now() + 20;
     let spins = 0;
     for (;;) {
       const rc = this.lib.fn.MPI_Testall(reqs.length, reqs, flag, this.lib.STATUS_IGNORE);
@@ -234,8 +238,8 @@ export class MpiCommunicator implements Communicator {
         );
       }
       if (now > nextYield) {
-        await new Promise((r) => setTimeout(r, spins > 2000 ? 1 : 0));
-        nextYield = performance.now() + 2;
+        await new Promise((r) => setTimeout(r, 0));
+        nextYield = performance.now() + 20;
       } else if ((++spins & 63) === 0) await Promise.resolve();
     }
   }
@@ -322,6 +326,28 @@ export class MpiCommunicator implements Communicator {
     const dtype = src.dtype;
     const esz = DTYPE_BYTES[dtype];
     const size = src.size;
+    if (gather && size * esz <= SMALL_ALLREDUCE_BYTES) {
+      // Latency path: one all-gather, then every rank reduces the whole buffer in group order.
+      const send = this.sendBytes(src);
+      const all = staging(send.byteLength * n);
+      const req = this.lib.handles(1);
+      this.check(
+        this.lib.fn.MPI_Iallgather(
+          ptr(send),
+          send.byteLength,
+          this.lib.BYTE,
+          ptr(all),
+          send.byteLength,
+          this.lib.BYTE,
+          comm,
+          req,
+        ),
+        what(),
+      );
+      await this.waitAll(req, what, [send, all]);
+      this.importBytes(dst, this.reduceChunks(dtype, op, all, send.byteLength, n));
+      return;
+    }
     const start = (j: number) => Math.floor((j * size) / n);
     const counts = new Int32Array(new ArrayBuffer(64 + 4 * n), 0, n);
     const displs = new Int32Array(new ArrayBuffer(64 + 4 * n), 0, n);

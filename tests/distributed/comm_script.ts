@@ -49,7 +49,17 @@ export async function commScript(
     if (info.rank < 0) continue;
     const n = info.size;
     for (
-      const [dt, len] of [["f32", 1003], ["bf16", 37], ["f16", 41], ["f64", 50], ["i32", 9]] as [
+      const [dt, len] of [
+        // Up to 64 KB the MPI communicator all-gathers; above, it exchanges chunks: test both.
+        ["f32", 1003],
+        ["f32", 20011],
+        ["bf16", 37],
+        ["bf16", 40009],
+        ["f16", 41],
+        ["f64", 50],
+        ["f64", 9001],
+        ["i32", 9],
+      ] as [
         DType,
         number,
       ][]
@@ -57,7 +67,7 @@ export async function commScript(
       const v = values(r, ++salt, len).map((x) => (dt === "i32" ? Math.round(x * 1000) : x));
       const t = be.fromHost(dt, [len], v);
       await comm.allReduce(t, "sum", g);
-      out[`${g}:allReduce:sum:${dt}`] = hex(be, t);
+      out[`${g}:allReduce:sum:${dt}:${len}`] = hex(be, t);
     }
     const mx = values(r, ++salt, 64);
     if (r === 3) mx[5] = NaN;
