@@ -13,13 +13,13 @@ const COMMANDS = {
       return 0;
     },
   },
-  launch: {
-    what: "torchrun for one node: N ranks of a command, output prefixed, failures and signals handled",
-    run: async (argv: string[]) => (await import("./tasks/launch.ts")).main(argv),
-  },
   preprocess: {
     what: "tools/preprocess_data.py: loose JSON lines -> Megatron .bin/.idx",
     run: async (argv: string[]) => (await import("./tasks/preprocess_data.ts")).main(argv),
+  },
+  launch: {
+    what: "torchrun for one node: N ranks of a command, output prefixed, failures and signals handled",
+    run: async (argv: string[]) => (await import("./tasks/launch.ts")).main(argv),
   },
 } as const satisfies Record<string, { what: string; run: (argv: string[]) => Promise<number> }>;
 

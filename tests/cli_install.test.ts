@@ -51,7 +51,7 @@ async function checkInstalled(megatron: string, cwd: string) {
   assert.equal(bad.code, 2);
   assert.equal(
     bad.stderr,
-    'megatron: unknown command "pretrain"; expected one of pretrain-gpt, preprocess\n',
+    'megatron: unknown command "pretrain"; expected one of pretrain-gpt, preprocess, launch\n',
   );
 
   const sub = await run(megatron, ["preprocess", "--help"], cwd);
