@@ -28,9 +28,16 @@ const COMMANDS = {
     what: "the samples a pretraining run reads, as JSON lines (Megatron's field names)",
     run: async (argv: string[]) => (await import("./tasks/inspect_data.ts")).main(argv),
   },
+  launch: {
+    what: "torchrun for one node: N ranks of a command, output prefixed, failures and signals handled",
+    run: async (argv: string[]) => (await import("./tasks/launch.ts")).main(argv),
+  },
 } as const satisfies Record<string, { what: string; run: (argv: string[]) => Promise<number> }>;
 
 type Command = keyof typeof COMMANDS;
+
+/** The subcommands, in the order --help lists them. */
+export const COMMAND_NAMES: readonly string[] = Object.keys(COMMANDS);
 
 export const CLI_HELP = [
   "usage: megatron <command> [flags]",

@@ -1,0 +1,271 @@
+// `megatron launch` / `deno task launch`: torchrun's job for one node. Starts --nproc-per-node children
+// with torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR,
+// MASTER_PORT, GROUP_RANK), prefixes their output with the rank (or shows only rank 0's), forwards
+// SIGINT/SIGTERM, and when one child fails stops the others and exits with that child's code.
+//
+//   deno task launch [--nproc-per-node N] [--nnodes K --node-rank R --master-addr HOST --master-port P]
+//                    [--log-rank 0|all] -- <task> <flags>
+//
+// <task> is a megatron command (pretrain-gpt, or its deno task name pretrain:gpt), a .ts/.js file run
+// with `deno run -A`, or any other program. Exit codes: the failing child's code (128 + signal number
+// when it was killed by a signal), 2 for bad usage.
+
+export const LAUNCH_USAGE =
+  "usage: launch [--nproc-per-node N] [--nnodes K --node-rank R --master-addr HOST --master-port P] " +
+  "[--log-rank 0|all] -- <task> <flags>";
+
+export interface LaunchConfig {
+  nprocPerNode: number;
+  nnodes: number;
+  nodeRank: number;
+  masterAddr: string;
+  masterPort: number;
+  logRank: "0" | "all";
+  /** Seconds between SIGTERM and SIGKILL when stopping the other children. */
+  killGraceSeconds: number;
+  command: string[];
+}
+
+export class UsageError extends Error {}
+
+const CLI_COMMANDS = new Set(["pretrain-gpt", "preprocess"]);
+
+function posInt(flag: string, v: string | undefined, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  if (v === undefined || !/^[0-9]+$/.test(v) || Number(v) < min || Number(v) > max) {
+    throw new UsageError(
+      `launch: ${flag} expects an integer ${
+        max < Number.MAX_SAFE_INTEGER ? `in ${min}..${max}` : `>= ${min}`
+      }, got ${v === undefined ? "nothing" : JSON.stringify(v)}`,
+    );
+  }
+  return Number(v);
+}
+
+/** Parses the launcher's flags (torchrun's spellings with - or _), everything after `--` is the task. */
+export function parseLaunchArgs(argv: readonly string[]): LaunchConfig {
+  const sep = argv.indexOf("--");
+  const own = sep < 0 ? argv : argv.slice(0, sep);
+  const command = sep < 0 ? [] : argv.slice(sep + 1);
+  const vals: Record<string, string> = {};
+  for (let i = 0; i < own.length; i++) {
+    const m = /^--([a-z_-]+)(?:=(.*))?$/.exec(own[i]);
+    if (!m) throw new UsageError(`launch: unexpected argument ${JSON.stringify(own[i])}; ${LAUNCH_USAGE}`);
+    const name = m[1].replaceAll("_", "-");
+    const known = [
+      "nproc-per-node",
+      "nnodes",
+      "node-rank",
+      "master-addr",
+      "master-port",
+      "log-rank",
+      "kill-grace",
+    ];
+    if (!known.includes(name)) throw new UsageError(`launch: unknown flag --${m[1]}; ${LAUNCH_USAGE}`);
+    const v = m[2] ?? own[++i];
+    if (v === undefined) throw new UsageError(`launch: --${m[1]} expects a value`);
+    vals[name] = v;
+  }
+  if (command.length === 0) throw new UsageError(`launch: no task given after --; ${LAUNCH_USAGE}`);
+  const nnodes = posInt("--nnodes", vals["nnodes"] ?? "1", 1);
+  const cfg: LaunchConfig = {
+    nprocPerNode: posInt("--nproc-per-node", vals["nproc-per-node"] ?? "1", 1),
+    nnodes,
+    nodeRank: posInt("--node-rank", vals["node-rank"] ?? "0", 0, nnodes - 1),
+    masterAddr: vals["master-addr"] ?? "127.0.0.1",
+    masterPort: posInt("--master-port", vals["master-port"] ?? "29500", 1, 65535),
+    logRank: "all",
+    killGraceSeconds: posInt("--kill-grace", vals["kill-grace"] ?? "5", 0),
+    command,
+  };
+  const lr = vals["log-rank"] ?? "all";
+  if (lr !== "0" && lr !== "all") {
+    throw new UsageError(`launch: --log-rank expects 0 or all, got ${JSON.stringify(lr)}`);
+  }
+  cfg.logRank = lr;
+  if (nnodes > 1 && vals["master-addr"] === undefined) {
+    throw new UsageError("launch: --nnodes > 1 needs --master-addr (the host of node rank 0)");
+  }
+  return cfg;
+}
+
+/** The program and arguments a child runs. */
+export function childCommand(
+  command: readonly string[],
+  cliUrl: URL = new URL("../cli.ts", import.meta.url),
+): string[] {
+  const [task, ...flags] = command;
+  const cli = cliUrl.protocol === "file:" ? cliUrl.pathname : cliUrl.href;
+  const asCli = task.replaceAll(":", "-");
+  if (CLI_COMMANDS.has(asCli)) return [Deno.execPath(), "run", "-A", cli, asCli, ...flags];
+  if (/\.(ts|tsx|js|mjs)$/.test(task)) return [Deno.execPath(), "run", "-A", task, ...flags];
+  return [task, ...flags];
+}
+
+/** torchrun's environment for local rank `local`. */
+export function childEnv(cfg: LaunchConfig, local: number): Record<string, string> {
+  return {
+    RANK: String(cfg.nodeRank * cfg.nprocPerNode + local),
+    LOCAL_RANK: String(local),
+    WORLD_SIZE: String(cfg.nnodes * cfg.nprocPerNode),
+    LOCAL_WORLD_SIZE: String(cfg.nprocPerNode),
+    GROUP_RANK: String(cfg.nodeRank),
+    MASTER_ADDR: cfg.masterAddr,
+    MASTER_PORT: String(cfg.masterPort),
+  };
+}
+
+const SIGNO: Record<string, number> = { SIGINT: 2, SIGKILL: 9, SIGTERM: 15 };
+const enc = new TextEncoder();
+
+/** Copies a child's stream line by line, prefixed, into out (or into a tail buffer when hidden). */
+async function pump(
+  stream: ReadableStream<Uint8Array>,
+  out: { writeSync(b: Uint8Array): number },
+  prefix: string,
+  show: boolean,
+  tail: string[],
+): Promise<void> {
+  const dec = new TextDecoder();
+  let buf = "";
+  const emit = (line: string) => {
+    if (show) writeAll(out, enc.encode(prefix + line + "\n"));
+    else {
+      tail.push(line);
+      if (tail.length > 20) tail.shift();
+    }
+  };
+  for await (const chunk of stream) {
+    buf += dec.decode(chunk, { stream: true });
+    let i: number;
+    while ((i = buf.indexOf("\n")) >= 0) {
+      emit(buf.slice(0, i));
+      buf = buf.slice(i + 1);
+    }
+  }
+  if (buf.length > 0) emit(buf);
+}
+
+function writeAll(out: { writeSync(b: Uint8Array): number }, b: Uint8Array): void {
+  let off = 0;
+  while (off < b.length) off += out.writeSync(b.subarray(off));
+}
+
+/** Runs the children; resolves with the launcher's exit code. */
+export async function launch(
+  cfg: LaunchConfig,
+  log: (line: string) => void = (l) => console.error(l),
+): Promise<number> {
+  const cmd = childCommand(cfg.command);
+  interface Child {
+    rank: number;
+    proc: Deno.ChildProcess;
+    done: boolean;
+    code: number;
+    tail: string[];
+    io: Promise<void>;
+  }
+  const children: Child[] = [];
+  for (let local = 0; local < cfg.nprocPerNode; local++) {
+    const env = childEnv(cfg, local);
+    const rank = Number(env.RANK);
+    let proc: Deno.ChildProcess;
+    try {
+      proc = new Deno.Command(cmd[0], {
+        args: cmd.slice(1),
+        env,
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      })
+        .spawn();
+    } catch (e) {
+      for (const c of children) c.proc.kill("SIGKILL");
+      log(`launch: cannot start ${JSON.stringify(cmd[0])}: ${(e as Error).message.split("\n")[0]}`);
+      return 1;
+    }
+    const show = cfg.logRank === "all" || rank === 0;
+    const prefix = cfg.logRank === "all" ? `[rank${rank}]: ` : "";
+    const tail: string[] = [];
+    const io = Promise.all([
+      pump(proc.stdout, Deno.stdout, prefix, show, []),
+      pump(proc.stderr, Deno.stderr, prefix, show, tail),
+    ]).then(() => {});
+    children.push({ rank, proc, done: false, code: 0, tail, io });
+  }
+
+  let stopping = false;
+  let firstFailure: Child | null = null;
+  let signalled: Deno.Signal | null = null;
+  const stopOthers = () => {
+    if (stopping) return;
+    stopping = true;
+    for (const c of children) if (!c.done) trySignal(c.proc, "SIGTERM");
+    if (cfg.killGraceSeconds >= 0) {
+      const t = setTimeout(() => {
+        for (const c of children) if (!c.done) trySignal(c.proc, "SIGKILL");
+      }, cfg.killGraceSeconds * 1000);
+      Deno.unrefTimer(t);
+    }
+  };
+  const onSignal = (sig: Deno.Signal) => () => {
+    if (signalled) {
+      // A second signal: no more patience.
+      for (const c of children) if (!c.done) trySignal(c.proc, "SIGKILL");
+      return;
+    }
+    signalled = sig;
+    log(`launch: got ${sig}; forwarding it to ${children.filter((c) => !c.done).length} rank(s)`);
+    for (const c of children) if (!c.done) trySignal(c.proc, sig);
+  };
+  const handlers: [Deno.Signal, () => void][] = [["SIGINT", onSignal("SIGINT")], [
+    "SIGTERM",
+    onSignal("SIGTERM"),
+  ]];
+  for (const [s, h] of handlers) Deno.addSignalListener(s, h);
+
+  try {
+    await Promise.all(children.map(async (c) => {
+      const st = await c.proc.status;
+      await c.io;
+      c.done = true;
+      c.code = st.signal ? 128 + (SIGNO[st.signal] ?? 0) : st.code;
+      if (c.code !== 0 && !firstFailure && !stopping && !signalled) {
+        firstFailure = c;
+        const how = st.signal ? `was killed by ${st.signal}` : `exited with code ${st.code}`;
+        if (cfg.logRank !== "all" && c.rank !== 0) { for (const l of c.tail) log(`[rank${c.rank}]: ${l}`); }
+        log(`launch: rank ${c.rank} (pid ${c.proc.pid}) ${how}; stopping the other ranks`);
+        stopOthers();
+      }
+    }));
+  } finally {
+    for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
+  }
+  if (firstFailure) return (firstFailure as Child).code;
+  const bad = children.find((c) => c.code !== 0);
+  if (bad) return bad.code;
+  return signalled ? 128 + SIGNO[signalled as string] : 0;
+}
+
+function trySignal(p: Deno.ChildProcess, s: Deno.Signal): void {
+  try {
+    p.kill(s);
+  } catch {
+    // already exited
+  }
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let cfg: LaunchConfig;
+  try {
+    cfg = parseLaunchArgs(argv);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      console.error(e.message);
+      return 2;
+    }
+    throw e;
+  }
+  return await launch(cfg);
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));
