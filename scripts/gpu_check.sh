@@ -4,28 +4,42 @@
 # second call still fits in the device time). Here, first: bash scripts/gpu_payload.sh (writes
 # .gpu/, <= 40 MiB); carry .gpu; there, from the project root:
 #     bash scripts/gpu_check.sh [--bench]
-# Steps (budget in seconds):
-#   info       15  nvidia-smi (GPU, driver, memory), deno --version
-#   kernels    90  only when the host's nvcc is not the one in kernels/dist/manifest.json: build the
-#                  fatbins into a temporary folder and use them (MEGATRON_DENO_KERNELS_DIR)
-#   cuda-info  30  scripts/gpu_info.ts: driver and runtime CUDA versions, libraries, GPU; fails in
-#                  one line when the driver is older than the fatbins need
-#   ops       150  tests/gpu/ops.test.ts: every op x dtype against the CPU backend
-#   gpt-train 120  tests/gpu/gpt_train.test.ts: tiny GPT 20 steps CUDA vs CPU (f32, fp16, bf16)
-#   sync:<f>  120  a failed test file once more with MEGATRON_DENO_CUDA_SYNC=1 (sync and check after
-#                  every launch/GEMM): the table shows the first op that failed
-#   bench     150  with --bench: bench:gpu --steps 20 (GEMMs, kernels, GPT-345M)
-#   pytorch   120  with --bench, when python3 has torch: bench/pytorch_gpt345m.py (the same GPT-345M,
-#                  eager bf16); the table then gives both tokens/s and their ratio
+# Steps, in order, with their budgets in seconds (a step still running at its budget is killed and
+# its row says TIMEOUT; no step runs past the shared deadline, and one that would start with 5 s or
+# less left is NOT RUN):
+#   info         15  nvidia-smi (GPU, driver, memory), deno --version
+#   kernels      75  only when the host's nvcc is not the one in kernels/dist/manifest.json: build the
+#                    fatbins into a temporary folder and use them (MEGATRON_DENO_KERNELS_DIR)
+#   cuda-info    30  scripts/gpu_info.ts: driver and runtime CUDA versions, libraries, GPU; fails in
+#                    one line when the driver is older than the fatbins need
+#   ops         135  tests/gpu/ops.test.ts: every op x dtype against the CPU backend
+#   gpt-train   105  tests/gpu/gpt_train.test.ts: tiny GPT 20 steps CUDA vs CPU (f32, fp16, bf16)
+#   gpt-default  90  the embedded default (pretrain_gpt without --data-path, --train-iters 20, no eval)
+#                    with --device cuda, then on the CPU (which costs more: 20 iterations of a 4-layer,
+#                    128-wide GPT-2-vocabulary model), building the bundled corpus first on a fresh
+#                    host; every iteration's loss within 1e-4 relative (scripts/compare_losses.ts)
+#   sync:<f>    120  for each failed test file (ops, gpt-train): once more with MEGATRON_DENO_CUDA_SYNC=1
+#                    (sync and check after every launch/GEMM): the table shows the first op that failed
+#   bench       150  with --bench: bench:gpu --steps 20 (GEMMs, kernels, GPT-345M)
+#   pytorch     120  with --bench, when python3 has torch: bench/pytorch_gpt345m.py (the same GPT-345M,
+#                    eager bf16); the table then gives both tokens/s and their ratio
+# The plan: the checks' budgets sum to 15 + 30 + 135 + 105 + 90 = 375 s, 450 s with a kernel rebuild:
+# the whole deadline. The sync reruns (after a failure) and --bench's two steps come after and get what
+# the checks left unused, each up to its own budget (passing checks should end well below their
+# budgets; the seconds column shows by how much), and one cut short by the deadline shows TIMEOUT or
+# NOT RUN rather than overrunning the device call. gpt-default's CPU half, measured on a loaded 2-core
+# box: the full 20-iteration CPU run took 45 s with OpenBLAS (corpus build included), ~5 s per
+# iteration with the WebAssembly GEMM; the GPU host has 16 cores. The GPU-side times are unmeasured.
 # When nvidia-smi lists a GPU, MEGATRON_DENO_REQUIRE_CUDA=1 is set: a test or bench that would skip
-# for want of CUDA fails instead, and the table says why. Logs: $OUT/gpu_check.log and
-# $OUT/gpu_check_table.txt when $OUT is set (they come back with the call), else /tmp/gpu_check/.
+# for want of CUDA fails instead, and the table says why. Logs: $OUT/gpu_check.log,
+# $OUT/gpt_default_{cuda,cpu}.jsonl (the embedded default's metrics) and $OUT/gpu_check_table.txt
+# when $OUT is set (they come back with the call), else /tmp/gpu_check.*/.
 # Deno runs with --cached-only (and the payload's --lock=.gpu/deno.lock): the host is offline, and
 # the payload's node_modules must suffice.
 # The table is printed last; the exit status is non-zero when any step failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-# The GPU host has no Deno: the payload's env.sh unpacks it and node_modules (scripts/gpu_payload.sh).
+# The GPU host has no Deno: the payload's env.sh unpacks it, node_modules and the corpus's npm cache.
 if ! command -v deno >/dev/null && [ -f .gpu/env.sh ]; then
   # shellcheck disable=SC1091
   source .gpu/env.sh
@@ -47,7 +61,8 @@ budget_for() {
 # The line of a log that best explains a failure: the most specific pattern found first.
 why() {
   local p line
-  for p in "cuda sync check:" "MEGATRON_DENO_REQUIRE_CUDA=1 but" "gpu_info:" "exceeds" "error: " "FAILED"; do
+  for p in "cuda sync check:" "MEGATRON_DENO_REQUIRE_CUDA=1 but" "gpu_info:" "compare_losses:" "pretrain_gpt:" \
+    "exceeds" "error: " "FAILED"; do
     line=$(sed 's/\x1b\[[0-9;]*m//g' "$1" | grep -a -m1 -F "$p") && { echo "${line:0:200}"; return; }
   done
 }
@@ -105,15 +120,15 @@ nvcc_bin=$(command -v nvcc || true)
 [ -z "$nvcc_bin" ] && [ -x /usr/local/cuda/bin/nvcc ] && nvcc_bin=/usr/local/cuda/bin/nvcc
 built_with=$(grep -o '"nvcc": *"[^"]*"' kernels/dist/manifest.json | sed 's/.*: *"\(.*\)"/\1/')
 if [ -z "$nvcc_bin" ]; then
-  record kernels "skipped (no nvcc; using kernels/dist, $built_with)" 0 90
+  record kernels "skipped (no nvcc; using kernels/dist, $built_with)" 0 75
 else
   host_nvcc=$("$nvcc_bin" --version | grep -o 'release .*' | head -1)
   if [ "$host_nvcc" = "$built_with" ]; then
-    record kernels "skipped (host nvcc = manifest: $built_with)" 0 90
+    record kernels "skipped (host nvcc = manifest: $built_with)" 0 75
   else
     kdir=$(mktemp -d /tmp/md-kernels.XXXXXX)
     echo "host nvcc '$host_nvcc' differs from kernels/dist's '$built_with': rebuilding into $kdir"
-    if run_step kernels 90 env NVCC="$nvcc_bin" deno run "${dflags[@]}" -A scripts/build_kernels.ts --out "$kdir"; then
+    if run_step kernels 75 env NVCC="$nvcc_bin" deno run "${dflags[@]}" -A scripts/build_kernels.ts --out "$kdir"; then
       export MEGATRON_DENO_KERNELS_DIR=$kdir
     fi
   fi
@@ -121,18 +136,52 @@ fi
 
 # ---- CUDA itself, then the suites ---------------------------------------------------------------
 run_step cuda-info 30 deno run "${dflags[@]}" -A scripts/gpu_info.ts
+failed_files=()
 for f in ops gpt_train; do
   # GPU_CHECK_TEST_ARGS: extra deno test flags (tests/gpu_check_script.test.ts narrows with --filter).
   # shellcheck disable=SC2086
-  if ! run_step "${f//_/-}" $([ $f = ops ] && echo 150 || echo 120) deno test "${dflags[@]}" -A --no-check ${GPU_CHECK_TEST_ARGS:-} \
-    "tests/gpu/$f.test.ts"; then
-    # Once more, synchronizing after every launch and GEMM, to name the op that faulted.
-    run_step "sync:${f//_/-}" 120 env MEGATRON_DENO_CUDA_SYNC=1 deno test "${dflags[@]}" -A --no-check ${GPU_CHECK_TEST_ARGS:-} \
-      "tests/gpu/$f.test.ts"
-    first=$(grep -a -m1 "cuda sync check:" "$log_dir/sync_${f//_/-}.log" 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g')
-    [ -n "$first" ] && echo "first failing op (tests/gpu/$f.test.ts): ${first#*cuda sync check: }"
-  fi
+  run_step "${f//_/-}" $([ $f = ops ] && echo 135 || echo 105) deno test "${dflags[@]}" -A --no-check ${GPU_CHECK_TEST_ARGS:-} \
+    "tests/gpu/$f.test.ts" || failed_files+=("$f")
 done
+# ---- the embedded default: CUDA trains to the CPU's losses ---------------------------------------
+# `pretrain_gpt --device cuda` without --data-path (the bundled corpus, built on first use by the
+# corpus child from the payload's npm cache), then the same on the CPU, then every iteration's loss
+# compared (f32 params: within 1e-4 relative). CUDA first: it builds the corpus, and a broken CUDA
+# fails before the CPU half is paid for. GPU_CHECK_DEFAULT_ARGS: flags for both runs (default
+# --train-iters 20; tests/gpu_check_script.test.ts shrinks the model for the emulator).
+default_losses() { # dir deno-flags...
+  local dir=$1 run dev
+  shift
+  for run in cuda cpu; do
+    dev=$run
+    # GPU_CHECK_DEFAULT_DEVICE=cpu: a dry run of the step (both halves on the CPU; the script's test).
+    [ "$run" = cuda ] && dev=${GPU_CHECK_DEFAULT_DEVICE:-cuda}
+    echo "--- embedded default on $dev"
+    # shellcheck disable=SC2086
+    deno run "$@" -A --no-check tasks/pretrain_gpt.ts --device "$dev" ${GPU_CHECK_DEFAULT_ARGS:---train-iters 20} \
+      --eval-iters 0 --log-interval 1 --no-progress --metrics-file "$dir/$run.jsonl" --save "$dir/ckpt-$run" ||
+      return
+  done
+  deno run "$@" -A --no-check scripts/compare_losses.ts --rtol 1e-4 "$dir/cpu.jsonl" "$dir/cuda.jsonl"
+}
+export -f default_losses
+export GPU_CHECK_DEFAULT_ARGS GPU_CHECK_DEFAULT_DEVICE
+mkdir -p "$log_dir/default"
+if run_step gpt-default 90 bash -c 'default_losses "$@"' _ "$log_dir/default" "${dflags[@]}"; then
+  # The comparison's summary in the table: iterations, worst relative difference and where.
+  summary=$(grep -a -m1 '^compare_losses: ok: ' "$log_dir/gpt-default.log" | sed 's/^compare_losses: ok: //')
+  [ -n "$summary" ] && results[${#results[@]} - 1]="ok ($summary)"
+fi
+
+# ---- after the checks: failed test files once more, synchronizing after every launch and GEMM -----
+for f in "${failed_files[@]}"; do
+  # shellcheck disable=SC2086
+  run_step "sync:${f//_/-}" 120 env MEGATRON_DENO_CUDA_SYNC=1 deno test "${dflags[@]}" -A --no-check ${GPU_CHECK_TEST_ARGS:-} \
+    "tests/gpu/$f.test.ts"
+  first=$(grep -a -m1 "cuda sync check:" "$log_dir/sync_${f//_/-}.log" 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g')
+  [ -n "$first" ] && echo "first failing op (tests/gpu/$f.test.ts): ${first#*cuda sync check: }"
+done
+
 compare_line=""
 if [ "${1:-}" = "--bench" ]; then
   # GPU_CHECK_BENCH_ARGS / GPU_CHECK_TORCH_ARGS: other sizes (the defaults are GPT-345M, 20 steps).
@@ -166,6 +215,8 @@ table=$(
 if [ -n "${OUT:-}" ]; then
   for l in "$log_dir"/*.log; do echo "=== $(basename "$l")"; cat "$l"; done > "$OUT/gpu_check.log" 2>/dev/null
   echo "$table" > "$OUT/gpu_check_table.txt"
+  # The embedded default's per-iteration metrics, CUDA and CPU (full precision, for a failed compare).
+  for m in "$log_dir"/default/*.jsonl; do [ -f "$m" ] && cp "$m" "$OUT/gpt_default_$(basename "$m")"; done
 fi
 echo
 echo "$table"

