@@ -22,6 +22,9 @@ export interface PretrainCommand {
   /** Prefix of error lines and the lock's command ("pretrain_gpt"). */
   readonly name: string;
   readonly task: TrainingTask<unknown>;
+  /** When the task depends on the validated flags (BERT's --bert-no-binary-head): the task to run;
+   *  its flags must be `task.flags`. */
+  readonly taskFor?: (cfg: Config) => TrainingTask<unknown>;
   /** Without --data-path: the config to train instead (an embedded default adjusted by the given
    *  flags), or undefined to leave --data-path required. May throw ConfigError. */
   readonly withoutDataPath?: (cfg: Config) => Promise<Config>;
@@ -94,7 +97,7 @@ async function main(cmd: PretrainCommand, argv: string[]): Promise<void> {
 
   const peak = devicePeak(backend, cfg.paramsDtype);
   log(`> MFU is measured against ${peak.what}: ${(peak.flops / 1e12).toFixed(3)} TFLOP/s`);
-  const result = await pretrain(cmd.task, cfg, {
+  const result = await pretrain(cmd.taskFor?.(cfg) ?? cmd.task, cfg, {
     backend,
     log,
     progress,

@@ -50,37 +50,46 @@ function isFile(path: string): boolean {
   }
 }
 
+/** Opens one --data-path prefix as an mmap indexed dataset, with one clear line when its .idx/.bin
+ *  pair is missing or is a legacy format (shared by every task's dataset builder). */
+export function openIndexedDataset(
+  prefix: string,
+  opts: Pick<GptDataOptions, "dataImpl" | "mmapWarmup" | "log">,
+): MMapIndexedDataset {
+  // Only a missing pair is "not found"; a present but bad .idx/.bin gets open()'s own message.
+  const missing = [idxPath(prefix), binPath(prefix)].filter((p) => !isFile(p));
+  if (missing.length === 2) {
+    throw new Error(`--data-path ${prefix}: no ${prefix}.idx / ${prefix}.bin found`);
+  }
+  if (missing.length === 1) {
+    throw new Error(
+      `--data-path ${prefix}: ${missing[0]} not found (its ${
+        missing[0].endsWith(".idx") ? ".bin" : ".idx"
+      } exists)`,
+    );
+  }
+  const impl = inferDatasetImpl(prefix);
+  // --data-impl mmap reads the index as MMIDIDX whatever its magic says (and reports the magic).
+  if (impl === "lazy" && opts.dataImpl !== "mmap") {
+    const idx = idxPath(prefix);
+    throw new Error(
+      `${idx}: a legacy lazy/cached indexed dataset (magic TNTIDX, found by --data-impl infer); ` +
+        `megatron-deno reads only mmap datasets: re-preprocess the data with --dataset-impl mmap`,
+    );
+  }
+  if (opts.mmapWarmup) {
+    opts.log("    warming up index mmap file...");
+    warmUp(idxPath(prefix));
+    opts.log("    warming up data mmap file...");
+    warmUp(binPath(prefix));
+  }
+  return MMapIndexedDataset.open(prefix);
+}
+
 export function buildGptData(opts: GptDataOptions): GptData {
   const opened: MMapIndexedDataset[] = [];
   const open = (prefix: string) => {
-    // Only a missing pair is "not found"; a present but bad .idx/.bin gets open()'s own message.
-    const missing = [idxPath(prefix), binPath(prefix)].filter((p) => !isFile(p));
-    if (missing.length === 2) {
-      throw new Error(`--data-path ${prefix}: no ${prefix}.idx / ${prefix}.bin found`);
-    }
-    if (missing.length === 1) {
-      throw new Error(
-        `--data-path ${prefix}: ${missing[0]} not found (its ${
-          missing[0].endsWith(".idx") ? ".bin" : ".idx"
-        } exists)`,
-      );
-    }
-    const impl = inferDatasetImpl(prefix);
-    // --data-impl mmap reads the index as MMIDIDX whatever its magic says (and reports the magic).
-    if (impl === "lazy" && opts.dataImpl !== "mmap") {
-      const idx = idxPath(prefix);
-      throw new Error(
-        `${idx}: a legacy lazy/cached indexed dataset (magic TNTIDX, found by --data-impl infer); ` +
-          `megatron-deno reads only mmap datasets: re-preprocess the data with --dataset-impl mmap`,
-      );
-    }
-    if (opts.mmapWarmup) {
-      opts.log("    warming up index mmap file...");
-      warmUp(idxPath(prefix));
-      opts.log("    warming up data mmap file...");
-      warmUp(binPath(prefix));
-    }
-    const ds = MMapIndexedDataset.open(prefix);
+    const ds = openIndexedDataset(prefix, opts);
     opened.push(ds);
     return ds;
   };
