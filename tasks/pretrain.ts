@@ -37,6 +37,7 @@ function fail(name: string, msg: string, code: number): never {
 
 async function main(cmd: PretrainCommand, argv: string[]): Promise<void> {
   let cfg: Config;
+  let task: TrainingTask<unknown>;
   try {
     cfg = parseArgs(argv);
     if (cfg.help) {
@@ -45,6 +46,9 @@ async function main(cmd: PretrainCommand, argv: string[]): Promise<void> {
     }
     if (cfg.dataPath === undefined && cmd.withoutDataPath) cfg = await cmd.withoutDataPath(cfg);
     cfg = validateForTraining(resolveTrainingPaths(cfg, userCwd()), cmd.task.flags);
+    task = cmd.taskFor?.(cfg) ?? cmd.task;
+    // The task's own flag checks are usage errors too (exit 2), reported before anything starts.
+    task.validate?.(cfg);
   } catch (e) {
     if (e instanceof ConfigError) fail(cmd.name, e.message, 2);
     throw e;
@@ -97,7 +101,7 @@ async function main(cmd: PretrainCommand, argv: string[]): Promise<void> {
 
   const peak = devicePeak(backend, cfg.paramsDtype);
   log(`> MFU is measured against ${peak.what}: ${(peak.flops / 1e12).toFixed(3)} TFLOP/s`);
-  const result = await pretrain(cmd.taskFor?.(cfg) ?? cmd.task, cfg, {
+  const result = await pretrain(task, cfg, {
     backend,
     log,
     progress,
