@@ -23,7 +23,13 @@ import {
 import { lcgNoise } from "./helpers/fd_check.ts";
 
 const backend = createCpuBackend({ log: () => {} });
-const SPEC: ChunkSpec = { preProcess: true, postProcess: true, layers: [0, 1], virtualChunk: 0, virtualChunks: 1 };
+const SPEC: ChunkSpec = {
+  preProcess: true,
+  postProcess: true,
+  layers: [0, 1],
+  virtualChunk: 0,
+  virtualChunks: 1,
+};
 
 /** Deterministic BERT samples: [CLS] A [SEP] B [SEP] [PAD]..., some tokens [MASK]ed with labels. */
 function samples(b: number, s: number, vocab: number): BertSample[] {
@@ -125,7 +131,11 @@ for (
     assert.ok(scalars["lm loss"] > 0);
     if (binaryHead) assert.ok(scalars["sop loss"] > 0);
     const targets: GradTarget[] = model.params().map((p) => ({ name: p.name, value: p.value, grad: p.grad }));
-    const res = await checkGradients(backend, targets, async () => (await step(chunk, task, batch, false)).loss);
+    const res = await checkGradients(
+      backend,
+      targets,
+      async () => (await step(chunk, task, batch, false)).loss,
+    );
     assert.deepEqual(res.failures, [], `worst ${res.worst} at ${res.worstAt}`);
     assert.ok(res.checked >= 5 * targets.length);
   });
@@ -164,7 +174,12 @@ async function overfit(dtype: ParamsDType, flags: { fp16?: boolean; bf16?: boole
     initMethodStd: 0.02,
   };
   const { model, chunk, task } = build(cfg, true);
-  const scheduler = createLrScheduler({ lr: 5e-3, lrDecayStyle: "constant", globalBatchSize: B, trainIters: MAX_STEPS });
+  const scheduler = createLrScheduler({
+    lr: 5e-3,
+    lrDecayStyle: "constant",
+    globalBatchSize: B,
+    trainIters: MAX_STEPS,
+  });
   const scaler = createGradScaler(flags);
   const opt = new MegatronOptimizer(backend, model.params(), scheduler, { scaler, weightDecay: 0.01 });
   const batch = uploadBatch(backend, bertHostBatch(samples(B, S, V), S), chunk.batchFields);

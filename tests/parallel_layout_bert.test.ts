@@ -30,7 +30,14 @@ function args(vocab: string, data: string, l: Layout, iters: number, extra: stri
     ...["--lr", "5e-3", "--min-lr", "1e-4", "--lr-decay-style", "cosine", "--lr-warmup-iters", "1"],
     ...["--weight-decay", "0.01", "--clip-grad", "1.0"],
     // 97 tokens padded to 128 for every TP <= 4 (a multiple of 32 * tp): the same model everywhere.
-    ...["--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", vocab, "--make-vocab-size-divisible-by", "32"],
+    ...[
+      "--tokenizer-type",
+      "BertWordPieceLowerCase",
+      "--vocab-file",
+      vocab,
+      "--make-vocab-size-divisible-by",
+      "32",
+    ],
     ...["--data-path", data, "--split", "80,20,0"],
     ...["--hidden-dropout", "0.1", "--attention-dropout", "0.1", "--seed", "1234"],
     ...["--eval-iters", "1", "--eval-interval", "3", "--log-interval", "1000"],
@@ -113,7 +120,9 @@ Deno.test("BERT resume: stop at iteration 3, reload, finish: bit-exact losses an
             const a = loadCheckpoint(fullDir, { tp, pp }, opts).model;
             const b = loadCheckpoint(splitDir, { tp, pp }, opts).model;
             assert.deepEqual(b.map((x) => x.name), a.map((x) => x.name));
-            a.forEach((x, i) => assert.deepEqual(b[i].data, x.data, `rank tp${tp} pp${pp}: ${x.name} differs`));
+            a.forEach((x, i) =>
+              assert.deepEqual(b[i].data, x.data, `rank tp${tp} pp${pp}: ${x.name} differs`)
+            );
           }
         }
       });

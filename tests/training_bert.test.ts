@@ -53,11 +53,16 @@ Deno.test("pretrain:bert trains on tiny data, logs lm and sop loss, saves Megatr
   for (let it = 1; it <= 4; it++) {
     assert.match(
       r.stdout,
-      new RegExp(` iteration\\s+${it}/\\s+4 \\|.* lm loss: \\d\\.\\d{6}e[+-]\\d+ \\| sop loss: \\d\\.\\d{6}e[+-]\\d+ \\|`),
+      new RegExp(
+        ` iteration\\s+${it}/\\s+4 \\|.* lm loss: \\d\\.\\d{6}e[+-]\\d+ \\| sop loss: \\d\\.\\d{6}e[+-]\\d+ \\|`,
+      ),
     );
   }
   assert.match(r.stdout, /validation loss at iteration 2 \| lm loss value: \d.* \| sop loss value: \d/);
-  assert.ok(r.stdout.includes(`checkpoint saved in ${save}/iter_0000004 (resume with --load ${save})`), r.stdout);
+  assert.ok(
+    r.stdout.includes(`checkpoint saved in ${save}/iter_0000004 (resume with --load ${save})`),
+    r.stdout,
+  );
   const ck = loadCheckpoint(save, { tp: 0, pp: 0 }, { loadOptim: false });
   const names = ck.model.map((t) => t.name);
   assert.deepEqual(names.filter((n) => !n.includes(".layers.")), [

@@ -141,7 +141,7 @@ export class BertModel {
    * (caller owns them). Other stages: [hidden [b, s, h]] (caller owns).
    */
   async forward(input: BertInput, ctx: MicroBatchContext): Promise<Tensor[]> {
-    const { backend, cfg } = this;
+    const { cfg } = this;
     assertDType("BertModel.forward", input.mask, "u8", "mask");
     let h: Tensor;
     let embOut: Tensor | null = null;
