@@ -4,10 +4,12 @@
 
 import assert from "node:assert/strict";
 import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
-import { BERT_FLAGS, bertTaskFor } from "../src/training/bert_task.ts";
+import { bertSampleToJson } from "../src/data/bert_dataset.ts";
+import { buildTokenizer } from "../src/tokenizer/mod.ts";
+import { BERT_FLAGS, bertTask, bertTaskFor } from "../src/training/bert_task.ts";
 import { loadCheckpoint } from "../src/training/checkpoint.ts";
 import { parseArgs, validateForTraining } from "../src/training/config.ts";
-import type { TrainingTask } from "../src/training/task.ts";
+import type { TaskContext, TrainingTask } from "../src/training/task.ts";
 import { pretrain, type TrainResult } from "../src/training/train.ts";
 import { writeTinySentences, writeTinyVocab } from "./helpers/bert_tiny.ts";
 
@@ -131,4 +133,49 @@ Deno.test("BERT flags GPT rejects are read by pretrain-bert and change the run",
   // --vocab-extra-ids appends sentinel tokens to the WordPiece vocabulary (97 + 5 -> padded 104).
   assert.equal(base.paddedVocabSize, 104);
   assert.equal((await run(["--vocab-extra-ids", "10"])).paddedVocabSize, 112);
+});
+
+Deno.test("bertTask: batches carry Megatron's fields and the extended mask; sampleJson is bertSampleToJson", async () => {
+  const cfg = validateForTraining(parseArgs([...ARGS, "--seq-length", "12"]), BERT_FLAGS);
+  const tokenizer = await buildTokenizer({ tokenizerType: "BertWordPieceLowerCase", vocabFile: VOCAB });
+  const ctx: TaskContext = { cfg, paddedVocab: 104, tokenizer, log: () => {} };
+  const ds = bertTask.buildDatasets(ctx, [8, 0, 0]);
+  try {
+    const samples = [0, 1, 2, 3].map((i) => ds.train!.getItem(i));
+    // At seq-length 12 some samples end in padding (short targets): the mask must show it.
+    const padded = samples.findIndex((s) => s.padding_mask.includes(0));
+    assert.ok(padded >= 0, "no padded sample among the first four");
+    const hb = bertTask.makeBatch(ctx, samples);
+    assert.deepEqual(Object.keys(hb).sort(), [
+      "attention_mask",
+      "is_random",
+      "labels",
+      "loss_mask",
+      "padding_mask",
+      "text",
+      "types",
+    ]);
+    assert.deepEqual(hb.attention_mask.shape, [4, 12, 12]);
+    for (let b = 0; b < 4; b++) {
+      const s = samples[b];
+      assert.deepEqual(Array.from(hb.text.data.subarray(b * 12, b * 12 + 12)), Array.from(s.text));
+      assert.equal(hb.is_random.data[b], s.is_random);
+      for (let i = 0; i < 12; i++) {
+        assert.equal(hb.loss_mask.data[b * 12 + i], s.loss_mask[i]);
+        for (let j = 0; j < 12; j++) {
+          const want = s.padding_mask[i] === 1 && s.padding_mask[j] === 1 ? 0 : 1;
+          assert.equal(hb.attention_mask.data[(b * 12 + i) * 12 + j], want, `sample ${b} (${i}, ${j})`);
+        }
+      }
+    }
+    const s = samples[padded];
+    const json = bertTask.sampleJson!(ctx, s, { decode: true });
+    const { decoded, ...fields } = json;
+    assert.deepEqual(fields, bertSampleToJson(s));
+    const real = s.text.filter((_, i) => s.padding_mask[i] === 1);
+    assert.equal(decoded, tokenizer.detokenize(real));
+    assert.ok(!("decoded" in bertTask.sampleJson!(ctx, s, { decode: false })));
+  } finally {
+    ds.close();
+  }
 });
