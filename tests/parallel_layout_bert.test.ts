@@ -82,9 +82,20 @@ Deno.test("BERT layout invariance: lm and sop losses equal one rank's (relative 
       { tp: 1, pp: 2, dp: 1, lpv: 1 }, // 2 stages x 2 chunks of 1 layer
       { tp: 1, pp: 4, dp: 1 },
     ];
-    for (const l of layouts) {
-      await t.step(name(l), async () => {
-        const got = await run(args(vocab, data, l, 6));
+    const cases: [Layout, string[]][] = [
+      ...layouts.map((l): [Layout, string[]] => [l, []]),
+      // Recompute re-runs the layers with the saved padding mask and the same dropout masks.
+      [{ tp: 2, pp: 2, dp: 1 }, ["--activations-checkpoint-method", "uniform"]],
+      [{ tp: 1, pp: 1, dp: 1 }, [
+        "--activations-checkpoint-method",
+        "block",
+        "--activations-checkpoint-num-layers",
+        "2",
+      ]],
+    ];
+    for (const [l, extra] of cases) {
+      await t.step(`${name(l)}${extra.length > 0 ? " " + extra.join(" ") : ""}`, async () => {
+        const got = await run(args(vocab, data, l, 6, extra));
         got.history.forEach((h, i) => {
           for (const k of ["lm loss", "sop loss"]) {
             assertClose(h.scalars[k], ref.history[i].scalars[k], `${name(l)} iteration ${i + 1} ${k}`);
