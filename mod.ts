@@ -64,6 +64,7 @@ export * from "./src/pipeline/schedules.ts";
 export * from "./src/training/train.ts";
 export * from "./src/training/task.ts";
 export * from "./src/training/gpt_task.ts";
+export * from "./src/training/bert_task.ts";
 export * from "./src/training/config.ts";
 export * from "./src/training/checkpoint.ts";
 export * from "./src/training/lock.ts";
