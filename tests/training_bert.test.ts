@@ -179,3 +179,33 @@ Deno.test("bertTask: batches carry Megatron's fields and the extended mask; samp
     ds.close();
   }
 });
+
+Deno.test("pretrain:bert without --data-path builds the BERT corpus on first use, then reuses it", async () => {
+  const cache = `${DIR}/cache`;
+  const small = [
+    ...["--num-layers", "1", "--hidden-size", "32", "--num-attention-heads", "2", "--seq-length", "32"],
+    ...["--micro-batch-size", "2", "--global-batch-size", "2", "--train-iters", "2", "--eval-iters", "1"],
+    ...["--eval-interval", "2", "--save", `${DIR}/default_ckpt`],
+  ];
+  const runDefault = async () => {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", `${ROOT}/cli.ts`, "pretrain-bert", ...small],
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1", MEGATRON_DENO_CACHE: cache },
+    }).output();
+    return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+  };
+  const prefix = `${cache}/bert/sotu_text_sentence`;
+  const first = await runDefault();
+  assert.equal(first.code, 0, first.stderr);
+  assert.ok(first.stdout.includes(`corpus: building ${prefix} from `), first.stdout);
+  // 233 addresses split into sentences, bert-base-uncased (30522 + [BOS]/[EOS], padded to 30592).
+  assert.match(first.stdout, /corpus: 233 documents, \d{5,} sentences, \d+ tokens/);
+  assert.ok(first.stdout.includes("> padded vocab (size: 30524) with 68 dummy tokens (new size: 30592)"));
+  assert.ok(first.stdout.includes(`> no --data-path: training the embedded default BERT on ${prefix}`));
+  assert.match(first.stdout, / iteration\s+2\/\s+2 \|.* lm loss: .* \| sop loss: /);
+  const again = await runDefault();
+  assert.equal(again.code, 0, again.stderr);
+  assert.ok(!again.stdout.includes("corpus: building"), again.stdout);
+});
