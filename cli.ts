@@ -20,6 +20,13 @@ const COMMANDS = {
       return 0;
     },
   },
+  "pretrain-bert": {
+    what: "BERT pretraining with Megatron-LM's flags; no --data-path: the bundled corpus, BERT-tokenized",
+    run: async (argv: string[]) => {
+      await (await import("./tasks/pretrain_bert.ts")).run(argv);
+      return 0;
+    },
+  },
   preprocess: {
     what: "tools/preprocess_data.py: loose JSON lines -> Megatron .bin/.idx",
     run: async (argv: string[]) => (await import("./tasks/preprocess_data.ts")).main(argv),

@@ -65,6 +65,7 @@ export * from "./src/training/train.ts";
 export * from "./src/training/task.ts";
 export * from "./src/training/gpt_task.ts";
 export * from "./src/training/t5_task.ts";
+export * from "./src/training/bert_task.ts";
 export * from "./src/training/config.ts";
 export * from "./src/training/checkpoint.ts";
 export * from "./src/training/lock.ts";

@@ -22,6 +22,9 @@ export interface PretrainCommand {
   /** Prefix of error lines and the lock's command ("pretrain_gpt"). */
   readonly name: string;
   readonly task: TrainingTask<unknown>;
+  /** When the task depends on the validated flags (BERT's --bert-no-binary-head): the task to run;
+   *  its flags must be `task.flags`. */
+  readonly taskFor?: (cfg: Config) => TrainingTask<unknown>;
   /** Without --data-path: the config to train instead (an embedded default adjusted by the given
    *  flags), or undefined to leave --data-path required. May throw ConfigError. */
   readonly withoutDataPath?: (cfg: Config) => Promise<Config>;
@@ -34,6 +37,7 @@ function fail(name: string, msg: string, code: number): never {
 
 async function main(cmd: PretrainCommand, argv: string[]): Promise<void> {
   let cfg: Config;
+  let task: TrainingTask<unknown>;
   try {
     cfg = parseArgs(argv);
     if (cfg.help) {
@@ -42,7 +46,9 @@ async function main(cmd: PretrainCommand, argv: string[]): Promise<void> {
     }
     if (cfg.dataPath === undefined && cmd.withoutDataPath) cfg = await cmd.withoutDataPath(cfg);
     cfg = validateForTraining(resolveTrainingPaths(cfg, userCwd()), cmd.task.flags);
-    cmd.task.validate?.(cfg); // a task's flag rules fail here as bad usage (exit 2), before any work
+    task = cmd.taskFor?.(cfg) ?? cmd.task;
+    // The task's own flag checks are usage errors too (exit 2), reported before anything starts.
+    task.validate?.(cfg);
   } catch (e) {
     if (e instanceof ConfigError) fail(cmd.name, e.message, 2);
     throw e;
@@ -95,7 +101,7 @@ async function main(cmd: PretrainCommand, argv: string[]): Promise<void> {
 
   const peak = devicePeak(backend, cfg.paramsDtype);
   log(`> MFU is measured against ${peak.what}: ${(peak.flops / 1e12).toFixed(3)} TFLOP/s`);
-  const result = await pretrain(cmd.task, cfg, {
+  const result = await pretrain(task, cfg, {
     backend,
     log,
     progress,

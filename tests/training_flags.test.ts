@@ -190,8 +190,9 @@ const FLAGS: Record<string, Entry> = {
   applyResidualConnectionPostLayernorm: {
     kind: "rejected",
     args: ["--apply-residual-connection-post-layernorm"],
+    // Rejected for GPT; pretrain-bert reads it (tests/training_bert.test.ts).
     error:
-      "--apply-residual-connection-post-layernorm: not supported; the residual is always the LayerNorm input (GPT order)",
+      "--apply-residual-connection-post-layernorm: not supported; GPT keeps the residual at the LayerNorm input; pretrain-bert reads it",
   },
   openaiGelu: {
     kind: "rejected",
@@ -206,8 +207,8 @@ const FLAGS: Record<string, Entry> = {
   bertNoBinaryHead: {
     kind: "rejected",
     args: ["--bert-no-binary-head"],
-    error:
-      "--bert-no-binary-head: not supported; it applies to BERT; megatron-deno trains GPT, which has no binary head",
+    // Rejected for GPT; pretrain-bert reads it (tests/training_bert.test.ts).
+    error: "--bert-no-binary-head: not supported; it applies to BERT (pretrain-bert); GPT has no binary head",
   },
   // regularization
   attentionDropout: { kind: "run", args: ["--attention-dropout", "0.5"], see: losses },
@@ -490,6 +491,7 @@ const FLAGS: Record<string, Entry> = {
     args: ["--decoder-seq-length", "8"],
     error: "--decoder-seq-length 8: not supported; it applies to T5's decoder; GPT uses --seq-length",
   },
+  // Rejected for GPT; pretrain-bert reads it (tests/training_bert.test.ts).
   maskProb: {
     kind: "rejected",
     args: ["--mask-prob", "0.2"],
@@ -498,8 +500,9 @@ const FLAGS: Record<string, Entry> = {
   shortSeqProb: {
     kind: "rejected",
     args: ["--short-seq-prob", "0.2"],
+    // Rejected for GPT; pretrain-bert reads it (tests/training_bert.test.ts).
     error:
-      "--short-seq-prob 0.2: not supported; it applies to BERT; GPT samples are always --seq-length tokens",
+      "--short-seq-prob 0.2: not supported; it applies to BERT (pretrain-bert); GPT samples are always --seq-length tokens",
   },
   mmapWarmup: {
     kind: "run",

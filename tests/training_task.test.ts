@@ -153,7 +153,7 @@ Deno.test("task flags: a task may read a flag GPT rejects; groups outside the ta
   ];
   assert.throws(() => validateForTraining(parseArgs([...base, "--bert-no-binary-head"])), {
     message:
-      "--bert-no-binary-head: not supported; it applies to BERT; megatron-deno trains GPT, which has no binary head",
+      "--bert-no-binary-head: not supported; it applies to BERT (pretrain-bert); GPT has no binary head",
   });
   const bert: TaskFlags = { ...GPT_FLAGS, command: "pretrain-bert", reads: ["bertNoBinaryHead"] };
   assert.equal(

@@ -186,3 +186,70 @@ export async function ensureDefaultCorpus(opts: CorpusOptions = {}): Promise<{ p
   log(`corpus: ${manifest.documents} documents, ${manifest.tokens} tokens -> ${prefix}`);
   return { prefix };
 }
+
+/**
+ * Returns the prefix of the BERT input built from the same addresses: one sentence per item
+ * (--split-sentences), bert-base-uncased WordPiece ids, no end-of-document token
+ * (…/bert/sotu_text_sentence). Built on first use into its own folder of the cache; the GPT build
+ * above is untouched.
+ */
+export async function ensureBertCorpus(opts: CorpusOptions = {}): Promise<{ prefix: string }> {
+  const log = opts.log ?? (() => {});
+  const dir = join(opts.cacheDir ?? defaultCacheDir(), "bert");
+  const prefix = join(dir, "sotu_text_sentence");
+  const manifestPath = join(dir, "sotu.manifest.json");
+  const tokenizer = "BertWordPieceLowerCase";
+  if (cacheIsValid(prefix, manifestPath, tokenizer)) return { prefix };
+
+  log(`corpus: building ${prefix} from ${CORPUS_PACKAGE} (first use)`);
+  Deno.mkdirSync(dir, { recursive: true });
+  try {
+    Deno.removeSync(manifestPath);
+  } catch { /* absent */ }
+  const jsonl = join(dir, "sotu.jsonl");
+  const { text, documents } = await sotuJsonLines();
+  const tmp = `${jsonl}.tmp-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
+  Deno.writeTextFileSync(tmp, text);
+  Deno.renameSync(tmp, jsonl);
+  const res = await preprocess({
+    input: jsonl,
+    jsonKeys: ["text"],
+    splitSentences: true,
+    keepNewlines: false,
+    tokenizerType: tokenizer,
+    vocabFile: opts.vocabFile,
+    appendEod: false,
+    outputPrefix: join(dir, "sotu"),
+    datasetImpl: "mmap",
+    workers: opts.workers ?? 1,
+    logInterval: 50,
+    skipInvalid: false,
+  }, { log });
+  if (res.prefixes[0] !== prefix) {
+    throw new Error(`corpus: expected output ${prefix}, found ${res.prefixes[0]}`);
+  }
+  const ds = MMapIndexedDataset.open(prefix, { mmap: false });
+  const manifest: Manifest = {
+    source: CORPUS_PACKAGE,
+    format: CORPUS_FORMAT,
+    tokenizer,
+    appendEod: false,
+    documents: ds.numDocuments,
+    sequences: ds.length,
+    tokens: ds.sizes.reduce((a, b) => a + b, 0),
+  };
+  ds.close();
+  if (manifest.documents !== documents) {
+    throw new Error(
+      `${prefix}: expected ${documents} documents from ${CORPUS_PACKAGE}, found ${manifest.documents}`,
+    );
+  }
+  // The manifest is written last: its presence marks a complete build.
+  const mtmp = `${manifestPath}.tmp-${Deno.pid}`;
+  Deno.writeTextFileSync(mtmp, JSON.stringify(manifest, null, 2) + "\n");
+  Deno.renameSync(mtmp, manifestPath);
+  log(
+    `corpus: ${manifest.documents} documents, ${manifest.sequences} sentences, ${manifest.tokens} tokens -> ${prefix}`,
+  );
+  return { prefix };
+}

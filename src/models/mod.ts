@@ -1,5 +1,6 @@
 // Models built from src/transformer.
 export * from "./gpt.ts";
+export * from "./bert.ts";
 export * from "./weight_names.ts";
 export { padVocabSize } from "../transformer/config.ts";
 export type {

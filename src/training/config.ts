@@ -285,10 +285,12 @@ interface FlagPolicy {
 /** Flags megatron-deno does not implement. Set to anything but their default, each stops the run with
  *  one line (exit 2) instead of being accepted and silently ignored. */
 const REJECTED: { readonly [K in keyof Flags]?: FlagPolicy } = {
-  applyResidualConnectionPostLayernorm: { why: "the residual is always the LayerNorm input (GPT order)" },
+  applyResidualConnectionPostLayernorm: {
+    why: "GPT keeps the residual at the LayerNorm input; pretrain-bert reads it",
+  },
   openaiGelu: { why: "the MLP uses the fused bias + tanh-approximation GeLU" },
   onnxSafe: { why: "the MLP uses the fused bias + tanh-approximation GeLU (no erf GeLU)" },
-  bertNoBinaryHead: { why: "it applies to BERT; megatron-deno trains GPT, which has no binary head" },
+  bertNoBinaryHead: { why: "it applies to BERT (pretrain-bert); GPT has no binary head" },
   noMaskedSoftmaxFusion: {
     why: "megatron-deno has only the fused scale + causal mask + softmax (fp32 math)",
   },
@@ -310,7 +312,7 @@ const REJECTED: { readonly [K in keyof Flags]?: FlagPolicy } = {
   distributeCheckpointedActivations: { why: "stored recompute inputs are kept whole on every TP rank" },
   decoderSeqLength: { why: "it applies to T5's decoder; GPT uses --seq-length" },
   maskProb: { why: "it applies to BERT/T5 masking; GPT pretraining masks nothing" },
-  shortSeqProb: { why: "it applies to BERT; GPT samples are always --seq-length tokens" },
+  shortSeqProb: { why: "it applies to BERT (pretrain-bert); GPT samples are always --seq-length tokens" },
   resetPositionIds: { why: "position ids always run 0..seq-length-1 over a sample" },
   resetAttentionMask: { why: "attention is causal over the whole sample, across end-of-document tokens" },
 };

@@ -1,4 +1,5 @@
-// Word (vocab-parallel) + learned position embeddings, then embedding dropout (hidden_dropout).
+// Word (vocab-parallel) + learned position (+ optional tokentype, BERT) embeddings, then embedding
+// dropout (hidden_dropout).
 
 import { VocabParallelEmbedding } from "../parallel/tensor_parallel.ts";
 import { Purpose } from "../rng/philox.ts";
@@ -17,6 +18,7 @@ import {
   takeSaved,
   tpEnv,
 } from "./common.ts";
+import { headInit, HeadInitKind, TokentypeEmbedding } from "./tokentype_embedding.ts";
 
 interface EmbeddingSaved {
   tokens: Tensor;
@@ -35,8 +37,10 @@ export function wordEmbedding(env: ModuleEnv, name: string): VocabParallelEmbedd
 export class Embedding {
   readonly word: VocabParallelEmbedding;
   readonly positionEmbeddings: Param;
+  /** BERT's segment embedding (numTokentypes > 0), else null (GPT). */
+  readonly tokentype: TokentypeEmbedding | null;
 
-  constructor(readonly env: ModuleEnv, prefix = "language_model.embedding.") {
+  constructor(readonly env: ModuleEnv, prefix = "language_model.embedding.", numTokentypes = 0) {
     const { cfg } = env;
     this.word = wordEmbedding(env, `${prefix}word_embeddings`);
     this.positionEmbeddings = makeParam(
@@ -45,6 +49,14 @@ export class Embedding {
       [cfg.maxPositionEmbeddings, cfg.hiddenSize],
       { kind: "normal", std: cfg.initMethodStd, stream: initStream(-1, ParamKind.positionEmbeddings) },
     );
+    this.tokentype = numTokentypes > 0
+      ? new TokentypeEmbedding(tpEnv(env), {
+        numTokentypes,
+        hiddenSize: cfg.hiddenSize,
+        init: headInit(cfg.seed, cfg.initMethodStd, HeadInitKind.tokentypeEmbeddings),
+        prefix,
+      })
+      : null;
   }
 
   get wordEmbeddings(): Param {
@@ -56,11 +68,12 @@ export class Embedding {
   }
 
   params(): Param[] {
-    return [this.wordEmbeddings, this.positionEmbeddings];
+    return [this.wordEmbeddings, this.positionEmbeddings, ...(this.tokentype?.params() ?? [])];
   }
 
-  /** tokens i32 [b, s] -> hidden [b, s, h] in the model dtype (caller owns the result). */
-  async forward(tokens: Tensor, ctx: MicroBatchContext): Promise<Tensor> {
+  /** tokens i32 [b, s] (and, with a tokentype table, types i32 [b, s]) -> hidden [b, s, h] in the
+   *  model dtype (caller owns the result). */
+  async forward(tokens: Tensor, ctx: MicroBatchContext, types?: Tensor): Promise<Tensor> {
     const { backend, cfg } = this.env;
     assertDType("Embedding.forward", tokens, "i32", "tokens");
     if (tokens.rank !== 2) {
@@ -83,6 +96,12 @@ export class Embedding {
     const posE = backend.empty(dt, [b * s, h]);
     backend.embeddingFwd(positions, this.positionEmbeddings.value, posE, 0);
     backend.add(word, posE, word);
+    if (this.tokentype) {
+      if (!types) throw new Error("Embedding.forward: this embedding has token types; pass them, found none");
+      this.tokentype.forward(types, word, ctx);
+    } else if (types) {
+      throw new Error("Embedding.forward: token types given to an embedding without a tokentype table");
+    }
     const out = backend.empty(dt, [b, s, h]);
     backend.dropout(word.view([b, s, h]), hiddenDropoutP(cfg, ctx), this.addr(ctx, s), out);
     freeAll(backend, [word, posE]);
@@ -104,6 +123,7 @@ export class Embedding {
     }
     this.word.backward(sv.tokens, d);
     backend.embeddingBwd(sv.positions, d, this.positionEmbeddings.grad, 0);
+    this.tokentype?.backward(d, ctx);
     freeAll(backend, [tmp, sv.positions]);
     return Promise.resolve();
   }
@@ -113,6 +133,7 @@ export class Embedding {
     const sv = ctx.saved.get(this) as EmbeddingSaved | undefined;
     if (sv) this.env.backend.free(sv.positions);
     ctx.saved.delete(this);
+    this.tokentype?.discard(ctx);
   }
 
   private addr(ctx: MicroBatchContext, s: number) {
