@@ -7,9 +7,12 @@ import { selectBackend } from "../src/backend/cuda/select.ts";
 import {
   type Config,
   ConfigError,
+  flagName,
+  type FlagValues,
   helpText,
   parseArgs,
   validateForTraining,
+  withDefaults,
 } from "../src/training/config.ts";
 import { SaveDirLock } from "../src/training/lock.ts";
 import { devicePeak } from "../src/training/peak.ts";
@@ -28,6 +31,45 @@ export interface PretrainCommand {
   /** Without --data-path: the config to train instead (an embedded default adjusted by the given
    *  flags), or undefined to leave --data-path required. May throw ConfigError. */
   readonly withoutDataPath?: (cfg: Config) => Promise<Config>;
+}
+
+/** What a model trains on when the user gives no --data-path: a bundled corpus and flag defaults. */
+export interface EmbeddedDefault {
+  /** "GPT", "BERT", "T5" (for the log line). */
+  readonly model: string;
+  /** The tokenizer the bundled corpus was tokenized with; other tokenizer flags are refused. */
+  readonly tokenizerType: NonNullable<FlagValues["tokenizerType"]>;
+  /** How the error line names the corpus ("GPT-2 BPE", "bert-base-uncased"). */
+  readonly corpusName: string;
+  /** Builds the corpus on first use (cached) and returns its --data-path prefix. */
+  readonly corpus: (log: (line: string) => void) => Promise<{ prefix: string }>;
+  readonly defaults: Partial<FlagValues>;
+}
+
+/** A PretrainCommand's withoutDataPath for an embedded default: the user's flags win, the default fills
+ *  the rest, and the log line says which flags came from the command line. */
+export function embeddedDefault(d: EmbeddedDefault): (cfg: Config) => Promise<Config> {
+  return async (cfg) => {
+    for (const k of ["tokenizerType", "vocabFile", "mergeFile", "vocabSize"] as const) {
+      if (cfg.explicit.has(k) && !(k === "tokenizerType" && cfg[k] === d.tokenizerType)) {
+        throw new ConfigError(
+          `${flagName(k)}: the embedded default trains on the bundled ${d.corpusName} corpus; give ` +
+            `--data-path to train on other data`,
+        );
+      }
+    }
+    const { prefix } = await d.corpus((l) => console.log(l));
+    const given = [...cfg.explicit].map((k) => {
+      const v = (cfg as unknown as Record<string, unknown>)[k];
+      return flagName(k) + (v === true ? "" : ` ${Array.isArray(v) ? v.join(" ") : String(v)}`);
+    });
+    const out = withDefaults(cfg, { ...d.defaults, tokenizerType: d.tokenizerType, dataPath: [prefix] });
+    console.log(
+      `> no --data-path: training the embedded default ${d.model} on ${prefix}` +
+        (given.length > 0 ? `; from the command line: ${given.join(", ")}` : ""),
+    );
+    return out;
+  };
 }
 
 function fail(name: string, msg: string, code: number): never {

@@ -5,9 +5,9 @@
 
 import { ensureBertCorpus } from "../src/data/corpus.ts";
 import { bertTask, bertTaskFor } from "../src/training/bert_task.ts";
-import { type Config, ConfigError, flagName, type FlagValues, withDefaults } from "../src/training/config.ts";
+import type { FlagValues } from "../src/training/config.ts";
 import type { TrainingTask } from "../src/training/task.ts";
-import { type PretrainCommand, runPretrain } from "./pretrain.ts";
+import { embeddedDefault, type PretrainCommand, runPretrain } from "./pretrain.ts";
 
 /** The embedded default: a few minutes on a 2-core CPU. */
 export const EMBEDDED_DEFAULT: Partial<FlagValues> = {
@@ -34,34 +34,18 @@ export const EMBEDDED_DEFAULT: Partial<FlagValues> = {
   save: "checkpoints/bert-sotu",
 };
 
-async function embeddedDefault(cfg: Config): Promise<Config> {
-  for (const k of ["tokenizerType", "vocabFile", "vocabSize"] as const) {
-    if (cfg.explicit.has(k) && !(k === "tokenizerType" && cfg[k] === "BertWordPieceLowerCase")) {
-      throw new ConfigError(
-        `${flagName(k)}: the embedded default trains on the bundled bert-base-uncased corpus; give ` +
-          `--data-path to train on other data`,
-      );
-    }
-  }
-  const { prefix } = await ensureBertCorpus({ log: (l) => console.log(l) });
-  const given = [...cfg.explicit].map((k) => {
-    const v = (cfg as unknown as Record<string, unknown>)[k];
-    return flagName(k) + (v === true ? "" : ` ${Array.isArray(v) ? v.join(" ") : String(v)}`);
-  });
-  cfg = withDefaults(cfg, { ...EMBEDDED_DEFAULT, dataPath: [prefix] });
-  console.log(
-    `> no --data-path: training the embedded default BERT on ${prefix}` +
-      (given.length > 0 ? `; from the command line: ${given.join(", ")}` : ""),
-  );
-  return cfg;
-}
-
 /** `megatron pretrain-bert` / `deno task pretrain:bert`. */
 export const PRETRAIN_BERT: PretrainCommand = {
   name: "pretrain_bert",
   task: bertTask as TrainingTask<unknown>,
   taskFor: (cfg) => bertTaskFor(cfg) as TrainingTask<unknown>,
-  withoutDataPath: embeddedDefault,
+  withoutDataPath: embeddedDefault({
+    model: "BERT",
+    tokenizerType: "BertWordPieceLowerCase",
+    corpusName: "bert-base-uncased",
+    corpus: (log) => ensureBertCorpus({ log }),
+    defaults: EMBEDDED_DEFAULT,
+  }),
 };
 
 /** A failure is one line and exit code 1, a bad flag exit code 2. */

@@ -180,7 +180,7 @@ Deno.test("bertTask: batches carry Megatron's fields and the extended mask; samp
   }
 });
 
-Deno.test("pretrain:bert without --data-path builds the BERT corpus on first use, then reuses it", async () => {
+Deno.test("pretrain:bert without --data-path builds the BERT corpus on first use, then it and pretrain:t5 reuse it", async () => {
   const cache = `${DIR}/cache`;
   const small = [
     ...["--num-layers", "1", "--hidden-size", "32", "--num-attention-heads", "2", "--seq-length", "32"],
@@ -208,4 +208,28 @@ Deno.test("pretrain:bert without --data-path builds the BERT corpus on first use
   const again = await runDefault();
   assert.equal(again.code, 0, again.stderr);
   assert.ok(!again.stdout.includes("corpus: building"), again.stdout);
+
+  // pretrain:t5's embedded default trains on the same cached build (sentinels only extend the vocabulary).
+  const t5 = await new Deno.Command(Deno.execPath(), {
+    args: [
+      ...["run", "-A", `${ROOT}/cli.ts`, "pretrain-t5"],
+      ...["--num-layers", "1", "--hidden-size", "32", "--num-attention-heads", "2", "--kv-channels", "16"],
+      ...["--ffn-hidden-size", "64", "--encoder-seq-length", "32", "--decoder-seq-length", "8"],
+      ...["--max-position-embeddings", "32", "--micro-batch-size", "2", "--global-batch-size", "2"],
+      ...["--train-iters", "2", "--eval-iters", "1", "--eval-interval", "2", "--save", `${DIR}/default_t5`],
+    ],
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1", MEGATRON_DENO_CACHE: cache },
+  }).output();
+  const t5out = dec.decode(t5.stdout);
+  assert.equal(t5.code, 0, dec.decode(t5.stderr));
+  assert.ok(!t5out.includes("corpus: building"), t5out);
+  assert.ok(
+    t5out.includes(
+      `> no --data-path: training the embedded default T5 on ${prefix}; from the command line: `,
+    ),
+  );
+  assert.match(t5out, / iteration\s+2\/\s+2 \|.* lm loss: /);
+  assert.ok(!t5out.includes("sop loss"), t5out);
 });
