@@ -120,16 +120,27 @@ function cacheIsValid(prefix: string, manifestPath: string, tokenizer: string): 
   }
 }
 
-/**
- * Returns the prefix of the GPT-2 tokenized State of the Union dataset (…/sotu_text_document),
- * building it on first use. Later calls reuse the cache when it is present and valid.
- */
-export async function ensureDefaultCorpus(opts: CorpusOptions = {}): Promise<{ prefix: string }> {
+/** What differs between the cached corpus builds: everything else (cache check, JSON lines, the
+ *  preprocess call, manifest written last) is shared by buildCachedCorpus. */
+interface CorpusBuild {
+  dir: string;
+  prefix: string;
+  /** Recorded in the manifest; a cache with another value is rebuilt. */
+  tokenizer: string;
+  tokenizerType: string;
+  splitSentences: boolean;
+  appendEod: boolean;
+  /** The last log line, given the finished manifest. */
+  summary: (m: Manifest) => string;
+}
+
+async function buildCachedCorpus(
+  b: CorpusBuild,
+  opts: CorpusOptions,
+): Promise<{ prefix: string }> {
   const log = opts.log ?? (() => {});
-  const dir = opts.cacheDir ?? defaultCacheDir();
-  const prefix = join(dir, "sotu_text_document");
+  const { dir, prefix, tokenizer } = b;
   const manifestPath = join(dir, "sotu.manifest.json");
-  const tokenizer = opts.tokenizerModule ?? "GPT2BPETokenizer";
   if (cacheIsValid(prefix, manifestPath, tokenizer)) return { prefix };
 
   log(`corpus: building ${prefix} from ${CORPUS_PACKAGE} (first use)`);
@@ -146,13 +157,13 @@ export async function ensureDefaultCorpus(opts: CorpusOptions = {}): Promise<{ p
   const res = await preprocess({
     input: jsonl,
     jsonKeys: ["text"],
-    splitSentences: false,
+    splitSentences: b.splitSentences,
     keepNewlines: false,
-    tokenizerType: "GPT2BPETokenizer",
+    tokenizerType: b.tokenizerType,
     vocabFile: opts.vocabFile,
     mergeFile: opts.mergeFile,
     tokenizerModule: opts.tokenizerModule,
-    appendEod: true,
+    appendEod: b.appendEod,
     outputPrefix: join(dir, "sotu"),
     datasetImpl: "mmap",
     workers: opts.workers ?? 1,
@@ -168,7 +179,7 @@ export async function ensureDefaultCorpus(opts: CorpusOptions = {}): Promise<{ p
     source: CORPUS_PACKAGE,
     format: CORPUS_FORMAT,
     tokenizer,
-    appendEod: true,
+    appendEod: b.appendEod,
     documents: ds.numDocuments,
     sequences: ds.length,
     tokens: ds.sizes.reduce((a, b) => a + b, 0),
@@ -183,8 +194,27 @@ export async function ensureDefaultCorpus(opts: CorpusOptions = {}): Promise<{ p
   const mtmp = `${manifestPath}.tmp-${Deno.pid}`;
   Deno.writeTextFileSync(mtmp, JSON.stringify(manifest, null, 2) + "\n");
   Deno.renameSync(mtmp, manifestPath);
-  log(`corpus: ${manifest.documents} documents, ${manifest.tokens} tokens -> ${prefix}`);
+  log(b.summary(manifest));
   return { prefix };
+}
+
+/**
+ * Returns the prefix of the GPT-2 tokenized State of the Union dataset (…/sotu_text_document),
+ * building it on first use. Later calls reuse the cache when it is present and valid.
+ */
+export async function ensureDefaultCorpus(opts: CorpusOptions = {}): Promise<{ prefix: string }> {
+  const dir = opts.cacheDir ?? defaultCacheDir();
+  const prefix = join(dir, "sotu_text_document");
+  // async: a bad cache folder rejects the promise rather than throwing here.
+  return await buildCachedCorpus({
+    dir,
+    prefix,
+    tokenizer: opts.tokenizerModule ?? "GPT2BPETokenizer",
+    tokenizerType: "GPT2BPETokenizer",
+    splitSentences: false,
+    appendEod: true,
+    summary: (m) => `corpus: ${m.documents} documents, ${m.tokens} tokens -> ${prefix}`,
+  }, opts);
 }
 
 /**
@@ -194,62 +224,19 @@ export async function ensureDefaultCorpus(opts: CorpusOptions = {}): Promise<{ p
  * above is untouched.
  */
 export async function ensureBertCorpus(opts: CorpusOptions = {}): Promise<{ prefix: string }> {
-  const log = opts.log ?? (() => {});
   const dir = join(opts.cacheDir ?? defaultCacheDir(), "bert");
   const prefix = join(dir, "sotu_text_sentence");
-  const manifestPath = join(dir, "sotu.manifest.json");
   const tokenizer = "BertWordPieceLowerCase";
-  if (cacheIsValid(prefix, manifestPath, tokenizer)) return { prefix };
-
-  log(`corpus: building ${prefix} from ${CORPUS_PACKAGE} (first use)`);
-  Deno.mkdirSync(dir, { recursive: true });
-  try {
-    Deno.removeSync(manifestPath);
-  } catch { /* absent */ }
-  const jsonl = join(dir, "sotu.jsonl");
-  const { text, documents } = await sotuJsonLines();
-  const tmp = `${jsonl}.tmp-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
-  Deno.writeTextFileSync(tmp, text);
-  Deno.renameSync(tmp, jsonl);
-  const res = await preprocess({
-    input: jsonl,
-    jsonKeys: ["text"],
-    splitSentences: true,
-    keepNewlines: false,
-    tokenizerType: tokenizer,
-    vocabFile: opts.vocabFile,
-    appendEod: false,
-    outputPrefix: join(dir, "sotu"),
-    datasetImpl: "mmap",
-    workers: opts.workers ?? 1,
-    logInterval: 50,
-    skipInvalid: false,
-  }, { log });
-  if (res.prefixes[0] !== prefix) {
-    throw new Error(`corpus: expected output ${prefix}, found ${res.prefixes[0]}`);
-  }
-  const ds = MMapIndexedDataset.open(prefix, { mmap: false });
-  const manifest: Manifest = {
-    source: CORPUS_PACKAGE,
-    format: CORPUS_FORMAT,
+  // The BERT build always uses the WordPiece tokenizer: GPT-2 merges and test tokenizer modules
+  // are not passed on.
+  return await buildCachedCorpus({
+    dir,
+    prefix,
     tokenizer,
+    tokenizerType: tokenizer,
+    splitSentences: true,
     appendEod: false,
-    documents: ds.numDocuments,
-    sequences: ds.length,
-    tokens: ds.sizes.reduce((a, b) => a + b, 0),
-  };
-  ds.close();
-  if (manifest.documents !== documents) {
-    throw new Error(
-      `${prefix}: expected ${documents} documents from ${CORPUS_PACKAGE}, found ${manifest.documents}`,
-    );
-  }
-  // The manifest is written last: its presence marks a complete build.
-  const mtmp = `${manifestPath}.tmp-${Deno.pid}`;
-  Deno.writeTextFileSync(mtmp, JSON.stringify(manifest, null, 2) + "\n");
-  Deno.renameSync(mtmp, manifestPath);
-  log(
-    `corpus: ${manifest.documents} documents, ${manifest.sequences} sentences, ${manifest.tokens} tokens -> ${prefix}`,
-  );
-  return { prefix };
+    summary: (m) =>
+      `corpus: ${m.documents} documents, ${m.sequences} sentences, ${m.tokens} tokens -> ${prefix}`,
+  }, { ...opts, mergeFile: undefined, tokenizerModule: undefined });
 }
