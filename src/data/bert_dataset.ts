@@ -20,6 +20,79 @@ export interface SentenceDataset {
   get(i: number): ArrayLike<number>;
 }
 
+/** The options BertDataset and T5Dataset share for building their samples mapping. */
+export interface SentenceMappingOptions {
+  name: string;
+  dataPrefix: string;
+  indexed: SentenceDataset;
+  docs: ArrayLike<number>;
+  numSamples: number;
+  shortSeqProb: number;
+  seed: number;
+  cache?: boolean;
+  log?: (line: string) => void;
+}
+
+/** The (cached) samples mapping over one split's whole documents, targets at most maxTarget tokens. */
+export function sentenceSamplesMapping(
+  o: SentenceMappingOptions,
+  maxTarget: number,
+  minNumSent: 1 | 2,
+): Uint32Array {
+  return getSamplesMapping({
+    name: o.name,
+    dataPrefix: o.dataPrefix,
+    docs: o.docs,
+    sizes: o.indexed.sizes,
+    numEpochs: null,
+    maxNumSamples: o.numSamples,
+    maxSeqLength: maxTarget,
+    shortSeqProb: o.shortSeqProb,
+    seed: o.seed,
+    minNumSent,
+    cache: o.cache,
+    log: o.log,
+  });
+}
+
+/** A dataset indexed by the rows of a samples mapping (BertDataset, T5Dataset). */
+interface MappedSentences {
+  readonly name: string;
+  readonly dataPrefix: string;
+  readonly indexed: SentenceDataset;
+  /** Flattened [N, 3] rows (start sentence, end sentence, target length). */
+  readonly samplesMapping: Uint32Array;
+}
+
+/** Throws the one-line error for a sample index outside 0..length-1. */
+export function checkSampleIndex(kind: string, name: string, length: number, idx: number): void {
+  if (!Number.isInteger(idx) || idx < 0 || idx >= length) {
+    throw new Error(`${kind} ${name}: expected a sample index in 0..${length - 1}, found ${idx}`);
+  }
+}
+
+/** Row idx's sentences, read from the indexed dataset. */
+export function mappingRowSentences(ds: MappedSentences, idx: number): ArrayLike<number>[] {
+  const m = ds.samplesMapping;
+  const sentences: ArrayLike<number>[] = [];
+  for (let i = m[3 * idx]; i < m[3 * idx + 1]; i++) sentences.push(ds.indexed.get(i));
+  return sentences;
+}
+
+/** Runs build(); its error is rethrown naming file, split, sample and sentences, since bad data (an id
+ *  outside the vocabulary, an empty segment) is otherwise hard to find. */
+export function buildInSampleContext<T>(ds: MappedSentences, idx: number, build: () => T): T {
+  try {
+    return build();
+  } catch (e) {
+    const m = ds.samplesMapping;
+    throw new Error(
+      `${ds.dataPrefix}: ${ds.name} sample ${idx} (sentences ${m[3 * idx]}..${m[3 * idx + 1] - 1}): ` +
+        (e as Error).message,
+    );
+  }
+}
+
 /** One BERT sample with Megatron's field names; arrays have max_seq_length entries. */
 export interface BertSample {
   /** [CLS] A [SEP] B [SEP] after masking, then [PAD]. */
@@ -180,20 +253,8 @@ export class BertDataset {
       binaryHead: o.binaryHead,
       vocab: o.vocab,
     };
-    this.samplesMapping = getSamplesMapping({
-      name: o.name,
-      dataPrefix: o.dataPrefix,
-      docs: o.docs,
-      sizes: o.indexed.sizes,
-      numEpochs: null,
-      maxNumSamples: o.numSamples,
-      maxSeqLength: o.maxSeqLength - 3, // room for [CLS] and two [SEP]
-      shortSeqProb: o.shortSeqProb,
-      seed: o.seed,
-      minNumSent: o.binaryHead ? 2 : 1,
-      cache: o.cache,
-      log: o.log,
-    });
+    // room for [CLS] and two [SEP]
+    this.samplesMapping = sentenceSamplesMapping(o, o.maxSeqLength - 3, o.binaryHead ? 2 : 1);
   }
 
   get length(): number {
@@ -201,23 +262,13 @@ export class BertDataset {
   }
 
   getItem(idx: number): BertSample {
-    if (!Number.isInteger(idx) || idx < 0 || idx >= this.length) {
-      throw new Error(
-        `BertDataset ${this.name}: expected a sample index in 0..${this.length - 1}, found ${idx}`,
-      );
-    }
-    const m = this.samplesMapping;
-    const sentences: ArrayLike<number>[] = [];
-    for (let i = m[3 * idx]; i < m[3 * idx + 1]; i++) sentences.push(this.indexed.get(i));
+    checkSampleIndex("BertDataset", this.name, this.length, idx);
+    const sentences = mappingRowSentences(this, idx);
     const rng = new RandomState((this.seed + idx) % 2 ** 32);
-    try {
-      return buildBertSample(sentences, m[3 * idx + 2], this.#opts, rng);
-    } catch (e) {
-      // Bad data (an id outside the vocabulary, an empty segment) named by file, split, sample and sentences.
-      throw new Error(
-        `${this.dataPrefix}: ${this.name} sample ${idx} (sentences ${m[3 * idx]}..${m[3 * idx + 1] - 1}): ` +
-          (e as Error).message,
-      );
-    }
+    return buildInSampleContext(
+      this,
+      idx,
+      () => buildBertSample(sentences, this.samplesMapping[3 * idx + 2], this.#opts, rng),
+    );
   }
 }

@@ -4,10 +4,15 @@
 // (sentinel, span)... + [EOS]; masks are outer products of "id >= 1" (the decoder's also causal).
 // Per-sample draws come from RandomState(seed + idx).
 
-import type { SentenceDataset } from "./bert_dataset.ts";
+import {
+  buildInSampleContext,
+  checkSampleIndex,
+  mappingRowSentences,
+  type SentenceDataset,
+  sentenceSamplesMapping,
+} from "./bert_dataset.ts";
 import { createMaskedLmPredictions, type MaskedLmVocab, type MaskedSpan } from "./masked_lm.ts";
 import { RandomState } from "./numpy_random.ts";
-import { getSamplesMapping } from "./samples_mapping.ts";
 
 /** One T5 sample with Megatron's field names. Masks are row-major 0/1 matrices. */
 export interface T5Sample {
@@ -203,20 +208,7 @@ export class T5Dataset {
       maskedLmProb: o.maskedLmProb,
       vocab: o.vocab,
     };
-    this.samplesMapping = getSamplesMapping({
-      name: o.name,
-      dataPrefix: o.dataPrefix,
-      docs: o.docs,
-      sizes: o.indexed.sizes,
-      numEpochs: null,
-      maxNumSamples: o.numSamples,
-      maxSeqLength: o.maxSeqLength - 2,
-      shortSeqProb: o.shortSeqProb,
-      seed: o.seed,
-      minNumSent: 1,
-      cache: o.cache,
-      log: o.log,
-    });
+    this.samplesMapping = sentenceSamplesMapping(o, o.maxSeqLength - 2, 1);
   }
 
   get length(): number {
@@ -224,27 +216,17 @@ export class T5Dataset {
   }
 
   getItem(idx: number): T5Sample {
-    if (!Number.isInteger(idx) || idx < 0 || idx >= this.length) {
-      throw new Error(
-        `T5Dataset ${this.name}: expected a sample index in 0..${this.length - 1}, found ${idx}`,
-      );
-    }
-    const m = this.samplesMapping;
-    const sentences: ArrayLike<number>[] = [];
-    for (let i = m[3 * idx]; i < m[3 * idx + 1]; i++) sentences.push(this.indexed.get(i));
+    checkSampleIndex("T5Dataset", this.name, this.length, idx);
+    const sentences = mappingRowSentences(this, idx);
     const seed = this.seed + idx;
     // numpy rejects seeds of 2^32 and more (T5 has no modulo, unlike BERT).
     if (seed > 0xffffffff) {
       throw new Error(`T5Dataset ${this.name}: seed + index = ${seed} exceeds 2^32 - 1 (numpy's seed range)`);
     }
-    try {
-      return buildT5Sample(sentences, m[3 * idx + 2], this.#opts, new RandomState(seed));
-    } catch (e) {
-      // Bad data (an id outside the vocabulary, an empty segment) named by file, split, sample and sentences.
-      throw new Error(
-        `${this.dataPrefix}: ${this.name} sample ${idx} (sentences ${m[3 * idx]}..${m[3 * idx + 1] - 1}): ` +
-          (e as Error).message,
-      );
-    }
+    return buildInSampleContext(
+      this,
+      idx,
+      () => buildT5Sample(sentences, this.samplesMapping[3 * idx + 2], this.#opts, new RandomState(seed)),
+    );
   }
 }
