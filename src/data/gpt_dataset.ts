@@ -488,23 +488,35 @@ function buildSingle(
   return [out[0], out[1], out[2]];
 }
 
+/** Train/valid/test datasets of one model's samples: plain ones, or blends of them. */
+export interface SplitDatasets<D, T> {
+  train: D | BlendableDataset<T> | null;
+  valid: D | BlendableDataset<T> | null;
+  test: D | BlendableDataset<T> | null;
+}
+
 /**
- * build_train_valid_test_datasets: one prefix gives plain GPTDatasets; weighted prefixes give one
- * BlendableDataset per split, each part asked for ceil(n * w * 1.005) samples.
+ * The outer step of build_train_valid_test_datasets, shared by GPT, BERT and T5: one prefix gives
+ * buildSingle's datasets as they are; weighted prefixes give one BlendableDataset per split, each part
+ * asked for ceil(n * w * 1.005) samples.
  */
-export function buildTrainValidTestDatasets(opts: BuildDatasetsOptions): TrainValidTestDatasets {
-  if (opts.dataPrefix.length === 0) throw new Error("--data-path: expected at least one prefix, found none");
-  if (opts.dataPrefix.length === 1) {
-    const [train, valid, test] = buildSingle(opts.dataPrefix[0], opts, opts.trainValidTestNumSamples);
+export function buildSplitsOrBlend<D extends SampleDataset<T>, T>(
+  dataPrefix: readonly string[],
+  trainValidTestNumSamples: readonly [number, number, number],
+  buildSingle: (prefix: string, numSamples: readonly [number, number, number]) => readonly (D | null)[],
+): SplitDatasets<D, T> {
+  if (dataPrefix.length === 0) throw new Error("--data-path: expected at least one prefix, found none");
+  if (dataPrefix.length === 1) {
+    const [train, valid, test] = buildSingle(dataPrefix[0], trainValidTestNumSamples);
     return { train, valid, test };
   }
   const { prefixes, weights, numSamples } = getDatasetsWeightsAndNumSamples(
-    opts.dataPrefix,
-    opts.trainValidTestNumSamples,
+    dataPrefix,
+    trainValidTestNumSamples,
   );
-  const parts: GPTDataset[][] = [[], [], []];
+  const parts: D[][] = [[], [], []];
   for (let i = 0; i < prefixes.length; i++) {
-    const ds = buildSingle(prefixes[i], opts, numSamples[i]);
+    const ds = buildSingle(prefixes[i], numSamples[i]);
     for (let s = 0; s < 3; s++) {
       const d = ds[s];
       if (d !== null) parts[s].push(d);
@@ -520,7 +532,19 @@ export function buildTrainValidTestDatasets(opts: BuildDatasetsOptions): TrainVa
         } of ${weights.length} datasets; adjust --split`,
       );
     }
-    return new BlendableDataset<Int32Array>(parts[s], weights);
+    return new BlendableDataset<T>(parts[s], weights);
   };
   return { train: blend(0), valid: blend(1), test: blend(2) };
+}
+
+/**
+ * build_train_valid_test_datasets: one prefix gives plain GPTDatasets; weighted prefixes give one
+ * BlendableDataset per split, each part asked for ceil(n * w * 1.005) samples.
+ */
+export function buildTrainValidTestDatasets(opts: BuildDatasetsOptions): TrainValidTestDatasets {
+  return buildSplitsOrBlend<GPTDataset, Int32Array>(
+    opts.dataPrefix,
+    opts.trainValidTestNumSamples,
+    (prefix, numSamples) => buildSingle(prefix, opts, numSamples),
+  );
 }

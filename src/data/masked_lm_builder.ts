@@ -2,8 +2,9 @@
 // sentence-level indexed dataset (doc_idx) into train/valid/test; each split gets its own samples
 // mapping over its documents' sentences; several weighted prefixes are blended as for GPT.
 
-import { BlendableDataset, getDatasetsWeightsAndNumSamples, type SampleDataset } from "./blendable.ts";
+import type { SampleDataset } from "./blendable.ts";
 import { BertDataset, type BertSample, type SentenceDataset } from "./bert_dataset.ts";
+import { buildSplitsOrBlend } from "./gpt_dataset.ts";
 import type { MaskedLmVocab } from "./masked_lm.ts";
 import { getTrainValidTestSplit } from "./split.ts";
 import { T5Dataset, type T5Sample } from "./t5_dataset.ts";
@@ -101,35 +102,11 @@ function buildSingle<T>(
 }
 
 function buildAll<T>(opts: CommonOptions, make: MakeSplit<T>): MaskedLmSplits<T> {
-  if (opts.dataPrefix.length === 0) throw new Error("--data-path: expected at least one prefix, found none");
-  if (opts.dataPrefix.length === 1) {
-    const [train, valid, test] = buildSingle(opts.dataPrefix[0], opts, opts.trainValidTestNumSamples, make);
-    return { train, valid, test };
-  }
-  const { prefixes, weights, numSamples } = getDatasetsWeightsAndNumSamples(
+  return buildSplitsOrBlend<SampleDataset<T>, T>(
     opts.dataPrefix,
     opts.trainValidTestNumSamples,
+    (prefix, numSamples) => buildSingle(prefix, opts, numSamples, make),
   );
-  const parts: SampleDataset<T>[][] = [[], [], []];
-  for (let i = 0; i < prefixes.length; i++) {
-    const ds = buildSingle(prefixes[i], opts, numSamples[i], make);
-    for (let s = 0; s < 3; s++) {
-      const d = ds[s];
-      if (d !== null) parts[s].push(d);
-    }
-  }
-  const blend = (s: number) => {
-    if (parts[s].length === 0) return null;
-    if (parts[s].length !== weights.length) {
-      throw new Error(
-        `--data-path: the ${SPLIT_NAMES[s]} split is empty in ${
-          weights.length - parts[s].length
-        } of ${weights.length} datasets; adjust --split`,
-      );
-    }
-    return new BlendableDataset<T>(parts[s], weights);
-  };
-  return { train: blend(0), valid: blend(1), test: blend(2) };
 }
 
 function checkCommon(opts: CommonOptions): void {
