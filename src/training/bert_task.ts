@@ -8,14 +8,13 @@ import { maskedLmVocab, type WordPieceVocabSource } from "../data/masked_lm.ts";
 import { buildBertDatasets } from "../data/masked_lm_builder.ts";
 import { BertModel } from "../models/bert.ts";
 import { SopLoss } from "../models/bert_heads.ts";
-import type { MMapIndexedDataset } from "../data/indexed_dataset.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 import { paddingMaskFromKeep } from "../transformer/attention.ts";
 import { newMicroBatchContext, tpEnv } from "../transformer/common.ts";
 import { vocabParallelLMLoss } from "../transformer/lm_head.ts";
 import { type Config, ConfigError, type FlagKey, GPT_FLAGS, type TaskFlags } from "./config.ts";
-import { openIndexedDataset } from "./data.ts";
-import { iterationFlops, modelConfigOf } from "./gpt_task.ts";
+import { iterationFlops } from "./gpt_task.ts";
+import { buildMaskedLmDatasets, maskedLmModelConfig } from "./masked_lm_task.ts";
 import type {
   ChunkSpec,
   DeviceBatch,
@@ -121,10 +120,7 @@ export function bertHostBatch(samples: BertSample[], s: number): HostBatch {
 
 /** Megatron's BERT pretraining task; `binaryHead` false is --bert-no-binary-head (only "lm loss"). */
 export function makeBertTask(binaryHead: boolean): TrainingTask<BertSample> {
-  const modelConfig = (ctx: TaskContext) => ({
-    ...modelConfigOf(ctx.cfg, ctx.paddedVocab),
-    applyResidualConnectionPostLayernorm: ctx.cfg.applyResidualConnectionPostLayernorm,
-  });
+  const modelConfig = (ctx: TaskContext) => maskedLmModelConfig(ctx.cfg, ctx.paddedVocab);
   return {
     name: "bert",
     lossNames: binaryHead ? ["lm loss", "sop loss"] : ["lm loss"],
@@ -144,32 +140,24 @@ export function makeBertTask(binaryHead: boolean): TrainingTask<BertSample> {
     modelConfig,
     buildDatasets(ctx, numSamples) {
       const { cfg } = ctx;
-      const opened: MMapIndexedDataset[] = [];
-      ctx.log(`> building train, validation, and test datasets (samples: ${numSamples.join(", ")}) ...`);
-      try {
-        const d = buildBertDatasets({
-          dataPrefix: cfg.dataPath!,
-          splitString: cfg.split,
-          trainValidTestNumSamples: numSamples,
-          maskedLmProb: cfg.maskProb,
-          shortSeqProb: cfg.shortSeqProb,
-          seed: cfg.seed,
-          vocab: vocabOf(ctx),
-          seqLength: cfg.seqLength!,
-          binaryHead,
-          open: (prefix) =>
-            openIndexedDataset(
-              prefix,
-              { dataImpl: cfg.dataImpl, mmapWarmup: cfg.mmapWarmup, log: ctx.log },
-              opened,
-            ),
-          log: ctx.log,
-        });
-        return { ...d, close: () => opened.forEach((ds) => ds.close()) };
-      } catch (e) {
-        for (const ds of opened) ds.close();
-        throw e;
-      }
+      return buildMaskedLmDatasets(
+        ctx,
+        `> building train, validation, and test datasets (samples: ${numSamples.join(", ")}) ...`,
+        (open) =>
+          buildBertDatasets({
+            dataPrefix: cfg.dataPath!,
+            splitString: cfg.split,
+            trainValidTestNumSamples: numSamples,
+            maskedLmProb: cfg.maskProb,
+            shortSeqProb: cfg.shortSeqProb,
+            seed: cfg.seed,
+            vocab: vocabOf(ctx),
+            seqLength: cfg.seqLength!,
+            binaryHead,
+            open,
+            log: ctx.log,
+          }),
+      );
     },
     buildChunk(ctx, spec, env) {
       const model = new BertModel(modelConfig(ctx), env.backend, env.ps, env.comm, spec, { binaryHead });

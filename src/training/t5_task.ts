@@ -7,14 +7,13 @@
 import { maskedLmVocab, type WordPieceVocabSource } from "../data/masked_lm.ts";
 import { buildT5Datasets } from "../data/masked_lm_builder.ts";
 import { type T5Sample, t5SampleToJson } from "../data/t5_dataset.ts";
-import type { MMapIndexedDataset } from "../data/indexed_dataset.ts";
 import { MaskedLmLoss } from "../models/lm_logits.ts";
 import { T5Model } from "../models/t5.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 import { type MicroBatchContext, newMicroBatchContext } from "../transformer/common.ts";
 import type { TransformerConfig } from "../transformer/config.ts";
 import { type Config, ConfigError, FLAG_GROUPS, type FlagGroup, type TaskFlags } from "./config.ts";
-import { openIndexedDataset } from "./data.ts";
+import { buildMaskedLmDatasets, maskedLmModelConfig } from "./masked_lm_task.ts";
 import type {
   ChunkEnv,
   ChunkSpec,
@@ -36,25 +35,7 @@ export const T5_FLAGS: TaskFlags = {
 
 /** The T5 config the flags describe: --seq-length is the encoder length (--encoder-seq-length). */
 export function t5ModelConfig(cfg: Config, paddedVocab: number): TransformerConfig {
-  return {
-    numLayers: cfg.numLayers!,
-    hiddenSize: cfg.hiddenSize!,
-    numAttentionHeads: cfg.numAttentionHeads!,
-    kvChannels: cfg.kvChannels,
-    ffnHiddenSize: cfg.ffnHiddenSize,
-    seqLength: cfg.seqLength!,
-    maxPositionEmbeddings: cfg.maxPositionEmbeddings!,
-    vocabSize: paddedVocab,
-    hiddenDropout: cfg.hiddenDropout,
-    attentionDropout: cfg.attentionDropout,
-    initMethodStd: cfg.initMethodStd,
-    layernormEpsilon: cfg.layernormEpsilon,
-    paramsDtype: cfg.paramsDtype,
-    activationsCheckpointMethod: cfg.activationsCheckpointMethod ?? null,
-    activationsCheckpointNumLayers: cfg.activationsCheckpointNumLayers,
-    applyResidualConnectionPostLayernorm: cfg.applyResidualConnectionPostLayernorm,
-    seed: cfg.seed,
-  };
+  return maskedLmModelConfig(cfg, paddedVocab);
 }
 
 /** Model FLOPs of one sample, forward + backward (3x forward; no recompute): encoder and decoder
@@ -188,28 +169,25 @@ export const t5Task: TrainingTask<T5Sample> = {
   modelConfig: (ctx) => t5ModelConfig(ctx.cfg, ctx.paddedVocab),
   buildDatasets(ctx, numSamples) {
     const { cfg } = ctx;
-    const opened: MMapIndexedDataset[] = [];
     const vocab = maskedLmVocab(wordPiece(ctx));
-    ctx.log(`> building train, validation, and test datasets for T5 (samples: ${numSamples.join(", ")}) ...`);
-    try {
-      const d = buildT5Datasets({
-        dataPrefix: cfg.dataPath!,
-        splitString: cfg.split,
-        trainValidTestNumSamples: numSamples,
-        maskedLmProb: cfg.maskProb,
-        shortSeqProb: cfg.shortSeqProb,
-        seed: cfg.seed,
-        vocab,
-        open: (prefix) => openIndexedDataset(prefix, { ...cfg, log: ctx.log }, opened),
-        encoderSeqLength: cfg.seqLength!,
-        decoderSeqLength: cfg.decoderSeqLength!,
-        log: ctx.log,
-      });
-      return { ...d, close: () => opened.forEach((ds) => ds.close()) };
-    } catch (e) {
-      for (const ds of opened) ds.close();
-      throw e;
-    }
+    return buildMaskedLmDatasets(
+      ctx,
+      `> building train, validation, and test datasets for T5 (samples: ${numSamples.join(", ")}) ...`,
+      (open) =>
+        buildT5Datasets({
+          dataPrefix: cfg.dataPath!,
+          splitString: cfg.split,
+          trainValidTestNumSamples: numSamples,
+          maskedLmProb: cfg.maskProb,
+          shortSeqProb: cfg.shortSeqProb,
+          seed: cfg.seed,
+          vocab,
+          open,
+          encoderSeqLength: cfg.seqLength!,
+          decoderSeqLength: cfg.decoderSeqLength!,
+          log: ctx.log,
+        }),
+    );
   },
   buildChunk(ctx, spec, env: ChunkEnv) {
     if (!spec.preProcess || !spec.postProcess) {
