@@ -486,18 +486,21 @@ export function writeHfFolder(dir: string, folder: HfFolder): void {
   Deno.renameSync(tmp, `${dir}/config.json`);
 }
 
+/** config.json field k as a positive integer, or one line naming the file and the key. */
+function positiveIntField(c: Record<string, unknown>, k: string, where: string): number {
+  const v = c[k];
+  if (typeof v !== "number" || !Number.isInteger(v) || v <= 0) {
+    throw new Error(`${where}: ${k}: expected a positive integer, found ${JSON.stringify(v)}`);
+  }
+  return v;
+}
+
 /** The GPT shape from a GPT-2 config.json (n_layer, n_embd, n_head; n_inner must be 4h or null). */
 export function gpt2ShapeFromConfig(c: Record<string, unknown>, where = "config.json"): GptShape & {
   vocab: number;
   positions: number;
 } {
-  const int = (k: string) => {
-    const v = c[k];
-    if (typeof v !== "number" || !Number.isInteger(v) || v <= 0) {
-      throw new Error(`${where}: ${k}: expected a positive integer, found ${JSON.stringify(v)}`);
-    }
-    return v;
-  };
+  const int = (k: string) => positiveIntField(c, k, where);
   const s = {
     numLayers: int("n_layer"),
     hidden: int("n_embd"),
@@ -522,13 +525,7 @@ export function bertShapeFromConfig(c: Record<string, unknown>, where = "config.
   ffn: number;
   layerNormEps: number;
 } {
-  const int = (k: string) => {
-    const v = c[k];
-    if (typeof v !== "number" || !Number.isInteger(v) || v <= 0) {
-      throw new Error(`${where}: ${k}: expected a positive integer, found ${JSON.stringify(v)}`);
-    }
-    return v;
-  };
+  const int = (k: string) => positiveIntField(c, k, where);
   const s = {
     numLayers: int("num_hidden_layers"),
     hidden: int("hidden_size"),
