@@ -22,10 +22,13 @@ export interface SentenceDataset {
 
 /** The options BertDataset and T5Dataset share for building their samples mapping. */
 export interface SentenceMappingOptions {
+  /** "train" | "valid" | "test" (part of the cache name). */
   name: string;
   dataPrefix: string;
   indexed: SentenceDataset;
+  /** This split's document boundaries in sentences (doc_idx[start .. end+1]). */
   docs: ArrayLike<number>;
+  /** Requested samples (max_num_samples); the mapping covers whole epochs, so it has at least this many. */
   numSamples: number;
   shortSeqProb: number;
   seed: number;
@@ -212,24 +215,12 @@ export function padBertSample(
   };
 }
 
-export interface BertDatasetOptions {
-  /** "train" | "valid" | "test" (part of the cache name). */
-  name: string;
-  dataPrefix: string;
-  indexed: SentenceDataset;
-  /** This split's document boundaries in sentences (doc_idx[start .. end+1]). */
-  docs: ArrayLike<number>;
-  /** Requested samples (max_num_samples); the mapping covers whole epochs, so it has at least this many. */
-  numSamples: number;
+export interface BertDatasetOptions extends SentenceMappingOptions {
   /** --seq-length (targets are at most seq_length - 3). */
   maxSeqLength: number;
   maskedLmProb: number;
-  shortSeqProb: number;
-  seed: number;
   binaryHead: boolean;
   vocab: MaskedLmVocab;
-  cache?: boolean;
-  log?: (line: string) => void;
 }
 
 /** Megatron's BertDataset: length = rows of the samples mapping; getItem(idx) = Megatron's sample idx. */

@@ -9,6 +9,7 @@ import {
   checkSampleIndex,
   mappingRowSentences,
   type SentenceDataset,
+  type SentenceMappingOptions,
   sentenceSamplesMapping,
 } from "./bert_dataset.ts";
 import { createMaskedLmPredictions, type MaskedLmVocab, type MaskedSpan } from "./masked_lm.ts";
@@ -167,22 +168,12 @@ export function padT5Sample(
   };
 }
 
-export interface T5DatasetOptions {
-  name: string;
-  dataPrefix: string;
-  indexed: SentenceDataset;
-  /** This split's document boundaries in sentences. */
-  docs: ArrayLike<number>;
-  numSamples: number;
+export interface T5DatasetOptions extends SentenceMappingOptions {
   /** Encoder length (targets are at most this - 2). */
   maxSeqLength: number;
   maxSeqLengthDec: number;
   maskedLmProb: number;
-  shortSeqProb: number;
-  seed: number;
   vocab: MaskedLmVocab;
-  cache?: boolean;
-  log?: (line: string) => void;
 }
 
 /** Megatron's T5Dataset: length = rows of the samples mapping; getItem(idx) = Megatron's sample idx. */
