@@ -153,9 +153,23 @@ async function lmHeadCheck(openaiGelu: boolean) {
     openaiGelu,
   });
   perturb([head.bias, head.dense.bias, head.layernormWeight, head.layernormBias]);
+  return await lmHeadLossCheck(env, we, head, [...head.params(), we.weight], LABELS, 5, 10);
+}
+
+/** An LM head (hidden + tied word embeddings -> logits) through MaskedLmLoss: the gradients of the
+ *  hidden state and of `params` against finite differences. */
+async function lmHeadLossCheck(
+  env: TPEnv,
+  we: VocabParallelEmbedding,
+  head: BertLMHead | T5LMHead,
+  params: Param[],
+  labelIds: number[],
+  hiddenSalt: number,
+  samples: number,
+) {
   const loss = new MaskedLmLoss(env, head.vocabStart);
-  const hidden = tensor(env, [B, S, H], noise(B * S * H, 5));
-  const labels = be.fromHost("i32", [B * S], LABELS);
+  const hidden = tensor(env, [B, S, H], noise(B * S * H, hiddenSalt));
+  const labels = be.fromHost("i32", [B * S], labelIds);
   let dHidden: Tensor | null = null;
   const run = async (backward: boolean) => {
     const ctx = ctxOf();
@@ -171,13 +185,13 @@ async function lmHeadCheck(openaiGelu: boolean) {
     }
     return out.loss;
   };
-  zeroGrads([...head.params(), we.weight]);
+  zeroGrads(params);
   await run(true);
   const targets: GradTarget[] = [
     { name: "hidden", value: hidden, grad: dHidden! },
-    ...[...head.params(), we.weight].map((p) => ({ name: p.name, value: p.value, grad: p.grad })),
+    ...params.map((p) => ({ name: p.name, value: p.value, grad: p.grad })),
   ];
-  return await checkGradients(be, targets, () => run(false), { samples: 10 });
+  return await checkGradients(be, targets, () => run(false), { samples });
 }
 
 Deno.test("gradcheck: BERT LM head (erf GeLU) + masked-LM loss", async () => {
@@ -229,31 +243,8 @@ Deno.test("gradcheck: T5 LM head + masked-LM loss", async () => {
   const we = word(env);
   const head = new T5LMHead(env, { hiddenSize: H, vocabSize: V });
   perturb([head.bias]);
-  const loss = new MaskedLmLoss(env, head.vocabStart);
-  const hidden = tensor(env, [B, S, H], noise(B * S * H, 7));
-  const labels = be.fromHost("i32", [B * S], LABELS.map((l) => (l < 0 ? 0 : l)));
-  let dHidden: Tensor | null = null;
-  const run = async (backward: boolean) => {
-    const ctx = ctxOf();
-    const out = await loss.forward(head.forward(hidden, we.weight, ctx), labels, MASK, ctx);
-    if (backward) {
-      const dl = loss.backward(ctx, 1);
-      dHidden = await head.backward(dl, we.weight, ctx);
-      be.free(dl);
-    } else {
-      loss.discard(ctx);
-      head.discard(ctx);
-    }
-    return out.loss;
-  };
-  zeroGrads([head.bias, we.weight]);
-  await run(true);
-  const targets: GradTarget[] = [
-    { name: "hidden", value: hidden, grad: dHidden! },
-    { name: head.bias.name, value: head.bias.value, grad: head.bias.grad },
-    { name: we.weight.name, value: we.weight.value, grad: we.weight.grad },
-  ];
-  assertClean(await checkGradients(be, targets, () => run(false), { samples: 12 }), "t5 head");
+  const labels = LABELS.map((l) => (l < 0 ? 0 : l));
+  assertClean(await lmHeadLossCheck(env, we, head, [head.bias, we.weight], labels, 7, 12), "t5 head");
 });
 
 Deno.test("gradcheck: BERT heads wired as the model does (lm loss + sop loss into one hidden grad)", async () => {
