@@ -61,18 +61,36 @@ const ID_DOCS = Array.from(
   (_, i) => Array.from({ length: 5 + (i % 9) }, (_, j) => String((i * 7 + j) % 60 + 1)).join(" "),
 );
 
-/** DOCS preprocessed with GPT-2 BPE (+ EOD) by the real CLI; the prefix. */
-async function gpt2Corpus(dir: string): Promise<string> {
-  Deno.writeTextFileSync(`${dir}/g.jsonl`, DOCS.map((text) => JSON.stringify({ text })).join("\n") + "\n");
+/** Writes `texts` as `<dir>/<name>.jsonl` and preprocesses it by the real CLI into `<dir>/<name>_*`. */
+async function cliPreprocess(dir: string, name: string, texts: string[], flags: string[]): Promise<void> {
+  Deno.writeTextFileSync(
+    `${dir}/${name}.jsonl`,
+    texts.map((text) => JSON.stringify({ text })).join("\n") + "\n",
+  );
   const out = await new Deno.Command(Deno.execPath(), {
     args: [
-      ...["run", "-A", CLI, "preprocess", "--input", `${dir}/g.jsonl`, "--output-prefix", `${dir}/g`],
-      ...["--append-eod", "--tokenizer-type", "GPT2BPETokenizer", "--workers", "1"],
+      ...[
+        "run",
+        "-A",
+        CLI,
+        "preprocess",
+        "--input",
+        `${dir}/${name}.jsonl`,
+        "--output-prefix",
+        `${dir}/${name}`,
+      ],
+      ...flags,
+      ...["--workers", "1"],
     ],
     stdout: "piped",
     stderr: "piped",
   }).output();
   assert.equal(out.code, 0, dec.decode(out.stderr));
+}
+
+/** DOCS preprocessed with GPT-2 BPE (+ EOD) by the real CLI; the prefix. */
+async function gpt2Corpus(dir: string): Promise<string> {
+  await cliPreprocess(dir, "g", DOCS, ["--append-eod", "--tokenizer-type", "GPT2BPETokenizer"]);
   return `${dir}/g_text_document`;
 }
 
@@ -531,19 +549,11 @@ for (const m of MASKED_LM) {
         assert.equal(await DATASET_TYPES[m.type](), null);
         return;
       }
-      Deno.writeTextFileSync(
-        `${dir}/s.jsonl`,
-        SENTENCES.map((text) => JSON.stringify({ text })).join("\n") + "\n",
-      );
-      const pre = await new Deno.Command(Deno.execPath(), {
-        args: [
-          ...["run", "-A", CLI, "preprocess", "--input", `${dir}/s.jsonl`, "--output-prefix", `${dir}/s`],
-          ...["--split-sentences", "--tokenizer-type", "BertWordPieceLowerCase", "--workers", "1"],
-        ],
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      assert.equal(pre.code, 0, dec.decode(pre.stderr));
+      await cliPreprocess(dir, "s", SENTENCES, [
+        "--split-sentences",
+        "--tokenizer-type",
+        "BertWordPieceLowerCase",
+      ]);
       const flags = [
         ...["--num-layers", "1", "--hidden-size", "16", "--num-attention-heads", "2", "--lr", "1e-3"],
         ...m.flags,
