@@ -32,6 +32,17 @@ import { BertWordPieceTokenizer } from "../src/tokenizer/bert.ts";
 // doc3 [12] 6 (one sentence) | doc4 [13-17] 1,1,1,1,1
 const SIZES = Int32Array.from([3, 4, 2, 5, 2, 2, 2, 2, 2, 600, 1, 1, 6, 1, 1, 1, 1, 1]);
 const DOCS = [0, 4, 9, 12, 13, 18];
+/** The first hand-worked mapping's options; the other cases change a few of them. */
+const HAND = {
+  docs: DOCS,
+  sizes: SIZES,
+  numEpochs: null,
+  maxNumSamples: 5,
+  maxSeqLength: 6,
+  shortSeqProb: 0.5,
+  seed: 1234,
+  minNumSent: 2 as const,
+};
 const rows = (m: Uint32Array) =>
   Array.from({ length: m.length / 3 }, (_, r) => Array.from(m.subarray(3 * r, 3 * r + 3)));
 
@@ -44,16 +55,7 @@ Deno.test("samples mapping, hand-worked: short targets from std::mt19937(1234), 
   // doc4 target 4: reaches 4 with only 1 left (needs > 1), so it runs to the end -> (13,18,4).
   // std::mt19937_64(1235): 12475983374653888083 573922149886606219 5802434057304372554 9262138314722780250
   // j = r % (i+1) for i = 4..1: 3, 3, 2, 0 -> swap(4,3), then swap(1,0).
-  const m = buildSamplesMapping({
-    docs: DOCS,
-    sizes: SIZES,
-    numEpochs: null,
-    maxNumSamples: 5,
-    maxSeqLength: 6,
-    shortSeqProb: 0.5,
-    seed: 1234,
-    minNumSent: 2,
-  });
+  const m = buildSamplesMapping(HAND);
   assert.deepEqual(rows(m), [[2, 4, 6], [0, 2, 6], [4, 7, 6], [13, 18, 4], [7, 9, 3]]);
 });
 
@@ -61,16 +63,7 @@ Deno.test("samples mapping, hand-worked: one sentence allowed without the binary
   // short_seq_prob 0: no draws, every target is 6. Per epoch: (0,2) (2,4) (4,7) (7,9), doc3's single
   // sentence (12,13), (13,18): 6 rows; 7 requested -> a second, identical epoch: 12 rows.
   // std::mt19937_64(1235) mod (i+1), i = 11..1: 3 6 4 0 3 3 1 0 2 2 0.
-  const m = buildSamplesMapping({
-    docs: DOCS,
-    sizes: SIZES,
-    numEpochs: null,
-    maxNumSamples: 7,
-    maxSeqLength: 6,
-    shortSeqProb: 0,
-    seed: 1234,
-    minNumSent: 1,
-  });
+  const m = buildSamplesMapping({ ...HAND, maxNumSamples: 7, shortSeqProb: 0, minNumSent: 1 });
   assert.deepEqual(rows(m), [
     [13, 18, 6],
     [7, 9, 6],
@@ -87,29 +80,17 @@ Deno.test("samples mapping, hand-worked: one sentence allowed without the binary
   ]);
   // A fixed epoch count instead of a sample cap: one epoch, 6 rows.
   const one = buildSamplesMapping({
-    docs: DOCS,
-    sizes: SIZES,
+    ...HAND,
     numEpochs: 1,
     maxNumSamples: null,
-    maxSeqLength: 6,
     shortSeqProb: 0,
-    seed: 1234,
     minNumSent: 1,
   });
   assert.equal(one.length / 3, 6);
 });
 
 Deno.test("samples mapping: bad options fail with one line naming what was expected", () => {
-  const base = {
-    docs: DOCS,
-    sizes: SIZES,
-    numEpochs: null,
-    maxNumSamples: 5,
-    maxSeqLength: 6,
-    shortSeqProb: 0.1,
-    seed: 1234,
-    minNumSent: 2 as const,
-  };
+  const base = { ...HAND, shortSeqProb: 0.1 };
   assert.throws(
     () => buildSamplesMapping({ ...base, seed: 0 }),
     /^Error: --seed: the BERT\/T5 samples mapping needs a seed in 1\.\.\d+, found 0$/,
@@ -466,19 +447,7 @@ Deno.test("cache trap: Megatron's name omits the binary head; a cache from the o
 Deno.test("getSamplesMapping with cache off writes nothing; getItem out of range and unknown ids are one line", () => {
   const dir = Deno.makeTempDirSync();
   try {
-    const m = getSamplesMapping({
-      name: "train",
-      dataPrefix: `${dir}/x`,
-      docs: DOCS,
-      sizes: SIZES,
-      numEpochs: null,
-      maxNumSamples: 5,
-      maxSeqLength: 6,
-      shortSeqProb: 0.5,
-      seed: 1234,
-      minNumSent: 2,
-      cache: false,
-    });
+    const m = getSamplesMapping({ ...HAND, name: "train", dataPrefix: `${dir}/x`, cache: false });
     assert.equal(m.length / 3, 5);
     assert.deepEqual([...Deno.readDirSync(dir)], []);
     const sentences = [[5, 6], [6], [7]];
