@@ -37,7 +37,7 @@ export interface SentenceMappingOptions {
 }
 
 /** The (cached) samples mapping over one split's whole documents, targets at most maxTarget tokens. */
-export function sentenceSamplesMapping(
+function sentenceSamplesMapping(
   o: SentenceMappingOptions,
   maxTarget: number,
   minNumSent: 1 | 2,
@@ -58,41 +58,51 @@ export function sentenceSamplesMapping(
   });
 }
 
-/** A dataset indexed by the rows of a samples mapping (BertDataset, T5Dataset). */
-interface MappedSentences {
+/** What BertDataset and T5Dataset share: a dataset whose sample idx is row idx of a samples mapping
+ *  over one split's sentences. */
+export class MappedSentenceDataset {
   readonly name: string;
   readonly dataPrefix: string;
   readonly indexed: SentenceDataset;
-  /** Flattened [N, 3] rows (start sentence, end sentence, target length). */
+  /** Flattened [N, 3] rows (start sentence, end sentence, target length), shuffled. */
   readonly samplesMapping: Uint32Array;
-}
+  readonly seed: number;
 
-/** Throws the one-line error for a sample index outside 0..length-1. */
-export function checkSampleIndex(kind: string, name: string, length: number, idx: number): void {
-  if (!Number.isInteger(idx) || idx < 0 || idx >= length) {
-    throw new Error(`${kind} ${name}: expected a sample index in 0..${length - 1}, found ${idx}`);
+  constructor(o: SentenceMappingOptions, maxTarget: number, minNumSent: 1 | 2) {
+    this.name = o.name;
+    this.dataPrefix = o.dataPrefix;
+    this.indexed = o.indexed;
+    this.seed = o.seed;
+    this.samplesMapping = sentenceSamplesMapping(o, maxTarget, minNumSent);
   }
-}
 
-/** Row idx's sentences, read from the indexed dataset. */
-export function mappingRowSentences(ds: MappedSentences, idx: number): ArrayLike<number>[] {
-  const m = ds.samplesMapping;
-  const sentences: ArrayLike<number>[] = [];
-  for (let i = m[3 * idx]; i < m[3 * idx + 1]; i++) sentences.push(ds.indexed.get(i));
-  return sentences;
-}
+  get length(): number {
+    return this.samplesMapping.length / 3;
+  }
 
-/** Runs build(); its error is rethrown naming file, split, sample and sentences, since bad data (an id
- *  outside the vocabulary, an empty segment) is otherwise hard to find. */
-export function buildInSampleContext<T>(ds: MappedSentences, idx: number, build: () => T): T {
-  try {
-    return build();
-  } catch (e) {
-    const m = ds.samplesMapping;
-    throw new Error(
-      `${ds.dataPrefix}: ${ds.name} sample ${idx} (sentences ${m[3 * idx]}..${m[3 * idx + 1] - 1}): ` +
-        (e as Error).message,
-    );
+  /** Row idx's sentences, after checking idx (`kind` names the dataset class in the error). */
+  protected rowSentences(kind: string, idx: number): ArrayLike<number>[] {
+    if (!Number.isInteger(idx) || idx < 0 || idx >= this.length) {
+      throw new Error(`${kind} ${this.name}: expected a sample index in 0..${this.length - 1}, found ${idx}`);
+    }
+    const m = this.samplesMapping;
+    const sentences: ArrayLike<number>[] = [];
+    for (let i = m[3 * idx]; i < m[3 * idx + 1]; i++) sentences.push(this.indexed.get(i));
+    return sentences;
+  }
+
+  /** Runs build(); its error is rethrown naming file, split, sample and sentences, since bad data (an
+   *  id outside the vocabulary, an empty segment) is otherwise hard to find. */
+  protected inSampleContext<T>(idx: number, build: () => T): T {
+    try {
+      return build();
+    } catch (e) {
+      const m = this.samplesMapping;
+      throw new Error(
+        `${this.dataPrefix}: ${this.name} sample ${idx} (sentences ${m[3 * idx]}..${m[3 * idx + 1] - 1}): ` +
+          (e as Error).message,
+      );
+    }
   }
 }
 
@@ -224,40 +234,23 @@ export interface BertDatasetOptions extends SentenceMappingOptions {
 }
 
 /** Megatron's BertDataset: length = rows of the samples mapping; getItem(idx) = Megatron's sample idx. */
-export class BertDataset {
-  readonly name: string;
-  readonly dataPrefix: string;
-  readonly indexed: SentenceDataset;
-  /** Flattened [N, 3] rows (start sentence, end sentence, target length), shuffled. */
-  readonly samplesMapping: Uint32Array;
-  readonly seed: number;
+export class BertDataset extends MappedSentenceDataset {
   readonly #opts: BertSampleOptions;
 
   constructor(o: BertDatasetOptions) {
-    this.name = o.name;
-    this.dataPrefix = o.dataPrefix;
-    this.indexed = o.indexed;
-    this.seed = o.seed;
+    super(o, o.maxSeqLength - 3, o.binaryHead ? 2 : 1); // room for [CLS] and two [SEP]
     this.#opts = {
       maxSeqLength: o.maxSeqLength,
       maskedLmProb: o.maskedLmProb,
       binaryHead: o.binaryHead,
       vocab: o.vocab,
     };
-    // room for [CLS] and two [SEP]
-    this.samplesMapping = sentenceSamplesMapping(o, o.maxSeqLength - 3, o.binaryHead ? 2 : 1);
-  }
-
-  get length(): number {
-    return this.samplesMapping.length / 3;
   }
 
   getItem(idx: number): BertSample {
-    checkSampleIndex("BertDataset", this.name, this.length, idx);
-    const sentences = mappingRowSentences(this, idx);
+    const sentences = this.rowSentences("BertDataset", idx);
     const rng = new RandomState((this.seed + idx) % 2 ** 32);
-    return buildInSampleContext(
-      this,
+    return this.inSampleContext(
       idx,
       () => buildBertSample(sentences, this.samplesMapping[3 * idx + 2], this.#opts, rng),
     );

@@ -4,14 +4,7 @@
 // (sentinel, span)... + [EOS]; masks are outer products of "id >= 1" (the decoder's also causal).
 // Per-sample draws come from RandomState(seed + idx).
 
-import {
-  buildInSampleContext,
-  checkSampleIndex,
-  mappingRowSentences,
-  type SentenceDataset,
-  type SentenceMappingOptions,
-  sentenceSamplesMapping,
-} from "./bert_dataset.ts";
+import { MappedSentenceDataset, type SentenceMappingOptions } from "./bert_dataset.ts";
 import { createMaskedLmPredictions, type MaskedLmVocab, type MaskedSpan } from "./masked_lm.ts";
 import { RandomState } from "./numpy_random.ts";
 
@@ -177,45 +170,30 @@ export interface T5DatasetOptions extends SentenceMappingOptions {
 }
 
 /** Megatron's T5Dataset: length = rows of the samples mapping; getItem(idx) = Megatron's sample idx. */
-export class T5Dataset {
-  readonly name: string;
-  readonly dataPrefix: string;
-  readonly indexed: SentenceDataset;
-  readonly samplesMapping: Uint32Array;
-  readonly seed: number;
+export class T5Dataset extends MappedSentenceDataset {
   readonly #opts: T5SampleOptions;
 
   constructor(o: T5DatasetOptions) {
     if (o.vocab.sentinels.length === 0) {
       throw new Error("T5 dataset: expected sentinel tokens, found none (pass --vocab-extra-ids 100)");
     }
-    this.name = o.name;
-    this.dataPrefix = o.dataPrefix;
-    this.indexed = o.indexed;
-    this.seed = o.seed;
+    super(o, o.maxSeqLength - 2, 1);
     this.#opts = {
       maxSeqLength: o.maxSeqLength,
       maxSeqLengthDec: o.maxSeqLengthDec,
       maskedLmProb: o.maskedLmProb,
       vocab: o.vocab,
     };
-    this.samplesMapping = sentenceSamplesMapping(o, o.maxSeqLength - 2, 1);
-  }
-
-  get length(): number {
-    return this.samplesMapping.length / 3;
   }
 
   getItem(idx: number): T5Sample {
-    checkSampleIndex("T5Dataset", this.name, this.length, idx);
-    const sentences = mappingRowSentences(this, idx);
+    const sentences = this.rowSentences("T5Dataset", idx);
     const seed = this.seed + idx;
     // numpy rejects seeds of 2^32 and more (T5 has no modulo, unlike BERT).
     if (seed > 0xffffffff) {
       throw new Error(`T5Dataset ${this.name}: seed + index = ${seed} exceeds 2^32 - 1 (numpy's seed range)`);
     }
-    return buildInSampleContext(
-      this,
+    return this.inSampleContext(
       idx,
       () => buildT5Sample(sentences, this.samplesMapping[3 * idx + 2], this.#opts, new RandomState(seed)),
     );
