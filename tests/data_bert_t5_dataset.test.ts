@@ -464,11 +464,9 @@ Deno.test("getSamplesMapping with cache off writes nothing; getItem out of range
       eos: 0,
       sentinels: new Int32Array(0),
     };
-    const ds = new BertDataset({
+    const small = {
       name: "train",
       dataPrefix: `${dir}/x`,
-      indexed,
-      docs: [0, 3],
       numSamples: 1,
       maxSeqLength: 12,
       maskedLmProb: 0.15,
@@ -477,7 +475,8 @@ Deno.test("getSamplesMapping with cache off writes nothing; getItem out of range
       binaryHead: false,
       vocab,
       cache: false,
-    });
+    };
+    const ds = new BertDataset({ ...small, indexed, docs: [0, 3] });
     assert.throws(
       () => ds.getItem(ds.length),
       new RegExp(
@@ -486,18 +485,9 @@ Deno.test("getSamplesMapping with cache off writes nothing; getItem out of range
     );
     // Token ids the vocabulary does not have fail by position.
     const bad = new BertDataset({
-      name: "train",
-      dataPrefix: `${dir}/x`,
+      ...small,
       indexed: { sizes: Int32Array.from([2]), get: () => [5, 99] },
       docs: [0, 1],
-      numSamples: 1,
-      maxSeqLength: 12,
-      maskedLmProb: 0.15,
-      shortSeqProb: 0,
-      seed: 3,
-      binaryHead: false,
-      vocab,
-      cache: false,
     });
     assert.throws(
       () => bad.getItem(0),
