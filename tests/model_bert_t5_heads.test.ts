@@ -69,6 +69,21 @@ function word(env: TPEnv): VocabParallelEmbedding {
   );
 }
 
+/** The test's BERT heads (fixed SEED/STD inits); `extra` adds LM-head options as given. */
+function bertLmHead(env: TPEnv, extra: { openaiGelu?: boolean } = {}): BertLMHead {
+  return new BertLMHead(env, {
+    hiddenSize: H,
+    vocabSize: V,
+    init: headInit(SEED, STD, HeadInitKind.lmHeadDense),
+    layernormEpsilon: 1e-5,
+    ...extra,
+  });
+}
+const newPooler = (env: TPEnv) =>
+  new Pooler(env, { hiddenSize: H, init: headInit(SEED, STD, HeadInitKind.pooler) });
+const newBinaryHead = (env: TPEnv) =>
+  new BinaryHead(env, { hiddenSize: H, init: headInit(SEED, STD, HeadInitKind.binaryHead) });
+
 const LABELS = [3, -1, 7, 0, -1, 11, 5, -1, 2, 9]; // -1 at unmasked positions, as BERT's dataset
 const MASK = [1, 0, 1, 1, 0, 1, 1, 0, 1, 1];
 
@@ -107,7 +122,7 @@ Deno.test("gradcheck: tokentype embedding", async () => {
 Deno.test("gradcheck: pooler (token 0 and token 2)", async () => {
   const env = single();
   for (const seqIdx of [0, 2]) {
-    const pooler = new Pooler(env, { hiddenSize: H, init: headInit(SEED, STD, HeadInitKind.pooler) });
+    const pooler = newPooler(env);
     perturb([pooler.dense.bias]);
     const hidden = tensor(env, [B, S, H], noise(B * S * H, 3)), r = noise(B * H, 4);
     let dHidden: Tensor | null = null;
@@ -145,13 +160,7 @@ Deno.test("gradcheck: pooler (token 0 and token 2)", async () => {
 async function lmHeadCheck(openaiGelu: boolean) {
   const env = single();
   const we = word(env);
-  const head = new BertLMHead(env, {
-    hiddenSize: H,
-    vocabSize: V,
-    init: headInit(SEED, STD, HeadInitKind.lmHeadDense),
-    layernormEpsilon: 1e-5,
-    openaiGelu,
-  });
+  const head = bertLmHead(env, { openaiGelu });
   perturb([head.bias, head.dense.bias, head.layernormWeight, head.layernormBias]);
   return await lmHeadLossCheck(env, we, head, [...head.params(), we.weight], LABELS, 5, 10);
 }
@@ -204,7 +213,7 @@ Deno.test("gradcheck: BERT LM head (--openai-gelu) + masked-LM loss", async () =
 
 Deno.test("gradcheck: binary head + SOP loss (ignore_index -1)", async () => {
   const env = single();
-  const head = new BinaryHead(env, { hiddenSize: H, init: headInit(SEED, STD, HeadInitKind.binaryHead) });
+  const head = newBinaryHead(env);
   perturb([head.dense.bias]);
   const sop = new SopLoss(env);
   const pooled = tensor(env, [3, H], noise(3 * H, 6));
@@ -250,14 +259,7 @@ Deno.test("gradcheck: T5 LM head + masked-LM loss", async () => {
 Deno.test("gradcheck: BERT heads wired as the model does (lm loss + sop loss into one hidden grad)", async () => {
   const env = single();
   const we = word(env);
-  const lm = new BertLMHead(env, {
-    hiddenSize: H,
-    vocabSize: V,
-    init: headInit(SEED, STD, HeadInitKind.lmHeadDense),
-    layernormEpsilon: 1e-5,
-  });
-  const pooler = new Pooler(env, { hiddenSize: H, init: headInit(SEED, STD, HeadInitKind.pooler) });
-  const bin = new BinaryHead(env, { hiddenSize: H, init: headInit(SEED, STD, HeadInitKind.binaryHead) });
+  const lm = bertLmHead(env), pooler = newPooler(env), bin = newBinaryHead(env);
   const mlm = new MaskedLmLoss(env, lm.vocabStart), sop = new SopLoss(env);
   const all = [we.weight, ...pooler.params(), ...lm.params(), ...bin.params()];
   perturb([lm.bias, lm.dense.bias, lm.layernormWeight, lm.layernormBias, pooler.dense.bias, bin.dense.bias]);
@@ -365,14 +367,7 @@ async function runHead(kind: "bert" | "t5", tp: number): Promise<HeadRun[]> {
   const hidden = noise(B * S * H, 9);
   return await inTP(tp, async (env) => {
     const we = word(env);
-    const head = kind === "bert"
-      ? new BertLMHead(env, {
-        hiddenSize: H,
-        vocabSize: V,
-        init: headInit(SEED, STD, HeadInitKind.lmHeadDense),
-        layernormEpsilon: 1e-5,
-      })
-      : new T5LMHead(env, { hiddenSize: H, vocabSize: V });
+    const head = kind === "bert" ? bertLmHead(env) : new T5LMHead(env, { hiddenSize: H, vocabSize: V });
     // The bias starts at zero: give it values drawn by global index, so shards are slices.
     const full = noise(V, 10), bias = head.bias;
     const mine = full.slice(head.vocabStart, head.vocabStart + V / tp);
@@ -512,14 +507,7 @@ Deno.test("f32 and bf16 BERT heads (+ tokentype) follow the f64 result (dtype pl
   const runAt = async (dtype: DType) => {
     const env = single(dtype);
     const we = word(env);
-    const lm = new BertLMHead(env, {
-      hiddenSize: H,
-      vocabSize: V,
-      init: headInit(SEED, STD, HeadInitKind.lmHeadDense),
-      layernormEpsilon: 1e-5,
-    });
-    const pooler = new Pooler(env, { hiddenSize: H, init: headInit(SEED, STD, HeadInitKind.pooler) });
-    const bin = new BinaryHead(env, { hiddenSize: H, init: headInit(SEED, STD, HeadInitKind.binaryHead) });
+    const lm = bertLmHead(env), pooler = newPooler(env), bin = newBinaryHead(env);
     const tt = new TokentypeEmbedding(env, {
       numTokentypes: 2,
       hiddenSize: H,
