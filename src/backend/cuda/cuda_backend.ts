@@ -51,6 +51,7 @@ import { type DiscoverEnv, realDiscoverEnv } from "../../../ffi/discover.ts";
 import { CachingAllocator, type MemoryStats } from "./allocator.ts";
 import { cudaVersionString, KernelLibrary, kernelsDirUrl } from "./kernels.ts";
 import { checkGemmBounds, toCublasGemm } from "./gemm_map.ts";
+import { CudaProfiler, type ProfileReport } from "./profiler.ts";
 
 /** Device storage: one allocator block. Views share it. */
 export class CudaStorage implements Storage {
@@ -69,6 +70,51 @@ export interface CudaBackendOptions {
   /** Debug mode: synchronize after every kernel launch, GEMM and device copy and throw naming the
    *  op that failed (default: MEGATRON_DENO_CUDA_SYNC=1). Slow; for finding a faulting kernel. */
   syncCheck?: boolean;
+}
+
+/** The Backend ops profiling mode times (everything that queues device work or reads it back;
+ *  toF64 goes through toHost). */
+export const PROFILED_OPS = [
+  "zeros",
+  "fromHost",
+  "toHost",
+  "copy",
+  "fill",
+  "scale",
+  "add",
+  "transpose12",
+  "sumRows",
+  "gemm",
+  "layerNormFwd",
+  "layerNormBwd",
+  "biasGeluFwd",
+  "biasGeluBwd",
+  "activationFwd",
+  "activationBwd",
+  "softmaxFwd",
+  "softmaxBwd",
+  "normalInit",
+  "dropout",
+  "biasDropoutAdd",
+  "embeddingFwd",
+  "embeddingBwd",
+  "ceStats",
+  "ceSumExp",
+  "ceLoss",
+  "ceBwd",
+  "adamStep",
+  "sgdStep",
+  "sumSquares",
+  "countZeros",
+  "nonFinite",
+] as const;
+
+/** Profile row of a GEMM: its shape, so the table separates QKV, MLP, logits and attention GEMMs. */
+function gemmLabel(g: GemmArgs): string {
+  const b = g.batch ?? 1;
+  return `gemm ${g.a.dtype} ${g.transA ? "T" : "N"}${g.transB ? "T" : "N"} ${g.m}x${g.n}x${g.k}${
+    b > 1 ? ` x${b}` : ""
+  }`;
 }
 
 const FLOAT_KERNEL_DTYPES: readonly DType[] = ["f32", "f16", "bf16"];
@@ -208,6 +254,8 @@ export class CudaBackend implements Backend {
   private readonly alpha64 = new Float64Array(1);
   private readonly beta64 = new Float64Array(1);
   private disposed = false;
+  /** Set while profiling (startProfiling .. stopProfiling). */
+  private prof: CudaProfiler | null = null;
 
   private constructor(
     private readonly rt: Cudart,
@@ -285,8 +333,17 @@ export class CudaBackend implements Backend {
     args: (number | bigint)[],
   ) {
     const k = this.kernels.get(name);
-    this.drv.launch(k.fn, grid, block, 0, this.stream, k.kinds as ArgKind[], args, name);
+    this.submit(() => this.drv.launch(k.fn, grid, block, 0, this.stream, k.kinds as ArgKind[], args, name));
     if (this.syncCheck) this.checkedSync(`kernel ${name} grid [${grid}] block [${block}]`);
+  }
+
+  /** A stream submission (launch, cuBLAS call, copy, memset): counted and timed when profiling. */
+  private submit(fn: () => void): void {
+    const p = this.prof;
+    if (!p) return fn();
+    const t0 = performance.now();
+    fn();
+    p.submitted(performance.now() - t0);
   }
 
   /** Sync-check mode: wait for the stream and name `what` if it (or anything before it) failed. */
@@ -382,8 +439,63 @@ export class CudaBackend implements Backend {
     return ms;
   }
 
+  /**
+   * Profiling mode: from now on every Backend op (PROFILED_OPS) is bracketed by CUDA events on the
+   * stream and its host time and stream submissions are counted; `markProfileStep()` closes a
+   * training step; `stopProfiling()` waits for the events and returns the per-op report. The ops run
+   * exactly as without profiling (same launches, same results); only the events are added.
+   */
+  startProfiling(): void {
+    if (this.prof) throw new Error("cuda: startProfiling while already profiling");
+    const rt = this.rt, stream = this.stream;
+    const prof = new CudaProfiler({
+      create: () => rt.eventCreate(),
+      record: (e) => rt.eventRecord(e, stream),
+      synchronize: (e) => rt.eventSynchronize(e),
+      elapsedMs: (a, b) => rt.elapsedMs(a, b),
+      destroy: (e) => rt.eventDestroy(e),
+    });
+    const self = this as unknown as Record<string, (...a: unknown[]) => unknown>;
+    const proto = CudaBackend.prototype as unknown as Record<string, (...a: unknown[]) => unknown>;
+    for (const op of PROFILED_OPS) {
+      const fn = proto[op];
+      if (typeof fn !== "function") continue;
+      // An own property shadows the prototype's method until stopProfiling deletes it.
+      self[op] = (...a: unknown[]) => {
+        prof.enter(op === "gemm" ? gemmLabel(a[0] as GemmArgs) : op);
+        try {
+          return fn.apply(this, a);
+        } finally {
+          prof.exit();
+        }
+      };
+    }
+    this.prof = prof;
+  }
+
+  /** Closes one training step of the profile. */
+  markProfileStep(): void {
+    if (!this.prof) throw new Error("cuda: markProfileStep without startProfiling");
+    this.prof.markStep();
+  }
+
+  /** Ends profiling mode and returns the report (waits for the recorded events). */
+  stopProfiling(): ProfileReport {
+    const prof = this.prof;
+    if (!prof) throw new Error("cuda: stopProfiling without startProfiling");
+    const self = this as unknown as Record<string, unknown>;
+    for (const op of PROFILED_OPS) delete self[op];
+    this.prof = null;
+    try {
+      return prof.report();
+    } finally {
+      prof.dispose();
+    }
+  }
+
   dispose(): void {
     if (this.disposed) return;
+    if (this.prof) this.stopProfiling();
     this.disposed = true;
     this.rt.streamSynchronize(this.stream);
     this.alloc.releaseAll();
@@ -401,7 +513,7 @@ export class CudaBackend implements Backend {
 
   zeros(dtype: DType, shape: Shape): Tensor {
     const t = this.empty(dtype, shape);
-    if (t.bytes > 0) this.rt.memsetAsync(this.ptr(t), 0, t.bytes, this.stream);
+    if (t.bytes > 0) this.submit(() => this.rt.memsetAsync(this.ptr(t), 0, t.bytes, this.stream));
     return t;
   }
 
@@ -411,7 +523,7 @@ export class CudaBackend implements Backend {
     const t = this.empty(dtype, shape);
     if (t.bytes > 0) {
       const view = new Uint8Array(host.buffer as ArrayBuffer, host.byteOffset, t.bytes);
-      this.rt.htod(this.ptr(t), view, t.bytes, this.stream);
+      this.submit(() => this.rt.htod(this.ptr(t), view, t.bytes, this.stream));
     }
     return t;
   }
@@ -420,7 +532,7 @@ export class CudaBackend implements Backend {
     const out = allocHost(t.dtype, t.size);
     if (t.bytes > 0) {
       const view = new Uint8Array(out.buffer as ArrayBuffer, 0, t.bytes);
-      this.rt.dtoh(view, this.ptr(t), t.bytes, this.stream);
+      this.submit(() => this.rt.dtoh(view, this.ptr(t), t.bytes, this.stream));
     }
     this.sync();
     return out;
@@ -469,7 +581,7 @@ export class CudaBackend implements Backend {
   }
 
   private dtod(dst: bigint, src: bigint, bytes: number): void {
-    this.rt.dtod(dst, src, bytes, this.stream);
+    this.submit(() => this.rt.dtod(dst, src, bytes, this.stream));
     if (this.syncCheck) this.checkedSync(`cudaMemcpyAsync(DtoD, ${bytes} bytes)`);
   }
 
@@ -479,7 +591,7 @@ export class CudaBackend implements Backend {
     } else if (t.dtype === "i32") {
       this.launch1d("md_fill_i32", t.size, [this.ptr(t), t.size, value]);
     } else if (value === 0) {
-      if (t.bytes > 0) this.rt.memsetAsync(this.ptr(t), 0, t.bytes, this.stream);
+      if (t.bytes > 0) this.submit(() => this.rt.memsetAsync(this.ptr(t), 0, t.bytes, this.stream));
     } else {
       throw new Error(`cuda fill: dtype ${t.dtype} supports only value 0, got ${value}`);
     }
@@ -560,6 +672,7 @@ export class CudaBackend implements Backend {
     // cuBLAS's first operand is the caller's B (see gemm_map.ts).
     const pa = this.ptr(b), pb = this.ptr(a), pc = this.ptr(c);
     const batch = g.batch ?? 1;
+    const t0 = this.prof ? performance.now() : 0;
     if (batch === 1) {
       this.blas.check(
         "cublasGemmEx",
@@ -615,6 +728,7 @@ export class CudaBackend implements Backend {
         ),
       );
     }
+    this.prof?.submitted(performance.now() - t0);
     if (this.syncCheck) {
       this.checkedSync(
         `gemm ${a.dtype}->${c.dtype} ${g.transA ? "T" : "N"}${
@@ -1092,7 +1206,7 @@ export class CudaBackend implements Backend {
     requireSize(op, out, 1, "out");
     const chunks = Math.ceil(x.size / REDUCE_CHUNK);
     if (chunks === 0) {
-      if (!accumulate) this.rt.memsetAsync(this.ptr(out), 0, 8, this.stream);
+      if (!accumulate) this.submit(() => this.rt.memsetAsync(this.ptr(out), 0, 8, this.stream));
       return;
     }
     const partial = this.empty("f64", [chunks]);
