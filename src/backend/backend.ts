@@ -44,6 +44,49 @@ export type SoftmaxMask =
   /** u8 [b, sq, sk], 1 = masked (Megatron's boolean True); broadcast over heads. */
   | { kind: "padding"; mask: Tensor };
 
+/** One operand of fused attention: element (sample bi, head hd, row i, feature d) is at the tensor's
+ *  element bi * strideB + hd * strideH + i * ld + d (q, k, v inside a QKV projection, or the context
+ *  written straight into [b, sq, np, hn]). */
+export interface AttentionOperand {
+  t: Tensor;
+  strideB: number;
+  strideH: number;
+  ld: number;
+}
+
+/** softmax(scale * q k^T + mask) with dropout, times v, per (sample, head); what the unfused path
+ *  computes with gemm, softmaxFwd, dropout and gemm, without the [b, np, sq, sk] probabilities. */
+export interface FusedAttentionArgs {
+  b: number;
+  np: number;
+  sq: number;
+  sk: number;
+  hn: number;
+  scale: number;
+  /** As softmaxFwd's (masked scores become -10000). */
+  mask: SoftmaxMask;
+  /** Attention-dropout probability (0: none) and the address `dropout` would get for the
+   *  [b, np, sq, sk] probabilities, so the kept elements are the same. */
+  dropoutP: number;
+  dropoutAddr: RngAddress | null;
+  q: AttentionOperand;
+  k: AttentionOperand;
+  v: AttentionOperand;
+  /** The context [b, np, sq, hn] (any strides); written by forward, read by backward. */
+  out: AttentionOperand;
+  /** f32 [b * np * sq]: each query row's log-sum-exp, written by forward, read by backward. */
+  lse: Tensor;
+}
+
+/** Gradients of fused attention; each tensor is laid out as the forward operand it belongs to
+ *  (dOut as out, dq as q, ...), and dq/dk/dv are overwritten. */
+export interface FusedAttentionGrads {
+  dOut: Tensor;
+  dq: Tensor;
+  dk: Tensor;
+  dv: Tensor;
+}
+
 /** Elementwise activations beyond the fused bias-GeLU: tanh (BERT pooler) and the exact erf GeLU
  *  0.5 x (1 + erf(x / sqrt 2)) (torch's F.gelu, BERT's LM head). */
 export type Activation = "tanh" | "gelu_erf";
@@ -171,6 +214,10 @@ export interface Backend {
   softmaxFwd(scores: Tensor, scale: number, mask: SoftmaxMask, probs: Tensor): void;
   /** dscores = scale * probs * (dprobs - sum(dprobs * probs)). */
   softmaxBwd(dprobs: Tensor, probs: Tensor, scale: number, dscores: Tensor): void;
+  /** Optional fused attention (CUDA, when enabled); src/transformer/attention.ts uses it when both
+   *  directions are present and otherwise composes gemm / softmax / dropout. */
+  fusedAttentionFwd?(a: FusedAttentionArgs): void;
+  fusedAttentionBwd?(a: FusedAttentionArgs, g: FusedAttentionGrads): void;
   /**
    * out[i] = std * normal(addr's counter index of i) (philox.ts PhiloxStream.normal, f64), stored
    * as fromHost stores an f64 (f64 -> f32 -> f16/bf16, each RNE). Weight initialization: every

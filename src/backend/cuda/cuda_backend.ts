@@ -19,7 +19,10 @@ import { numel, type Shape, shapeStr, type Storage, Tensor } from "../../tensor/
 import {
   type Activation,
   type AdamArgs,
+  type AttentionOperand,
   type Backend,
+  type FusedAttentionArgs,
+  type FusedAttentionGrads,
   type GemmArgs,
   REDUCE_CHUNK,
   type RngAddress,
@@ -70,6 +73,10 @@ export interface CudaBackendOptions {
   /** Debug mode: synchronize after every kernel launch, GEMM and device copy and throw naming the
    *  op that failed (default: MEGATRON_DENO_CUDA_SYNC=1). Slow; for finding a faulting kernel. */
   syncCheck?: boolean;
+  /** Offer fusedAttentionFwd/Bwd (kernels/attention.cu), which src/transformer/attention.ts then
+   *  uses instead of gemm + softmax + dropout + gemm (default: MEGATRON_DENO_FUSED_ATTENTION=1). Off
+   *  by default until a GPU run shows it faster than the unfused path (bench:gpu --fused-attention). */
+  fusedAttention?: boolean;
 }
 
 /** The Backend ops profiling mode times (everything that queues device work or reads it back;
@@ -107,7 +114,13 @@ export const PROFILED_OPS = [
   "sumSquares",
   "countZeros",
   "nonFinite",
+  "fusedAttentionFwd",
+  "fusedAttentionBwd",
 ] as const;
+
+/** kernels/attention.cu FA_ROWS and FA_MAXD. */
+const FLASH_ROWS = 64;
+const FLASH_MAX_HEAD_DIM = 128;
 
 /** Profile row of a GEMM: its shape, so the table separates QKV, MLP, logits and attention GEMMs. */
 function gemmLabel(g: GemmArgs): string {
@@ -254,8 +267,12 @@ export class CudaBackend implements Backend {
   private readonly alpha64 = new Float64Array(1);
   private readonly beta64 = new Float64Array(1);
   private disposed = false;
+  fusedAttentionFwd?: (a: FusedAttentionArgs) => void;
+  fusedAttentionBwd?: (a: FusedAttentionArgs, g: FusedAttentionGrads) => void;
   /** Set while profiling (startProfiling .. stopProfiling). */
   private prof: CudaProfiler | null = null;
+  /** Own-property ops (the optional fused ones) replaced while profiling, restored after. */
+  private readonly unprofiled = new Map<string, (...a: unknown[]) => unknown>();
 
   private constructor(
     private readonly rt: Cudart,
@@ -266,7 +283,12 @@ export class CudaBackend implements Backend {
     private readonly kernels: KernelLibrary,
     readonly device: number,
     readonly syncCheck: boolean,
+    fusedAttention: boolean,
   ) {
+    if (fusedAttention) {
+      this.fusedAttentionFwd = (a) => this.flashFwd(a);
+      this.fusedAttentionBwd = (a, g) => this.flashBwd(a, g);
+    }
     this.alloc = new CachingAllocator({
       malloc: (b) => rt.tryMalloc(b),
       free: (p) => rt.free(p),
@@ -315,7 +337,8 @@ export class CudaBackend implements Backend {
         ),
     );
     const syncCheck = opts.syncCheck ?? env.get("MEGATRON_DENO_CUDA_SYNC") === "1";
-    return new CudaBackend(rt, drv, blas, handle, stream, kernels, device, syncCheck);
+    const fused = opts.fusedAttention ?? env.get("MEGATRON_DENO_FUSED_ATTENTION") === "1";
+    return new CudaBackend(rt, drv, blas, handle, stream, kernels, device, syncCheck, fused);
   }
 
   // ---- plumbing ----------------------------------------------------------------------------
@@ -456,10 +479,11 @@ export class CudaBackend implements Backend {
       destroy: (e) => rt.eventDestroy(e),
     });
     const self = this as unknown as Record<string, (...a: unknown[]) => unknown>;
-    const proto = CudaBackend.prototype as unknown as Record<string, (...a: unknown[]) => unknown>;
+    this.unprofiled.clear();
     for (const op of PROFILED_OPS) {
-      const fn = proto[op];
-      if (typeof fn !== "function") continue;
+      const fn = self[op];
+      if (typeof fn !== "function") continue; // an optional op this backend does not offer
+      if (Object.hasOwn(this, op)) this.unprofiled.set(op, fn);
       // An own property shadows the prototype's method until stopProfiling deletes it.
       self[op] = (...a: unknown[]) => {
         prof.enter(op === "gemm" ? gemmLabel(a[0] as GemmArgs) : op);
@@ -484,7 +508,11 @@ export class CudaBackend implements Backend {
     const prof = this.prof;
     if (!prof) throw new Error("cuda: stopProfiling without startProfiling");
     const self = this as unknown as Record<string, unknown>;
-    for (const op of PROFILED_OPS) delete self[op];
+    for (const op of PROFILED_OPS) {
+      delete self[op];
+      const own = this.unprofiled.get(op);
+      if (own) self[op] = own;
+    }
     this.prof = null;
     try {
       return prof.report();
@@ -942,6 +970,142 @@ export class CudaBackend implements Backend {
       this.ptr(dscores),
       sk,
     ]);
+  }
+
+  /** Checks one fused-attention operand (dtype, head dim, bounds) and returns its kernel strides. */
+  private flashOperand(what: string, o: AttentionOperand, a: FusedAttentionArgs, len: number): bigint[] {
+    const op = "fusedAttention";
+    requireFloat(op, o.t, what);
+    requireSame(op, a.q.t, o.t, `q/${what}`);
+    for (const k of ["strideB", "strideH", "ld"] as const) {
+      if (!Number.isSafeInteger(o[k]) || o[k] < 0) {
+        throw new Error(`cuda ${op}: ${what}.${k}=${o[k]} is not valid`);
+      }
+    }
+    const last = (a.b - 1) * o.strideB + (a.np - 1) * o.strideH + (len - 1) * o.ld + a.hn - 1;
+    if (last >= o.t.size) {
+      throw new Error(
+        `cuda ${op}: ${what} [${a.b}, ${a.np}, ${len}, ${a.hn}] with strides (${o.strideB}, ${o.strideH}, ${o.ld}) ` +
+          `reaches element ${last} of a ${o.t.size}-element tensor`,
+      );
+    }
+    return [BigInt(o.strideB), BigInt(o.strideH), BigInt(o.ld)];
+  }
+
+  /** The kernels' arguments after the pointers (kernels.ts FLASH_TAIL); checks everything. */
+  private flashTail(a: FusedAttentionArgs): { mask: bigint; tail: (number | bigint)[] } {
+    const op = "fusedAttention";
+    const { b, np, sq, sk, hn } = a;
+    if (![b, np, sq, sk, hn].every((x) => Number.isInteger(x) && x > 0)) {
+      throw new Error(`cuda ${op}: b, np, sq, sk, hn must be positive integers, got ${[b, np, sq, sk, hn]}`);
+    }
+    if (hn > FLASH_MAX_HEAD_DIM) {
+      throw new Error(`cuda ${op}: head dim ${hn} exceeds the kernel's ${FLASH_MAX_HEAD_DIM}`);
+    }
+    if (b * np > 65535) throw new Error(`cuda ${op}: b * np = ${b * np} exceeds the grid's y limit 65535`);
+    requireSize(op, a.lse, b * np * sq, "lse");
+    requireDType(op, a.lse, "f32", "lse");
+    let mask = 0n, kind = 0;
+    if (a.mask.kind === "causal") kind = 1;
+    else if (a.mask.kind === "padding") {
+      requireDType(op, a.mask.mask, "u8", "mask");
+      requireSize(op, a.mask.mask, b * sq * sk, "mask");
+      kind = 2;
+      mask = this.ptr(a.mask.mask);
+    }
+    requireDropProb(op, a.dropoutP);
+    let rng: (number | bigint)[] = [0, 0, 0, 0n, 0n, 1n];
+    if (a.dropoutP > 0) {
+      if (!a.dropoutAddr) throw new Error(`cuda ${op}: dropoutP ${a.dropoutP} needs a dropoutAddr`);
+      rng = this.rngArgs(op, b * np * sq * sk, a.dropoutAddr);
+    }
+    const tail = [
+      kind,
+      a.scale,
+      a.dropoutP,
+      a.dropoutP > 0 ? keepScale(a.dropoutP) : 1,
+      ...rng,
+      np,
+      sq,
+      sk,
+      hn,
+      ...this.flashOperand("q", a.q, a, sq),
+      ...this.flashOperand("k", a.k, a, sk),
+      ...this.flashOperand("v", a.v, a, sk),
+      ...this.flashOperand("out", a.out, a, sq),
+    ];
+    return { mask, tail };
+  }
+
+  private flashFwd(a: FusedAttentionArgs): void {
+    const { mask, tail } = this.flashTail(a);
+    const dt = a.q.t.dtype;
+    this.launch(
+      `md_flash_attn_fwd_${dt}`,
+      [Math.ceil(a.sq / FLASH_ROWS), a.b * a.np, 1],
+      [FLASH_ROWS, 1, 1],
+      [
+        this.ptr(a.q.t),
+        this.ptr(a.k.t),
+        this.ptr(a.v.t),
+        this.ptr(a.out.t),
+        this.ptr(a.lse),
+        mask,
+        ...tail,
+      ],
+    );
+  }
+
+  private flashBwd(a: FusedAttentionArgs, g: FusedAttentionGrads): void {
+    const { mask, tail } = this.flashTail(a);
+    const dt = a.q.t.dtype;
+    for (
+      const [t, o, w] of [[g.dOut, a.out, "dOut"], [g.dq, a.q, "dq"], [g.dk, a.k, "dk"], [
+        g.dv,
+        a.v,
+        "dv",
+      ]] as const
+    ) {
+      requireSame("fusedAttention", o.t, t, `${w} and its operand`);
+      requireSize("fusedAttention", t, o.t.size, w);
+    }
+    const delta = this.scratch(a.b * a.np * a.sq);
+    try {
+      this.launch(`md_flash_attn_bwd_dq_${dt}`, [Math.ceil(a.sq / FLASH_ROWS), a.b * a.np, 1], [
+        FLASH_ROWS,
+        1,
+        1,
+      ], [
+        this.ptr(a.q.t),
+        this.ptr(a.k.t),
+        this.ptr(a.v.t),
+        this.ptr(a.out.t),
+        this.ptr(g.dOut),
+        this.ptr(g.dq),
+        this.ptr(a.lse),
+        this.ptr(delta),
+        mask,
+        ...tail,
+      ]);
+      this.launch(`md_flash_attn_bwd_dkv_${dt}`, [Math.ceil(a.sk / FLASH_ROWS), a.b * a.np, 1], [
+        FLASH_ROWS,
+        1,
+        1,
+      ], [
+        this.ptr(a.q.t),
+        this.ptr(a.k.t),
+        this.ptr(a.v.t),
+        this.ptr(g.dOut),
+        this.ptr(g.dk),
+        this.ptr(g.dv),
+        this.ptr(a.lse),
+        this.ptr(delta),
+        mask,
+        ...tail,
+      ]);
+    } finally {
+      this.free(delta);
+    }
   }
 
   private rngArgs(op: string, n: number, a: RngAddress): (number | bigint)[] {
