@@ -10,7 +10,7 @@ import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
 import { createCudaBackend, type CudaBackend, probeCuda } from "../src/backend/cuda/cuda_backend.ts";
 import type { DiscoverEnv } from "../ffi/discover.ts";
 import { CudaDriver } from "../ffi/cuda.ts";
-import { KernelLibrary } from "../src/backend/cuda/kernels.ts";
+import { FATBINS, KernelLibrary } from "../src/backend/cuda/kernels.ts";
 import { formatProfile } from "../src/backend/cuda/profiler.ts";
 import type { DType } from "../src/tensor/dtype.ts";
 import { availableMemory } from "../src/training/memory_estimate.ts";
@@ -500,7 +500,7 @@ if (lib) {
       const dist = new URL("../kernels/dist/", import.meta.url);
       const dir = await Deno.makeTempDir({ prefix: "md-kernels-dir-" });
       try {
-        for (const f of ["elementwise.fatbin", "transformer.fatbin", "train.fatbin"]) {
+        for (const f of FATBINS) {
           await Deno.copyFile(new URL(f, dist), `${dir}/${f}`);
         }
         const manifest = JSON.parse(await Deno.readTextFile(new URL("manifest.json", dist)));

@@ -9,6 +9,8 @@
 // --profile runs 2 more steps in the backend's profiling mode (after the timed ones, which it does not
 // slow) and prints per step: device ms, calls, launches and host time per op (GEMMs by shape), launches
 // per step and host time per launch.
+// --fused-attention adds a second model run with the flash-attention kernels (kernels/attention.cu)
+// and prints its step time next to the unfused one.
 // --small shrinks every shape (hidden 64, seq 64, vocab 512) to check the script itself, e.g. on
 // the CPU emulator of tests/gpu/emulator; its numbers mean nothing.
 
@@ -30,6 +32,7 @@ const { values: args } = parseArgs({
     "skip-model": { type: "boolean", default: false },
     small: { type: "boolean", default: false },
     profile: { type: "boolean", default: false },
+    "fused-attention": { type: "boolean", default: false },
   },
 });
 
@@ -107,7 +110,13 @@ function kernelBench(be: CudaBackend, rows: string[][]): void {
   for (const t of [x, y, g, bb, mean, rstd, x4, y4, b4, s, p]) be.free(t);
 }
 
-async function modelBench(be: CudaBackend, rows: string[][], profile: string[]): Promise<void> {
+async function modelBench(
+  be: CudaBackend,
+  rows: string[][],
+  profile: string[],
+  fused: boolean,
+): Promise<void> {
+  be.setFusedAttention(fused);
   const layers = Number(args.layers), mb = Number(args["micro-batch"]), steps = Number(args.steps);
   const { h, heads, seq } = SIZES;
   const vocab = args.small ? SIZES.V : padVocabSize(50257, 128, 1);
@@ -180,7 +189,7 @@ async function modelBench(be: CudaBackend, rows: string[][], profile: string[]):
   rows.push([
     `GPT${args.small ? " (--small)" : "-345M-shape"} train step (${layers} layers, ${
       (nParams / 1e6).toFixed(1)
-    }M params)`,
+    }M params${fused ? ", fused attention" : ""})`,
     `bf16 mb=${mb} s=${seq}`,
     (sec * 1000).toFixed(1),
     `${fell ? "" : "FAILED (loss did not fall) "}${(tokens / sec).toFixed(0)} tok/s, ${
@@ -197,7 +206,7 @@ async function modelBench(be: CudaBackend, rows: string[][], profile: string[]):
       await step(3 + steps + i);
       be.markProfileStep();
     }
-    profile.push(formatProfile(be.stopProfiling()));
+    profile.push(`${fused ? "fused" : "unfused"} attention:\n${formatProfile(be.stopProfiling())}`);
   }
 }
 
@@ -215,9 +224,17 @@ async function main(): Promise<number> {
   kernelBench(be, rows);
   if (!args["skip-model"]) {
     try {
-      await modelBench(be, rows, profile);
+      await modelBench(be, rows, profile, false);
     } catch (e) {
       rows.push(["GPT-345M train step", "-", "-", `FAILED: ${(e as Error).message}`]);
+    }
+    if (args["fused-attention"]) {
+      be.emptyCache();
+      try {
+        await modelBench(be, rows, profile, true);
+      } catch (e) {
+        rows.push(["GPT-345M train step, fused attention", "-", "-", `FAILED: ${(e as Error).message}`]);
+      }
     }
   }
   console.log(["what".padEnd(58) + " " + "shape".padEnd(20) + " " + "ms".padStart(9) + "  rate"].join(""));

@@ -285,10 +285,7 @@ export class CudaBackend implements Backend {
     readonly syncCheck: boolean,
     fusedAttention: boolean,
   ) {
-    if (fusedAttention) {
-      this.fusedAttentionFwd = (a) => this.flashFwd(a);
-      this.fusedAttentionBwd = (a, g) => this.flashBwd(a, g);
-    }
+    this.setFusedAttention(fusedAttention);
     this.alloc = new CachingAllocator({
       malloc: (b) => rt.tryMalloc(b),
       free: (p) => rt.free(p),
@@ -445,6 +442,19 @@ export class CudaBackend implements Backend {
   }
   emptyCache(): void {
     this.alloc.emptyCache();
+  }
+
+  /** Offers (or withdraws) fusedAttentionFwd/Bwd from now on, e.g. to time both attention paths on
+   *  one backend (bench:gpu --fused-attention). Not while profiling. */
+  setFusedAttention(on: boolean): void {
+    if (this.prof) throw new Error("cuda: setFusedAttention while profiling");
+    if (on) {
+      this.fusedAttentionFwd = (a) => this.flashFwd(a);
+      this.fusedAttentionBwd = (a, g) => this.flashBwd(a, g);
+    } else {
+      delete this.fusedAttentionFwd;
+      delete this.fusedAttentionBwd;
+    }
   }
 
   /** Records an event on the compute stream (for timing with elapsedMs). */
