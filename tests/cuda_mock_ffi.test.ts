@@ -461,6 +461,16 @@ if (lib) {
     assert.equal(hooks.mock_events_live(), events0, "every profiling event destroyed");
     assert.ok(!Object.hasOwn(cuda, "gemm"), "ops back to the unprofiled methods");
     assert.throws(() => cuda.stopProfiling(), /stopProfiling without startProfiling/);
+    // The optional fused ops are own properties: wrapped while profiling, then restored as they were.
+    cuda.setFusedAttention(true);
+    const fwd = cuda.fusedAttentionFwd;
+    cuda.startProfiling();
+    assert.notEqual(cuda.fusedAttentionFwd, fwd);
+    assert.throws(() => cuda.setFusedAttention(false), /setFusedAttention while profiling/);
+    cuda.stopProfiling();
+    assert.equal(cuda.fusedAttentionFwd, fwd);
+    cuda.setFusedAttention(false);
+    assert.equal(cuda.fusedAttentionFwd, undefined);
     const table = formatProfile(rep).split("\n");
     assert.match(table[0], /^op +calls +launches +device ms +dev % +host ms +host us\/launch/);
     const row = (op: string) => table.find((l) => l.startsWith(op + " "))!;
