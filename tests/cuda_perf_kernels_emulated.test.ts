@@ -1,4 +1,5 @@
-// The fused (flash) attention kernels of kernels/attention.cu, run on the CPU kernel emulator
+// Performance kernels on the CPU kernel emulator: multi-tensor Adam (bit-equal to adamStep + copy per
+// parameter, on the device and on the CPU) and the fused (flash) attention kernels of kernels/attention.cu
 // (tests/gpu/emulator) through the real CudaBackend, against the CPU backend's unfused attention:
 // ParallelAttention forward and backward (output, dx, every parameter gradient, d encoderOutput) for
 // causal, padding (with fully masked rows) and cross attention, f32/bf16/f16, with attention dropout;
@@ -212,6 +213,56 @@ if ("skip" in built) {
       }
     },
   );
+
+  Deno.test({ name: "adamStepMulti equals adamStep + copy per parameter, bit for bit", ...opts }, () => {
+    // 70000 elements span two 65536-element chunks; grads f32 and bf16; model copies bf16/f16/none.
+    const specs: [number, "f32" | "bf16", "bf16" | "f16" | null][] = [
+      [70000, "f32", "bf16"],
+      [33, "f32", "bf16"],
+      [1, "bf16", "bf16"],
+      [500, "bf16", "f16"],
+      [257, "f32", null],
+      [0, "f32", "bf16"],
+    ];
+    const args = { lr: 3e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step: 1 };
+    const make = (be: Backend, salt: number) =>
+      specs.map(([n, gd, od], k) => ({
+        param: be.fromHost("f32", [n], lcgNoise(n, salt + 10 * k)),
+        // The CPU's adamStep takes f32 grads: the bf16 values, converted exactly.
+        grad: be === cpu
+          ? be.fromHost("f32", [n], cpu.toF64(cpu.fromHost(gd, [n], lcgNoise(n, salt + 10 * k + 1))))
+          : be.fromHost(gd, [n], lcgNoise(n, salt + 10 * k + 1)),
+        m: be.fromHost("f32", [n], lcgNoise(n, salt + 10 * k + 2).map((x) => 0.1 * x)),
+        v: be.fromHost("f32", [n], lcgNoise(n, salt + 10 * k + 3).map((x) => 0.01 * x * x)),
+        copyTo: od ? be.zeros(od, [n]) : null,
+      }));
+    const dump = (be: Backend, ts: ReturnType<typeof make>) =>
+      ts.flatMap((t) => [t.param, t.m, t.v, ...(t.copyTo ? [t.copyTo] : [])].map((x) => [...be.toHost(x)]));
+    for (const salt of [1, 2]) { // the second salt: new tensors, so a new table is uploaded
+      const multi = make(cuda, salt), single = make(cuda, salt), host = make(cpu, salt);
+      for (const step of [1, 2, 3]) {
+        cuda.adamStepMulti!(multi, { ...args, step });
+        for (const [i, t] of single.entries()) {
+          cuda.adamStep(t.param, t.grad, t.m, t.v, { ...args, step });
+          if (t.copyTo) cuda.copy(t.param, t.copyTo);
+          const h = host[i];
+          cpu.adamStep(h.param, h.grad, h.m, h.v, { ...args, step });
+          if (h.copyTo) cpu.copy(h.param, h.copyTo);
+        }
+        const got = dump(cuda, multi);
+        assert.deepEqual(got, dump(cuda, single), `salt ${salt} step ${step}: multi vs per-tensor (device)`);
+        assert.deepEqual(got, dump(cpu, host), `salt ${salt} step ${step}: multi vs the CPU`);
+      }
+      // Steady state: one launch per (grad dtype, copy dtype) pair, the table is not uploaded again.
+      cuda.startProfiling();
+      cuda.adamStepMulti!(multi, { ...args, step: 4 });
+      const row = cuda.stopProfiling().ops.find((o) => o.op === "adamStepMulti");
+      assert.deepEqual([row?.calls, row?.launches], [1, 4]);
+      for (const t of [...multi, ...single]) {
+        for (const x of [t.param, t.grad, t.m, t.v, t.copyTo]) if (x) cuda.free(x);
+      }
+    }
+  });
 
   Deno.test({ name: "fused attention: bad operands fail with one line", ...opts }, () => {
     const t = cuda.zeros("f32", [2, 2, 4, 8]), lse = cuda.empty("f32", [2 * 2 * 4]);

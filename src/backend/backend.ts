@@ -124,6 +124,18 @@ export interface AdamArgs {
   step: number;
 }
 
+/** One parameter of a multi-tensor Adam step (adamStepMulti). */
+export interface AdamTensors {
+  /** f32 parameter (the main copy under mixed precision), m, v, all of one size; grad any float. */
+  param: Tensor;
+  grad: Tensor;
+  m: Tensor;
+  v: Tensor;
+  /** When set, also receives the updated parameter, rounded to its dtype (the model's bf16/f16
+   *  copy of an f32 main param), exactly as `copy(param, copyTo)` would. */
+  copyTo: Tensor | null;
+}
+
 export interface SgdArgs {
   lr: number;
   momentum: number;
@@ -261,6 +273,9 @@ export interface Backend {
   // ---- optimizer and reductions -------------------------------------------------------------
   /** AdamW (decoupled weight decay, bias correction), all f32, in place on param/m/v. */
   adamStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, args: AdamArgs): void;
+  /** Optional: adamStep over many parameters (with their copyTo) in few launches, bit-identical to
+   *  adamStep + copy per parameter. The optimizer uses it when present. */
+  adamStepMulti?(list: readonly AdamTensors[], args: AdamArgs): void;
   /** SGD with momentum (torch semantics), f32, in place. */
   sgdStep(param: Tensor, grad: Tensor, momentumBuf: Tensor, args: SgdArgs): void;
   /** out[0] (+)= sum(x^2) accumulated in f64 (squares of f32/half values are exact in f64): each

@@ -19,6 +19,7 @@ import { numel, type Shape, shapeStr, type Storage, Tensor } from "../../tensor/
 import {
   type Activation,
   type AdamArgs,
+  type AdamTensors,
   type AttentionOperand,
   type Backend,
   type FusedAttentionArgs,
@@ -110,6 +111,7 @@ export const PROFILED_OPS = [
   "ceLoss",
   "ceBwd",
   "adamStep",
+  "adamStepMulti",
   "sgdStep",
   "sumSquares",
   "countZeros",
@@ -117,6 +119,9 @@ export const PROFILED_OPS = [
   "fusedAttentionFwd",
   "fusedAttentionBwd",
 ] as const;
+
+/** Elements per block of md_adam_multi (one table entry each). */
+const ADAM_CHUNK = 65536;
 
 /** kernels/attention.cu FA_ROWS and FA_MAXD. */
 const FLASH_ROWS = 64;
@@ -271,6 +276,9 @@ export class CudaBackend implements Backend {
   fusedAttentionBwd?: (a: FusedAttentionArgs, g: FusedAttentionGrads) => void;
   /** Set while profiling (startProfiling .. stopProfiling). */
   private prof: CudaProfiler | null = null;
+  /** adamStepMulti's device table per kernel (pointers change only when parameters are reallocated,
+   *  so the upload happens once, not every step). */
+  private readonly adamTables = new Map<string, { host: BigUint64Array; dev: Tensor }>();
   /** Own-property ops (the optional fused ones) replaced while profiling, restored after. */
   private readonly unprofiled = new Map<string, (...a: unknown[]) => unknown>();
 
@@ -536,6 +544,7 @@ export class CudaBackend implements Backend {
     if (this.prof) this.stopProfiling();
     this.disposed = true;
     this.rt.streamSynchronize(this.stream);
+    this.adamTables.clear(); // their blocks go with releaseAll
     this.alloc.releaseAll();
     this.kernels.unload();
     this.blas.destroy(this.handle);
@@ -1344,6 +1353,66 @@ export class CudaBackend implements Backend {
       bc1,
       bc2,
     ]);
+  }
+
+  adamStepMulti(list: readonly AdamTensors[], a: AdamArgs): void {
+    if (!(a.step >= 1)) throw new Error(`cuda adamStepMulti: step must be >= 1, got ${a.step}`);
+    // One launch per (grad dtype, copyTo dtype); one block per chunk of at most ADAM_CHUNK elements.
+    const groups = new Map<string, bigint[]>();
+    for (const [k, t] of list.entries()) {
+      const op = `adamStepMulti[${k}]`;
+      for (const [x, w] of [[t.param, "param"], [t.m, "m"], [t.v, "v"]] as const) {
+        requireDType(op, x, "f32", w);
+        requireSize(op, x, t.param.size, w);
+      }
+      requireFloat(op, t.grad, "grad");
+      requireSize(op, t.grad, t.param.size, "grad");
+      if (t.copyTo) {
+        requireFloat(op, t.copyTo, "copyTo");
+        requireSize(op, t.copyTo, t.param.size, "copyTo");
+      }
+      const key = `md_adam_multi_${t.grad.dtype}_${t.copyTo?.dtype ?? "f32"}`;
+      let g = groups.get(key);
+      if (!g) groups.set(key, g = []);
+      const [p, gr, m, v] = [t.param, t.grad, t.m, t.v].map((x) => this.ptr(x));
+      const o = t.copyTo ? this.ptr(t.copyTo) : 0n;
+      const gb = BigInt(DTYPE_BYTES[t.grad.dtype]), ob = t.copyTo ? BigInt(DTYPE_BYTES[t.copyTo.dtype]) : 0n;
+      for (let s = 0; s < t.param.size; s += ADAM_CHUNK) {
+        const n = Math.min(ADAM_CHUNK, t.param.size - s), bs = BigInt(s);
+        g.push(p + 4n * bs, gr + gb * bs, m + 4n * bs, v + 4n * bs, o ? o + ob * bs : 0n, BigInt(n));
+      }
+    }
+    const f = Math.fround;
+    const bc1 = f(1 - f(Math.pow(f(a.beta1), a.step)));
+    const bc2 = f(1 - f(Math.pow(f(a.beta2), a.step)));
+    for (const [name, entries] of groups) {
+      if (entries.length === 0) continue; // only empty parameters
+      const table = this.adamTable(name, entries);
+      this.launch(name, [entries.length / 6, 1, 1], [THREADS, 1, 1], [
+        this.ptr(table),
+        a.lr,
+        a.beta1,
+        a.beta2,
+        a.eps,
+        a.weightDecay,
+        bc1,
+        bc2,
+      ]);
+    }
+  }
+
+  /** The device copy of a multi-tensor table, uploaded only when its contents changed. */
+  private adamTable(name: string, entries: bigint[]): Tensor {
+    const cached = this.adamTables.get(name);
+    if (cached && cached.host.length === entries.length && entries.every((x, i) => x === cached.host[i])) {
+      return cached.dev;
+    }
+    if (cached) this.free(cached.dev);
+    const host = BigUint64Array.from(entries);
+    // Stored as i64 elements: the table is raw 64-bit words, never converted.
+    const dev = this.fromHost("i64", [host.length], new BigInt64Array(host.buffer));
+    this.adamTables.set(name, { host, dev });
+    return dev;
   }
 
   sgdStep(param: Tensor, grad: Tensor, buf: Tensor, a: SgdArgs): void {

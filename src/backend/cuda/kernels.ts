@@ -72,6 +72,7 @@ export const KERNEL_ARGS: Readonly<Record<string, readonly ArgKind[]>> = {
   md_ce_loss: ["ptr", "ptr", "ptr", "ptr", "u64"],
   md_ce_bwd: ["ptr", "ptr", "i64", "ptr", "ptr", "ptr", "ptr", "u64"],
   md_adam: ["ptr", "ptr", "ptr", "ptr", "u64", "f32", "f32", "f32", "f32", "f32", "f32", "f32"],
+  md_adam_multi: ["ptr", "f32", "f32", "f32", "f32", "f32", "f32", "f32"],
   md_sgd: ["ptr", "ptr", "ptr", "u64", "f32", "f32", "f32", "i32"],
   md_init_normal: ["ptr", "u64", "f64", "u32", "u32", "u32", "u64", "u64", "u64"],
   md_flash_attn_fwd: ["ptr", "ptr", "ptr", "ptr", "ptr", "ptr", ...FLASH_TAIL],
@@ -92,7 +93,7 @@ export function allKernelNames(): string[] {
   const pairs = F.flatMap((a) => F.map((b) => [a, b]));
   for (const [a, b] of pairs) {
     out.push(kernelName("md_copy", a, b), kernelName("md_scale", a, b), kernelName("md_softmax_fwd", a, b));
-    out.push(kernelName("md_bias_dropout_add", a, b));
+    out.push(kernelName("md_bias_dropout_add", a, b), kernelName("md_adam_multi", a, b));
     for (const c of F) out.push(kernelName("md_add", a, b, c));
   }
   for (const t of F) {
