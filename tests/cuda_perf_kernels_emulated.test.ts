@@ -12,6 +12,8 @@ import type { Backend, RngAddress } from "../src/backend/backend.ts";
 import type { DiscoverEnv } from "../ffi/discover.ts";
 import type { DType } from "../src/tensor/dtype.ts";
 import type { Tensor } from "../src/tensor/tensor.ts";
+import type { Param } from "../src/tensor/param.ts";
+import { createMegatronOptimizer } from "../src/optimizer/optimizer.ts";
 import {
   type AttentionOptions,
   newMicroBatchContext,
@@ -263,6 +265,53 @@ if ("skip" in built) {
       }
     }
   });
+
+  Deno.test(
+    { name: "optimizer: adamStepMulti path equals the per-parameter path, bit for bit", ...opts },
+    async () => {
+      // The same backend with adamStepMulti hidden takes the optimizer's per-parameter loop.
+      const perParam = Object.create(cuda, { adamStepMulti: { value: undefined } }) as Backend;
+      const run = async (be: Backend, profile: boolean) => {
+        const mk = (
+          name: string,
+          dtype: "bf16" | "f32",
+          n: number,
+          k: number,
+          noWeightDecay = false,
+        ): Param => ({
+          name,
+          value: be.fromHost(dtype, [n], lcgNoise(n, k)),
+          grad: be.zeros("f32", [n]),
+          main: null,
+          noWeightDecay,
+          tensorParallel: null,
+          shared: false,
+        });
+        const params = [mk("w", "bf16", 300, 1), mk("b", "bf16", 17, 2, true), mk("f", "f32", 40, 3)];
+        const opt = createMegatronOptimizer(be, params, {
+          lr: 0.01,
+          globalBatchSize: 4,
+          trainIters: 10,
+          lrWarmupIters: 1,
+          bf16: true,
+          clipGrad: 1,
+          weightDecay: 0.1,
+        });
+        if (profile) cuda.startProfiling();
+        for (let it = 0; it < 3; it++) {
+          for (const [i, p] of params.entries()) {
+            be.copy(be.fromHost("f32", p.grad.shape, lcgNoise(p.grad.size, 100 * it + i)), p.grad);
+          }
+          await opt.step(4);
+        }
+        const ops = profile ? cuda.stopProfiling().ops.map((o) => o.op) : [];
+        return { vals: params.map((p) => [...be.toHost(p.value)]), ops };
+      };
+      const multi = await run(cuda, true);
+      assert.ok(multi.ops.includes("adamStepMulti") && !multi.ops.includes("adamStep"), multi.ops.join(" "));
+      assert.deepEqual(multi.vals, (await run(perParam, false)).vals);
+    },
+  );
 
   Deno.test({ name: "fused attention: bad operands fail with one line", ...opts }, () => {
     const t = cuda.zeros("f32", [2, 2, 4, 8]), lse = cuda.empty("f32", [2 * 2 * 4]);
