@@ -157,17 +157,17 @@ async function modelBench(
     const ctx = model.newContext({ iteration: it, firstGlobalSample: it * mb });
     const out = await model.forward({ tokens: ids[0], labels: ids[1], lossMask: mask }, ctx) as LossOutput;
     await model.backward(ctx, 1);
-    params.forEach((p, i) => {
-      be.adamStep(p.main ?? p.value, p.grad, st[i].m, st[i].v, {
-        lr: 1e-4,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weightDecay: 0.01,
-        step: it,
-      });
-      if (p.main) be.copy(p.main, p.value);
-    });
+    // Multi-tensor Adam (few launches), as MegatronOptimizer uses it on this backend.
+    be.adamStepMulti(
+      params.map((p, i) => ({
+        param: p.main ?? p.value,
+        grad: p.grad,
+        m: st[i].m,
+        v: st[i].v,
+        copyTo: p.main ? p.value : null,
+      })),
+      { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.01, step: it },
+    );
     lastLoss = out.loss;
     if (Number.isNaN(firstLoss)) firstLoss = out.loss;
   };
