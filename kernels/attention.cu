@@ -50,8 +50,10 @@ __device__ __forceinline__ void faLoadTile(float (*dst)[FA_MAXD], const T* src, 
   }
 }
 
+// HD > 0: the head dimension as a compile-time constant (loops unrolled, per-row arrays in registers);
+// HD = 0: any hn <= FA_MAXD at run time (arrays in local memory).
 // grid (ceil(sq / FA_ROWS), b * np), block FA_ROWS. o: [b, np, sq, hn] view; lse f32 [b * np * sq].
-template <typename T>
+template <typename T, int HD>
 __device__ __forceinline__ void faFwdImpl(const T* q, const T* k, const T* v, T* o, float* lse, const uint8_t* mask,
                                           int maskKind, float scale, float p, float keepScale, uint32_t seed,
                                           uint32_t stream, uint32_t iteration, u64 base, u64 rowStride, u64 rowLen,
@@ -59,11 +61,12 @@ __device__ __forceinline__ void faFwdImpl(const T* q, const T* k, const T* v, T*
   __shared__ float ks[FA_TILE][FA_MAXD];
   __shared__ float vs[FA_TILE][FA_MAXD];
   const u64 z = blockIdx.y, bi = z / np, hd = z % np;
+  const u64 dn = HD > 0 ? (u64)HD : hn;
   const u64 i0 = (u64)blockIdx.x * FA_ROWS, i = i0 + threadIdx.x;
   const u64 iLast = i0 + FA_ROWS - 1 < sq - 1 ? i0 + FA_ROWS - 1 : sq - 1;
   const bool active = i < sq;
   float qr[FA_MAXD], acc[FA_MAXD], sc[FA_TILE];
-  for (u64 d = 0; d < hn; d++) {
+  _Pragma("unroll") for (u64 d = 0; d < dn; d++) {
     qr[d] = active ? ldf(q, qv.at(bi, hd, i) + d) : 0.f;
     acc[d] = 0.f;
   }
@@ -81,7 +84,7 @@ __device__ __forceinline__ void faFwdImpl(const T* q, const T* k, const T* v, T*
       float s = -10000.f;
       if (!faMasked(maskKind, mask, bi, i, t0 + jj, sq, sk)) {
         float dot = 0.f;
-        for (u64 d = 0; d < hn; d++) dot += qr[d] * ks[jj][d];
+        _Pragma("unroll") for (u64 d = 0; d < dn; d++) dot += qr[d] * ks[jj][d];
         s = scale * dot;
       }
       sc[jj] = s;
@@ -89,7 +92,7 @@ __device__ __forceinline__ void faFwdImpl(const T* q, const T* k, const T* v, T*
     }
     const float corr = expf(m - tm);  // 0 on the first tile (m = -inf)
     l *= corr;
-    for (u64 d = 0; d < hn; d++) acc[d] *= corr;
+    _Pragma("unroll") for (u64 d = 0; d < dn; d++) acc[d] *= corr;
     m = tm;
     const u64 flat0 = (z * sq + i) * sk + t0;
     for (u64 jj = 0; jj < n; jj++) {
@@ -97,19 +100,19 @@ __device__ __forceinline__ void faFwdImpl(const T* q, const T* k, const T* v, T*
       l += e;
       const float w = e * faKeep(p, keepScale, seed, stream, iteration, base, rowStride, rowLen, flat0 + jj);
       if (w != 0.f) {
-        for (u64 d = 0; d < hn; d++) acc[d] += w * vs[jj][d];
+        _Pragma("unroll") for (u64 d = 0; d < dn; d++) acc[d] += w * vs[jj][d];
       }
     }
   }
   if (active) {
     const float inv = 1.f / l;
-    for (u64 d = 0; d < hn; d++) stf(o, ov.at(bi, hd, i) + d, acc[d] * inv);
+    _Pragma("unroll") for (u64 d = 0; d < dn; d++) stf(o, ov.at(bi, hd, i) + d, acc[d] * inv);
     lse[z * sq + i] = m + logf(l);
   }
 }
 
 // dq, and delta = rowsum(dO * O) for the dk/dv kernel. grid and block as the forward.
-template <typename T>
+template <typename T, int HD>
 __device__ __forceinline__ void faBwdDqImpl(const T* q, const T* k, const T* v, const T* o, const T* dout, T* dq,
                                             const float* lse, float* delta, const uint8_t* mask, int maskKind,
                                             float scale, float p, float keepScale, uint32_t seed, uint32_t stream,
@@ -118,13 +121,14 @@ __device__ __forceinline__ void faBwdDqImpl(const T* q, const T* k, const T* v, 
   __shared__ float ks[FA_TILE][FA_MAXD];
   __shared__ float vs[FA_TILE][FA_MAXD];
   const u64 z = blockIdx.y, bi = z / np, hd = z % np;
+  const u64 dn = HD > 0 ? (u64)HD : hn;
   const u64 i0 = (u64)blockIdx.x * FA_ROWS, i = i0 + threadIdx.x;
   const u64 iLast = i0 + FA_ROWS - 1 < sq - 1 ? i0 + FA_ROWS - 1 : sq - 1;
   const bool active = i < sq;
   float qr[FA_MAXD], dor[FA_MAXD], acc[FA_MAXD];
   float D = 0.f, L = 0.f;
   if (active) {
-    for (u64 d = 0; d < hn; d++) {
+    _Pragma("unroll") for (u64 d = 0; d < dn; d++) {
       qr[d] = ldf(q, qv.at(bi, hd, i) + d);
       dor[d] = ldf(dout, ov.at(bi, hd, i) + d);
       D += dor[d] * ldf(o, ov.at(bi, hd, i) + d);
@@ -146,26 +150,26 @@ __device__ __forceinline__ void faBwdDqImpl(const T* q, const T* k, const T* v, 
       float s = -10000.f;
       if (!faMasked(maskKind, mask, bi, i, t0 + jj, sq, sk)) {
         float dot = 0.f;
-        for (u64 d = 0; d < hn; d++) dot += qr[d] * ks[jj][d];
+        _Pragma("unroll") for (u64 d = 0; d < dn; d++) dot += qr[d] * ks[jj][d];
         s = scale * dot;
       }
       const float pij = expf(s - L);
       float dpd = 0.f;
-      for (u64 d = 0; d < hn; d++) dpd += dor[d] * vs[jj][d];
+      _Pragma("unroll") for (u64 d = 0; d < dn; d++) dpd += dor[d] * vs[jj][d];
       const float w = faKeep(p, keepScale, seed, stream, iteration, base, rowStride, rowLen, flat0 + jj);
       const float ds = pij * (dpd * w - D);
       if (ds != 0.f) {
-        for (u64 d = 0; d < hn; d++) acc[d] += ds * ks[jj][d];
+        _Pragma("unroll") for (u64 d = 0; d < dn; d++) acc[d] += ds * ks[jj][d];
       }
     }
   }
   if (active) {
-    for (u64 d = 0; d < hn; d++) stf(dq, qv.at(bi, hd, i) + d, scale * acc[d]);
+    _Pragma("unroll") for (u64 d = 0; d < dn; d++) stf(dq, qv.at(bi, hd, i) + d, scale * acc[d]);
   }
 }
 
 // dk, dv: one thread per key row j. grid (ceil(sk / FA_ROWS), b * np), block FA_ROWS.
-template <typename T>
+template <typename T, int HD>
 __device__ __forceinline__ void faBwdDkvImpl(const T* q, const T* k, const T* v, const T* dout, T* dk, T* dv,
                                              const float* lse, const float* delta, const uint8_t* mask, int maskKind,
                                              float scale, float p, float keepScale, uint32_t seed, uint32_t stream,
@@ -175,10 +179,11 @@ __device__ __forceinline__ void faBwdDkvImpl(const T* q, const T* k, const T* v,
   __shared__ float dos[FA_TILE][FA_MAXD];
   __shared__ float Ls[FA_TILE], Ds[FA_TILE];
   const u64 z = blockIdx.y, bi = z / np, hd = z % np;
+  const u64 dn = HD > 0 ? (u64)HD : hn;
   const u64 j0 = (u64)blockIdx.x * FA_ROWS, j = j0 + threadIdx.x;
   const bool active = j < sk;
   float kr[FA_MAXD], vr[FA_MAXD], dka[FA_MAXD], dva[FA_MAXD];
-  for (u64 d = 0; d < hn; d++) {
+  _Pragma("unroll") for (u64 d = 0; d < dn; d++) {
     kr[d] = active ? ldf(k, kv.at(bi, hd, j) + d) : 0.f;
     vr[d] = active ? ldf(v, vv.at(bi, hd, j) + d) : 0.f;
     dka[d] = dva[d] = 0.f;
@@ -201,23 +206,23 @@ __device__ __forceinline__ void faBwdDkvImpl(const T* q, const T* k, const T* v,
       float s = -10000.f;
       if (!faMasked(maskKind, mask, bi, i, j, sq, sk)) {
         float dot = 0.f;
-        for (u64 d = 0; d < hn; d++) dot += qs[ii][d] * kr[d];
+        _Pragma("unroll") for (u64 d = 0; d < dn; d++) dot += qs[ii][d] * kr[d];
         s = scale * dot;
       }
       const float pij = expf(s - Ls[ii]);
       if (pij == 0.f) continue;
       const float w = faKeep(p, keepScale, seed, stream, iteration, base, rowStride, rowLen, (z * sq + i) * sk + j);
       float dpd = 0.f;
-      for (u64 d = 0; d < hn; d++) dpd += dos[ii][d] * vr[d];
+      _Pragma("unroll") for (u64 d = 0; d < dn; d++) dpd += dos[ii][d] * vr[d];
       const float pw = pij * w, ds = pij * (dpd * w - Ds[ii]);
-      for (u64 d = 0; d < hn; d++) {
+      _Pragma("unroll") for (u64 d = 0; d < dn; d++) {
         dva[d] += pw * dos[ii][d];
         dka[d] += ds * qs[ii][d];
       }
     }
   }
   if (active) {
-    for (u64 d = 0; d < hn; d++) {
+    _Pragma("unroll") for (u64 d = 0; d < dn; d++) {
       stf(dk, kv.at(bi, hd, j) + d, scale * dka[d]);
       stf(dv, vv.at(bi, hd, j) + d, dva[d]);
     }
@@ -231,19 +236,22 @@ __device__ __forceinline__ void faBwdDkvImpl(const T* q, const T* k, const T* v,
 #define FA_RNG_ARGS                                                                                   \
   maskKind, scale, p, keepScale, seed, stream, iteration, base, rowStride, rowLen, np, sq, sk, hn,   \
       FaView{qB, qH, qL}, FaView{kB, kH, kL}, FaView{vB, vH, vL}, FaView{oB, oH, oL}
-#define FA_INST(n_, t)                                                                                 \
-  extern "C" __global__ void md_flash_attn_fwd_##n_(const t* q, const t* k, const t* v, t* o, float* lse, \
-                                                    const uint8_t* mask, FA_RNG_PARAMS) {             \
-    faFwdImpl(q, k, v, o, lse, mask, FA_RNG_ARGS);                                                   \
+#define FA_INST_D(n_, t, sfx, HD)                                                                      \
+  extern "C" __global__ void md_flash_attn_fwd_##n_##sfx(const t* q, const t* k, const t* v, t* o, float* lse, \
+                                                         const uint8_t* mask, FA_RNG_PARAMS) {        \
+    faFwdImpl<t, HD>(q, k, v, o, lse, mask, FA_RNG_ARGS);                                            \
   }                                                                                                   \
-  extern "C" __global__ void md_flash_attn_bwd_dq_##n_(const t* q, const t* k, const t* v, const t* o, \
-                                                       const t* dout, t* dq, const float* lse, float* delta, \
-                                                       const uint8_t* mask, FA_RNG_PARAMS) {          \
-    faBwdDqImpl(q, k, v, o, dout, dq, lse, delta, mask, FA_RNG_ARGS);                                \
+  extern "C" __global__ void md_flash_attn_bwd_dq_##n_##sfx(const t* q, const t* k, const t* v, const t* o, \
+                                                            const t* dout, t* dq, const float* lse,   \
+                                                            float* delta, const uint8_t* mask, FA_RNG_PARAMS) { \
+    faBwdDqImpl<t, HD>(q, k, v, o, dout, dq, lse, delta, mask, FA_RNG_ARGS);                         \
   }                                                                                                   \
-  extern "C" __global__ void md_flash_attn_bwd_dkv_##n_(const t* q, const t* k, const t* v, const t* dout, \
-                                                        t* dk, t* dv, const float* lse, const float* delta, \
-                                                        const uint8_t* mask, FA_RNG_PARAMS) {         \
-    faBwdDkvImpl(q, k, v, dout, dk, dv, lse, delta, mask, FA_RNG_ARGS);                              \
+  extern "C" __global__ void md_flash_attn_bwd_dkv_##n_##sfx(const t* q, const t* k, const t* v, const t* dout, \
+                                                             t* dk, t* dv, const float* lse,          \
+                                                             const float* delta, const uint8_t* mask, \
+                                                             FA_RNG_PARAMS) {                         \
+    faBwdDkvImpl<t, HD>(q, k, v, dout, dk, dv, lse, delta, mask, FA_RNG_ARGS);                       \
   }
+// Generic head dimension, and hn = 64 (GPT-345M, GPT-3 and most Megatron configs) specialized.
+#define FA_INST(n_, t) FA_INST_D(n_, t, , 0) FA_INST_D(n_, t, _d64, 64)
 FOR_T(FA_INST)
