@@ -42,6 +42,8 @@ interface Case {
   sq: number;
   sk: number;
   p: number;
+  /** Hidden size (2 heads; default 32, so hn = 16 takes the generic kernels; 128: the hn = 64 ones). */
+  h?: number;
 }
 const CASES: Case[] = [
   // sq = 100 spans two 64-row blocks and four 32-key tiles: the causal tile skipping is exercised.
@@ -49,10 +51,28 @@ const CASES: Case[] = [
   { name: "self causal p=0", attn: { attnType: "self", maskType: "causal" }, b: 1, sq: 70, sk: 70, p: 0 },
   { name: "self padding", attn: { attnType: "self", maskType: "padding" }, b: 2, sq: 45, sk: 45, p: 0.3 },
   { name: "cross padding", attn: { attnType: "cross", maskType: "padding" }, b: 2, sq: 37, sk: 50, p: 0.3 },
+  {
+    name: "self causal hn=64",
+    attn: { attnType: "self", maskType: "causal" },
+    b: 1,
+    sq: 70,
+    sk: 70,
+    p: 0.3,
+    h: 128,
+  },
+  {
+    name: "cross padding hn=64",
+    attn: { attnType: "cross", maskType: "padding" },
+    b: 1,
+    sq: 33,
+    sk: 40,
+    p: 0.3,
+    h: 128,
+  },
 ];
 
 async function runAttention(be: Backend, dt: "f32" | "bf16" | "f16", c: Case) {
-  const h = 32, heads = 2;
+  const h = c.h ?? 32, heads = 2;
   const cfg = resolveConfig({
     numLayers: 2,
     hiddenSize: h,

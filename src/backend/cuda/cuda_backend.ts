@@ -1058,7 +1058,8 @@ export class CudaBackend implements Backend {
 
   private flashFwd(a: FusedAttentionArgs): void {
     const { mask, tail } = this.flashTail(a);
-    const dt = a.q.t.dtype;
+    // hn = 64 has kernels with the head dimension unrolled at compile time.
+    const dt = a.q.t.dtype + (a.hn === 64 ? "_d64" : "");
     this.launch(
       `md_flash_attn_fwd_${dt}`,
       [Math.ceil(a.sq / FLASH_ROWS), a.b * a.np, 1],
@@ -1077,7 +1078,8 @@ export class CudaBackend implements Backend {
 
   private flashBwd(a: FusedAttentionArgs, g: FusedAttentionGrads): void {
     const { mask, tail } = this.flashTail(a);
-    const dt = a.q.t.dtype;
+    // hn = 64 has kernels with the head dimension unrolled at compile time.
+    const dt = a.q.t.dtype + (a.hn === 64 ? "_d64" : "");
     for (
       const [t, o, w] of [[g.dOut, a.out, "dOut"], [g.dq, a.q, "dq"], [g.dk, a.k, "dk"], [
         g.dv,

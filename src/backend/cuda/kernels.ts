@@ -120,7 +120,7 @@ export function allKernelNames(): string[] {
       ]
     ) out.push(kernelName(fam, t));
     for (const fam of ["md_flash_attn_fwd", "md_flash_attn_bwd_dq", "md_flash_attn_bwd_dkv"]) {
-      out.push(kernelName(fam, t));
+      out.push(kernelName(fam, t), kernelName(fam, t, "d64"));
     }
     for (const i of I) {
       for (const fam of ["md_embedding_fwd", "md_embedding_bwd", "md_ce_stats", "md_ce_bwd"]) {
