@@ -229,27 +229,32 @@ __device__ __forceinline__ void faBwdDkvImpl(const T* q, const T* k, const T* v,
   }
 }
 
-#define FA_RNG_PARAMS                                                                                 \
-  int maskKind, float scale, float p, float keepScale, uint32_t seed, uint32_t stream, uint32_t iteration, \
-      u64 base, u64 rowStride, u64 rowLen, u64 np, u64 sq, u64 sk, u64 hn, u64 qB, u64 qH, u64 qL, u64 kB, \
-      u64 kH, u64 kL, u64 vB, u64 vH, u64 vL, u64 oB, u64 oH, u64 oL
+// The explicit parameter lists above are what tests/cuda_backend_host.test.ts checks against kernels.ts.
 #define FA_RNG_ARGS                                                                                   \
   maskKind, scale, p, keepScale, seed, stream, iteration, base, rowStride, rowLen, np, sq, sk, hn,   \
       FaView{qB, qH, qL}, FaView{kB, kH, kL}, FaView{vB, vH, vL}, FaView{oB, oH, oL}
 #define FA_INST_D(n_, t, sfx, HD)                                                                      \
   extern "C" __global__ void md_flash_attn_fwd_##n_##sfx(const t* q, const t* k, const t* v, t* o, float* lse, \
-                                                         const uint8_t* mask, FA_RNG_PARAMS) {        \
+                                                         const uint8_t* mask, \
+      int maskKind, float scale, float p, float keepScale, uint32_t seed, uint32_t stream,                    \
+      uint32_t iteration, u64 base, u64 rowStride, u64 rowLen, u64 np, u64 sq, u64 sk, u64 hn, u64 qB,        \
+      u64 qH, u64 qL, u64 kB, u64 kH, u64 kL, u64 vB, u64 vH, u64 vL, u64 oB, u64 oH, u64 oL) {        \
     faFwdImpl<t, HD>(q, k, v, o, lse, mask, FA_RNG_ARGS);                                            \
   }                                                                                                   \
   extern "C" __global__ void md_flash_attn_bwd_dq_##n_##sfx(const t* q, const t* k, const t* v, const t* o, \
                                                             const t* dout, t* dq, const float* lse,   \
-                                                            float* delta, const uint8_t* mask, FA_RNG_PARAMS) { \
+                                                            float* delta, const uint8_t* mask, \
+      int maskKind, float scale, float p, float keepScale, uint32_t seed, uint32_t stream,                    \
+      uint32_t iteration, u64 base, u64 rowStride, u64 rowLen, u64 np, u64 sq, u64 sk, u64 hn, u64 qB,        \
+      u64 qH, u64 qL, u64 kB, u64 kH, u64 kL, u64 vB, u64 vH, u64 vL, u64 oB, u64 oH, u64 oL) { \
     faBwdDqImpl<t, HD>(q, k, v, o, dout, dq, lse, delta, mask, FA_RNG_ARGS);                         \
   }                                                                                                   \
   extern "C" __global__ void md_flash_attn_bwd_dkv_##n_##sfx(const t* q, const t* k, const t* v, const t* dout, \
                                                              t* dk, t* dv, const float* lse,          \
                                                              const float* delta, const uint8_t* mask, \
-                                                             FA_RNG_PARAMS) {                         \
+      int maskKind, float scale, float p, float keepScale, uint32_t seed, uint32_t stream,                    \
+      uint32_t iteration, u64 base, u64 rowStride, u64 rowLen, u64 np, u64 sq, u64 sk, u64 hn, u64 qB,        \
+      u64 qH, u64 qL, u64 kB, u64 kH, u64 kL, u64 vB, u64 vH, u64 vL, u64 oB, u64 oH, u64 oL) {                         \
     faBwdDkvImpl<t, HD>(q, k, v, dout, dk, dv, lse, delta, mask, FA_RNG_ARGS);                       \
   }
 // Generic head dimension, and hn = 64 (GPT-345M, GPT-3 and most Megatron configs) specialized.
