@@ -23,7 +23,7 @@ export const SYMBOLS = {
 /** Kernel parameter kinds: device pointer / 64-bit ints / double take 8 bytes, the rest 4. */
 export type ArgKind = "ptr" | "u64" | "i64" | "i32" | "u32" | "f32" | "f64";
 
-export const MAX_KERNEL_ARGS = 32;
+export const MAX_KERNEL_ARGS = 48;
 
 /**
  * Writes argument values into `slots` (8 bytes each) and the address of each slot into `table`.

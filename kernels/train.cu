@@ -100,21 +100,26 @@ extern "C" __global__ void md_ce_loss(const float* gmax, const float* sumExp, co
 // AdamW with decoupled decay: p -= lr * (mhat / (sqrt(vhat) + eps) + wd * p). bc1/bc2 = 1 - beta^step
 // and ob1/ob2 = 1 - beta are rounded to f32 on the host. Every product and sum is rounded on its
 // own (no FMA contraction), in the CPU reference's order, so the two agree to the last bit.
+// One element's AdamW update (shared by the per-tensor and the multi-tensor kernels, so both give
+// the same bits). Returns the new parameter.
+__device__ __forceinline__ float adamElem(float* p, float gi, float* m, float* v, u64 i, float lr, float b1, float b2,
+                                          float eps, float wd, float bc1, float bc2) {
+  const float ob1 = 1.f - b1, ob2 = 1.f - b2;
+  const float mi = __fadd_rn(__fmul_rn(b1, m[i]), __fmul_rn(ob1, gi));
+  const float vi = __fadd_rn(__fmul_rn(b2, v[i]), __fmul_rn(__fmul_rn(ob2, gi), gi));
+  m[i] = mi;
+  v[i] = vi;
+  const float pi = p[i];
+  const float upd = __fadd_rn(__fdiv_rn(__fdiv_rn(mi, bc1), __fadd_rn(__fsqrt_rn(__fdiv_rn(vi, bc2)), eps)),
+                              __fmul_rn(wd, pi));
+  const float np_ = __fsub_rn(pi, __fmul_rn(lr, upd));
+  p[i] = np_;
+  return np_;
+}
 template <typename G>
 __device__ __forceinline__ void adamImpl(float* p, const G* g, float* m, float* v, u64 n, float lr, float b1,
                                          float b2, float eps, float wd, float bc1, float bc2) {
-  const float ob1 = 1.f - b1, ob2 = 1.f - b2;
-  GRID_STRIDE(i, n) {
-    const float gi = ldf(g, i);
-    const float mi = __fadd_rn(__fmul_rn(b1, m[i]), __fmul_rn(ob1, gi));
-    const float vi = __fadd_rn(__fmul_rn(b2, v[i]), __fmul_rn(__fmul_rn(ob2, gi), gi));
-    m[i] = mi;
-    v[i] = vi;
-    const float pi = p[i];
-    const float upd = __fadd_rn(__fdiv_rn(__fdiv_rn(mi, bc1), __fadd_rn(__fsqrt_rn(__fdiv_rn(vi, bc2)), eps)),
-                                __fmul_rn(wd, pi));
-    p[i] = __fsub_rn(pi, __fmul_rn(lr, upd));
-  }
+  GRID_STRIDE(i, n) { adamElem(p, ldf(g, i), m, v, i, lr, b1, b2, eps, wd, bc1, bc2); }
 }
 #define ADAM_INST(n_, t)                                                                              \
   extern "C" __global__ void md_adam_##n_(float* p, const t* g, float* m, float* v, u64 n, float lr,    \
@@ -122,6 +127,32 @@ __device__ __forceinline__ void adamImpl(float* p, const G* g, float* m, float* 
     adamImpl(p, g, m, v, n, lr, b1, b2, eps, wd, bc1, bc2);                                           \
   }
 FOR_T(ADAM_INST)
+
+// Multi-tensor AdamW: one launch over many parameters. `table` holds, per block, 6 u64: param, grad,
+// m, v, out (0: none) pointers, already offset to the block's chunk, and the chunk's length. With
+// out, the new parameter is also stored there in O (the bf16/f16 model copy of an f32 main param,
+// rounded as md_copy rounds it).
+template <typename G, typename O>
+__device__ __forceinline__ void adamMultiImpl(const u64* table, float lr, float b1, float b2, float eps, float wd,
+                                              float bc1, float bc2) {
+  const u64* e = table + (u64)blockIdx.x * 6;
+  float* p = (float*)e[0];
+  const G* g = (const G*)e[1];
+  float* m = (float*)e[2];
+  float* v = (float*)e[3];
+  O* out = (O*)e[4];
+  const u64 n = e[5];
+  for (u64 i = threadIdx.x; i < n; i += blockDim.x) {
+    const float np_ = adamElem(p, ldf(g, i), m, v, i, lr, b1, b2, eps, wd, bc1, bc2);
+    if (out) stf(out, i, np_);
+  }
+}
+#define ADAMM_INST(ng, tg, no, to)                                                                     \
+  extern "C" __global__ void md_adam_multi_##ng##_##no(const u64* table, float lr, float b1, float b2,  \
+                                                      float eps, float wd, float bc1, float bc2) {      \
+    adamMultiImpl<tg, to>(table, lr, b1, b2, eps, wd, bc1, bc2);                                       \
+  }
+FOR_T2(ADAMM_INST)
 
 // torch SGD: d = g + wd * p; buf = first ? d : momentum * buf + d; p -= lr * buf (unfused, like the reference).
 template <typename G>

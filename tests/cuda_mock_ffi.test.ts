@@ -10,7 +10,8 @@ import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
 import { createCudaBackend, type CudaBackend, probeCuda } from "../src/backend/cuda/cuda_backend.ts";
 import type { DiscoverEnv } from "../ffi/discover.ts";
 import { CudaDriver } from "../ffi/cuda.ts";
-import { KernelLibrary } from "../src/backend/cuda/kernels.ts";
+import { FATBINS, KernelLibrary } from "../src/backend/cuda/kernels.ts";
+import { formatProfile } from "../src/backend/cuda/profiler.ts";
 import type { DType } from "../src/tensor/dtype.ts";
 import { availableMemory } from "../src/training/memory_estimate.ts";
 
@@ -55,11 +56,15 @@ int cudaStreamDestroy(void* s) { return 0; }
 static char fault_kernel[128]; static int fault_pending = 0;
 int cudaStreamSynchronize(void* s) { if (fault_pending) { fault_pending = 0; return 700; } return 0; }
 void mock_fault_after(const char* name) { strncpy(fault_kernel, name, 127); }
-int cudaEventCreate(void** e) { *e = malloc(8); return 0; }
-int cudaEventDestroy(void* e) { free(e); return 0; }
-int cudaEventRecord(void* e, void* s) { return 0; }
+/* A device clock: each kernel launch takes 0.5 ms and each cuBLAS GEMM call 2 ms; an event records
+   the clock, so elapsed times are exact sums the profiling tests can predict. */
+static double clock_ms = 0; static int events_live = 0;
+int cudaEventCreate(void** e) { *e = malloc(sizeof(double)); events_live++; return 0; }
+int cudaEventDestroy(void* e) { free(e); events_live--; return 0; }
+int cudaEventRecord(void* e, void* s) { *(double*)e = clock_ms; return 0; }
 int cudaEventSynchronize(void* e) { return 0; }
-int cudaEventElapsedTime(float* ms, void* a, void* b) { *ms = 1.5f; return 0; }
+int cudaEventElapsedTime(float* ms, void* a, void* b) { *ms = (float)(*(double*)b - *(double*)a); return 0; }
+int mock_events_live(void) { return events_live; }
 
 /* ---- driver ---- */
 static char last_name[128]; static uint64_t last_args[16]; static uint32_t last_dims[7]; static int launches = 0;
@@ -87,7 +92,7 @@ int cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, 
   strncpy(last_name, (const char*)f, 127);
   for (int i = 0; i < 16; i++) last_args[i] = params[i] ? *(uint64_t*)params[i] : 0;
   uint32_t d[7] = {gx, gy, gz, bx, by, bz, shm}; memcpy(last_dims, d, sizeof d);
-  last_stream = stream; launches++;
+  last_stream = stream; launches++; clock_ms += 0.5;
   if (fault_kernel[0] && !strcmp((const char*)f, fault_kernel)) { fault_pending = 1; fault_kernel[0] = 0; }
   return (bx * by * bz > 1024 || gx == 0) ? 1 : 0;
 }
@@ -126,11 +131,13 @@ static int gemm1(int ta, int tb, int m, int n, int k, const float* al, const voi
 static int esz(int t) { return t == 0 ? 4 : 2; }
 int cublasGemmEx(void* h, int ta, int tb, int m, int n, int k, const float* al, const void* A, int at, int lda,
                  const void* B, int bt, int ldb, const float* be, void* C, int ct, int ldc, int compute, int algo) {
+  clock_ms += 2;
   return gemm1(ta, tb, m, n, k, al, A, at, lda, B, bt, ldb, be, C, ct, ldc, compute);
 }
 int cublasGemmStridedBatchedEx(void* h, int ta, int tb, int m, int n, int k, const float* al, const void* A, int at,
                                int lda, long long sa, const void* B, int bt, int ldb, long long sb, const float* be,
                                void* C, int ct, int ldc, long long sc, int batch, int compute, int algo) {
+  clock_ms += 2;
   for (int q = 0; q < batch; q++) {
     int r = gemm1(ta, tb, m, n, k, al, (const char*)A + q * sa * esz(at), at, lda, (const char*)B + q * sb * esz(bt), bt,
                   ldb, be, (char*)C + q * sc * esz(ct), ct, ldc, compute);
@@ -176,6 +183,7 @@ if (lib) {
     mock_blas_state: { parameters: ["buffer"], result: "i32" },
     mock_fault_after: { parameters: ["buffer"], result: "void" },
     mock_set_driver_version: { parameters: ["i32"], result: "void" },
+    mock_events_live: { parameters: [], result: "i32" },
   }).symbols;
   const lastLaunch = () => {
     const name = new Uint8Array(128), args = new BigUint64Array(16), dims = new Uint32Array(7);
@@ -398,6 +406,81 @@ if (lib) {
   });
 
   Deno.test({
+    name: "cuda mock: profiling mode times each op by events and counts launches per op and per step",
+    ...opts,
+  }, () => {
+    const rows = 4, h = 8;
+    const vals = (n: number, k: number) => Array.from({ length: n }, (_, i) => ((i * k) % 11) / 7 - 0.6);
+    const x = cuda.fromHost("f32", [rows, h], vals(rows * h, 3)),
+      w = cuda.fromHost("f32", [h, h], vals(64, 5));
+    const g = cuda.fromHost("f32", [h], vals(h, 2)), b = cuda.fromHost("f32", [h], vals(h, 7));
+    const y = cuda.empty("f32", [rows, h]),
+      mean = cuda.empty("f32", [rows]),
+      rstd = cuda.empty("f32", [rows]);
+    const dx = cuda.empty("f32", [rows, h]), dg = cuda.zeros("f32", [h]), db = cuda.zeros("f32", [h]);
+    const c = cuda.empty("f32", [rows, h]), ov = cuda.fromHost("f32", [10], vals(10, 1));
+    const kernels = () => lastLaunch().count;
+    cuda.layerNormFwd(x, g, b, 1e-5, y, mean, rstd);
+    const yPlain = cuda.toHost(y);
+    const events0 = hooks.mock_events_live();
+    cuda.startProfiling();
+    const perStep: number[] = [];
+    let lnf = 0, lnb = 0;
+    for (let step = 0; step < 2; step++) {
+      let k0 = kernels();
+      cuda.layerNormFwd(x, g, b, 1e-5, y, mean, rstd);
+      lnf = kernels() - k0;
+      cuda.gemm({ transA: false, transB: true, m: rows, n: h, k: h, a: y, b: w, c });
+      k0 = kernels();
+      cuda.layerNormBwd(c, x, g, mean, rstd, dx, dg, db, true);
+      lnb = kernels() - k0;
+      // Overlapping views: copy goes through a temporary (two DtoD copies inside one op).
+      cuda.copy(ov.narrow(0, 6), ov.narrow(2, 6));
+      perStep.push(lnf + 1 + lnb + 2);
+      cuda.markProfileStep();
+    }
+    const yProf = cuda.toHost(y); // after the last mark: counted per op, not in a step
+    const rep = cuda.stopProfiling();
+    assert.ok(lnf === 1 && lnb >= 3, `layerNorm launches fwd ${lnf} bwd ${lnb}`);
+    assert.deepEqual([...yProf], [...yPlain], "profiling changes no result");
+    const gl = "gemm f32 NT 4x8x8";
+    const expected: [string, number, number, number][] = [
+      ["layerNormBwd", 2, 2 * lnb, 2 * 0.5 * lnb],
+      [gl, 2, 2, 4],
+      ["layerNormFwd", 2, 2 * lnf, 2 * 0.5 * lnf],
+      ["copy", 2, 4, 0],
+      ["toHost", 1, 1, 0],
+    ];
+    // Largest device time first, ties by name.
+    expected.sort((p, q) => q[3] - p[3] || (p[0] < q[0] ? -1 : 1));
+    assert.deepEqual(rep.ops.map((o) => [o.op, o.calls, o.launches, o.deviceMs]), expected);
+    assert.deepEqual(rep.launchesPerStep, perStep);
+    assert.deepEqual(rep.deviceMsPerStep, perStep.map(() => 0.5 * (lnf + lnb) + 2));
+    assert.equal(rep.totalLaunches, 2 * perStep[0] + 1);
+    assert.ok(rep.ops.every((o) => o.hostMs >= 0) && rep.hostMsPerStep.length === 2);
+    assert.equal(hooks.mock_events_live(), events0, "every profiling event destroyed");
+    assert.ok(!Object.hasOwn(cuda, "gemm"), "ops back to the unprofiled methods");
+    assert.throws(() => cuda.stopProfiling(), /stopProfiling without startProfiling/);
+    // The optional fused ops are own properties: wrapped while profiling, then restored as they were.
+    cuda.setFusedAttention(true);
+    const fwd = cuda.fusedAttentionFwd;
+    cuda.startProfiling();
+    assert.notEqual(cuda.fusedAttentionFwd, fwd);
+    assert.throws(() => cuda.setFusedAttention(false), /setFusedAttention while profiling/);
+    cuda.stopProfiling();
+    assert.equal(cuda.fusedAttentionFwd, fwd);
+    cuda.setFusedAttention(false);
+    assert.equal(cuda.fusedAttentionFwd, undefined);
+    const table = formatProfile(rep).split("\n");
+    assert.match(table[0], /^op +calls +launches +device ms +dev % +host ms +host us\/launch/);
+    const row = (op: string) => table.find((l) => l.startsWith(op + " "))!;
+    assert.match(row("layerNormBwd"), new RegExp(`^layerNormBwd +1 +${lnb} +${(0.5 * lnb).toFixed(3)} `));
+    assert.match(row(gl), new RegExp(`^${gl} +1 +1 +2\\.000 `));
+    assert.match(table.at(-1)!, new RegExp(`^steps 2: launches/step ${perStep[0]}, device ms/step `));
+    for (const t of [x, w, g, b, y, mean, rstd, dx, dg, db, c, ov]) cuda.free(t);
+  });
+
+  Deno.test({
     name: "cuda mock: caching allocator makes no new cudaMalloc in steady state; dispose frees all",
     ...opts,
   }, () => {
@@ -412,8 +495,11 @@ if (lib) {
     const st = cuda.memoryStats();
     assert.equal(st.allocatedBytes, 0);
     assert.ok(st.peakAllocatedBytes >= 2 << 20 && st.reservedBytes >= st.peakAllocatedBytes);
-    const a = cuda.recordEvent(), b = cuda.recordEvent();
-    assert.equal(cuda.elapsedMs(a, b), 1.5);
+    const a = cuda.recordEvent(), f = cuda.empty("f32", [3]);
+    cuda.fill(f, 1);
+    const b = cuda.recordEvent();
+    assert.equal(cuda.elapsedMs(a, b), 0.5, "one launch of the mock clock between the events");
+    cuda.free(f);
     cuda.dispose();
     assert.equal(hooks.mock_live(), 0, "every device block returned");
   });
@@ -424,7 +510,7 @@ if (lib) {
       const dist = new URL("../kernels/dist/", import.meta.url);
       const dir = await Deno.makeTempDir({ prefix: "md-kernels-dir-" });
       try {
-        for (const f of ["elementwise.fatbin", "transformer.fatbin", "train.fatbin"]) {
+        for (const f of FATBINS) {
           await Deno.copyFile(new URL(f, dist), `${dir}/${f}`);
         }
         const manifest = JSON.parse(await Deno.readTextFile(new URL("manifest.json", dist)));

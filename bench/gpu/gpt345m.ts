@@ -5,7 +5,12 @@
 // (exit 1 when it did not fall). Without CUDA it prints one skip line and exits 0, unless
 // MEGATRON_DENO_REQUIRE_CUDA=1 (then the probe's reason is an error).
 //
-//   deno task bench:gpu [--steps 5] [--micro-batch 8] [--layers 24] [--skip-model] [--small]
+//   deno task bench:gpu [--steps 5] [--micro-batch 8] [--layers 24] [--skip-model] [--small] [--profile]
+// --profile runs 2 more steps in the backend's profiling mode (after the timed ones, which it does not
+// slow) and prints per step: device ms, calls, launches and host time per op (GEMMs by shape), launches
+// per step and host time per launch.
+// --fused-attention adds a second model run with the flash-attention kernels (kernels/attention.cu)
+// (at most 5 timed steps) and prints its step time next to the unfused one.
 // --small shrinks every shape (hidden 64, seq 64, vocab 512) to check the script itself, e.g. on
 // the CPU emulator of tests/gpu/emulator; its numbers mean nothing.
 
@@ -16,6 +21,7 @@ import { makeParallelState, SingleRankCommunicator } from "../../src/parallel/ty
 import type { DType } from "../../src/tensor/dtype.ts";
 import type { Tensor } from "../../src/tensor/tensor.ts";
 import { devicePeak } from "../../src/training/peak.ts";
+import { formatProfile } from "../../src/backend/cuda/profiler.ts";
 
 const { values: args } = parseArgs({
   args: Deno.args,
@@ -25,6 +31,8 @@ const { values: args } = parseArgs({
     layers: { type: "string", default: "24" },
     "skip-model": { type: "boolean", default: false },
     small: { type: "boolean", default: false },
+    profile: { type: "boolean", default: false },
+    "fused-attention": { type: "boolean", default: false },
   },
 });
 
@@ -102,8 +110,17 @@ function kernelBench(be: CudaBackend, rows: string[][]): void {
   for (const t of [x, y, g, bb, mean, rstd, x4, y4, b4, s, p]) be.free(t);
 }
 
-async function modelBench(be: CudaBackend, rows: string[][]): Promise<void> {
-  const layers = Number(args.layers), mb = Number(args["micro-batch"]), steps = Number(args.steps);
+async function modelBench(
+  be: CudaBackend,
+  rows: string[][],
+  profile: string[],
+  fused: boolean,
+): Promise<void> {
+  be.setFusedAttention(fused);
+  // The fused-attention run is capped at 5 timed steps: its kernels' speed is unknown until measured,
+  // and scripts/gpu_check.sh gives the whole bench a fixed time budget.
+  const layers = Number(args.layers), mb = Number(args["micro-batch"]);
+  const steps = fused ? Math.min(5, Number(args.steps)) : Number(args.steps);
   const { h, heads, seq } = SIZES;
   const vocab = args.small ? SIZES.V : padVocabSize(50257, 128, 1);
   const ps = makeParallelState({ tp: 1, pp: 1, dp: 1 }, 0);
@@ -143,17 +160,17 @@ async function modelBench(be: CudaBackend, rows: string[][]): Promise<void> {
     const ctx = model.newContext({ iteration: it, firstGlobalSample: it * mb });
     const out = await model.forward({ tokens: ids[0], labels: ids[1], lossMask: mask }, ctx) as LossOutput;
     await model.backward(ctx, 1);
-    params.forEach((p, i) => {
-      be.adamStep(p.main ?? p.value, p.grad, st[i].m, st[i].v, {
-        lr: 1e-4,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weightDecay: 0.01,
-        step: it,
-      });
-      if (p.main) be.copy(p.main, p.value);
-    });
+    // Multi-tensor Adam (few launches), as MegatronOptimizer uses it on this backend.
+    be.adamStepMulti(
+      params.map((p, i) => ({
+        param: p.main ?? p.value,
+        grad: p.grad,
+        m: st[i].m,
+        v: st[i].v,
+        copyTo: p.main ? p.value : null,
+      })),
+      { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.01, step: it },
+    );
     lastLoss = out.loss;
     if (Number.isNaN(firstLoss)) firstLoss = out.loss;
   };
@@ -175,7 +192,7 @@ async function modelBench(be: CudaBackend, rows: string[][]): Promise<void> {
   rows.push([
     `GPT${args.small ? " (--small)" : "-345M-shape"} train step (${layers} layers, ${
       (nParams / 1e6).toFixed(1)
-    }M params)`,
+    }M params${fused ? ", fused attention" : ""})`,
     `bf16 mb=${mb} s=${seq}`,
     (sec * 1000).toFixed(1),
     `${fell ? "" : "FAILED (loss did not fall) "}${(tokens / sec).toFixed(0)} tok/s, ${
@@ -186,6 +203,14 @@ async function modelBench(be: CudaBackend, rows: string[][]): Promise<void> {
       (mem.peakAllocatedBytes / 2 ** 30).toFixed(1)
     } GiB (reserved ${(mem.peakReservedBytes / 2 ** 30).toFixed(1)}), init on device ${initSec.toFixed(2)} s`,
   ]);
+  if (args.profile) {
+    be.startProfiling();
+    for (let i = 0; i < 2; i++) {
+      await step(3 + steps + i);
+      be.markProfileStep();
+    }
+    profile.push(`${fused ? "fused" : "unfused"} attention:\n${formatProfile(be.stopProfiling())}`);
+  }
 }
 
 async function main(): Promise<number> {
@@ -197,17 +222,27 @@ async function main(): Promise<number> {
   const be = await createCudaBackend();
   console.log(`bench:gpu on ${be.description}`);
   const rows: string[][] = [];
+  const profile: string[] = [];
   gemmBench(be, rows);
   kernelBench(be, rows);
   if (!args["skip-model"]) {
     try {
-      await modelBench(be, rows);
+      await modelBench(be, rows, profile, false);
     } catch (e) {
       rows.push(["GPT-345M train step", "-", "-", `FAILED: ${(e as Error).message}`]);
+    }
+    if (args["fused-attention"]) {
+      be.emptyCache();
+      try {
+        await modelBench(be, rows, profile, true);
+      } catch (e) {
+        rows.push(["GPT-345M train step, fused attention", "-", "-", `FAILED: ${(e as Error).message}`]);
+      }
     }
   }
   console.log(["what".padEnd(58) + " " + "shape".padEnd(20) + " " + "ms".padStart(9) + "  rate"].join(""));
   for (const r of rows) console.log(`${r[0].padEnd(58)} ${r[1].padEnd(20)} ${r[2].padStart(9)}  ${r[3]}`);
+  for (const p of profile) console.log(`\nprofile of one training step (mean of 2, --profile):\n${p}`);
   return rows.some((r) => r[3].includes("FAILED")) ? 1 : 0;
 }
 

@@ -44,6 +44,49 @@ export type SoftmaxMask =
   /** u8 [b, sq, sk], 1 = masked (Megatron's boolean True); broadcast over heads. */
   | { kind: "padding"; mask: Tensor };
 
+/** One operand of fused attention: element (sample bi, head hd, row i, feature d) is at the tensor's
+ *  element bi * strideB + hd * strideH + i * ld + d (q, k, v inside a QKV projection, or the context
+ *  written straight into [b, sq, np, hn]). */
+export interface AttentionOperand {
+  t: Tensor;
+  strideB: number;
+  strideH: number;
+  ld: number;
+}
+
+/** softmax(scale * q k^T + mask) with dropout, times v, per (sample, head); what the unfused path
+ *  computes with gemm, softmaxFwd, dropout and gemm, without the [b, np, sq, sk] probabilities. */
+export interface FusedAttentionArgs {
+  b: number;
+  np: number;
+  sq: number;
+  sk: number;
+  hn: number;
+  scale: number;
+  /** As softmaxFwd's (masked scores become -10000). */
+  mask: SoftmaxMask;
+  /** Attention-dropout probability (0: none) and the address `dropout` would get for the
+   *  [b, np, sq, sk] probabilities, so the kept elements are the same. */
+  dropoutP: number;
+  dropoutAddr: RngAddress | null;
+  q: AttentionOperand;
+  k: AttentionOperand;
+  v: AttentionOperand;
+  /** The context [b, np, sq, hn] (any strides); written by forward, read by backward. */
+  out: AttentionOperand;
+  /** f32 [b * np * sq]: each query row's log-sum-exp, written by forward, read by backward. */
+  lse: Tensor;
+}
+
+/** Gradients of fused attention; each tensor is laid out as the forward operand it belongs to
+ *  (dOut as out, dq as q, ...), and dq/dk/dv are overwritten. */
+export interface FusedAttentionGrads {
+  dOut: Tensor;
+  dq: Tensor;
+  dk: Tensor;
+  dv: Tensor;
+}
+
 /** Elementwise activations beyond the fused bias-GeLU: tanh (BERT pooler) and the exact erf GeLU
  *  0.5 x (1 + erf(x / sqrt 2)) (torch's F.gelu, BERT's LM head). */
 export type Activation = "tanh" | "gelu_erf";
@@ -79,6 +122,18 @@ export interface AdamArgs {
   weightDecay: number;
   /** 1-based step count used for bias correction. */
   step: number;
+}
+
+/** One parameter of a multi-tensor Adam step (adamStepMulti). */
+export interface AdamTensors {
+  /** f32 parameter (the main copy under mixed precision), m, v, all of one size; grad any float. */
+  param: Tensor;
+  grad: Tensor;
+  m: Tensor;
+  v: Tensor;
+  /** When set, also receives the updated parameter, rounded to its dtype (the model's bf16/f16
+   *  copy of an f32 main param), exactly as `copy(param, copyTo)` would. */
+  copyTo: Tensor | null;
 }
 
 export interface SgdArgs {
@@ -171,6 +226,10 @@ export interface Backend {
   softmaxFwd(scores: Tensor, scale: number, mask: SoftmaxMask, probs: Tensor): void;
   /** dscores = scale * probs * (dprobs - sum(dprobs * probs)). */
   softmaxBwd(dprobs: Tensor, probs: Tensor, scale: number, dscores: Tensor): void;
+  /** Optional fused attention (CUDA, when enabled); src/transformer/attention.ts uses it when both
+   *  directions are present and otherwise composes gemm / softmax / dropout. */
+  fusedAttentionFwd?(a: FusedAttentionArgs): void;
+  fusedAttentionBwd?(a: FusedAttentionArgs, g: FusedAttentionGrads): void;
   /**
    * out[i] = std * normal(addr's counter index of i) (philox.ts PhiloxStream.normal, f64), stored
    * as fromHost stores an f64 (f64 -> f32 -> f16/bf16, each RNE). Weight initialization: every
@@ -214,6 +273,9 @@ export interface Backend {
   // ---- optimizer and reductions -------------------------------------------------------------
   /** AdamW (decoupled weight decay, bias correction), all f32, in place on param/m/v. */
   adamStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, args: AdamArgs): void;
+  /** Optional: adamStep over many parameters (with their copyTo) in few launches, bit-identical to
+   *  adamStep + copy per parameter. The optimizer uses it when present. */
+  adamStepMulti?(list: readonly AdamTensors[], args: AdamArgs): void;
   /** SGD with momentum (torch semantics), f32, in place. */
   sgdStep(param: Tensor, grad: Tensor, momentumBuf: Tensor, args: SgdArgs): void;
   /** out[0] (+)= sum(x^2) accumulated in f64 (squares of f32/half values are exact in f64): each

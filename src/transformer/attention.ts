@@ -5,7 +5,7 @@
 // mask, probability dropout, context, and dense (row-parallel, all-reduce in forward; its bias is
 // handed back unadded for the layer's bias-dropout-add).
 
-import type { SoftmaxMask } from "../backend/backend.ts";
+import type { AttentionOperand, FusedAttentionArgs, SoftmaxMask } from "../backend/backend.ts";
 import type { ColumnParallelLinear, RowParallelLinear } from "../parallel/tensor_parallel.ts";
 import { Purpose } from "../rng/philox.ts";
 import type { Param } from "../tensor/param.ts";
@@ -67,8 +67,9 @@ interface AttentionSaved {
   enc: Tensor | null; // cross: encoder output [b*sk, h] (not owned)
   qT: Tensor; // self: [b, np, s, 3hn]; cross: [b, np, sq, hn]
   kvT: Tensor | null; // cross: [b, np, sk, 2hn]
-  probs: Tensor; // [b, np, sq, sk] before dropout
-  dropped: Tensor; // after dropout (the same tensor when p = 0); kept for dv, as Megatron's bmm does
+  probs: Tensor | null; // [b, np, sq, sk] before dropout (null when fused)
+  dropped: Tensor | null; // after dropout (the same tensor when p = 0); kept for dv, as Megatron's bmm does
+  fused: FusedAttentionArgs | null; // the backend's fused attention: its arguments, lse owned here
   ctxM: Tensor; // [T, np*hn] merged context
   b: number;
   sq: number;
@@ -189,6 +190,50 @@ export class ParallelAttention {
       backend.free(kv);
     }
     const [q, k, v] = this.parts(qT, kvT, sq, sk);
+    if (backend.fusedAttentionFwd && backend.fusedAttentionBwd) {
+      // No [b, np, sq, sk] tensor: the context is written straight into [b, sq, np, hn].
+      const ctxM = backend.empty(dt, [b, sq, np, hn]);
+      const op = (p: Part): AttentionOperand => ({
+        t: p.t,
+        strideB: np * p.stride,
+        strideH: p.stride,
+        ld: p.ld,
+      });
+      const p = attentionDropoutP(cfg, ctx);
+      const fused: FusedAttentionArgs = {
+        b,
+        np,
+        sq,
+        sk,
+        hn,
+        scale: 1 / Math.sqrt(hn),
+        mask: this.softmaxMask(inputs, b, sq, sk),
+        dropoutP: p,
+        dropoutAddr: p > 0 ? this.dropAddr(ctx, sq, sk) : null,
+        q: op(q),
+        k: op(k),
+        v: op(v),
+        out: { t: ctxM, strideB: sq * np * hn, strideH: hn, ld: np * hn },
+        lse: backend.empty("f32", [b * np * sq]),
+      };
+      backend.fusedAttentionFwd(fused);
+      const out = await this.dense.forward(ctxM.view([T, np * hn]));
+      const saved: AttentionSaved = {
+        x: x2,
+        enc,
+        qT,
+        kvT,
+        probs: null,
+        dropped: null,
+        fused,
+        ctxM: ctxM.view([T, np * hn]),
+        b,
+        sq,
+        sk,
+      };
+      ctx.saved.set(this, saved);
+      return { out: out.view([b, sq, h]), bias: this.dense.outputBias };
+    }
     const scores = backend.empty(dt, [b, np, sq, sk]);
     backend.gemm({
       transA: false,
@@ -240,6 +285,7 @@ export class ParallelAttention {
         kvT,
         probs,
         dropped: pd,
+        fused: null,
         ctxM: ctxM.view([T, np * hn]),
         b,
         sq,
@@ -262,6 +308,14 @@ export class ParallelAttention {
     const hn = cfg.kvChannels, np = this.npLocal, dt = cfg.paramsDtype, h = cfg.hiddenSize;
     const T = b * sq;
     const dctxM = await this.dense.backward(sv.ctxM, dOut.view([T, h]));
+    if (sv.fused) {
+      const dqT = backend.empty(dt, sv.qT.shape);
+      const dkvT = sv.kvT ? backend.empty(dt, sv.kvT.shape) : null;
+      const [dq, dk, dv] = this.parts(dqT, dkvT, sq, sk);
+      backend.fusedAttentionBwd!(sv.fused, { dOut: dctxM, dq: dq.t, dk: dk.t, dv: dv.t });
+      freeAll(backend, [dctxM, sv.fused.lse, sv.qT, sv.kvT, sv.ctxM]);
+      return await this.inputGrads(dqT, dkvT, sv, grads);
+    }
     const dctx = backend.empty(dt, [b, np, sq, hn]);
     backend.transpose12(dctxM.view([b, sq, np, hn]), dctx);
     backend.free(dctxM);
@@ -270,7 +324,7 @@ export class ParallelAttention {
     const [q, k, v] = this.parts(sv.qT, sv.kvT, sq, sk);
     const [dq, dk, dv] = this.parts(dqT, dkvT, sq, sk);
     // dv = dropout(probs)^T @ dctx
-    const pd = sv.dropped;
+    const pd = sv.dropped!;
     backend.gemm({
       transA: true,
       transB: false,
@@ -308,7 +362,7 @@ export class ParallelAttention {
     const p = attentionDropoutP(cfg, ctx);
     if (p > 0) backend.dropout(dprobs, p, this.dropAddr(ctx, sq, sk), dprobs);
     const dscores = backend.empty(dt, [b, np, sq, sk]);
-    backend.softmaxBwd(dprobs, sv.probs, 1 / Math.sqrt(hn), dscores);
+    backend.softmaxBwd(dprobs, sv.probs!, 1 / Math.sqrt(hn), dscores);
     freeAll(backend, [dprobs, sv.probs]);
     // dq = dscores @ k ; dk = dscores^T @ q
     backend.gemm({
@@ -346,6 +400,21 @@ export class ParallelAttention {
       strideC: dk.stride,
     });
     freeAll(backend, [dscores, sv.qT, sv.kvT, sv.ctxM]);
+    return await this.inputGrads(dqT, dkvT, sv, grads);
+  }
+
+  /** From the grads of the transposed projections (freed here) to dx, accumulating the input
+   *  projections' weight grads and, for cross-attention, d encoderOutput. */
+  private async inputGrads(
+    dqT: Tensor,
+    dkvT: Tensor | null,
+    sv: AttentionSaved,
+    grads: AttentionGrads,
+  ): Promise<Tensor> {
+    const { backend, cfg } = this.env;
+    const { b, sq, sk } = sv;
+    const hn = cfg.kvChannels, np = this.npLocal, dt = cfg.paramsDtype, h = cfg.hiddenSize;
+    const T = b * sq;
     let dx: Tensor;
     if (this.qkv) {
       const dqkv = backend.empty(dt, [T, np * 3 * hn]);
@@ -377,6 +446,7 @@ export class ParallelAttention {
         sv.kvT,
         sv.probs,
         sv.dropped !== sv.probs ? sv.dropped : null,
+        sv.fused?.lse,
         sv.ctxM,
       ]);
     }

@@ -19,7 +19,11 @@ import { numel, type Shape, shapeStr, type Storage, Tensor } from "../../tensor/
 import {
   type Activation,
   type AdamArgs,
+  type AdamTensors,
+  type AttentionOperand,
   type Backend,
+  type FusedAttentionArgs,
+  type FusedAttentionGrads,
   type GemmArgs,
   REDUCE_CHUNK,
   type RngAddress,
@@ -51,6 +55,7 @@ import { type DiscoverEnv, realDiscoverEnv } from "../../../ffi/discover.ts";
 import { CachingAllocator, type MemoryStats } from "./allocator.ts";
 import { cudaVersionString, KernelLibrary, kernelsDirUrl } from "./kernels.ts";
 import { checkGemmBounds, toCublasGemm } from "./gemm_map.ts";
+import { CudaProfiler, type ProfileReport } from "./profiler.ts";
 
 /** Device storage: one allocator block. Views share it. */
 export class CudaStorage implements Storage {
@@ -69,6 +74,65 @@ export interface CudaBackendOptions {
   /** Debug mode: synchronize after every kernel launch, GEMM and device copy and throw naming the
    *  op that failed (default: MEGATRON_DENO_CUDA_SYNC=1). Slow; for finding a faulting kernel. */
   syncCheck?: boolean;
+  /** Offer fusedAttentionFwd/Bwd (kernels/attention.cu), which src/transformer/attention.ts then
+   *  uses instead of gemm + softmax + dropout + gemm (default: MEGATRON_DENO_FUSED_ATTENTION=1). Off
+   *  by default until a GPU run shows it faster than the unfused path (bench:gpu --fused-attention). */
+  fusedAttention?: boolean;
+}
+
+/** The Backend ops profiling mode times (everything that queues device work or reads it back;
+ *  toF64 goes through toHost). */
+export const PROFILED_OPS = [
+  "zeros",
+  "fromHost",
+  "toHost",
+  "copy",
+  "fill",
+  "scale",
+  "add",
+  "transpose12",
+  "sumRows",
+  "gemm",
+  "layerNormFwd",
+  "layerNormBwd",
+  "biasGeluFwd",
+  "biasGeluBwd",
+  "activationFwd",
+  "activationBwd",
+  "softmaxFwd",
+  "softmaxBwd",
+  "normalInit",
+  "dropout",
+  "biasDropoutAdd",
+  "embeddingFwd",
+  "embeddingBwd",
+  "ceStats",
+  "ceSumExp",
+  "ceLoss",
+  "ceBwd",
+  "adamStep",
+  "adamStepMulti",
+  "sgdStep",
+  "sumSquares",
+  "countZeros",
+  "nonFinite",
+  "fusedAttentionFwd",
+  "fusedAttentionBwd",
+] as const;
+
+/** Elements per block of md_adam_multi (one table entry each). */
+const ADAM_CHUNK = 65536;
+
+/** kernels/attention.cu FA_ROWS and FA_MAXD. */
+const FLASH_ROWS = 64;
+const FLASH_MAX_HEAD_DIM = 128;
+
+/** Profile row of a GEMM: its shape, so the table separates QKV, MLP, logits and attention GEMMs. */
+function gemmLabel(g: GemmArgs): string {
+  const b = g.batch ?? 1;
+  return `gemm ${g.a.dtype} ${g.transA ? "T" : "N"}${g.transB ? "T" : "N"} ${g.m}x${g.n}x${g.k}${
+    b > 1 ? ` x${b}` : ""
+  }`;
 }
 
 const FLOAT_KERNEL_DTYPES: readonly DType[] = ["f32", "f16", "bf16"];
@@ -208,6 +272,15 @@ export class CudaBackend implements Backend {
   private readonly alpha64 = new Float64Array(1);
   private readonly beta64 = new Float64Array(1);
   private disposed = false;
+  fusedAttentionFwd?: (a: FusedAttentionArgs) => void;
+  fusedAttentionBwd?: (a: FusedAttentionArgs, g: FusedAttentionGrads) => void;
+  /** Set while profiling (startProfiling .. stopProfiling). */
+  private prof: CudaProfiler | null = null;
+  /** adamStepMulti's device table per kernel (pointers change only when parameters are reallocated,
+   *  so the upload happens once, not every step). */
+  private readonly adamTables = new Map<string, { host: BigUint64Array; dev: Tensor }>();
+  /** Own-property ops (the optional fused ones) replaced while profiling, restored after. */
+  private readonly unprofiled = new Map<string, (...a: unknown[]) => unknown>();
 
   private constructor(
     private readonly rt: Cudart,
@@ -218,7 +291,9 @@ export class CudaBackend implements Backend {
     private readonly kernels: KernelLibrary,
     readonly device: number,
     readonly syncCheck: boolean,
+    fusedAttention: boolean,
   ) {
+    this.setFusedAttention(fusedAttention);
     this.alloc = new CachingAllocator({
       malloc: (b) => rt.tryMalloc(b),
       free: (p) => rt.free(p),
@@ -267,7 +342,8 @@ export class CudaBackend implements Backend {
         ),
     );
     const syncCheck = opts.syncCheck ?? env.get("MEGATRON_DENO_CUDA_SYNC") === "1";
-    return new CudaBackend(rt, drv, blas, handle, stream, kernels, device, syncCheck);
+    const fused = opts.fusedAttention ?? env.get("MEGATRON_DENO_FUSED_ATTENTION") === "1";
+    return new CudaBackend(rt, drv, blas, handle, stream, kernels, device, syncCheck, fused);
   }
 
   // ---- plumbing ----------------------------------------------------------------------------
@@ -285,8 +361,17 @@ export class CudaBackend implements Backend {
     args: (number | bigint)[],
   ) {
     const k = this.kernels.get(name);
-    this.drv.launch(k.fn, grid, block, 0, this.stream, k.kinds as ArgKind[], args, name);
+    this.submit(() => this.drv.launch(k.fn, grid, block, 0, this.stream, k.kinds as ArgKind[], args, name));
     if (this.syncCheck) this.checkedSync(`kernel ${name} grid [${grid}] block [${block}]`);
+  }
+
+  /** A stream submission (launch, cuBLAS call, copy, memset): counted and timed when profiling. */
+  private submit(fn: () => void): void {
+    const p = this.prof;
+    if (!p) return fn();
+    const t0 = performance.now();
+    fn();
+    p.submitted(performance.now() - t0);
   }
 
   /** Sync-check mode: wait for the stream and name `what` if it (or anything before it) failed. */
@@ -367,6 +452,19 @@ export class CudaBackend implements Backend {
     this.alloc.emptyCache();
   }
 
+  /** Offers (or withdraws) fusedAttentionFwd/Bwd from now on, e.g. to time both attention paths on
+   *  one backend (bench:gpu --fused-attention). Not while profiling. */
+  setFusedAttention(on: boolean): void {
+    if (this.prof) throw new Error("cuda: setFusedAttention while profiling");
+    if (on) {
+      this.fusedAttentionFwd = (a) => this.flashFwd(a);
+      this.fusedAttentionBwd = (a, g) => this.flashBwd(a, g);
+    } else {
+      delete this.fusedAttentionFwd;
+      delete this.fusedAttentionBwd;
+    }
+  }
+
   /** Records an event on the compute stream (for timing with elapsedMs). */
   recordEvent(): Deno.PointerValue {
     const e = this.rt.eventCreate();
@@ -382,10 +480,71 @@ export class CudaBackend implements Backend {
     return ms;
   }
 
+  /**
+   * Profiling mode: from now on every Backend op (PROFILED_OPS) is bracketed by CUDA events on the
+   * stream and its host time and stream submissions are counted; `markProfileStep()` closes a
+   * training step; `stopProfiling()` waits for the events and returns the per-op report. The ops run
+   * exactly as without profiling (same launches, same results); only the events are added.
+   */
+  startProfiling(): void {
+    if (this.prof) throw new Error("cuda: startProfiling while already profiling");
+    const rt = this.rt, stream = this.stream;
+    const prof = new CudaProfiler({
+      create: () => rt.eventCreate(),
+      record: (e) => rt.eventRecord(e, stream),
+      synchronize: (e) => rt.eventSynchronize(e),
+      elapsedMs: (a, b) => rt.elapsedMs(a, b),
+      destroy: (e) => rt.eventDestroy(e),
+    });
+    const self = this as unknown as Record<string, (...a: unknown[]) => unknown>;
+    this.unprofiled.clear();
+    for (const op of PROFILED_OPS) {
+      const fn = self[op];
+      if (typeof fn !== "function") continue; // an optional op this backend does not offer
+      if (Object.hasOwn(this, op)) this.unprofiled.set(op, fn);
+      // An own property shadows the prototype's method until stopProfiling deletes it.
+      self[op] = (...a: unknown[]) => {
+        prof.enter(op === "gemm" ? gemmLabel(a[0] as GemmArgs) : op);
+        try {
+          return fn.apply(this, a);
+        } finally {
+          prof.exit();
+        }
+      };
+    }
+    this.prof = prof;
+  }
+
+  /** Closes one training step of the profile. */
+  markProfileStep(): void {
+    if (!this.prof) throw new Error("cuda: markProfileStep without startProfiling");
+    this.prof.markStep();
+  }
+
+  /** Ends profiling mode and returns the report (waits for the recorded events). */
+  stopProfiling(): ProfileReport {
+    const prof = this.prof;
+    if (!prof) throw new Error("cuda: stopProfiling without startProfiling");
+    const self = this as unknown as Record<string, unknown>;
+    for (const op of PROFILED_OPS) {
+      delete self[op];
+      const own = this.unprofiled.get(op);
+      if (own) self[op] = own;
+    }
+    this.prof = null;
+    try {
+      return prof.report();
+    } finally {
+      prof.dispose();
+    }
+  }
+
   dispose(): void {
     if (this.disposed) return;
+    if (this.prof) this.stopProfiling();
     this.disposed = true;
     this.rt.streamSynchronize(this.stream);
+    this.adamTables.clear(); // their blocks go with releaseAll
     this.alloc.releaseAll();
     this.kernels.unload();
     this.blas.destroy(this.handle);
@@ -401,7 +560,7 @@ export class CudaBackend implements Backend {
 
   zeros(dtype: DType, shape: Shape): Tensor {
     const t = this.empty(dtype, shape);
-    if (t.bytes > 0) this.rt.memsetAsync(this.ptr(t), 0, t.bytes, this.stream);
+    if (t.bytes > 0) this.submit(() => this.rt.memsetAsync(this.ptr(t), 0, t.bytes, this.stream));
     return t;
   }
 
@@ -411,7 +570,7 @@ export class CudaBackend implements Backend {
     const t = this.empty(dtype, shape);
     if (t.bytes > 0) {
       const view = new Uint8Array(host.buffer as ArrayBuffer, host.byteOffset, t.bytes);
-      this.rt.htod(this.ptr(t), view, t.bytes, this.stream);
+      this.submit(() => this.rt.htod(this.ptr(t), view, t.bytes, this.stream));
     }
     return t;
   }
@@ -420,7 +579,7 @@ export class CudaBackend implements Backend {
     const out = allocHost(t.dtype, t.size);
     if (t.bytes > 0) {
       const view = new Uint8Array(out.buffer as ArrayBuffer, 0, t.bytes);
-      this.rt.dtoh(view, this.ptr(t), t.bytes, this.stream);
+      this.submit(() => this.rt.dtoh(view, this.ptr(t), t.bytes, this.stream));
     }
     this.sync();
     return out;
@@ -469,7 +628,7 @@ export class CudaBackend implements Backend {
   }
 
   private dtod(dst: bigint, src: bigint, bytes: number): void {
-    this.rt.dtod(dst, src, bytes, this.stream);
+    this.submit(() => this.rt.dtod(dst, src, bytes, this.stream));
     if (this.syncCheck) this.checkedSync(`cudaMemcpyAsync(DtoD, ${bytes} bytes)`);
   }
 
@@ -479,7 +638,7 @@ export class CudaBackend implements Backend {
     } else if (t.dtype === "i32") {
       this.launch1d("md_fill_i32", t.size, [this.ptr(t), t.size, value]);
     } else if (value === 0) {
-      if (t.bytes > 0) this.rt.memsetAsync(this.ptr(t), 0, t.bytes, this.stream);
+      if (t.bytes > 0) this.submit(() => this.rt.memsetAsync(this.ptr(t), 0, t.bytes, this.stream));
     } else {
       throw new Error(`cuda fill: dtype ${t.dtype} supports only value 0, got ${value}`);
     }
@@ -560,6 +719,7 @@ export class CudaBackend implements Backend {
     // cuBLAS's first operand is the caller's B (see gemm_map.ts).
     const pa = this.ptr(b), pb = this.ptr(a), pc = this.ptr(c);
     const batch = g.batch ?? 1;
+    const t0 = this.prof ? performance.now() : 0;
     if (batch === 1) {
       this.blas.check(
         "cublasGemmEx",
@@ -615,6 +775,7 @@ export class CudaBackend implements Backend {
         ),
       );
     }
+    this.prof?.submitted(performance.now() - t0);
     if (this.syncCheck) {
       this.checkedSync(
         `gemm ${a.dtype}->${c.dtype} ${g.transA ? "T" : "N"}${
@@ -828,6 +989,144 @@ export class CudaBackend implements Backend {
       this.ptr(dscores),
       sk,
     ]);
+  }
+
+  /** Checks one fused-attention operand (dtype, head dim, bounds) and returns its kernel strides. */
+  private flashOperand(what: string, o: AttentionOperand, a: FusedAttentionArgs, len: number): bigint[] {
+    const op = "fusedAttention";
+    requireFloat(op, o.t, what);
+    requireSame(op, a.q.t, o.t, `q/${what}`);
+    for (const k of ["strideB", "strideH", "ld"] as const) {
+      if (!Number.isSafeInteger(o[k]) || o[k] < 0) {
+        throw new Error(`cuda ${op}: ${what}.${k}=${o[k]} is not valid`);
+      }
+    }
+    const last = (a.b - 1) * o.strideB + (a.np - 1) * o.strideH + (len - 1) * o.ld + a.hn - 1;
+    if (last >= o.t.size) {
+      throw new Error(
+        `cuda ${op}: ${what} [${a.b}, ${a.np}, ${len}, ${a.hn}] with strides (${o.strideB}, ${o.strideH}, ${o.ld}) ` +
+          `reaches element ${last} of a ${o.t.size}-element tensor`,
+      );
+    }
+    return [BigInt(o.strideB), BigInt(o.strideH), BigInt(o.ld)];
+  }
+
+  /** The kernels' arguments after the pointers (kernels.ts FLASH_TAIL); checks everything. */
+  private flashTail(a: FusedAttentionArgs): { mask: bigint; tail: (number | bigint)[] } {
+    const op = "fusedAttention";
+    const { b, np, sq, sk, hn } = a;
+    if (![b, np, sq, sk, hn].every((x) => Number.isInteger(x) && x > 0)) {
+      throw new Error(`cuda ${op}: b, np, sq, sk, hn must be positive integers, got ${[b, np, sq, sk, hn]}`);
+    }
+    if (hn > FLASH_MAX_HEAD_DIM) {
+      throw new Error(`cuda ${op}: head dim ${hn} exceeds the kernel's ${FLASH_MAX_HEAD_DIM}`);
+    }
+    if (b * np > 65535) throw new Error(`cuda ${op}: b * np = ${b * np} exceeds the grid's y limit 65535`);
+    requireSize(op, a.lse, b * np * sq, "lse");
+    requireDType(op, a.lse, "f32", "lse");
+    let mask = 0n, kind = 0;
+    if (a.mask.kind === "causal") kind = 1;
+    else if (a.mask.kind === "padding") {
+      requireDType(op, a.mask.mask, "u8", "mask");
+      requireSize(op, a.mask.mask, b * sq * sk, "mask");
+      kind = 2;
+      mask = this.ptr(a.mask.mask);
+    }
+    requireDropProb(op, a.dropoutP);
+    let rng: (number | bigint)[] = [0, 0, 0, 0n, 0n, 1n];
+    if (a.dropoutP > 0) {
+      if (!a.dropoutAddr) throw new Error(`cuda ${op}: dropoutP ${a.dropoutP} needs a dropoutAddr`);
+      rng = this.rngArgs(op, b * np * sq * sk, a.dropoutAddr);
+    }
+    const tail = [
+      kind,
+      a.scale,
+      a.dropoutP,
+      a.dropoutP > 0 ? keepScale(a.dropoutP) : 1,
+      ...rng,
+      np,
+      sq,
+      sk,
+      hn,
+      ...this.flashOperand("q", a.q, a, sq),
+      ...this.flashOperand("k", a.k, a, sk),
+      ...this.flashOperand("v", a.v, a, sk),
+      ...this.flashOperand("out", a.out, a, sq),
+    ];
+    return { mask, tail };
+  }
+
+  private flashFwd(a: FusedAttentionArgs): void {
+    const { mask, tail } = this.flashTail(a);
+    // hn = 64 has kernels with the head dimension unrolled at compile time.
+    const dt = a.q.t.dtype + (a.hn === 64 ? "_d64" : "");
+    this.launch(
+      `md_flash_attn_fwd_${dt}`,
+      [Math.ceil(a.sq / FLASH_ROWS), a.b * a.np, 1],
+      [FLASH_ROWS, 1, 1],
+      [
+        this.ptr(a.q.t),
+        this.ptr(a.k.t),
+        this.ptr(a.v.t),
+        this.ptr(a.out.t),
+        this.ptr(a.lse),
+        mask,
+        ...tail,
+      ],
+    );
+  }
+
+  private flashBwd(a: FusedAttentionArgs, g: FusedAttentionGrads): void {
+    const { mask, tail } = this.flashTail(a);
+    // hn = 64 has kernels with the head dimension unrolled at compile time.
+    const dt = a.q.t.dtype + (a.hn === 64 ? "_d64" : "");
+    for (
+      const [t, o, w] of [[g.dOut, a.out, "dOut"], [g.dq, a.q, "dq"], [g.dk, a.k, "dk"], [
+        g.dv,
+        a.v,
+        "dv",
+      ]] as const
+    ) {
+      requireSame("fusedAttention", o.t, t, `${w} and its operand`);
+      requireSize("fusedAttention", t, o.t.size, w);
+    }
+    const delta = this.scratch(a.b * a.np * a.sq);
+    try {
+      this.launch(`md_flash_attn_bwd_dq_${dt}`, [Math.ceil(a.sq / FLASH_ROWS), a.b * a.np, 1], [
+        FLASH_ROWS,
+        1,
+        1,
+      ], [
+        this.ptr(a.q.t),
+        this.ptr(a.k.t),
+        this.ptr(a.v.t),
+        this.ptr(a.out.t),
+        this.ptr(g.dOut),
+        this.ptr(g.dq),
+        this.ptr(a.lse),
+        this.ptr(delta),
+        mask,
+        ...tail,
+      ]);
+      this.launch(`md_flash_attn_bwd_dkv_${dt}`, [Math.ceil(a.sk / FLASH_ROWS), a.b * a.np, 1], [
+        FLASH_ROWS,
+        1,
+        1,
+      ], [
+        this.ptr(a.q.t),
+        this.ptr(a.k.t),
+        this.ptr(a.v.t),
+        this.ptr(g.dOut),
+        this.ptr(g.dk),
+        this.ptr(g.dv),
+        this.ptr(a.lse),
+        this.ptr(delta),
+        mask,
+        ...tail,
+      ]);
+    } finally {
+      this.free(delta);
+    }
   }
 
   private rngArgs(op: string, n: number, a: RngAddress): (number | bigint)[] {
@@ -1058,6 +1357,66 @@ export class CudaBackend implements Backend {
     ]);
   }
 
+  adamStepMulti(list: readonly AdamTensors[], a: AdamArgs): void {
+    if (!(a.step >= 1)) throw new Error(`cuda adamStepMulti: step must be >= 1, got ${a.step}`);
+    // One launch per (grad dtype, copyTo dtype); one block per chunk of at most ADAM_CHUNK elements.
+    const groups = new Map<string, bigint[]>();
+    for (const [k, t] of list.entries()) {
+      const op = `adamStepMulti[${k}]`;
+      for (const [x, w] of [[t.param, "param"], [t.m, "m"], [t.v, "v"]] as const) {
+        requireDType(op, x, "f32", w);
+        requireSize(op, x, t.param.size, w);
+      }
+      requireFloat(op, t.grad, "grad");
+      requireSize(op, t.grad, t.param.size, "grad");
+      if (t.copyTo) {
+        requireFloat(op, t.copyTo, "copyTo");
+        requireSize(op, t.copyTo, t.param.size, "copyTo");
+      }
+      const key = `md_adam_multi_${t.grad.dtype}_${t.copyTo?.dtype ?? "f32"}`;
+      let g = groups.get(key);
+      if (!g) groups.set(key, g = []);
+      const [p, gr, m, v] = [t.param, t.grad, t.m, t.v].map((x) => this.ptr(x));
+      const o = t.copyTo ? this.ptr(t.copyTo) : 0n;
+      const gb = BigInt(DTYPE_BYTES[t.grad.dtype]), ob = t.copyTo ? BigInt(DTYPE_BYTES[t.copyTo.dtype]) : 0n;
+      for (let s = 0; s < t.param.size; s += ADAM_CHUNK) {
+        const n = Math.min(ADAM_CHUNK, t.param.size - s), bs = BigInt(s);
+        g.push(p + 4n * bs, gr + gb * bs, m + 4n * bs, v + 4n * bs, o ? o + ob * bs : 0n, BigInt(n));
+      }
+    }
+    const f = Math.fround;
+    const bc1 = f(1 - f(Math.pow(f(a.beta1), a.step)));
+    const bc2 = f(1 - f(Math.pow(f(a.beta2), a.step)));
+    for (const [name, entries] of groups) {
+      if (entries.length === 0) continue; // only empty parameters
+      const table = this.adamTable(name, entries);
+      this.launch(name, [entries.length / 6, 1, 1], [THREADS, 1, 1], [
+        this.ptr(table),
+        a.lr,
+        a.beta1,
+        a.beta2,
+        a.eps,
+        a.weightDecay,
+        bc1,
+        bc2,
+      ]);
+    }
+  }
+
+  /** The device copy of a multi-tensor table, uploaded only when its contents changed. */
+  private adamTable(name: string, entries: bigint[]): Tensor {
+    const cached = this.adamTables.get(name);
+    if (cached && cached.host.length === entries.length && entries.every((x, i) => x === cached.host[i])) {
+      return cached.dev;
+    }
+    if (cached) this.free(cached.dev);
+    const host = BigUint64Array.from(entries);
+    // Stored as i64 elements: the table is raw 64-bit words, never converted.
+    const dev = this.fromHost("i64", [host.length], new BigInt64Array(host.buffer));
+    this.adamTables.set(name, { host, dev });
+    return dev;
+  }
+
   sgdStep(param: Tensor, grad: Tensor, buf: Tensor, a: SgdArgs): void {
     requireDType("sgdStep", param, "f32", "param");
     requireDType("sgdStep", buf, "f32", "momentumBuf");
@@ -1092,7 +1451,7 @@ export class CudaBackend implements Backend {
     requireSize(op, out, 1, "out");
     const chunks = Math.ceil(x.size / REDUCE_CHUNK);
     if (chunks === 0) {
-      if (!accumulate) this.rt.memsetAsync(this.ptr(out), 0, 8, this.stream);
+      if (!accumulate) this.submit(() => this.rt.memsetAsync(this.ptr(out), 0, 8, this.stream));
       return;
     }
     const partial = this.empty("f64", [chunks]);

@@ -4,7 +4,26 @@
 
 import type { ArgKind, CudaDriver, CuFunction, CuModule } from "../../../ffi/cuda.ts";
 
-export const FATBINS = ["elementwise.fatbin", "transformer.fatbin", "train.fatbin"] as const;
+export const FATBINS = [
+  "elementwise.fatbin",
+  "transformer.fatbin",
+  "train.fatbin",
+  "attention.fatbin",
+] as const;
+
+/** The flash-attention kernels' arguments after the pointers (kernels/attention.cu FA_RNG_PARAMS):
+ *  maskKind, scale, p, keepScale, seed, stream, iteration, base, rowStride, rowLen, np, sq, sk, hn, and
+ *  (batch stride, head stride, row stride) of q, k, v and o. */
+const FLASH_TAIL: readonly ArgKind[] = [
+  "i32",
+  "f32",
+  "f32",
+  "f32",
+  "u32",
+  "u32",
+  "u32",
+  ...Array<ArgKind>(19).fill("u64"),
+];
 
 /** Argument kinds per kernel family (the name prefix before the dtype suffixes). */
 export const KERNEL_ARGS: Readonly<Record<string, readonly ArgKind[]>> = {
@@ -53,8 +72,12 @@ export const KERNEL_ARGS: Readonly<Record<string, readonly ArgKind[]>> = {
   md_ce_loss: ["ptr", "ptr", "ptr", "ptr", "u64"],
   md_ce_bwd: ["ptr", "ptr", "i64", "ptr", "ptr", "ptr", "ptr", "u64"],
   md_adam: ["ptr", "ptr", "ptr", "ptr", "u64", "f32", "f32", "f32", "f32", "f32", "f32", "f32"],
+  md_adam_multi: ["ptr", "f32", "f32", "f32", "f32", "f32", "f32", "f32"],
   md_sgd: ["ptr", "ptr", "ptr", "u64", "f32", "f32", "f32", "i32"],
   md_init_normal: ["ptr", "u64", "f64", "u32", "u32", "u32", "u64", "u64", "u64"],
+  md_flash_attn_fwd: ["ptr", "ptr", "ptr", "ptr", "ptr", "ptr", ...FLASH_TAIL],
+  md_flash_attn_bwd_dq: ["ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "ptr", ...FLASH_TAIL],
+  md_flash_attn_bwd_dkv: ["ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "ptr", "ptr", ...FLASH_TAIL],
 };
 
 /** Full kernel name: family plus dtype suffixes, e.g. kernelName("md_add", "f32", "bf16", "f32"). */
@@ -70,7 +93,7 @@ export function allKernelNames(): string[] {
   const pairs = F.flatMap((a) => F.map((b) => [a, b]));
   for (const [a, b] of pairs) {
     out.push(kernelName("md_copy", a, b), kernelName("md_scale", a, b), kernelName("md_softmax_fwd", a, b));
-    out.push(kernelName("md_bias_dropout_add", a, b));
+    out.push(kernelName("md_bias_dropout_add", a, b), kernelName("md_adam_multi", a, b));
     for (const c of F) out.push(kernelName("md_add", a, b, c));
   }
   for (const t of F) {
@@ -96,6 +119,9 @@ export function allKernelNames(): string[] {
         "md_sgd",
       ]
     ) out.push(kernelName(fam, t));
+    for (const fam of ["md_flash_attn_fwd", "md_flash_attn_bwd_dq", "md_flash_attn_bwd_dkv"]) {
+      out.push(kernelName(fam, t), kernelName(fam, t, "d64"));
+    }
     for (const i of I) {
       for (const fam of ["md_embedding_fwd", "md_embedding_bwd", "md_ce_stats", "md_ce_bwd"]) {
         out.push(kernelName(fam, i, t));

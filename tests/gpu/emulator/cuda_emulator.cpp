@@ -182,6 +182,7 @@ static int run_block() {
 #include "elementwise.cu"
 #include "transformer.cu"
 #include "train.cu"
+#include "attention.cu"
 
 template <typename... A, size_t... I>
 static void call_with(void (*fn)(A...), void** p, std::index_sequence<I...>) {
