@@ -12,18 +12,19 @@
 #                    fatbins into a temporary folder and use them (MEGATRON_DENO_KERNELS_DIR)
 #   cuda-info    30  scripts/gpu_info.ts: driver and runtime CUDA versions, libraries, GPU; fails in
 #                    one line when the driver is older than the fatbins need
-#   ops         135  tests/gpu/ops.test.ts: every op x dtype against the CPU backend
-#   gpt-train   105  tests/gpu/gpt_train.test.ts: tiny GPT 20 steps CUDA vs CPU (f32, fp16, bf16)
+#   ops         115  tests/gpu/ops.test.ts: every op x dtype against the CPU backend
+#   perf-kernels 30  tests/gpu/perf_kernels.test.ts: flash attention and multi-tensor Adam vs the CPU
+#   gpt-train    95  tests/gpu/gpt_train.test.ts: tiny GPT 20 steps CUDA vs CPU (f32, fp16, bf16)
 #   gpt-default  90  the embedded default (pretrain_gpt without --data-path, --train-iters 20, no eval)
 #                    with --device cuda, then on the CPU (which costs more: 20 iterations of a 4-layer,
 #                    128-wide GPT-2-vocabulary model), building the bundled corpus first on a fresh
 #                    host; every iteration's loss within 1e-4 relative (scripts/compare_losses.ts)
-#   sync:<f>    120  for each failed test file (ops, gpt-train): once more with MEGATRON_DENO_CUDA_SYNC=1
+#   sync:<f>    120  for each failed test file (ops, perf-kernels, gpt-train): once more with MEGATRON_DENO_CUDA_SYNC=1
 #                    (sync and check after every launch/GEMM): the table shows the first op that failed
 #   bench       150  with --bench: bench:gpu --steps 20 (GEMMs, kernels, GPT-345M)
 #   pytorch     120  with --bench, when python3 has torch: bench/pytorch_gpt345m.py (the same GPT-345M,
 #                    eager bf16); the table then gives both tokens/s and their ratio
-# The plan: the checks' budgets sum to 15 + 30 + 135 + 105 + 90 = 375 s, 450 s with a kernel rebuild:
+# The plan: the checks' budgets sum to 15 + 30 + 115 + 30 + 95 + 90 = 375 s, 450 s with a kernel rebuild:
 # the whole deadline. The sync reruns (after a failure) and --bench's two steps come after and get what
 # the checks left unused, each up to its own budget (passing checks should end well below their
 # budgets; the seconds column shows by how much), and one cut short by the deadline shows TIMEOUT or
@@ -137,10 +138,11 @@ fi
 # ---- CUDA itself, then the suites ---------------------------------------------------------------
 run_step cuda-info 30 deno run "${dflags[@]}" -A scripts/gpu_info.ts
 failed_files=()
-for f in ops gpt_train; do
+declare -A test_budget=([ops]=115 [perf_kernels]=30 [gpt_train]=95)
+for f in ops perf_kernels gpt_train; do
   # GPU_CHECK_TEST_ARGS: extra deno test flags (tests/gpu_check_script.test.ts narrows with --filter).
   # shellcheck disable=SC2086
-  run_step "${f//_/-}" $([ $f = ops ] && echo 135 || echo 105) deno test "${dflags[@]}" -A --no-check ${GPU_CHECK_TEST_ARGS:-} \
+  run_step "${f//_/-}" "${test_budget[$f]}" deno test "${dflags[@]}" -A --no-check ${GPU_CHECK_TEST_ARGS:-} \
     "tests/gpu/$f.test.ts" || failed_files+=("$f")
 done
 # ---- the embedded default: CUDA trains to the CPU's losses ---------------------------------------
