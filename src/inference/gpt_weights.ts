@@ -66,6 +66,9 @@ export interface FullGpt {
   tensors: Map<string, FullTensor>;
   /** The source's iteration ("release" for Hugging Face). */
   iteration: number | "release";
+  /** megatron-deno sources: the run's arguments and consumed samples, kept when resharding so the
+   *  trainer can resume from the result. */
+  run?: { args: Record<string, unknown>; consumedTrainSamples: number; consumedValidSamples: number };
 }
 
 const WORD = "language_model.embedding.word_embeddings.weight";
@@ -168,7 +171,9 @@ export function shardLayout(
   const padded: FullTensor = {
     dtype: word.dtype,
     shape: [paddedVocab, h],
-    data: resize(word.data, paddedVocab * h, arch.vocabSize * h),
+    // Padding rows the source has are kept (the trainer's are initialized and enter the softmax), so a
+    // reshard to the same padded size changes nothing; new rows are zero.
+    data: resize(word.data, paddedVocab * h, word.shape[0] * h),
   };
   const ranks: Map<string, FullTensor>[][] = [];
   for (let t = 0; t < tp; t++) {
@@ -387,6 +392,11 @@ function readDeno(dir: string, vocabOverride?: number): FullGpt {
     },
     tensors,
     iteration,
+    run: {
+      args: a,
+      consumedTrainSamples: r0.meta.consumedTrainSamples,
+      consumedValidSamples: r0.meta.consumedValidSamples,
+    },
   };
 }
 
@@ -449,6 +459,7 @@ export function denoArgs(
 ): Record<string, unknown> {
   const a = full.arch;
   return {
+    ...full.run?.args,
     numLayers: a.numLayers,
     hiddenSize: a.hiddenSize,
     numAttentionHeads: a.numAttentionHeads,
@@ -461,6 +472,8 @@ export function denoArgs(
     layernormEpsilon: a.layernormEpsilon,
     tensorModelParallelSize: tp,
     pipelineModelParallelSize: pp,
+    // Written without virtual chunks.
+    virtualPipelineModelParallelSize: null,
   };
 }
 
@@ -478,8 +491,8 @@ function writeDeno(dir: string, full: FullGpt, tp: number, pp: number): void {
         meta: {
           args,
           iteration: iteration === "release" ? 0 : iteration,
-          consumedTrainSamples: 0,
-          consumedValidSamples: 0,
+          consumedTrainSamples: full.run?.consumedTrainSamples ?? 0,
+          consumedValidSamples: full.run?.consumedValidSamples ?? 0,
         },
       })
     )
