@@ -13,11 +13,11 @@ import { GPTModel } from "../models/gpt.ts";
 import { makeParallelState, SingleRankCommunicator } from "../parallel/types.ts";
 import { bf16BitsToF32, f16BitsToF32 } from "../tensor/dtype.ts";
 import type { Tensor } from "../tensor/tensor.ts";
-import type { ParamsDType } from "../transformer/config.ts";
 import { type GenerateOptions, generateTokens } from "../generation/generate.ts";
 import type { FullGpt, FullTensor } from "./gpt_weights.ts";
 
-/** A one-rank GPTModel with `full`'s weights (dropout off; params in the checkpoint's dtype). */
+/** A one-rank GPTModel with `full`'s weights (dropout off). It runs in f32: half-precision weights are
+ *  widened exactly, as transformers does when it loads them into an fp32 model. */
 export function buildGptModel(full: FullGpt, backend: Backend): GPTModel {
   const a = full.arch;
   const word = full.tensors.get("language_model.embedding.word_embeddings.weight")!;
@@ -32,7 +32,7 @@ export function buildGptModel(full: FullGpt, backend: Backend): GPTModel {
       hiddenDropout: 0,
       attentionDropout: 0,
       layernormEpsilon: a.layernormEpsilon,
-      paramsDtype: word.dtype as ParamsDType,
+      paramsDtype: "f32",
       // Initialization is overwritten by the checkpoint; these only satisfy the config.
       initMethodStd: 0.02,
       activationsCheckpointMethod: null,
@@ -45,12 +45,10 @@ export function buildGptModel(full: FullGpt, backend: Backend): GPTModel {
   for (const p of model.params()) {
     const t = full.tensors.get(p.name);
     if (!t) throw new Error(`checkpoint: missing parameter ${p.name}`);
-    if (t.shape.join(",") !== p.value.shape.join(",") || t.dtype !== p.value.dtype) {
-      throw new Error(
-        `checkpoint: ${p.name} is ${t.dtype} [${t.shape}], the model expects ${p.value.dtype} [${p.value.shape}]`,
-      );
+    if (t.shape.join(",") !== p.value.shape.join(",")) {
+      throw new Error(`checkpoint: ${p.name} is [${t.shape}], the model expects [${p.value.shape}]`);
     }
-    const tmp = backend.fromHost(t.dtype, t.shape, t.data);
+    const tmp = backend.fromHost("f32", t.shape, f32Of(t));
     backend.copy(tmp, p.value);
     backend.free(tmp);
   }
