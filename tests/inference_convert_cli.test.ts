@@ -153,3 +153,17 @@ Deno.test("convert: bad input is one line, exit 1 or 2, nothing written", async 
   assert.equal(errorLine(r, "convert"), "--to hf: a Hugging Face folder has one shard; use TP = PP = 1");
   assert.deepEqual([...Deno.readDirSync(DIR)].map((e) => e.name).filter((n) => n.startsWith("x")), []);
 });
+
+Deno.test("convert hf: the hub's GPT2Model names (no transformer. prefix) import the same", async () => {
+  const src = readSafetensors(`${DATA}hf_gpt2/model.safetensors`).tensors;
+  Deno.mkdirSync(`${DIR}/bare`);
+  Deno.copyFileSync(`${DATA}hf_gpt2/config.json`, `${DIR}/bare/config.json`);
+  const { writeSafetensors } = await import("../src/training/safetensors.ts");
+  writeSafetensors(
+    `${DIR}/bare/model.safetensors`,
+    src.map((t) => ({ ...t, name: t.name.replace(/^transformer\./, "") })),
+  );
+  const a = readGpt("hf", `${DIR}/bare`), b = readGpt("hf", `${DATA}hf_gpt2`);
+  assert.deepEqual([...a.tensors.keys()], [...b.tensors.keys()]);
+  for (const [n, t] of a.tensors) assert.deepEqual(bytes(t.data), bytes(b.tensors.get(n)!.data), n);
+});

@@ -244,8 +244,12 @@ function readHf(dir: string): FullGpt {
   }
   const s = gpt2ShapeFromConfig(folder.config, where);
   const eps = typeof folder.config.layer_norm_epsilon === "number" ? folder.config.layer_norm_epsilon : 1e-5;
-  const hf = new Map<string, Tensor2>(folder.tensors.map((t) => [t.name, { shape: t.shape, data: t.data }]));
-  const dtypes = new Map(folder.tensors.map((t) => [t.name, t.dtype]));
+  // The hub's own gpt2 files hold GPT2Model's names ("h.0.attn..."); save_pretrained of
+  // GPT2LMHeadModel prefixes them with "transformer.".
+  const bare = !folder.tensors.some((t) => t.name.startsWith("transformer."));
+  const named = folder.tensors.map((t) => ({ ...t, name: bare ? `transformer.${t.name}` : t.name }));
+  const hf = new Map<string, Tensor2>(named.map((t) => [t.name, { shape: t.shape, data: t.data }]));
+  const dtypes = new Map(named.map((t) => [t.name, t.dtype]));
   const map = gpt2NameMap(s);
   const meg = hfToMegatron(
     map,
