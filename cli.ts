@@ -37,6 +37,9 @@ const COMMANDS = {
 
 type Command = keyof typeof COMMANDS;
 
+/** The command names, in the order help lists them. */
+export const COMMAND_NAMES: readonly string[] = Object.keys(COMMANDS);
+
 export const CLI_HELP = [
   "usage: megatron <command> [flags]",
   "",

@@ -3,7 +3,7 @@
 // bad usage, and `megatron preprocess` on a tiny input in a folder outside the checkout.
 
 import assert from "node:assert/strict";
-import { CLI_HELP } from "../cli.ts";
+import { CLI_HELP, COMMAND_NAMES } from "../cli.ts";
 import { MMapIndexedDataset } from "../src/data/indexed_dataset.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname.replace(/\/$/, "");
@@ -51,7 +51,7 @@ async function checkInstalled(megatron: string, cwd: string) {
   assert.equal(bad.code, 2);
   assert.equal(
     bad.stderr,
-    'megatron: unknown command "pretrain"; expected one of pretrain-gpt, preprocess\n',
+    `megatron: unknown command "pretrain"; expected one of ${COMMAND_NAMES.join(", ")}\n`,
   );
 
   const sub = await run(megatron, ["preprocess", "--help"], cwd);
