@@ -71,6 +71,9 @@ const small = fakeGpt(4, 128, 4, 128);
 Deno.bench("embedded default shape: 32 tokens, KV cache", { group: "default", baseline: true }, async () => {
   await generateAll(prompt, nextLogitsFn(small, { cache: true }), opts(32, 128));
 });
+Deno.bench("embedded default shape: 32 tokens, KV cache, backend GEMV", { group: "default" }, async () => {
+  await generateAll(prompt, nextLogitsFn(small, { cache: true, backend }), opts(32, 128));
+});
 Deno.bench(
   "embedded default shape: 32 tokens, --recompute",
   { group: "default", n: 3, warmup: 1 },
@@ -82,6 +85,9 @@ Deno.bench(
 const big = fakeGpt(12, 768, 12, 1024);
 Deno.bench("125M shape: 8 tokens, KV cache", { group: "125M", baseline: true, n: 2, warmup: 0 }, async () => {
   await generateAll(prompt, nextLogitsFn(big, { cache: true }), opts(8, 1024));
+});
+Deno.bench("125M shape: 8 tokens, KV cache, backend GEMV", { group: "125M", n: 2, warmup: 0 }, async () => {
+  await generateAll(prompt, nextLogitsFn(big, { cache: true, backend }), opts(8, 1024));
 });
 Deno.bench("125M shape: 8 tokens, --recompute", { group: "125M", n: 2, warmup: 0 }, async () => {
   await generateAll(prompt, nextLogitsFn(big, { cache: false, backend }), opts(8, 1024));

@@ -61,7 +61,7 @@ async function run(f: FlagValues): Promise<number> {
     );
   }
   const { full, tokenizer, seqLength } = await loadModel(f);
-  const backend = f.recompute ? createCpuBackend({ log: () => {} }) : undefined;
+  const backend = createCpuBackend({ log: () => {} });
   const next = nextLogitsFn(full, { cache: !f.recompute, backend });
   const opts = {
     ...sampling,

@@ -136,13 +136,18 @@ Deno.test("KV cache: each step's logits equal GPTModel's full forward", async ()
   const model = buildGptModel(full, backend);
   const V = model.cfg.vocabSize;
   const l = await modelLogits(model, [tokens]);
-  const kv = new KvCacheGpt(full);
   const scale = Math.max(...Array.from(l, Math.abs));
-  tokens.forEach((t, i) => {
-    const k = kv.step(t);
-    for (let v = 0; v < V; v++) assert.ok(Math.abs(k[v] - l[i * V + v]) <= 1e-5 * scale, `pos ${i} id ${v}`);
-  });
-  assert.throws(() => kv.step(1), /KV cache: position 32 exceeds max-position-embeddings 32/);
+  // Products in TypeScript, and as the backend's GEMMs.
+  for (const kv of [new KvCacheGpt(full), new KvCacheGpt(full, backend)]) {
+    tokens.forEach((t, i) => {
+      const k = kv.step(t);
+      for (let v = 0; v < V; v++) {
+        assert.ok(Math.abs(k[v] - l[i * V + v]) <= 1e-5 * scale, `pos ${i} id ${v}`);
+      }
+    });
+    assert.throws(() => kv.step(1), /KV cache: position 32 exceeds max-position-embeddings 32/);
+    kv.close();
+  }
 });
 
 Deno.test("streamGpt: the library's async iterator yields the greedy tokens", async () => {

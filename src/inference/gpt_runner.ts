@@ -6,7 +6,8 @@
 // backward): it reads the same parameters once to the host as f32 and computes one new position per
 // step against the cached keys and values, so a token costs O(context) instead of O(context^2). Its
 // math is Megatron's GPT layer (pre-LN, [np, 3, hn] fused QKV, scale 1/sqrt(hn), causal softmax, tanh
-// GeLU, tied logits), accumulating dot products in f64; tests compare it with GPTModel's logits.
+// GeLU, tied logits); its matrix-vector products run as the backend's GEMMs when one is given (else
+// TypeScript with f64 sums); tests compare both with GPTModel's logits.
 
 import type { Backend } from "../backend/backend.ts";
 import { GPTModel } from "../models/gpt.ts";
@@ -113,7 +114,7 @@ interface LayerWeights {
 /** y[o] = b[o] + sum_k W[o, k] x[k] (W row-major [out, in]), f64 accumulation. */
 function matvec(
   w: Float32Array,
-  b: Float32Array,
+  b: Float32Array | null,
   x: Float32Array,
   out: number,
   inD: number,
@@ -123,7 +124,7 @@ function matvec(
     let acc = 0;
     const r = o * inD;
     for (let k = 0; k < inD; k++) acc += w[r + k] * x[k];
-    y[o] = acc + b[o];
+    y[o] = acc + (b ? b[o] : 0);
   }
 }
 
@@ -163,7 +164,12 @@ export class KvCacheGpt {
   private readonly values: Float32Array[];
   private len = 0;
 
-  constructor(full: FullGpt) {
+  /** Weight matrices on `backend` (the GEMV path), keyed by the host array they were uploaded from. */
+  private readonly device = new Map<Float32Array, Tensor>();
+
+  /** With a backend, the matrix-vector products (QKV, dense, MLP, logits) run as its GEMMs (BLAS on the
+   *  CPU) against weights uploaded once; without one, in TypeScript. Call `close()` to free them. */
+  constructor(full: FullGpt, private readonly backend?: Backend) {
     const a = full.arch;
     const w = (n: string) => {
       const t = full.tensors.get(n);
@@ -199,6 +205,17 @@ export class KvCacheGpt {
       });
     }
     this.ffn = this.layers[0]?.h4hB.length ?? 4 * this.h;
+    if (backend) {
+      const up = (w: Float32Array, rows: number) =>
+        this.device.set(w, backend.fromHost("f32", [rows, w.length / rows], w));
+      up(this.wte, this.vocabRows);
+      for (const L of this.layers) {
+        up(L.qkvW, 3 * this.h);
+        up(L.denseW, this.h);
+        up(L.h4hW, this.ffn);
+        up(L.fhW, this.h);
+      }
+    }
     this.keys = this.layers.map(() => new Float32Array(this.maxLen * this.h));
     this.values = this.layers.map(() => new Float32Array(this.maxLen * this.h));
   }
@@ -210,6 +227,35 @@ export class KvCacheGpt {
 
   reset(): void {
     this.len = 0;
+  }
+
+  /** Free the backend copies of the weights. */
+  close(): void {
+    for (const t of this.device.values()) this.backend!.free(t);
+    this.device.clear();
+  }
+
+  /** y = W x + b for W [out, in] (row-major). */
+  private mv(
+    w: Float32Array,
+    b: Float32Array | null,
+    x: Float32Array,
+    out: number,
+    inD: number,
+    y: Float32Array,
+  ) {
+    const dw = this.device.get(w);
+    if (!dw) {
+      matvec(w, b, x, out, inD, y);
+      return;
+    }
+    const be = this.backend!;
+    const xt = be.fromHost("f32", [1, inD], x), yt = be.empty("f32", [1, out]);
+    be.gemm({ transA: false, transB: true, m: 1, n: out, k: inD, a: xt, b: dw, c: yt });
+    y.set(be.toHost(yt) as Float32Array);
+    be.free(xt);
+    be.free(yt);
+    if (b) { for (let o = 0; o < out; o++) y[o] += b[o]; }
   }
 
   /** Append one token at the next position; returns the logits [vocabRows] for the position after it. */
@@ -230,7 +276,7 @@ export class KvCacheGpt {
     const scale = 1 / Math.sqrt(hn);
     this.layers.forEach((L, l) => {
       layerNorm(x, L.ln1g, L.ln1b, this.eps, ln);
-      matvec(L.qkvW, L.qkvB, ln, 3 * h, h, qkv);
+      this.mv(L.qkvW, L.qkvB, ln, 3 * h, h, qkv);
       const K = this.keys[l], V = this.values[l];
       for (let n = 0; n < np; n++) {
         // Rows of head n: [q(hn), k(hn), v(hn)] (checkpoint_version 3 order).
@@ -254,22 +300,18 @@ export class KvCacheGpt {
           ctx[n * hn + d] = acc / z;
         }
       }
-      matvec(L.denseW, L.denseB, ctx, h, h, att);
+      this.mv(L.denseW, L.denseB, ctx, h, h, att);
       for (let k = 0; k < h; k++) x[k] += att[k];
       layerNorm(x, L.ln2g, L.ln2b, this.eps, ln);
-      matvec(L.h4hW, L.h4hB, ln, ffn, h, inter);
+      this.mv(L.h4hW, L.h4hB, ln, ffn, h, inter);
       for (let k = 0; k < ffn; k++) inter[k] = gelu(inter[k]);
-      matvec(L.fhW, L.fhB, inter, h, ffn, mlp);
+      this.mv(L.fhW, L.fhB, inter, h, ffn, mlp);
       for (let k = 0; k < h; k++) x[k] += mlp[k];
     });
     this.len = pos + 1;
     layerNorm(x, this.lnfG, this.lnfB, this.eps, ln);
     const logits = new Float32Array(this.vocabRows);
-    for (let v = 0; v < this.vocabRows; v++) {
-      let acc = 0;
-      for (let k = 0; k < h; k++) acc += this.wte[v * h + k] * ln[k];
-      logits[v] = acc;
-    }
+    this.mv(this.wte, null, ln, this.vocabRows, h, logits);
     return logits;
   }
 }
@@ -282,7 +324,7 @@ export function nextLogitsFn(
   opts: { cache: boolean; backend?: Backend; model?: GPTModel },
 ): (tokens: readonly number[]) => Promise<Float32Array> {
   if (opts.cache) {
-    const kv = new KvCacheGpt(full);
+    const kv = new KvCacheGpt(full, opts.backend);
     let last: Float32Array = new Float32Array(0);
     let seen: number[] = [];
     return (tokens) => {
