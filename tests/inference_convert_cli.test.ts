@@ -131,6 +131,21 @@ Deno.test("convert: bad input is one line, exit 1 or 2, nothing written", async 
     errorLine(r, "convert"),
     `${DATA}hf_bert/config.json: model_type "bert": BERT conversion needs the BERT model, which is not there yet`,
   );
+  r = await convert(
+    "--from",
+    "megatron-pt",
+    "--to",
+    "hf",
+    "--load",
+    `${DATA}megatron_gpt_zip.pt`,
+    "--save",
+    `${DIR}/x`,
+  );
+  assert.equal(r.code, 1);
+  assert.equal(
+    errorLine(r, "convert"),
+    `${DATA}megatron_gpt_zip.pt: vocabulary 50257 is larger than the 128 embedding rows (give the real one with --vocab-size)`,
+  );
   Deno.mkdirSync(`${DIR}/full`);
   Deno.writeTextFileSync(`${DIR}/full/keep.txt`, "x");
   r = await convert(

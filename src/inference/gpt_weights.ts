@@ -299,7 +299,8 @@ function readMegatronPt(path: string, vocabOverride?: number): FullGpt {
   const ck0 = readMegatronCheckpoint(first);
   const a = ck0.args ?? {};
   const where = first;
-  const tp = single ? 1 : (a.tensor_model_parallel_size as number) ?? 1;
+  // Checkpoints before 2020 call TP model_parallel_size.
+  const tp = single ? 1 : (a.tensor_model_parallel_size ?? a.model_parallel_size ?? 1) as number;
   const pp = single ? 1 : (a.pipeline_model_parallel_size as number) ?? 1;
   const numLayers = int(a.num_layers, "args.num_layers", where);
   const ranks: Map<string, FullTensor>[][][] = [];
@@ -321,7 +322,9 @@ function readMegatronPt(path: string, vocabOverride?: number): FullGpt {
   }
   const tensors = mergeLayout(ranks, numLayers, path);
   const padded = tensors.get(WORD)!.shape[0];
-  const vocab = vocabOverride ?? vocabOfArgs(a.tokenizer_type, a.vocab_size, padded, where);
+  // Older args have no tokenizer_type; Megatron's only GPT vocabulary then was GPT-2's.
+  const tokenizer = a.tokenizer_type ?? (padded >= GPT2_VOCAB ? "GPT2BPETokenizer" : undefined);
+  const vocab = vocabOverride ?? vocabOfArgs(tokenizer, a.vocab_size, padded, where);
   return {
     arch: {
       numLayers,
@@ -334,7 +337,7 @@ function readMegatronPt(path: string, vocabOverride?: number): FullGpt {
         ? a.make_vocab_size_divisible_by
         : 128,
       layernormEpsilon: typeof a.layernorm_epsilon === "number" ? a.layernorm_epsilon : 1e-5,
-      tokenizerType: typeof a.tokenizer_type === "string" ? a.tokenizer_type : "NullTokenizer",
+      tokenizerType: typeof tokenizer === "string" ? tokenizer : "NullTokenizer",
     },
     tensors,
     iteration: ck0.iteration ?? iteration,
@@ -420,7 +423,9 @@ export function readGpt(format: CheckpointFormat, path: string, vocabSize?: numb
   if (vocabSize !== undefined) full.arch.vocabSize = vocabSize;
   const rows = full.tensors.get(WORD)!.shape[0];
   if (full.arch.vocabSize > rows) {
-    throw new Error(`${path}: vocabulary ${full.arch.vocabSize} is larger than the ${rows} embedding rows`);
+    throw new Error(
+      `${path}: vocabulary ${full.arch.vocabSize} is larger than the ${rows} embedding rows (give the real one with --vocab-size)`,
+    );
   }
   return full;
 }
