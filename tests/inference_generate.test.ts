@@ -182,3 +182,37 @@ Deno.test("generate-gpt: bad usage is one line, exit 2", async () => {
   assert.equal(errorLine(r, "generate-gpt"), "NullTokenizer: expected token ids in 0..49, found '99'");
   assert.throws(() => Deno.statSync(`${DIR}/bad.out`));
 });
+
+const hasScript = (() => {
+  try {
+    return Deno.statSync("/usr/bin/script").isFile;
+  } catch {
+    return false;
+  }
+})();
+
+Deno.test({
+  name:
+    "generate-gpt --num-samples 0 on a terminal: prompt, continuation, stop (util-linux script as the TTY)",
+  ignore: !hasScript,
+  fn: async () => {
+    const want = await greedyLoop([3, 1, 4], 6);
+    const cmd =
+      `NO_COLOR=1 '${Deno.execPath()}' run -A '${CLI}' generate-gpt --load '${DIR}/ckpt' --greedy ` +
+      `--out-seq-length 6 --num-samples 0`;
+    const child = new Deno.Command("/usr/bin/script", {
+      args: ["-qec", cmd, "/dev/null"],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const w = child.stdin.getWriter();
+    await w.write(new TextEncoder().encode("3 1 4\nstop\n"));
+    await w.close();
+    const out = await child.output();
+    const text = new TextDecoder().decode(out.stdout).replaceAll("\r", "");
+    assert.equal(out.code, 0, text);
+    assert.ok(text.includes("Context prompt (stop to exit) >>> "), text);
+    assert.ok(text.includes(`\nMegatron-LM: ${want.map((t) => `${t} `).join("")}\n`), text);
+  },
+});
