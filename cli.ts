@@ -39,6 +39,22 @@ const COMMANDS = {
     what: "torchrun for one node: N ranks of a command, output prefixed, failures and signals handled",
     run: async (argv: string[]) => (await import("./tasks/launch.ts")).main(argv),
   },
+  convert: {
+    what: "GPT checkpoints between hf, megatron-pt and megatron-deno formats",
+    run: async (argv: string[]) => (await import("./tasks/convert.ts")).main(argv),
+  },
+  "merge-checkpoints": {
+    what: "tools/merge_mp_partitions.py: reshard a GPT checkpoint, any (TP, PP) -> any (TP, PP)",
+    run: async (argv: string[]) => (await import("./tasks/merge_checkpoints.ts")).main(argv),
+  },
+  "generate-gpt": {
+    what: "tools/generate_samples_gpt.py: text generation (KV cache; --recompute without)",
+    run: async (argv: string[]) => (await import("./tasks/generate_gpt.ts")).main(argv),
+  },
+  evaluate: {
+    what: "tasks/main.py zero-shot GPT evaluation: WIKITEXT103 perplexity, LAMBADA accuracy",
+    run: async (argv: string[]) => (await import("./tasks/evaluate.ts")).main(argv),
+  },
 } as const satisfies Record<string, { what: string; run: (argv: string[]) => Promise<number> }>;
 
 type Command = keyof typeof COMMANDS;

@@ -2,7 +2,7 @@
 // qualified npm:/node: specifiers only. Importing this module has no side effects.
 //
 // Layers, bottom to top: tensor, rng -> backend -> tokenizer -> data -> optimizer -> parallel ->
-// transformer -> models -> pipeline -> training -> generation, downstream, interop.
+// transformer -> models -> pipeline -> training -> generation, downstream, interop -> inference.
 
 // ---- tensor, dtype, parameters ------------------------------------------------------------------
 export * from "./src/tensor/dtype.ts";
@@ -78,3 +78,5 @@ export * from "./src/training/metrics.ts";
 export * as interop from "./src/interop/mod.ts";
 export * as generation from "./src/generation/mod.ts";
 export * as downstream from "./src/downstream/mod.ts";
+// Checkpoints in any format/layout as full GPT weights, one-rank inference, KV cache, streamGpt.
+export * as inference from "./src/inference/mod.ts";
