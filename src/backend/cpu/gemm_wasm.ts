@@ -14,6 +14,7 @@
 // CPUs with FMA, the same on every call of one machine), else f32x4 mul + add.
 
 import { Worker as NodeWorker } from "node:worker_threads";
+import { get, i32c, section, set, simd, uleb } from "./wasm_encode.ts";
 
 /** Register tile: MR rows x NR columns of C (2 f32x4 per row). */
 export const MR = 4;
@@ -23,33 +24,6 @@ export const KC = 256;
 const MC = 32 * MR;
 const NC = 2048;
 
-function uleb(n: number): number[] {
-  const out: number[] = [];
-  do {
-    let b = n & 0x7f;
-    n >>>= 7;
-    if (n !== 0) b |= 0x80;
-    out.push(b);
-  } while (n !== 0);
-  return out;
-}
-
-function sleb(v: number): number[] {
-  const out: number[] = [];
-  for (;;) {
-    const b = v & 0x7f;
-    v >>= 7;
-    const done = (v === 0 && (b & 0x40) === 0) || (v === -1 && (b & 0x40) !== 0);
-    out.push(done ? b : b | 0x80);
-    if (done) return out;
-  }
-}
-
-const section = (id: number, body: number[]): number[] => [id, ...uleb(body.length), ...body];
-const get = (i: number) => [0x20, ...uleb(i)];
-const set = (i: number) => [0x21, ...uleb(i)];
-const i32c = (v: number) => [0x41, ...sleb(v)];
-const simd = (op: number, ...imm: number[]) => [0xfd, ...uleb(op), ...imm];
 const I32 = 0x7f, F32 = 0x7d, V128 = 0x7b;
 const ADD = 0x6a, SUB = 0x6b, MUL = 0x6c, GE_U = 0x4f;
 const BLOCK = [0x02, 0x40], LOOP = [0x03, 0x40], END = 0x0b, IF = [0x04, 0x40], ELSE = 0x05;

@@ -4,43 +4,18 @@
 // (tests/backend_cpu_ops.test.ts compares them). Each backend instantiates its own module.
 
 import { KEY_HI } from "../../rng/philox.ts";
+import { section, sleb64, uleb } from "./wasm_encode.ts";
 
 /** Blocks generated per call (the module's memory holds 4 u32 per block). */
 export const PHILOX_CHUNK_BLOCKS = 16384;
-
-function uleb(n: number): number[] {
-  const out: number[] = [];
-  do {
-    let b = n & 0x7f;
-    n >>>= 7;
-    if (n !== 0) b |= 0x80;
-    out.push(b);
-  } while (n !== 0);
-  return out;
-}
-
-function sleb(v: bigint): number[] {
-  const out: number[] = [];
-  for (;;) {
-    const b = Number(v & 0x7fn);
-    v >>= 7n;
-    const done = (v === 0n && (b & 0x40) === 0) || (v === -1n && (b & 0x40) !== 0);
-    out.push(done ? b : b | 0x80);
-    if (done) return out;
-  }
-}
-
-function section(id: number, body: number[]): number[] {
-  return [id, ...uleb(body.length), ...body];
-}
 
 /**
  * gen(block: i64, n: i32, c2, c3, k0, k1): for i < n, writes philox4x32_10(
  * [lo(block+i), hi(block+i), c2, c3], [k0, k1]) as 4 u32 at memory offset 16*i. n must be >= 1.
  */
 function moduleBytes(): Uint8Array<ArrayBuffer> {
-  const M0 = sleb(0xd2511f53n), M1 = sleb(0xcd9e8d57n);
-  const W0 = sleb(BigInt(0x9e3779b9 | 0)), W1 = sleb(BigInt(0xbb67ae85 | 0));
+  const M0 = sleb64(0xd2511f53n), M1 = sleb64(0xcd9e8d57n);
+  const W0 = sleb64(BigInt(0x9e3779b9 | 0)), W1 = sleb64(BigInt(0xbb67ae85 | 0));
   // params: 0 block(i64) 1 n 2 c2 3 c3 4 k0 5 k1; locals: 6 i 7 r 8-11 x0..x3 12 kk0 13 kk1 14 addr,
   // 15 p0(i64) 16 p1(i64)
   const get = (i: number) => [0x20, i], set = (i: number) => [0x21, i], tee = (i: number) => [0x22, i];

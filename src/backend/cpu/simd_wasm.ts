@@ -10,29 +10,11 @@
 // the module's memory in chunks: memcpy is far cheaper than the arithmetic it replaces, and tensors stay
 // ordinary TypedArrays. Relaxed-SIMD multiply-add is used when the runtime has it (else mul + add).
 
-function uleb(n: number): number[] {
-  const out: number[] = [];
-  do {
-    let b = n & 0x7f;
-    n >>>= 7;
-    if (n !== 0) b |= 0x80;
-    out.push(b);
-  } while (n !== 0);
-  return out;
-}
-
-function section(id: number, body: number[]): number[] {
-  return [id, ...uleb(body.length), ...body];
-}
+import { get, i32c, section, set, simd, tee, uleb } from "./wasm_encode.ts";
 
 const I32 = 0x7f, F32 = 0x7d, V128 = 0x7b;
 
 // Opcodes (core and the 0xfd-prefixed SIMD set).
-const get = (i: number) => [0x20, ...uleb(i)];
-const set = (i: number) => [0x21, ...uleb(i)];
-const tee = (i: number) => [0x22, ...uleb(i)];
-const i32c = (v: number) => [0x41, ...slebI32(v)];
-const simd = (op: number, ...imm: number[]) => [0xfd, ...uleb(op), ...imm];
 const MEM = [4, 0]; // memarg: align 2^4, offset 0
 const load = simd(0x00, ...MEM), store = simd(0x0b, ...MEM);
 const f32x4 = {
@@ -76,17 +58,6 @@ function v128i32(l: number[]): number[] {
   const b = new Uint8Array(16), d = new DataView(b.buffer);
   l.forEach((x, i) => d.setInt32(4 * i, x, true));
   return simd(0x0c, ...b);
-}
-
-function slebI32(v: number): number[] {
-  const out: number[] = [];
-  for (;;) {
-    const b = v & 0x7f;
-    v >>= 7;
-    const done = (v === 0 && (b & 0x40) === 0) || (v === -1 && (b & 0x40) !== 0);
-    out.push(done ? b : b | 0x80);
-    if (done) return out;
-  }
 }
 
 function v128f64(x: number): number[] {
