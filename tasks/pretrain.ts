@@ -18,6 +18,8 @@ import { SaveDirLock } from "../src/training/lock.ts";
 import { devicePeak } from "../src/training/peak.ts";
 import type { TrainingTask } from "../src/training/task.ts";
 import { pretrain } from "../src/training/train.ts";
+import { detectRank, type RankInfo, RankSourceError } from "../src/distributed/rank_source.ts";
+import { joinTrainingWorld, type ProcessWorld } from "../src/training/process_world.ts";
 import { watchNpmWrapper } from "./launcher_watch.ts";
 import { resolveTrainingPaths, userCwd } from "./user_paths.ts";
 
@@ -77,14 +79,43 @@ function fail(name: string, msg: string, code: number): never {
   Deno.exit(code);
 }
 
-async function main(cmd: PretrainCommand, argv: string[]): Promise<void> {
+/** Set once this process knows it is one rank of several: error lines then name the rank. */
+interface ProcessRank {
+  rank: number | null;
+}
+
+async function main(cmd: PretrainCommand, argv: string[], me: ProcessRank): Promise<void> {
   let cfg: Config;
   let task: TrainingTask<unknown>;
+  let info: RankInfo;
+  try {
+    info = detectRank((k) => Deno.env.get(k), argv);
+  } catch (e) {
+    if (e instanceof RankSourceError) fail(cmd.name, e.message, 2);
+    throw e;
+  }
+  if (info.worldSize > 1) me.rank = info.rank;
   try {
     cfg = parseArgs(argv);
     if (cfg.help) {
       console.log(helpText());
       return;
+    }
+    // One process per rank: the data-parallel size is what the world leaves after TP * PP (Megatron's
+    // world_size // (tp * pp)) unless given.
+    if (
+      info.worldSize > 1 && cfg.distributedBackend !== "local" && !cfg.explicit.has("worldSize") &&
+      !cfg.explicit.has("dataParallelSize")
+    ) {
+      const mp = cfg.tensorModelParallelSize * cfg.pipelineModelParallelSize;
+      if (info.worldSize % mp !== 0) {
+        throw new ConfigError(
+          `world size ${info.worldSize} (rank source ${info.source}) is not divisible by ` +
+            `--tensor-model-parallel-size (${cfg.tensorModelParallelSize}) * --pipeline-model-parallel-size ` +
+            `(${cfg.pipelineModelParallelSize})`,
+        );
+      }
+      cfg = parseArgs([...argv, "--world-size", String(info.worldSize)]);
     }
     if (cfg.dataPath === undefined && cmd.withoutDataPath) cfg = await cmd.withoutDataPath(cfg);
     cfg = validateForTraining(resolveTrainingPaths(cfg, userCwd()), cmd.task.flags);
@@ -97,21 +128,34 @@ async function main(cmd: PretrainCommand, argv: string[]): Promise<void> {
   }
 
   const watch = watchNpmWrapper((l) => console.log(l));
+  // Start-up lines from rank 0, the closing summary from the last rank (which holds the losses).
+  const rank0 = info.worldSize === 1 || info.rank === 0;
+  const lastRank = info.worldSize === 1 || info.rank === info.worldSize - 1;
 
-  if (cfg.save) {
+  const { backend, note } = await selectBackend(cfg.device as "cpu" | "cuda" | "auto", {
+    log: (l) => rank0 && console.log(l),
+  });
+  if (rank0) console.log(note);
+
+  // Multi-process: check the world against the layout and agree on every flag (rank 0's store).
+  const procWorld: ProcessWorld | null = await joinTrainingWorld(cfg, backend.name, {
+    argv,
+    log: (l) => console.log(l),
+  });
+
+  if (cfg.save && rank0) {
     // One trainer per --save folder. The lock goes on every exit that runs JavaScript (normal end,
     // error, --exit-signal-handler); after a kill it names a dead pid and the next run takes it over.
+    // One process per rank: rank 0 holds it for the job (the others never write the tracker and
+    // write their shards only inside rank 0's save); a per-process lock would make ranks fight.
     const lock = SaveDirLock.acquire(cfg.save, {
       command: [cmd.name, ...argv].join(" "),
       log: (l) => console.log(l),
     });
     globalThis.addEventListener("unload", () => lock.release());
   }
-
-  const { backend, note } = await selectBackend(cfg.device as "cpu" | "cuda" | "auto", {
-    log: (l) => console.log(l),
-  });
-  console.log(note);
+  // The others start only once rank 0 holds the lock (if it cannot, its exit fails this barrier).
+  await procWorld?.store?.barrier("save-lock");
 
   const tty = Deno.stdout.isTerminal() && !cfg.noProgress;
   const enc = new TextEncoder();
@@ -142,31 +186,36 @@ async function main(cmd: PretrainCommand, argv: string[]): Promise<void> {
   }
 
   const peak = devicePeak(backend, cfg.paramsDtype);
-  log(`> MFU is measured against ${peak.what}: ${(peak.flops / 1e12).toFixed(3)} TFLOP/s`);
+  if (rank0) log(`> MFU is measured against ${peak.what}: ${(peak.flops / 1e12).toFixed(3)} TFLOP/s`);
   const result = await pretrain(task, cfg, {
     backend,
     log,
     progress,
     stopRequest: cfg.exitSignalHandler ? stopRequest : undefined,
     peak,
+    processWorld: procWorld,
   });
   clearStatus();
   const last = result.validation.at(-1);
   const first = result.validation[0];
-  log(
-    `done: ${result.iteration} iterations, ${result.tokensPerSecond.toFixed(0)} tokens/s` +
-      (first && last ? `, validation loss ${first.loss.toFixed(3)} -> ${last.loss.toFixed(3)}` : ""),
-  );
-  if (result.savedTo) log(`checkpoint saved in ${result.savedTo} (resume with --load ${cfg.save})`);
+  if (lastRank) {
+    log(
+      `done: ${result.iteration} iterations, ${result.tokensPerSecond.toFixed(0)} tokens/s` +
+        (first && last ? `, validation loss ${first.loss.toFixed(3)} -> ${last.loss.toFixed(3)}` : ""),
+    );
+  }
+  if (result.savedTo && rank0) log(`checkpoint saved in ${result.savedTo} (resume with --load ${cfg.save})`);
   watch.stop();
   if (cfg.exitSignalHandler) Deno.exit(0); // signal listeners would keep the process alive
 }
 
 /** Runs a pretraining command line: a bad flag is one line and exit code 2, a failure one line and 1. */
 export async function runPretrain(cmd: PretrainCommand, argv: string[]): Promise<void> {
+  const me: ProcessRank = { rank: null };
   try {
-    await main(cmd, argv);
+    await main(cmd, argv, me);
   } catch (e) {
-    fail(cmd.name, (e as Error).message, 1);
+    // One process per rank: the line names the rank that failed.
+    fail(cmd.name, (me.rank === null ? "" : `rank ${me.rank}: `) + (e as Error).message, 1);
   }
 }

@@ -45,6 +45,7 @@ export const TRAINING_STRING_FLAGS: { readonly [K in StringFlag]: "path" | "not-
   optimizer: "not-path",
   lrDecayStyle: "not-path",
   ddpImpl: "not-path",
+  distributedBackend: "not-path",
   split: "not-path",
   tokenizerType: "not-path",
   dataImpl: "not-path",

@@ -311,6 +311,39 @@ function trackerNote(saveDir: string): string {
   }
 }
 
+/** The error of a failed save: "checkpoint save failed at iteration N: <reason>; <tracker state>". */
+export function saveFailed(saveDir: string, iteration: Iteration, e: unknown): Error {
+  return new Error(
+    `checkpoint save failed at ${iteration === "release" ? "release" : `iteration ${iteration}`}: ` +
+      `${(e as Error).message}; ${trackerNote(saveDir)}`,
+  );
+}
+
+/** First step of a save: the save folder exists, dead writers' temps are gone, and an empty temp
+ *  iteration folder (named by `token`) is ready for the ranks' files. Returns the temp folder. One
+ *  process per rank: rank 0 runs this, then every writer fills the folder it names. */
+export function beginSave(
+  saveDir: string,
+  iteration: Iteration,
+  token = processToken(),
+  log?: (line: string) => void,
+): string {
+  const tmp = tempIterDir(saveDir, iteration, token);
+  writing(saveDir, () => Deno.mkdirSync(saveDir, { recursive: true }));
+  removeStaleTemps(saveDir, log);
+  if (exists(tmp)) Deno.removeSync(tmp, { recursive: true }); // our own leftover from a crashed try
+  writing(tmp, () => Deno.mkdirSync(tmp));
+  return tmp;
+}
+
+/** Last step of a save, once every rank's files are in `tmp`: move it into place, then point the
+ *  tracker at it. */
+export function finishSave(saveDir: string, iteration: Iteration, tmp: string): void {
+  syncDir(tmp);
+  writing(`${saveDir}/${iterDirName(iteration)}`, () => commitIterDir(saveDir, iteration, tmp));
+  writeTracker(saveDir, iteration);
+}
+
 /** Save a checkpoint atomically (see the header). Returns the final iteration directory. A write
  *  failure throws "checkpoint save failed at iteration N: <path>: <reason>; <tracker state>". */
 export function saveCheckpoint(opts: SaveOptions): string {
@@ -328,11 +361,7 @@ export function saveCheckpoint(opts: SaveOptions): string {
       );
     }
   }
-  const failed = (e: unknown) =>
-    new Error(
-      `checkpoint save failed at ${iteration === "release" ? "release" : `iteration ${iteration}`}: ` +
-        `${(e as Error).message}; ${trackerNote(saveDir)}`,
-    );
+  const failed = (e: unknown) => saveFailed(saveDir, iteration, e);
   const tmp = tempIterDir(saveDir, iteration, opts.token);
   try {
     writing(saveDir, () => Deno.mkdirSync(saveDir, { recursive: true }));

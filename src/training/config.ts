@@ -216,6 +216,15 @@ const FLAGS = {
   dataParallelSize: intOpt(G.dist, "Data-parallel size.", 1, "world-size / (tensor * pipeline)"),
   localRank: withFlag(intOpt(G.dist, "Local rank from a launcher (accepted).", 0), "--local_rank"),
   useCpuInitialization: bool(G.dist, "Initialize weights on the host (ours always does; accepted)."),
+  distributedBackend: {
+    ...choiceOpt(
+      G.dist,
+      ["nccl", "mpi", "local"],
+      "Communicator between ranks: nccl (GPU processes), mpi (CPU processes, under mpiexec or the " +
+        "launcher), local (every rank in this one process).",
+    ),
+    shownDefault: "nccl on cuda, mpi on cpu when this process is one rank of several; else local",
+  },
   distributedTimeoutMinutes: num(
     G.dist,
     10,

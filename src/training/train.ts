@@ -1,6 +1,7 @@
 // Megatron's pretrain() loop for any TrainingTask (task.ts): builds the tokenizer, the task's
 // datasets and one RankState per rank of the (TP, PP, DP) layout (all in this process through the
-// local communicator), then runs train steps with gradient accumulation, batch ramp-up, evaluation,
+// local communicator), or, when this process is one rank of a multi-process world (mpiexec, the
+// launcher; --distributed-backend mpi), only its own rank's; then runs train steps with gradient accumulation, batch ramp-up, evaluation,
 // logging (console, progress bar, TensorBoard, JSON lines), checkpoints, and the exit conditions
 // (interval, duration, signal). pretrainGPT is pretrain(gptTask, ...).
 
@@ -11,16 +12,26 @@ import { createLrScheduler } from "../optimizer/lr_schedule.ts";
 import { buildNumMicroBatchesCalculator } from "../optimizer/microbatches.ts";
 import { LocalWorld } from "../parallel/local_comm.ts";
 import { type Communicator, makeParallelState, SingleRankCommunicator } from "../parallel/types.ts";
+import { openCommunicator, type ProcessCommunicator } from "../distributed/open_comm.ts";
 import {
   assertArchitectureArgs,
+  beginSave,
   type CheckpointMeta,
+  finishSave,
+  iterDirName,
   loadCheckpoint,
   type NamedTensor,
+  rankDirName,
   type RankState as CkptRank,
   readTracker,
   removeStaleTemps,
   saveCheckpoint,
+  saveFailed,
+  tempIterDir,
+  writeRankFiles,
 } from "./checkpoint.ts";
+import { processToken } from "./process.ts";
+import { joinTrainingWorld, type ProcessWorld } from "./process_world.ts";
 import { assertFlagsSupported, type Config, configToJson, flagNotes } from "./config.ts";
 import { gptTask } from "./gpt_task.ts";
 import { MetricsWriter } from "./metrics.ts";
@@ -44,6 +55,10 @@ export interface TrainEnv {
   peak?: { flops: number; what: string; label?: string };
   /** Monotonic clock in ms (tests may fix it). */
   now?: () => number;
+  /** This process as one rank of a multi-process world (from joinTrainingWorld), null to run every
+   *  rank in this process; undefined: pretrain() decides from --distributed-backend and the rank
+   *  source, joining the world itself. */
+  processWorld?: ProcessWorld | null;
 }
 
 export interface IterationLog {
@@ -83,6 +98,8 @@ type SampleSource = SampleDataset<unknown>;
 interface Run {
   cfg: Config;
   env: TrainEnv;
+  /** Start-up, checkpoint and exit lines: every line in-process, rank 0's with one process per rank. */
+  log: (line: string) => void;
   task: TrainingTask<unknown>;
   taskCtx: TaskContext;
   ranks: RankState[];
@@ -91,6 +108,8 @@ interface Run {
   data: TaskDatasets<unknown>;
   /** One sample order per split (a cyclic one caches its epoch's permutation). */
   orders: Map<SampleSource, SplitOrder>;
+  /** One process per rank: `ranks` is this process's one rank, talking through `comm`. */
+  proc: { world: ProcessWorld; comm: ProcessCommunicator; saveToken: string } | null;
 }
 
 /** The dataset index of sample i of DP rank d's micro-batch starting after `consumed` samples. */
@@ -154,11 +173,51 @@ function allRanks<T>(run: Run, fn: (r: RankState) => Promise<T>): Promise<T[]> {
   return run.world ? run.world.run((g) => fn(run.ranks[g])) : Promise.all(run.ranks.map(fn));
 }
 
+/** One process per rank: `row` (this rank's numbers) of every last-stage rank of this rank's data
+ *  group, in DP order (the in-process loss ranks' order), on every rank: all-gathered over the data
+ *  group on the last stage, then broadcast from it over the pipeline group, so that all ranks log,
+ *  stop on a NaN loss and evaluate with the same numbers. */
+async function lossRows(run: Run, row: number[]): Promise<number[][]> {
+  const comm = run.proc!.comm;
+  const be = run.env.backend;
+  const ps = run.ranks[0].ps;
+  const k = row.length;
+  const all = be.zeros("f64", [ps.dpSize, k]);
+  try {
+    if (ps.isLastStage) {
+      const mine = be.fromHost("f64", [1, k], Float64Array.from(row));
+      try {
+        await comm.allGather(mine, all, "data");
+      } finally {
+        be.free(mine);
+      }
+    }
+    if (ps.ppSize > 1) await comm.broadcast(all, ps.ppSize - 1, "pipeline");
+    const flat = be.toF64(all);
+    return Array.from({ length: ps.dpSize }, (_, d) => Array.from(flat.subarray(d * k, (d + 1) * k)));
+  } finally {
+    be.free(all);
+  }
+}
+
+/** A rank's loss and each loss name's mean over its micro-batches (NaN off the last stage). */
+function rankRow(names: readonly string[], r: { losses: number[]; scalars: Record<string, number>[] }) {
+  return [mean(r.losses), ...names.map((n) => mean(r.scalars.map((x) => x[n])))];
+}
+
 async function trainStep(run: Run, consumed: number, iteration: number, numMicro: number) {
   const results: RankStepResult[] = await allRanks(
     run,
     (r) => r.trainStep(stepInputs(run, r, run.data.train!, consumed, iteration, numMicro)),
   );
+  if (run.proc) {
+    // The same f64 arithmetic as below, over the rows of the DP ranks (group order = DP order).
+    const names = run.task.lossNames;
+    const rows = await lossRows(run, rankRow(names, results[0]));
+    const loss = mean(rows.map((x) => x[0]));
+    const scalars = Object.fromEntries(names.map((n, i) => [n, mean(rows.map((x) => x[i + 1]))]));
+    return { loss, ...results[0], scalars };
+  }
   // Loss averaged over micro-batches and DP ranks (Megatron's average_losses_across_data_parallel_group).
   const lr = lossRanks(run);
   const loss = mean(lr.map((r) => mean(results[run.ranks.indexOf(r)].losses)));
@@ -174,19 +233,33 @@ async function evaluate(run: Run, source: SampleSource, iters: number, consumedS
   const numMicro = gbs / (micro * dp);
   const losses: number[] = [];
   const scalars: Record<string, number>[][] = [];
+  const names = run.task.lossNames;
+  const mine: number[] = []; // one process per rank: this rank's row per iteration
   for (let i = 0; i < iters; i++) {
     const consumed = consumedStart + i * gbs;
     const per = await allRanks(run, (r) => r.evalStep(stepInputs(run, r, source, consumed, 0, numMicro)));
-    for (const r of lossRanks(run)) {
-      losses.push(mean(per[run.ranks.indexOf(r)].losses));
-      scalars.push(per[run.ranks.indexOf(r)].scalars);
+    if (run.proc) mine.push(...rankRow(names, per[0]));
+    else {
+      for (const r of lossRanks(run)) {
+        losses.push(mean(per[run.ranks.indexOf(r)].losses));
+        scalars.push(per[run.ranks.indexOf(r)].scalars);
+      }
     }
   }
-  const loss = mean(losses);
-  // Megatron's evaluate: each name's mean over the eval iterations' micro-batches.
-  const names = run.task.lossNames;
   const sc: Record<string, number> = {};
-  for (const n of names) sc[n] = mean(scalars.map((mbs) => mean(mbs.map((x) => x[n]))));
+  let loss: number;
+  if (run.proc) {
+    // The in-process order: iteration-major, then DP rank.
+    const w = names.length + 1;
+    const rows = await lossRows(run, mine);
+    const at = (j: number) => Array.from({ length: iters }, (_, i) => rows.map((x) => x[i * w + j])).flat();
+    loss = mean(at(0));
+    names.forEach((n, j) => (sc[n] = mean(at(j + 1))));
+  } else {
+    loss = mean(losses);
+    // Megatron's evaluate: each name's mean over the eval iterations' micro-batches.
+    for (const n of names) sc[n] = mean(scalars.map((mbs) => mean(mbs.map((x) => x[n]))));
+  }
   return { loss, ppl: Math.exp(Math.min(20, loss)), scalars: sc };
 }
 
@@ -204,12 +277,17 @@ function checkpointArgs(run: Run): Record<string, unknown> {
   return { ...configToJson(run.cfg), paddedVocabSize: run.paddedVocab };
 }
 
-function save(run: Run, iteration: number, consumedTrain: number, consumedValid: number): string {
+/** One rank's checkpoint files' contents. */
+function checkpointRank(
+  run: Run,
+  rank: RankState,
+  iteration: number,
+  consumedTrain: number,
+  consumedValid: number,
+): CkptRank {
   const cfg = run.cfg;
   const be = run.env.backend;
-  const ranks: CkptRank[] = [];
-  for (const rank of run.ranks) {
-    if (rank.ps.dpRank !== 0) continue; // only DP rank 0 writes, as Megatron
+  {
     const { state, tensors } = rank.optimizer.exportState();
     const meta: CheckpointMeta = {
       args: checkpointArgs(run),
@@ -221,7 +299,7 @@ function save(run: Run, iteration: number, consumedTrain: number, consumedValid:
       rng: cfg.noSaveRng ? null : { seed: cfg.seed, iteration, dataIteratorPosition: consumedTrain },
       optimizer: cfg.noSaveOptim ? null : (state as unknown as Record<string, unknown>),
     };
-    ranks.push({
+    return {
       tp: rank.ps.tpRank,
       pp: rank.ps.ppRank,
       model: modelTensors(run, rank),
@@ -232,7 +310,94 @@ function save(run: Run, iteration: number, consumedTrain: number, consumedValid:
         data: be.toHost(t.tensor),
       })),
       meta,
-    });
+    };
+  }
+}
+
+/** One process per rank: runs `step` where given (null: nothing to do on this rank), then learns which
+ *  ranks failed (an all-gather of one flag per rank over the world), so that every rank stops together
+ *  instead of waiting for a peer that gave up. Throws this rank's error, or names the failed ranks. */
+async function allSucceed(run: Run, what: string, step: (() => void) | null): Promise<void> {
+  const be = run.env.backend;
+  const ps = run.ranks[0].ps;
+  let err: unknown = null;
+  try {
+    step?.();
+  } catch (e) {
+    err = e;
+  }
+  const mine = be.fromHost("f64", [1], [err === null ? 0 : 1]);
+  const all = be.zeros("f64", [ps.worldSize]);
+  let failed: number[];
+  try {
+    await run.proc!.comm.allGather(mine, all, "world");
+    failed = [...be.toF64(all)].flatMap((f, r) => (f !== 0 ? [r] : []));
+  } finally {
+    be.free(mine);
+    be.free(all);
+  }
+  if (err !== null) throw err;
+  if (failed.length > 0) {
+    throw new Error(`rank(s) ${failed.join(", ")} failed ${what} (see that rank's error line)`);
+  }
+}
+
+/** One process per rank: rank 0 prepares the temp folder, DP rank 0 of each model-parallel group writes
+ *  its mp_rank_XX[_YYY] files into it, and only when every shard is complete (all ranks report success)
+ *  rank 0 renames it into place and writes the tracker. */
+async function saveProcesses(
+  run: Run,
+  iteration: number,
+  consumedTrain: number,
+  consumedValid: number,
+): Promise<string> {
+  const cfg = run.cfg;
+  const saveDir = cfg.save!;
+  const rank = run.ranks[0];
+  const ps = rank.ps;
+  const sizes = { tpSize: ps.tpSize, ppSize: ps.ppSize };
+  const tmp = tempIterDir(saveDir, iteration, run.proc!.saveToken);
+  const rank0 = ps.globalRank === 0;
+  try {
+    await allSucceed(
+      run,
+      "to prepare the save folder",
+      rank0 ? () => beginSave(saveDir, iteration, run.proc!.saveToken, run.log) : null,
+    );
+    try {
+      await allSucceed(
+        run,
+        "to write their shard",
+        ps.dpRank === 0
+          ? () =>
+            writeRankFiles(
+              `${tmp}/${rankDirName(ps.tpRank, ps.ppRank, ps.ppSize)}`,
+              checkpointRank(run, rank, iteration, consumedTrain, consumedValid),
+              sizes,
+            )
+          : null,
+      );
+    } catch (e) {
+      if (rank0) Deno.removeSync(tmp, { recursive: true });
+      throw e;
+    }
+    await allSucceed(
+      run,
+      "to publish the checkpoint",
+      rank0 ? () => finishSave(saveDir, iteration, tmp) : null,
+    );
+  } catch (e) {
+    throw saveFailed(saveDir, iteration, e);
+  }
+  return `${saveDir}/${iterDirName(iteration)}`;
+}
+
+function save(run: Run, iteration: number, consumedTrain: number, consumedValid: number): string {
+  const cfg = run.cfg;
+  const ranks: CkptRank[] = [];
+  for (const rank of run.ranks) {
+    if (rank.ps.dpRank !== 0) continue; // only DP rank 0 writes, as Megatron
+    ranks.push(checkpointRank(run, rank, iteration, consumedTrain, consumedValid));
   }
   return saveCheckpoint({
     saveDir: cfg.save!,
@@ -240,7 +405,7 @@ function save(run: Run, iteration: number, consumedTrain: number, consumedValid:
     tpSize: cfg.tensorModelParallelSize,
     ppSize: cfg.pipelineModelParallelSize,
     ranks,
-    log: run.env.log,
+    log: run.log,
   });
 }
 
@@ -251,7 +416,7 @@ function load(
   const cfg = run.cfg;
   const dir = cfg.load!;
   if (readTracker(dir) === null) {
-    run.env.log(
+    run.log(
       `no checkpoint found in ${dir} (no latest_checkpointed_iteration.txt); starting from scratch`,
     );
     return null;
@@ -318,7 +483,7 @@ function load(
       };
     }
   }
-  run.env.log(
+  run.log(
     `loaded checkpoint ${dir} at iteration ${result.iteration}` +
       (cfg.finetune ? " (--finetune: iteration and optimizer reset)" : "") +
       (!loadOptim ? " (optimizer state not loaded)" : ""),
@@ -389,6 +554,21 @@ function writeValidationScalars(
   tb.addScalars(vals.map((x) => ({ tag: `${x.tag} vs samples`, value: x.value })), consumed);
 }
 
+/** Rank 0's `token` on every rank (a broadcast over the world): the one temp name of a checkpoint save
+ *  that all processes write into. */
+async function shareToken(be: Backend, comm: Communicator, token: string): Promise<string> {
+  const bytes = new Uint8Array(256);
+  bytes.set(new TextEncoder().encode(token).subarray(0, 255));
+  const t = be.fromHost("u8", [256], bytes);
+  try {
+    await comm.broadcast(t, 0, "world");
+    const got = be.toHost(t) as Uint8Array;
+    return new TextDecoder().decode(got.subarray(0, got.indexOf(0)));
+  } finally {
+    be.free(t);
+  }
+}
+
 /** GPT pretraining with a validated config: the generic loop with the GPT task. */
 export function pretrainGPT(cfg: Config, env: TrainEnv): Promise<TrainResult> {
   return pretrain(gptTask as TrainingTask<unknown>, cfg, env);
@@ -403,9 +583,19 @@ export async function pretrain(
   assertFlagsSupported(cfg, task.flags); // also for callers that skip validateForTraining
   task.validate?.(cfg);
   const now = env.now ?? (() => performance.now());
-  const log = env.log;
+  // One process per rank (mpiexec, the launcher) or every rank in this one process.
+  const procWorld = env.processWorld !== undefined
+    ? env.processWorld
+    : await joinTrainingWorld(cfg, env.backend.name, { log: env.log });
+  // As Megatron: start-up and checkpoint lines from rank 0 (print_rank_0), the iteration and
+  // evaluation lines, TensorBoard and metrics from the last rank (print_rank_last), which holds the loss.
+  const rank0 = procWorld === null || procWorld.info.rank === 0;
+  const lastRank = procWorld === null || procWorld.info.rank === procWorld.info.worldSize - 1;
+  const quiet = () => {};
+  const log = rank0 ? env.log : quiet;
+  const logLast = lastRank ? env.log : quiet;
   for (const note of flagNotes(cfg)) log(note);
-  if (cfg.save) {
+  if (cfg.save && rank0) {
     // Fail now, not at the first save hours in; and clear what killed writers left behind.
     prepareSaveDir(cfg.save);
     removeStaleTemps(cfg.save, log);
@@ -441,20 +631,46 @@ export async function pretrain(
   const data = task.buildDatasets(taskCtx, requested);
   if (!data.train) throw new Error(`--split ${cfg.split}: the training split is empty`);
 
-  // One rank state per (tp, pp, dp), sharing the backend.
-  const world = tp * pp * dp > 1
-    ? new LocalWorld(env.backend, { tp, pp, dp, vp }, { timeoutMs: cfg.distributedTimeoutMinutes * 60_000 })
+  // One rank state per (tp, pp, dp), sharing the backend; or this process's rank only.
+  const timeoutMs = cfg.distributedTimeoutMinutes * 60_000;
+  const world = tp * pp * dp > 1 && procWorld === null
+    ? new LocalWorld(env.backend, { tp, pp, dp, vp }, { timeoutMs })
     : null;
   const ranks: RankState[] = [];
-  for (let g = 0; g < tp * pp * dp; g++) {
-    const ps = world ? world.states[g] : makeParallelState({ tp: 1, pp: 1, dp: 1, vp }, 0);
-    const comm: Communicator = world ? world.communicator(g) : new SingleRankCommunicator();
-    // Sample-based runs size the schedule in samples (Megatron creates it before update_train_iters).
-    const scheduler = createLrScheduler({ ...cfg, globalBatchSize: gbs, lr: cfg.lr! });
-    ranks.push(new RankState(cfg, task, taskCtx, env.backend, ps, comm, scheduler, createGradScaler(cfg)));
+  // Sample-based runs size the schedule in samples (Megatron creates it before update_train_iters).
+  const scheduler = () => createLrScheduler({ ...cfg, globalBatchSize: gbs, lr: cfg.lr! });
+  let proc: Run["proc"] = null;
+  if (procWorld !== null) {
+    const ps = makeParallelState({ tp, pp, dp, vp }, procWorld.info.rank);
+    const comm = await openCommunicator(procWorld.kind, {
+      backend: env.backend,
+      ps,
+      store: procWorld.store,
+      timeoutMs,
+    });
+    log(`> ${comm.description}; one process per rank`);
+    ranks.push(new RankState(cfg, task, taskCtx, env.backend, ps, comm, scheduler(), createGradScaler(cfg)));
+    proc = { world: procWorld, comm, saveToken: await shareToken(env.backend, comm, processToken()) };
+  } else {
+    for (let g = 0; g < tp * pp * dp; g++) {
+      const ps = world ? world.states[g] : makeParallelState({ tp: 1, pp: 1, dp: 1, vp }, 0);
+      const comm: Communicator = world ? world.communicator(g) : new SingleRankCommunicator();
+      ranks.push(
+        new RankState(cfg, task, taskCtx, env.backend, ps, comm, scheduler(), createGradScaler(cfg)),
+      );
+    }
   }
-  const nParams = ranks.filter((r) => r.ps.dpRank === 0)
+  let nParams = ranks.filter((r) => r.ps.dpRank === 0)
     .reduce((s, r) => s + r.params.filter((p) => !p.shared).reduce((a, p) => a + p.value.size, 0), 0);
+  if (proc) {
+    // This rank's share, summed over its model-parallel group (the ranks of one model replica).
+    const t = env.backend.fromHost("f64", [1], [
+      ranks[0].params.filter((p) => !p.shared).reduce((a, p) => a + p.value.size, 0),
+    ]);
+    await proc.comm.allReduce(t, "sum", "model");
+    nParams = env.backend.toF64(t)[0];
+    env.backend.free(t);
+  }
   log(
     `> model: ${cfg.numLayers} layers, hidden ${cfg.hiddenSize}, ${cfg.numAttentionHeads} heads, seq ${cfg.seqLength}, ` +
       `${(nParams / 1e6).toFixed(2)}M parameters, ${cfg.paramsDtype}; layout TP=${tp} PP=${pp} DP=${dp}` +
@@ -464,6 +680,7 @@ export async function pretrain(
   const run: Run = {
     cfg,
     env,
+    log,
     task,
     taskCtx,
     ranks,
@@ -471,6 +688,7 @@ export async function pretrain(
     paddedVocab,
     data,
     orders: new Map(),
+    proc,
   };
 
   let iteration = 0;
@@ -501,10 +719,10 @@ export async function pretrain(
     }
   }
 
-  const tb = cfg.tensorboardDir
+  const tb = cfg.tensorboardDir && lastRank
     ? new SummaryWriter(cfg.tensorboardDir, { queueSize: cfg.tensorboardQueueSize })
     : null;
-  const metrics = cfg.metricsFile ? new MetricsWriter(cfg.metricsFile) : null;
+  const metrics = cfg.metricsFile && lastRank ? new MetricsWriter(cfg.metricsFile) : null;
   const calc = buildNumMicroBatchesCalculator(mbArgs);
   const history: IterationLog[] = [];
   const validation: TrainResult["validation"] = [];
@@ -529,14 +747,16 @@ export async function pretrain(
     const parts = Object.entries(r.scalars).map(([name, v]) =>
       `${name} value: ${fmtNum(v, 6)} | ${name} PPL: ${fmtNum(Math.exp(Math.min(20, v)), 6)}`
     );
-    log(`${"-".repeat(10)} ${label} | ${parts.join(" | ")}`);
+    logLast(`${"-".repeat(10)} ${label} | ${parts.join(" | ")}`);
     return r;
   };
 
-  const doSave = () => {
+  const doSave = async () => {
     if (!cfg.save) return;
     const t0 = now();
-    savedTo = save(run, iteration, consumedTrain, consumedValid);
+    savedTo = proc
+      ? await saveProcesses(run, iteration, consumedTrain, consumedValid)
+      : save(run, iteration, consumedTrain, consumedValid);
     log(`saved checkpoint at iteration ${iteration} to ${cfg.save} (${(now() - t0).toFixed(0)} ms)`);
   };
 
@@ -593,11 +813,13 @@ export async function pretrain(
         );
       }
     }
-    env.progress?.(
-      `iteration ${iteration}/${trainIters} | loss ${fmtNum(r.loss)} | ${
-        (tokens / dt * 1000).toFixed(0)
-      } tokens/s`,
-    );
+    if (lastRank) {
+      env.progress?.(
+        `iteration ${iteration}/${trainIters} | loss ${fmtNum(r.loss)} | ${
+          (tokens / dt * 1000).toFixed(0)
+        } tokens/s`,
+      );
+    }
 
     if (iteration % cfg.logInterval === 0 || iteration === trainIters) {
       const elapsed = now() - intervalStart;
@@ -613,7 +835,7 @@ export async function pretrain(
       if (tb && cfg.logTimersToTensorboard) tb.addScalar("iteration-time", msPerIter / 1000, iteration);
       itersSinceLog = 0;
       for (const rank of ranks) rank.timers.clear();
-      log(
+      logLast(
         ` iteration ${String(iteration).padStart(8)}/${String(trainIters).padStart(8)} |` +
           ` consumed samples: ${String(consumedTrain).padStart(10)} |` +
           ` elapsed time per iteration (ms): ${msPerIter.toFixed(1)} |` +
@@ -668,7 +890,7 @@ export async function pretrain(
       }
     }
 
-    if (cfg.save && cfg.saveInterval && iteration % cfg.saveInterval === 0) doSave();
+    if (cfg.save && cfg.saveInterval && iteration % cfg.saveInterval === 0) await doSave();
 
     // A CPU step never returns to the event loop by itself, so signal listeners would never run:
     // give the loop a turn (a timer costs ~1 ms, so at most every 50 ms) when a stop can be requested.
@@ -684,7 +906,7 @@ export async function pretrain(
       stop = "exit-duration";
     }
     if (stop) {
-      if (!(cfg.saveInterval && iteration % cfg.saveInterval === 0)) doSave();
+      if (!(cfg.saveInterval && iteration % cfg.saveInterval === 0)) await doSave();
       log(
         `exiting at iteration ${iteration} (${
           stop === "signal" ? `signal ${env.stopRequest?.signal ?? ""}` : stop
@@ -697,7 +919,9 @@ export async function pretrain(
 
   let test: TrainResult["test"] = null;
   if (exitReason === "done") {
-    if (cfg.save && !(cfg.saveInterval && iteration % cfg.saveInterval === 0) && iteration > 0) doSave();
+    if (cfg.save && !(cfg.saveInterval && iteration % cfg.saveInterval === 0) && iteration > 0) {
+      await doSave();
+    }
     if (data.valid && !(cfg.evalInterval && iteration % cfg.evalInterval === 0)) {
       const v = await doEval(`validation loss at the end of training`, data.valid, consumedValid);
       if (v) {
@@ -712,6 +936,11 @@ export async function pretrain(
   tb?.close();
   for (const r of ranks) r.free();
   data.close();
+  if (proc) {
+    // A clean exit: flush pending sends, leave MPI, say goodbye to the store (rank 0 waits for all).
+    await proc.comm.close();
+    await proc.world.store?.close();
+  }
   return {
     iteration,
     consumedTrainSamples: consumedTrain,
