@@ -4,8 +4,8 @@
 // MPICH's are 32-bit integer constants (mpi.h), Open MPI's are addresses of global objects
 // (ompi_mpi_comm_world, ...) looked up with dlsym, and its library must be loaded RTLD_GLOBAL because
 // its plugins resolve symbols from it.
-// Discovery: MEGATRON_DENO_MPI (a full path), then LD_LIBRARY_PATH, then the system library dirs;
-// MPICH first unless Open MPI's launcher started this process.
+// Discovery: MEGATRON_DENO_MPI (a full path: used or reported, no fallback), else LD_LIBRARY_PATH,
+// then the system library dirs; MPICH first unless Open MPI's launcher started this process.
 
 import { cStr } from "./discover.ts";
 
@@ -147,7 +147,10 @@ export function openMpi(
 ): MpiLib {
   const dl = openDl();
   const tried: string[] = [];
+  const explicit = get("MEGATRON_DENO_MPI");
   for (const path of mpiCandidatePaths(get, systemDirs)) {
+    // A library the user named is used or reported, never silently replaced by another (as CBLAS).
+    if (explicit && path !== explicit) break;
     if (!isFile(path)) {
       tried.push(path);
       continue;

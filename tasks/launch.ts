@@ -9,6 +9,13 @@
 // <task> is a megatron command (pretrain-gpt, or its deno task name pretrain:gpt), a .ts/.js file run
 // with `deno run -A`, or any other program. Exit codes: the failing child's code (128 + signal number
 // when it was killed by a signal), 2 for bad usage.
+//
+// A pretraining command that will use the mpi backend (--distributed-backend mpi, or no such flag and
+// the CPU: --device cpu, or --device auto without CUDA) is handed to mpiexec: MPI processes form one
+// world only when started by it (MPI_Init in a plain child makes a world of one). The launcher then
+// runs `mpiexec -n N <child>` with MASTER_ADDR/MASTER_PORT for the rendezvous store, turns mpiexec's
+// per-rank output tags into the same `[rankN]: ` prefixes (or shows only rank 0's), forwards signals to
+// mpiexec (which stops its ranks) and exits with mpiexec's code, which is non-zero when a rank fails.
 
 export const LAUNCH_USAGE =
   "usage: launch [--nproc-per-node N] [--nnodes K --node-rank R --master-addr HOST --master-port P] " +
@@ -28,7 +35,8 @@ export interface LaunchConfig {
 
 export class UsageError extends Error {}
 
-const CLI_COMMANDS = new Set(["pretrain-gpt", "preprocess"]);
+const CLI_COMMANDS = new Set(["pretrain-gpt", "pretrain-bert", "preprocess"]);
+const PRETRAIN_COMMANDS = new Set(["pretrain-gpt", "pretrain-bert", "pretrain-t5"]);
 
 function posInt(flag: string, v: string | undefined, min: number, max = Number.MAX_SAFE_INTEGER): number {
   if (v === undefined || !/^[0-9]+$/.test(v) || Number(v) < min || Number(v) > max) {
@@ -114,6 +122,80 @@ export function childEnv(cfg: LaunchConfig, local: number): Record<string, strin
   };
 }
 
+/** The value of `--flag v` / `--flag=v` in a command's flags (the last one wins), or undefined. */
+function flagValue(flags: readonly string[], flag: string): string | undefined {
+  let v: string | undefined;
+  for (let i = 0; i < flags.length; i++) {
+    if (flags[i] === flag) v = flags[i + 1];
+    else if (flags[i].startsWith(`${flag}=`)) v = flags[i].slice(flag.length + 1);
+  }
+  return v;
+}
+
+/** Will this command train with the mpi backend? `cudaUsable` is asked only for --device auto. */
+export function usesMpi(command: readonly string[], cudaUsable: () => boolean): boolean {
+  const [task, ...flags] = command;
+  if (!PRETRAIN_COMMANDS.has(task.replaceAll(":", "-"))) return false;
+  const backend = flagValue(flags, "--distributed-backend");
+  if (backend !== undefined) return backend === "mpi";
+  const device = flagValue(flags, "--device") ?? "auto";
+  return device === "cpu" || (device === "auto" && !cudaUsable());
+}
+
+export type MpiexecFlavor = "openmpi" | "mpich";
+
+/** mpiexec's arguments for N ranks of `child` on this node, each rank's output tagged with its rank. */
+export function mpiexecArgs(
+  flavor: MpiexecFlavor,
+  n: number,
+  child: readonly string[],
+  isRoot = Deno.uid() === 0,
+): string[] {
+  return flavor === "openmpi"
+    ? [
+      "--tag-output",
+      "--oversubscribe", // more ranks than cores is fine for a CPU job (the tests' 4 on 2 cores)
+      ...(isRoot ? ["--allow-run-as-root"] : []),
+      ...["-x", "MASTER_ADDR", "-x", "MASTER_PORT"],
+      ...["-n", String(n)],
+      ...child,
+    ]
+    : ["-prepend-rank", "-n", String(n), ...child];
+}
+
+/** Splits a line of tagged mpiexec output into its rank and text (null: mpiexec's own line). Open MPI
+ *  --tag-output: `[1,2]<stdout>:text`; MPICH -prepend-rank: `[2] text`. */
+export function untagLine(flavor: MpiexecFlavor, line: string): { rank: number; text: string } | null {
+  const m = flavor === "openmpi"
+    ? /^\[\d+,(\d+)\]<std(?:out|err)>: ?(.*)$/.exec(line)
+    : /^\[(\d+)\] ?(.*)$/.exec(line);
+  return m ? { rank: Number(m[1]), text: m[2] } : null;
+}
+
+/** The mpiexec to run (MEGATRON_DENO_MPIEXEC, else `mpiexec` on PATH) and its flavor. */
+function findMpiexec(): { path: string; flavor: MpiexecFlavor } {
+  const path = Deno.env.get("MEGATRON_DENO_MPIEXEC") || "mpiexec";
+  let text: string;
+  try {
+    const o = new Deno.Command(path, { args: ["--version"], stdout: "piped", stderr: "piped" }).outputSync();
+    text = new TextDecoder().decode(o.stdout) + new TextDecoder().decode(o.stderr);
+  } catch (e) {
+    throw new UsageError(
+      `launch: the mpi backend needs mpiexec, and ${JSON.stringify(path)} cannot be run ` +
+        `(${
+          (e as Error).message.split("\n")[0]
+        }); install MPICH or Open MPI (apt-get install mpich), or set ` +
+        `MEGATRON_DENO_MPIEXEC to its mpiexec`,
+    );
+  }
+  if (/Open MPI|OpenRTE/i.test(text)) return { path, flavor: "openmpi" };
+  if (/HYDRA|MPICH/i.test(text)) return { path, flavor: "mpich" };
+  throw new UsageError(
+    `launch: ${path} --version names neither Open MPI nor MPICH (Hydra); set MEGATRON_DENO_MPIEXEC to ` +
+      `one of theirs`,
+  );
+}
+
 const SIGNO: Record<string, number> = { SIGINT: 2, SIGKILL: 9, SIGTERM: 15 };
 const enc = new TextEncoder();
 
@@ -150,11 +232,108 @@ function writeAll(out: { writeSync(b: Uint8Array): number }, b: Uint8Array): voi
   while (off < b.length) off += out.writeSync(b.subarray(off));
 }
 
-/** Runs the children; resolves with the launcher's exit code. */
+/** One node's ranks as one mpiexec job (see the header); resolves with mpiexec's exit code. */
+async function launchMpiexec(cfg: LaunchConfig, log: (line: string) => void): Promise<number> {
+  if (cfg.nnodes > 1) {
+    throw new UsageError(
+      "launch: --nnodes > 1 with the mpi backend: start the whole job with mpiexec across the nodes " +
+        "(a hostfile), without the launcher",
+    );
+  }
+  const { path, flavor } = findMpiexec();
+  const cmd = childCommand(cfg.command);
+  let proc: Deno.ChildProcess;
+  try {
+    proc = new Deno.Command(path, {
+      args: mpiexecArgs(flavor, cfg.nprocPerNode, cmd),
+      env: { MASTER_ADDR: cfg.masterAddr, MASTER_PORT: String(cfg.masterPort) },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+  } catch (e) {
+    log(`launch: cannot start ${JSON.stringify(path)}: ${(e as Error).message.split("\n")[0]}`);
+    return 1;
+  }
+  log(`launch: the mpi backend: ${cfg.nprocPerNode} rank(s) through ${path} (${flavor})`);
+  const tails = new Map<number, string[]>();
+  const route = (out: { writeSync(b: Uint8Array): number }, isErr: boolean) => (line: string) => {
+    const t = untagLine(flavor, line);
+    if (t === null) return writeAll(out, enc.encode(line + "\n")); // mpiexec's own lines
+    // Open MPI tags stderr lines too; MPICH's go to mpiexec's stderr.
+    if (cfg.logRank === "all") return writeAll(out, enc.encode(`[rank${t.rank}]: ${t.text}\n`));
+    if (t.rank === 0) return writeAll(out, enc.encode(t.text + "\n"));
+    if (isErr || /<stderr>/.test(line)) {
+      const tail = tails.get(t.rank) ?? [];
+      tail.push(t.text);
+      if (tail.length > 20) tail.shift();
+      tails.set(t.rank, tail);
+    }
+  };
+  let signalled: Deno.Signal | null = null;
+  const onSignal = (sig: Deno.Signal) => () => {
+    if (signalled) return trySignal(proc, "SIGKILL");
+    signalled = sig;
+    log(`launch: got ${sig}; forwarding it to mpiexec`);
+    trySignal(proc, sig);
+  };
+  const handlers: [Deno.Signal, () => void][] = [["SIGINT", onSignal("SIGINT")], [
+    "SIGTERM",
+    onSignal("SIGTERM"),
+  ]];
+  for (const [s, h] of handlers) Deno.addSignalListener(s, h);
+  let st: Deno.CommandStatus;
+  try {
+    await Promise.all([
+      lines(proc.stdout, route(Deno.stdout, false)),
+      lines(proc.stderr, route(Deno.stderr, true)),
+    ]);
+    st = await proc.status;
+  } finally {
+    for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
+  }
+  const code = st.signal ? 128 + (SIGNO[st.signal] ?? 0) : st.code;
+  if (code !== 0 && !signalled) {
+    for (const [r, tail] of [...tails].sort(([a], [b]) => a - b)) {
+      for (const l of tail) log(`[rank${r}]: ${l}`);
+    }
+    log(
+      `launch: mpiexec ${
+        st.signal ? `was killed by ${st.signal}` : `exited with code ${st.code}`
+      } (a rank failed)`,
+    );
+  }
+  return code;
+}
+
+/** Calls `emit` for every line of a stream. */
+async function lines(stream: ReadableStream<Uint8Array>, emit: (line: string) => void): Promise<void> {
+  const dec = new TextDecoder();
+  let buf = "";
+  for await (const chunk of stream) {
+    buf += dec.decode(chunk, { stream: true });
+    let i: number;
+    while ((i = buf.indexOf("\n")) >= 0) {
+      emit(buf.slice(0, i));
+      buf = buf.slice(i + 1);
+    }
+  }
+  if (buf.length > 0) emit(buf);
+}
+
+/** Is CUDA usable here (what --device auto would pick)? Loaded only when asked. */
+async function cudaUsable(): Promise<boolean> {
+  const { probeCuda } = await import("../src/backend/cuda/cuda_backend.ts");
+  return probeCuda().ok;
+}
+
+/** Runs the children (or one mpiexec job for the mpi backend); resolves with the launcher's exit code. */
 export async function launch(
   cfg: LaunchConfig,
   log: (line: string) => void = (l) => console.error(l),
 ): Promise<number> {
+  const cuda = PRETRAIN_COMMANDS.has(cfg.command[0].replaceAll(":", "-")) ? await cudaUsable() : false;
+  if (usesMpi(cfg.command, () => cuda)) return await launchMpiexec(cfg, log);
   const cmd = childCommand(cfg.command);
   interface Child {
     rank: number;
@@ -265,7 +444,15 @@ export async function main(argv: string[]): Promise<number> {
     }
     throw e;
   }
-  return await launch(cfg);
+  try {
+    return await launch(cfg);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      console.error(e.message);
+      return 2;
+    }
+    throw e;
+  }
 }
 
 if (import.meta.main) Deno.exit(await main(Deno.args));
