@@ -79,6 +79,25 @@ export async function runToyRank(
   return { losses, evalLosses, grads, maxInFlight };
 }
 
+/** Pipeline layouts (with micro-batches m) run by mpiexec -n <world size> (tests/distributed/mpi_child.ts
+ *  schedule mode). */
+export const SCHEDULE_LAYOUTS: Record<
+  number,
+  { tp: number; pp: number; dp: number; vp: number; m: number }[]
+> = {
+  2: [
+    { tp: 1, pp: 2, dp: 1, vp: 1, m: 4 },
+    { tp: 1, pp: 2, dp: 1, vp: 2, m: 4 },
+    { tp: 1, pp: 2, dp: 1, vp: 3, m: 6 },
+  ],
+  4: [
+    { tp: 1, pp: 4, dp: 1, vp: 1, m: 8 },
+    { tp: 1, pp: 4, dp: 1, vp: 2, m: 8 },
+    { tp: 1, pp: 2, dp: 2, vp: 2, m: 4 },
+    { tp: 2, pp: 2, dp: 1, vp: 1, m: 3 },
+  ],
+};
+
 /** Exact bits of a result, for comparisons across communicators and processes. */
 export function toyBits(x: ToyResult): string {
   const hex = (a: number[]) =>
