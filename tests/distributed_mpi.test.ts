@@ -1,14 +1,17 @@
 // The MPI communicator in real processes (`mpiexec -n 4 deno run ...`): every collective and p2p
 // message of a fixed script over 5 layouts must equal LocalWorld's result byte for byte (MPICH, and
 // Open MPI when installed); paired exchanges complete with unbuffered sends where separate calls
-// deadlock (which the timeout turns into one line); a hung rank makes the others exit within the timeout
-// with one line; a killed rank makes mpiexec stop all and exit non-zero; a missing library is one line.
+// deadlock (which the timeout turns into one line); the pipeline schedules (runSchedule, runForwardOnly)
+// complete with unbuffered sends on 2 and 4 processes, bit-equal to LocalWorld; a hung rank makes the
+// others exit within the timeout with one line; a killed rank makes mpiexec stop all and exit non-zero; a
+// missing library is one line.
 
 import assert from "node:assert/strict";
 import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
 import { LocalWorld } from "../src/parallel/local_comm.ts";
 import { mpiCandidatePaths, openMpi } from "../ffi/mpi.ts";
 import { commScript, LAYOUTS } from "./distributed/comm_script.ts";
+import { runToyRank, SCHEDULE_LAYOUTS, toyBits } from "./helpers/toy_stage.ts";
 
 const CHILD = new URL("./distributed/mpi_child.ts", import.meta.url).pathname;
 
@@ -115,6 +118,31 @@ Deno.test({
     assert.equal(paired.code, 0, paired.stderr);
     const got = paired.stdout.trim().split("\n").map((l) => JSON.parse(l)).sort((a, b) => a.rank - b.rank);
     assert.deepEqual(got, [{ rank: 0, got: [2, 2, 3, 4] }, { rank: 1, got: [1, 2, 3, 4] }]);
+  },
+});
+
+Deno.test({
+  name: "pipeline schedules with unbuffered sends (MPI_Issend) on 2 and 4 processes equal LocalWorld's bits",
+  ignore: !MPICH,
+  fn: async () => {
+    const be = createCpuBackend({ log: () => {} });
+    for (const n of [2, 4]) {
+      const dir = await Deno.makeTempDir();
+      try {
+        const o = await mpiexec(MPICH!, n, ["schedule", "0.5", dir]);
+        assert.equal(o.code, 0, o.stderr);
+        for (const l of SCHEDULE_LAYOUTS[n]) {
+          const world = new LocalWorld(be, l, { timeoutMs: 10_000 });
+          const want = await world.run((g) => runToyRank(be, world.states[g], world.communicator(g), l.m));
+          for (let g = 0; g < n; g++) {
+            const got = JSON.parse(await Deno.readTextFile(`${dir}/rank${g}.json`));
+            assert.equal(got.results[JSON.stringify(l)], toyBits(want[g]), `${JSON.stringify(l)} rank ${g}`);
+          }
+        }
+      } finally {
+        await Deno.remove(dir, { recursive: true });
+      }
+    }
   },
 });
 

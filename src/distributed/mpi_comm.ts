@@ -19,15 +19,22 @@ import type { Backend } from "../backend/backend.ts";
 import { CpuStorage } from "../backend/cpu/cpu_backend.ts";
 import { type DType, DTYPE_BYTES, type HostArray, isFloat } from "../tensor/dtype.ts";
 import { shapeStr, Tensor } from "../tensor/tensor.ts";
-import type { Communicator, GroupName, ParallelState, ReduceOp } from "../parallel/types.ts";
+import {
+  type Communicator,
+  type GroupName,
+  p2pChannel,
+  type ParallelState,
+  type ReduceOp,
+} from "../parallel/types.ts";
 import { MPI_UNDEFINED, type MpiHandle, type MpiLib, openMpi } from "../../ffi/mpi.ts";
 import type { P2POp } from "./p2p.ts";
 
 export interface MpiCommunicatorOptions {
   /** Bound on every wait in milliseconds (default 10 minutes). */
   timeoutMs?: number;
-  /** Plain send() waits until the receiver has matched it (MPI_Issend), i.e. blocking, unbuffered
-   *  semantics; used to show that paired exchanges do not deadlock where separate calls do. */
+  /** Every send (plain or in a batch) is MPI_Issend: send() waits until the receiver has matched it,
+   *  a batch until all its receivers have, i.e. blocking, unbuffered semantics; used to show that paired
+   *  exchanges (the pipeline schedules) do not deadlock where separate calls do. */
   synchronousSends?: boolean;
   /** An already opened library (default: discovered with openMpi()). */
   lib?: MpiLib;
@@ -535,22 +542,30 @@ export class MpiCommunicator implements Communicator {
     return b;
   }
 
-  private postSend(b: Uint8Array, to: number, sync: boolean): Int32Array | BigUint64Array {
+  /** The MPI tag is the tag's channel (activations, gradients, other): messages are matched in order
+   *  per channel, so both directions between two stages can be in flight at once (2-stage interleaving). */
+  private postSend(
+    b: Uint8Array,
+    to: number,
+    sync: boolean,
+    tag: string | undefined,
+  ): Int32Array | BigUint64Array {
     if (this.broken) throw this.broken;
     const req = this.lib.handles(1);
     const f = sync ? this.lib.fn.MPI_Issend : this.lib.fn.MPI_Isend;
     this.check(
-      f(ptr(b), this.count(b.byteLength, "send"), this.lib.BYTE, to, 0, this.p2p, req),
+      f(ptr(b), this.count(b.byteLength, "send"), this.lib.BYTE, to, p2pChannel(tag), this.p2p, req),
       `send to rank ${to}`,
     );
     return req;
   }
 
-  private postRecv(b: Uint8Array, from: number): Int32Array | BigUint64Array {
+  private postRecv(b: Uint8Array, from: number, tag: string | undefined): Int32Array | BigUint64Array {
     if (this.broken) throw this.broken;
     const req = this.lib.handles(1);
+    const t = p2pChannel(tag);
     this.check(
-      this.lib.fn.MPI_Irecv(ptr(b), this.count(b.byteLength, "recv"), this.lib.BYTE, from, 0, this.p2p, req),
+      this.lib.fn.MPI_Irecv(ptr(b), this.count(b.byteLength, "recv"), this.lib.BYTE, from, t, this.p2p, req),
       `recv from rank ${from}`,
     );
     return req;
@@ -579,7 +594,7 @@ export class MpiCommunicator implements Communicator {
    *  matched it). Completed sends are reaped on later calls. */
   async send(t: Tensor, toGlobalRank: number, tag?: string): Promise<void> {
     const b = this.message(t, tag);
-    const req = this.postSend(b, toGlobalRank, this.syncSends);
+    const req = this.postSend(b, toGlobalRank, this.syncSends, tag);
     if (this.syncSends) {
       await this.waitAll(req, () => `send from rank ${this.ps.globalRank} to rank ${toGlobalRank}`, [b]);
       return;
@@ -601,7 +616,7 @@ export class MpiCommunicator implements Communicator {
 
   async recv(t: Tensor, fromGlobalRank: number, tag?: string): Promise<void> {
     const b = staging(HEADER + t.size * DTYPE_BYTES[t.dtype]);
-    const req = this.postRecv(b, fromGlobalRank);
+    const req = this.postRecv(b, fromGlobalRank, tag);
     await this.waitAll(req, () => `recv on rank ${this.ps.globalRank} from rank ${fromGlobalRank}`, [b]);
     this.reapSends();
     this.deliver(b, t, fromGlobalRank, tag);
@@ -617,7 +632,9 @@ export class MpiCommunicator implements Communicator {
         ? this.message(o.tensor, o.tag)
         : staging(HEADER + o.tensor.size * DTYPE_BYTES[o.tensor.dtype]);
       bufs.push(b);
-      const r = o.op === "send" ? this.postSend(b, o.peer, false) : this.postRecv(b, o.peer);
+      const r = o.op === "send"
+        ? this.postSend(b, o.peer, this.syncSends, o.tag)
+        : this.postRecv(b, o.peer, o.tag);
       reqs[i] = r[0] as never;
     });
     const peers = ops.map((o) => `${o.op} ${o.op === "send" ? "to" : "from"} ${o.peer}`).join(", ");

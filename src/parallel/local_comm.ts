@@ -12,6 +12,7 @@ import {
   type Communicator,
   type GroupName,
   makeParallelState,
+  p2pChannel,
   type ParallelState,
   type ReduceOp,
 } from "./types.ts";
@@ -287,7 +288,7 @@ export class LocalWorld {
 
   send(from: number, to: number, t: Tensor, tag?: string): Promise<void> {
     if (this.aborted) return Promise.reject(this.aborted);
-    const key = `${from}->${to}`;
+    const key = `${from}->${to}#${p2pChannel(tag)}`;
     const data = this.backend.empty(t.dtype, [t.size]);
     this.backend.copy(t, data);
     const msg: Message = { data, shape: shapeStr(t.shape), tag };
@@ -307,7 +308,7 @@ export class LocalWorld {
 
   async recv(from: number, to: number, t: Tensor, tag?: string): Promise<void> {
     if (this.aborted) throw this.aborted;
-    const key = `${from}->${to}`;
+    const key = `${from}->${to}#${p2pChannel(tag)}`;
     const q = this.mailbox.get(key);
     let msg: Message;
     if (q && q.length > 0) msg = q.shift()!;

@@ -2,14 +2,17 @@
 // <timeout-minutes> [dir]`. Modes: script (tests/distributed/comm_script.ts for every 4-rank layout;
 // writes <dir>/rank<r>.json {rank, results}); kill / stall (rank 2 SIGKILLs itself / hangs before a
 // world all-reduce); badtag / badshape (a mismatched p2p message); naive-sync / paired (two pipeline
-// stages exchanging with unbuffered sends, one call at a time or as one batch). Errors: the one line on
-// stderr, exit 1.
+// stages exchanging with unbuffered sends, one call at a time or as one batch); schedule (runSchedule and
+// runForwardOnly of the toy stage, tests/helpers/toy_stage.ts, with unbuffered sends, for the
+// SCHEDULE_LAYOUTS of this world size; writes <dir>/rank<r>.json {rank, results}). Errors: the one line
+// on stderr, exit 1.
 
 import { createCpuBackend } from "../../src/backend/cpu/cpu_backend.ts";
 import { MpiCommunicator, MpiWorld } from "../../src/distributed/mpi_comm.ts";
 import { sendBackwardRecvForward, sendForwardRecvBackward } from "../../src/distributed/p2p.ts";
 import { makeParallelState } from "../../src/parallel/types.ts";
 import { commScript, LAYOUTS } from "./comm_script.ts";
+import { runToyRank, SCHEDULE_LAYOUTS, toyBits } from "../helpers/toy_stage.ts";
 
 const [mode, minutes, outDir] = Deno.args;
 const timeoutMs = Number(minutes ?? "1") * 60_000;
@@ -31,6 +34,18 @@ try {
       await comm.close();
     }
     // A file per rank: mpiexec may interleave long stdout lines of different ranks.
+    await Deno.writeTextFile(
+      `${outDir}/rank${world.rank}.json`,
+      JSON.stringify({ rank: world.rank, results }),
+    );
+  } else if (mode === "schedule") {
+    const results: Record<string, string> = {};
+    for (const l of SCHEDULE_LAYOUTS[world.size]) {
+      const ps = makeParallelState(l, world.rank);
+      const comm = new MpiCommunicator(world, be, ps, { timeoutMs, synchronousSends: true });
+      results[JSON.stringify(l)] = toyBits(await runToyRank(be, ps, comm, l.m));
+      await comm.close();
+    }
     await Deno.writeTextFile(
       `${outDir}/rank${world.rank}.json`,
       JSON.stringify({ rank: world.rank, results }),
