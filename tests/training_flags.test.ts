@@ -432,16 +432,11 @@ const FLAGS: Record<string, Entry> = {
   worldSize: { kind: "run", args: ["--world-size", "2"], see: line(/layout TP=1 PP=1 DP=2/) },
   dataParallelSize: { kind: "run", args: ["--data-parallel-size", "2"], see: line(/layout TP=1 PP=1 DP=2/) },
   localRank: {
-    kind: "both",
-    rejected: [
-      ["--local_rank", "1"],
-      "--local_rank 1: not supported; megatron-deno runs every rank in this one process; start it once, " +
-      "without a per-GPU launcher",
-    ],
-    always: [
-      ["--local_rank", "0"],
-      "> --local_rank 0: a launcher's rank 0; every rank of the layout runs in this process",
-    ],
+    kind: "always",
+    args: ["--local_rank", "1"],
+    note:
+      "> --local_rank 1: a launcher's local rank, accepted: this process's rank and world come from the " +
+      "rank source (RANK/WORLD_SIZE, mpiexec, SLURM); without one, this process runs every rank of the layout",
   },
   useCpuInitialization: {
     kind: "always",
@@ -450,6 +445,7 @@ const FLAGS: Record<string, Entry> = {
       "> --use-cpu-initialization: weights are always drawn by their coordinate in the full unsplit weight, " +
       "so every layout and device gets the values a CPU initialization gives",
   },
+  distributedBackend: { kind: "cli", test: "distributed_train.test.ts" },
   distributedTimeoutMinutes: { kind: "cli", test: "parallel_local_comm.test.ts" },
   // validation
   evalIters: { kind: "run", args: ["--eval-iters", "3"], see: valid },

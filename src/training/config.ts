@@ -314,10 +314,6 @@ const REJECTED: { readonly [K in keyof Flags]?: FlagPolicy } = {
     why: "this project implements --DDP-impl local (a contiguous fp32 gradient buffer, averaged over the " +
       "data-parallel group in buckets)",
   },
-  localRank: {
-    why: "megatron-deno runs every rank in this one process; start it once, without a per-GPU launcher",
-    when: (v) => v !== undefined && v !== 0,
-  },
   distributeCheckpointedActivations: { why: "stored recompute inputs are kept whole on every TP rank" },
   decoderSeqLength: { why: "it applies to T5's decoder; GPT uses --seq-length" },
   maskProb: { why: "it applies to BERT/T5 masking; GPT pretraining masks nothing" },
@@ -352,8 +348,9 @@ const ALWAYS: { readonly [K in keyof Flags]?: FlagPolicy } = {
     when: (v) => v === true,
   },
   localRank: {
-    why: "a launcher's rank 0; every rank of the layout runs in this process",
-    when: (v) => v === 0,
+    why: "a launcher's local rank, accepted: this process's rank and world come from the rank source " +
+      "(RANK/WORLD_SIZE, mpiexec, SLURM); without one, this process runs every rank of the layout",
+    when: (v) => v !== undefined,
   },
   numWorkers: {
     why: "samples are read in the training process straight from the mmapped files; no loader workers " +
