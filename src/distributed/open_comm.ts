@@ -39,11 +39,20 @@ export interface OpenCommunicatorOptions {
   timeoutMs: number;
 }
 
-/** The communicator of one rank of a multi-process world. */
-export async function openCommunicator(
+/** The communicator of one rank of a multi-process world (a promise: NCCL's set-up goes through the
+ *  store). */
+export function openCommunicator(
   kind: "nccl" | "mpi",
   opts: OpenCommunicatorOptions,
 ): Promise<ProcessCommunicator> {
+  try {
+    return Promise.resolve(open(kind, opts));
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
+
+function open(kind: "nccl" | "mpi", opts: OpenCommunicatorOptions): ProcessCommunicator {
   if (kind === "nccl") {
     throw new Error(
       "--distributed-backend nccl: not available in this build (no NCCL communicator is wired in); use " +
