@@ -553,3 +553,49 @@ Deno.test({
     );
   },
 });
+
+Deno.test({
+  name: "SIGTERM to one rank with --exit-signal-handler: every rank stops at the same iteration and saves",
+  ignore: MPICH === null,
+  sanitizeResources: false,
+  fn: async () => {
+    const port = freePort();
+    const save = `${DIR}/signal_ckpt`;
+    const metrics = `${DIR}/signal.jsonl`;
+    const child = new Deno.Command(MPICH!, {
+      args: [
+        ...["-n", "4", Deno.execPath(), "run", "-A", "--no-check", CLI, "pretrain-gpt"],
+        ...baseArgs(100000),
+        ...layoutArgs(LAYOUTS[0]),
+        ...["--exit-signal-handler", "--save", save, "--metrics-file", metrics, "--eval-interval", "100000"],
+      ],
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1", MASTER_PORT: String(port) },
+    }).spawn();
+    const out = child.output();
+    let signalled: number[] = [];
+    const deadline = Date.now() + 120_000;
+    while (Date.now() < deadline && signalled.length === 0) {
+      await new Promise((r) => setTimeout(r, 200));
+      let n = 0;
+      try {
+        n = Deno.readTextFileSync(metrics).trim().split("\n").length;
+      } catch {
+        // not yet written
+      }
+      if (n >= 2) {
+        signalled = rankPids(port, 1); // a first-stage rank: not the one that logs
+        for (const p of signalled) Deno.kill(p, "SIGTERM");
+      }
+    }
+    const o = await out;
+    const stdout = dec.decode(o.stdout), stderr = dec.decode(o.stderr);
+    assert.equal(signalled.length, 1);
+    assert.equal(o.code, 0, stderr);
+    const last = readMetrics(metrics).iterations.at(-1)!;
+    assert.match(stdout, new RegExp(`^exiting at iteration ${last} \\(signal`, "m"));
+    assert.equal(Deno.readTextFileSync(`${save}/latest_checkpointed_iteration.txt`), String(last));
+    assert.equal(shards(save).size, 8); // 4 shards, model + optimizer each
+  },
+});

@@ -179,6 +179,6 @@ export const gptTask: TrainingTask<Int32Array> = {
   }),
   estimateMemory(ctx, layout) {
     const e = estimateMemory(modelConfigOf(ctx.cfg, ctx.paddedVocab), layout);
-    return { describe: () => describeEstimate(e), check: (avail) => checkFits(e, avail) };
+    return { describe: () => describeEstimate(e), check: (avail, perRank) => checkFits(e, avail, perRank) };
   },
 };

@@ -229,9 +229,15 @@ export function availableMemory(backend: Backend): { bytes: number; what: string
   return b === null ? null : { bytes: b, what: "available host memory (MemAvailable in /proc/meminfo)" };
 }
 
-/** One line when the estimate exceeds what is available, else null. */
-export function checkFits(e: MemoryEstimate, avail: { bytes: number; what: string } | null): string | null {
-  if (avail === null || e.total <= avail.bytes) return null;
+/** One line when the estimate exceeds what is available, else null. `perRank`: this process holds one
+ *  rank (one process per rank), so the largest rank's share is what must fit. */
+export function checkFits(
+  e: MemoryEstimate,
+  avail: { bytes: number; what: string } | null,
+  perRank = false,
+): string | null {
+  const need = perRank ? Math.max(...e.ranks.map((r) => r.total)) : e.total;
+  if (avail === null || need <= avail.bytes) return null;
   return `the model does not fit: ${describeEstimate(e)} exceeds the ${
     formatBytes(avail.bytes)
   } of ${avail.what}`;

@@ -151,7 +151,11 @@ export interface TaskMemoryEstimate {
   /** One line for the model log line. */
   describe(): string;
   /** null when it fits in what is available (or that is unknown), else the one-line error. */
-  check(available: { bytes: number; what: string } | null): string | null;
+  check(
+    available: { bytes: number; what: string } | null,
+    /** One process per rank: only the largest rank's share must fit (default: all ranks). */
+    perRank?: boolean,
+  ): string | null;
 }
 
 /** Upload the batch fields a chunk needs (i32/f32/u8 as on the host). */

@@ -614,7 +614,7 @@ export async function pretrain(
     numMicroBatches: cfg.globalBatchSize! / (cfg.microBatchSize! * dp),
     optimizer: cfg.optimizer as "adam" | "sgd",
   }) ?? null;
-  const noFit = memory?.check(availableMemory(env.backend)) ?? null;
+  const noFit = memory?.check(availableMemory(env.backend), procWorld !== null) ?? null;
   if (noFit !== null) throw new Error(noFit);
 
   // Iterations, sample counts and the datasets (built once, shared by every in-process rank).
@@ -905,11 +905,20 @@ export async function pretrain(
     else if (cfg.exitDurationInMins && (now() - startTime) / 60000 > cfg.exitDurationInMins) {
       stop = "exit-duration";
     }
+    if (proc && (env.stopRequest || cfg.exitDurationInMins)) {
+      // A signal or the clock reaches the processes at different iterations: they stop (and save)
+      // together when any of them would (Megatron's all-reduce MAX of the exit flag).
+      const reasons = [null, "signal", "exit-interval", "exit-duration"] as const;
+      const t = env.backend.fromHost("f64", [1], [reasons.indexOf(stop)]);
+      await proc.comm.allReduce(t, "max", "world");
+      stop = reasons[env.backend.toF64(t)[0]];
+      env.backend.free(t);
+    }
     if (stop) {
       if (!(cfg.saveInterval && iteration % cfg.saveInterval === 0)) await doSave();
       log(
         `exiting at iteration ${iteration} (${
-          stop === "signal" ? `signal ${env.stopRequest?.signal ?? ""}` : stop
+          stop === "signal" ? `signal ${env.stopRequest?.signal ?? "on another rank"}` : stop
         })`,
       );
       exitReason = stop;
