@@ -270,14 +270,17 @@ Deno.test({
   ignore: MPIEXEC === null,
   sanitizeResources: false,
   fn: async () => {
-    for (const l of [LAYOUTS[1], LAYOUTS[3]]) {
+    for (const l of LAYOUTS) {
       const ref = await reference(l);
       // No --distributed-backend: --device cpu in a 4-process world defaults to mpi.
+      const tb = `${DIR}/launch_${nameOf(l)}_tb`;
       const got = await trained(
         (a) => throughLauncher(MPIEXEC!, 4, a),
-        [...baseArgs(ITERS), ...layoutArgs(l)],
+        [...baseArgs(ITERS), ...layoutArgs(l), "--tensorboard-dir", tb],
         `launch_${nameOf(l)}`,
       );
+      // TensorBoard from the last rank only: one event file.
+      assert.equal([...Deno.readDirSync(tb)].filter((e) => e.name.startsWith("events.")).length, 1);
       assert.deepEqual(got.m.train, ref.m.train, `(${nameOf(l)}) train losses`);
       assert.deepEqual(got.m.valid, ref.m.valid, `(${nameOf(l)}) validation losses`);
       assertSameShards(got.ck, ref.ck, `(${nameOf(l)})`);
@@ -539,6 +542,27 @@ Deno.test({
       "--distributed-backend nccl: not available in this build (no NCCL communicator is wired in); use " +
         "--distributed-backend mpi with --device cpu",
     );
+    // Plain processes (torchrun's variables, no mpiexec) cannot form one MPI world: each is a world of one.
+    const port = String(freePort());
+    const plain = await Promise.all(
+      [0, 1].map((r) =>
+        inProcess([...baseArgs(2), "--distributed-backend", "mpi"], {
+          RANK: String(r),
+          WORLD_SIZE: "2",
+          MASTER_ADDR: "127.0.0.1",
+          MASTER_PORT: port,
+        })
+      ),
+    );
+    plain.forEach((o, r) => {
+      assert.equal(o.code, 1);
+      assert.equal(
+        errorLine(o),
+        `rank ${r}: --distributed-backend mpi: MPI_COMM_WORLD has 1 process(es) but this is rank ${r} of 2; MPI ` +
+          "processes form one world only when started by mpiexec (mpiexec -n 2 ...), or through the launcher, " +
+          "which hands mpi jobs to mpiexec",
+      );
+    });
     // A torchrun-style world of 2 whose processes ask for the in-process backend.
     const local = await inProcess([...baseArgs(2), "--distributed-backend", "local"], {
       RANK: "1",
