@@ -3,12 +3,14 @@
 // losses of the in-process run of the same layout bit for bit (and one rank's to 1e-5), once per
 // iteration from the last rank, and saves checkpoint shards byte-identical to the in-process run's; the
 // same through `launch --nproc-per-node 4`; a checkpoint saved by processes resumes in one process and
-// vice versa to the uninterrupted run's bytes. Faults, each with a real process: a rank SIGKILLed
-// mid-training, an exception in one rank (a corrupt shard), ranks that disagree on a flag, a missing MPI
-// library, a world that does not match the layout, `nccl` in this build.
+// vice versa to the uninterrupted run's bytes; BERT's two losses likewise. Faults, each with a real
+// process: a rank SIGKILLed mid-training, an exception in one rank (a corrupt shard), ranks that disagree
+// on a flag, a missing MPI library, a world that does not match the layout, plain processes that cannot
+// form an MPI world, `nccl` in this build; SIGTERM to one rank stops all ranks at the same iteration.
 
 import assert from "node:assert/strict";
 import { MMapIndexedDatasetBuilder } from "../src/data/indexed_dataset.ts";
+import { writeTinySentences, writeTinyVocab } from "./helpers/bert_tiny.ts";
 import { errorLine } from "./helpers/run_cli.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
@@ -621,5 +623,51 @@ Deno.test({
     assert.match(stdout, new RegExp(`^exiting at iteration ${last} \\(signal`, "m"));
     assert.equal(Deno.readTextFileSync(`${save}/latest_checkpointed_iteration.txt`), String(last));
     assert.equal(shards(save).size, 8); // 4 shards, model + optimizer each
+  },
+});
+
+Deno.test({
+  name: "BERT (2,1,2) under mpiexec: lm and sop losses of the in-process run, the same shard bytes",
+  ignore: MPIEXEC === null,
+  sanitizeResources: false,
+  fn: async () => {
+    const dir = `${DIR}/bert`;
+    Deno.mkdirSync(dir);
+    const args = [
+      ...["--num-layers", "2", "--hidden-size", "16", "--num-attention-heads", "2"],
+      ...["--seq-length", "16", "--max-position-embeddings", "16", "--micro-batch-size", "2"],
+      ...["--global-batch-size", "8", "--lr", "1e-3", "--train-iters", "3", "--device", "cpu"],
+      ...["--tokenizer-type", "BertWordPieceLowerCase", "--vocab-file", writeTinyVocab(dir)],
+      ...[
+        "--data-path",
+        writeTinySentences(dir),
+        "--split",
+        "80,20,0",
+        "--make-vocab-size-divisible-by",
+        "8",
+      ],
+      ...["--eval-interval", "2", "--eval-iters", "1", "--log-interval", "1"],
+      ...layoutArgs({ tp: 2, pp: 1, dp: 2 }),
+    ];
+    const run = async (tag: string, how: "local" | "mpi") => {
+      const a = [...args, "--save", `${dir}/${tag}`, "--metrics-file", `${dir}/${tag}.jsonl`];
+      const o = how === "local"
+        ? await output(Deno.execPath(), ["run", "-A", "--no-check", CLI, "pretrain-bert", ...a])
+        : await output(MPIEXEC!, [
+          ...mpiexecPrefix(MPIEXEC!, 4),
+          ...[Deno.execPath(), "run", "-A", "--no-check", CLI, "pretrain-bert", ...a],
+        ], { MASTER_PORT: String(freePort()) });
+      assertOk(o, `bert ${how}`);
+      const rows = Deno.readTextFileSync(`${dir}/${tag}.jsonl`).trim().split("\n").map((l) => JSON.parse(l));
+      return {
+        rows: rows.map(({ lm_loss, sop_loss, kind }) => ({ kind, lm_loss, sop_loss })),
+        ck: shards(`${dir}/${tag}`),
+      };
+    };
+    const ref = await run("ref", "local");
+    const got = await run("mpi", "mpi");
+    assert.ok(ref.rows.every((r) => Number.isFinite(r.lm_loss) && Number.isFinite(r.sop_loss)));
+    assert.deepEqual(got.rows, ref.rows);
+    assertSameShards(got.ck, ref.ck, "BERT (2,1,2)");
   },
 });
