@@ -247,6 +247,9 @@ async function launchMpiexec(cfg: LaunchConfig, log: (line: string) => void): Pr
     proc = new Deno.Command(path, {
       args: mpiexecArgs(flavor, cfg.nprocPerNode, cmd),
       env: { MASTER_ADDR: cfg.masterAddr, MASTER_PORT: String(cfg.masterPort) },
+      // Its own process group: a terminal's Ctrl-C (sent to the whole foreground group) would make mpiexec
+      // kill the job; the launcher forwards it to the ranks instead (see onSignal).
+      detached: true,
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
@@ -272,10 +275,24 @@ async function launchMpiexec(cfg: LaunchConfig, log: (line: string) => void): Pr
   };
   let signalled: Deno.Signal | null = null;
   const onSignal = (sig: Deno.Signal) => () => {
-    if (signalled) return trySignal(proc, "SIGKILL");
+    if (signalled) return trySignal(proc, "SIGKILL"); // a second signal: mpiexec kills the job
     signalled = sig;
-    log(`launch: got ${sig}; forwarding it to mpiexec`);
-    trySignal(proc, sig);
+    // To the ranks themselves, as torchrun: mpiexec would turn SIGTERM/SIGINT into killing the job, and
+    // --exit-signal-handler needs the signal to save and stop. mpiexec only when no rank is found.
+    const ranks = mpiRankPids(proc.pid);
+    log(
+      `launch: got ${sig}; forwarding it to ${
+        ranks.length > 0 ? `${ranks.length} rank(s)` : "mpiexec (no rank process found)"
+      }`,
+    );
+    if (ranks.length === 0) return trySignal(proc, sig);
+    for (const p of ranks) {
+      try {
+        Deno.kill(p, sig);
+      } catch {
+        // already exited
+      }
+    }
   };
   const handlers: [Deno.Signal, () => void][] = [["SIGINT", onSignal("SIGINT")], [
     "SIGTERM",
@@ -304,6 +321,45 @@ async function launchMpiexec(cfg: LaunchConfig, log: (line: string) => void): Pr
     );
   }
   return code;
+}
+
+/** The MPI rank processes among `root`'s descendants (those with MPICH's or Open MPI's rank variable),
+ *  from Linux /proc; none where it is missing. */
+export function mpiRankPids(root: number): number[] {
+  const out: number[] = [];
+  const seen = new Set<number>();
+  const stack = [root];
+  while (stack.length > 0) {
+    const p = stack.pop()!;
+    let tasks: string[] = [];
+    try {
+      tasks = [...Deno.readDirSync(`/proc/${p}/task`)].map((e) => e.name);
+    } catch {
+      continue; // exited, or no procfs
+    }
+    for (const t of tasks) {
+      let kids: number[] = [];
+      try {
+        kids = Deno.readTextFileSync(`/proc/${p}/task/${t}/children`).trim().split(/\s+/).filter((x) => x)
+          .map(Number);
+      } catch {
+        // the thread exited
+      }
+      for (const k of kids) {
+        if (seen.has(k)) continue;
+        seen.add(k);
+        stack.push(k);
+        try {
+          if (/(^|\0)(PMI_RANK|OMPI_COMM_WORLD_RANK)=/.test(Deno.readTextFileSync(`/proc/${k}/environ`))) {
+            out.push(k);
+          }
+        } catch {
+          // exited
+        }
+      }
+    }
+  }
+  return out;
 }
 
 /** Calls `emit` for every line of a stream. */

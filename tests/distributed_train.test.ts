@@ -671,3 +671,58 @@ Deno.test({
     assertSameShards(got.ck, ref.ck, "BERT (2,1,2)");
   },
 });
+
+for (const launcher of [MPICH, OMPI]) {
+  Deno.test({
+    name: `launch + ${launcher}: SIGINT reaches the ranks (not mpiexec): all save at one iteration, exit 0`,
+    ignore: launcher === null,
+    sanitizeResources: false,
+    fn: async () => {
+      const tag = launcher!.replace(/\W/g, "_");
+      const save = `${DIR}/launch_sig_${tag}`;
+      const metrics = `${DIR}/launch_sig_${tag}.jsonl`;
+      const child = new Deno.Command(Deno.execPath(), {
+        args: [
+          ...["run", "-A", "--no-check", CLI, "launch", "--nproc-per-node", "4"],
+          ...["--master-port", String(freePort()), "--", "pretrain:gpt", ...baseArgs(100000)],
+          ...layoutArgs(LAYOUTS[1]),
+          ...[
+            "--exit-signal-handler",
+            "--save",
+            save,
+            "--metrics-file",
+            metrics,
+            "--eval-interval",
+            "100000",
+          ],
+        ],
+        stdout: "piped",
+        stderr: "piped",
+        env: { NO_COLOR: "1", MEGATRON_DENO_MPIEXEC: launcher! },
+      }).spawn();
+      const out = child.output();
+      const deadline = Date.now() + 120_000;
+      let sent = false;
+      while (Date.now() < deadline && !sent) {
+        await new Promise((r) => setTimeout(r, 200));
+        try {
+          sent = Deno.readTextFileSync(metrics).trim().split("\n").length >= 2;
+        } catch {
+          // not yet written
+        }
+        if (sent) child.kill("SIGINT");
+      }
+      const o = await out;
+      const stdout = dec.decode(o.stdout), stderr = dec.decode(o.stderr);
+      assert.ok(sent);
+      assert.equal(o.code, 0, stderr);
+      assert.match(stderr, /^launch: got SIGINT; forwarding it to 4 rank\(s\)$/m);
+      const last = readMetrics(metrics).iterations.at(-1)!;
+      assert.match(
+        stdout,
+        new RegExp(`^\\[rank0\\]: exiting at iteration ${last} \\(signal SIGINT\\)$`, "m"),
+      );
+      assert.equal(Deno.readTextFileSync(`${save}/latest_checkpointed_iteration.txt`), String(last));
+    },
+  });
+}
