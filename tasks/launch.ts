@@ -286,9 +286,9 @@ async function launchMpiexec(cfg: LaunchConfig, log: (line: string) => void): Pr
       }`,
     );
     if (ranks.length === 0) return trySignal(proc, sig);
-    for (const p of ranks) {
+    for (const { pid } of ranks) {
       try {
-        Deno.kill(p, sig);
+        Deno.kill(pid, sig);
       } catch {
         // already exited
       }
@@ -299,6 +299,7 @@ async function launchMpiexec(cfg: LaunchConfig, log: (line: string) => void): Pr
     onSignal("SIGTERM"),
   ]];
   for (const [s, h] of handlers) Deno.addSignalListener(s, h);
+  const watch = new RankWatch(proc.pid, cfg.nprocPerNode);
   let st: Deno.CommandStatus;
   try {
     await Promise.all([
@@ -308,25 +309,70 @@ async function launchMpiexec(cfg: LaunchConfig, log: (line: string) => void): Pr
     st = await proc.status;
   } finally {
     for (const [s, h] of handlers) Deno.removeSignalListener(s, h);
+    watch.stop();
   }
   const code = st.signal ? 128 + (SIGNO[st.signal] ?? 0) : st.code;
   if (code !== 0 && !signalled) {
     for (const [r, tail] of [...tails].sort(([a], [b]) => a - b)) {
       for (const l of tail) log(`[rank${r}]: ${l}`);
     }
+    const first = watch.firstEnded;
     log(
-      `launch: mpiexec ${
-        st.signal ? `was killed by ${st.signal}` : `exited with code ${st.code}`
-      } (a rank failed)`,
+      `launch: mpiexec ${st.signal ? `was killed by ${st.signal}` : `exited with code ${st.code}`} (` +
+        (first && first.length === 1
+          ? `rank ${first[0].rank} (pid ${first[0].pid}) ended first: it failed or was killed`
+          : first
+          ? `ranks ${first.map((f) => f.rank).join(", ")} ended together`
+          : "a rank failed") +
+        ")",
     );
   }
   return code;
 }
 
+/** Which rank of an mpiexec job ended first: mpiexec stops the others tens of milliseconds (MPICH) to a
+ *  second (Open MPI) later, and MPICH's message names no rank. Finds the rank processes under mpiexec,
+ *  then polls their /proc entries every 10 ms (a zombie counts as ended). Linux only; elsewhere nothing
+ *  is found and nothing is named. */
+class RankWatch {
+  /** The ranks seen gone at the first poll that saw any (one, unless they ended within 10 ms). */
+  firstEnded: { rank: number; pid: number }[] | null = null;
+  private ranks: { rank: number; pid: number }[] = [];
+  private readonly timer: ReturnType<typeof setInterval>;
+  private polls = 0;
+
+  constructor(private readonly root: number, private readonly n: number) {
+    this.timer = setInterval(() => this.poll(), 10);
+  }
+
+  private poll(): void {
+    if (this.ranks.length < this.n) {
+      // Ranks start within the first seconds; look for them every 200 ms.
+      if (this.polls++ % 20 === 0) this.ranks = mpiRankPids(this.root);
+      return;
+    }
+    const gone = this.ranks.filter(({ pid }) => {
+      try {
+        return /\) Z /.test(Deno.readTextFileSync(`/proc/${pid}/stat`));
+      } catch {
+        return true;
+      }
+    });
+    if (gone.length > 0) {
+      this.firstEnded = gone;
+      this.stop();
+    }
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+}
+
 /** The MPI rank processes among `root`'s descendants (those with MPICH's or Open MPI's rank variable),
  *  from Linux /proc; none where it is missing. */
-export function mpiRankPids(root: number): number[] {
-  const out: number[] = [];
+export function mpiRankPids(root: number): { rank: number; pid: number }[] {
+  const out: { rank: number; pid: number }[] = [];
   const seen = new Set<number>();
   const stack = [root];
   while (stack.length > 0) {
@@ -350,9 +396,10 @@ export function mpiRankPids(root: number): number[] {
         seen.add(k);
         stack.push(k);
         try {
-          if (/(^|\0)(PMI_RANK|OMPI_COMM_WORLD_RANK)=/.test(Deno.readTextFileSync(`/proc/${k}/environ`))) {
-            out.push(k);
-          }
+          const m = /(?:^|\0)(?:PMI_RANK|OMPI_COMM_WORLD_RANK)=(\d+)/.exec(
+            Deno.readTextFileSync(`/proc/${k}/environ`),
+          );
+          if (m) out.push({ rank: Number(m[1]), pid: k });
         } catch {
           // exited
         }

@@ -422,13 +422,13 @@ Deno.test({
     );
     assert.match(
       launched.stderr,
-      /^launch: mpiexec (exited with code \d+|was killed by \w+) \(a rank failed\)$/m,
+      /^launch: mpiexec (exited with code \d+|was killed by \w+) \(rank 2 \(pid \d+\) ended first: it failed or was killed\)$/m,
     );
   },
 });
 
 Deno.test({
-  name: "a rank SIGKILLed under MPICH's mpiexec: every process stops, non-zero exit, nothing hangs",
+  name: "a rank SIGKILLed under MPICH: every process stops, non-zero exit; the launcher names rank 2",
   ignore: MPICH === null,
   sanitizeResources: false,
   fn: async () => {
@@ -444,6 +444,39 @@ Deno.test({
     assert.notEqual(o.code, 0);
     assert.ok(o.ms < 30_000, `took ${o.ms} ms after the kill`);
     for (const r of [0, 1, 2, 3]) assert.deepEqual(rankPids(port, r), [], `rank ${r} still running`);
+    // MPICH's own message names a pid, not the rank: the launcher watches the ranks and names it.
+    const lport = freePort();
+    const launched = await killRankMidTraining(
+      Deno.execPath(),
+      [
+        ...[
+          "run",
+          "-A",
+          "--no-check",
+          CLI,
+          "launch",
+          "--nproc-per-node",
+          "4",
+          "--master-port",
+          String(lport),
+        ],
+        ...["--", "pretrain:gpt", ...args],
+      ],
+      lport,
+      { MEGATRON_DENO_MPIEXEC: MPICH! },
+    );
+    assert.equal(launched.killed.length, 1);
+    assert.notEqual(launched.code, 0);
+    assert.match(
+      launched.stderr,
+      new RegExp(
+        `^launch: mpiexec (exited with code \\d+|was killed by \\w+) \\(rank 2 \\(pid ${
+          launched.killed[0]
+        }\\) ` +
+          `ended first: it failed or was killed\\)$`,
+        "m",
+      ),
+    );
   },
 });
 
