@@ -167,7 +167,7 @@ export function mpiexecArgs(
  *  --tag-output: `[1,2]<stdout>:text`; MPICH -prepend-rank: `[2] text`. */
 export function untagLine(flavor: MpiexecFlavor, line: string): { rank: number; text: string } | null {
   const m = flavor === "openmpi"
-    ? /^\[\d+,(\d+)\]<std(?:out|err)>: ?(.*)$/.exec(line)
+    ? /^\[\d+,(\d+)\]<std(?:out|err)>:(.*)$/.exec(line)
     : /^\[(\d+)\] ?(.*)$/.exec(line);
   return m ? { rank: Number(m[1]), text: m[2] } : null;
 }

@@ -12,6 +12,7 @@ import assert from "node:assert/strict";
 import { MMapIndexedDatasetBuilder } from "../src/data/indexed_dataset.ts";
 import { writeTinySentences, writeTinyVocab } from "./helpers/bert_tiny.ts";
 import { errorLine } from "./helpers/run_cli.ts";
+import { mpiexecArgs, untagLine, usesMpi } from "../tasks/launch.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
 const dec = new TextDecoder();
@@ -759,3 +760,33 @@ for (const launcher of [MPICH, OMPI]) {
     },
   });
 }
+
+Deno.test("launcher: which commands go to mpiexec, its arguments, and its output tags", () => {
+  const noCuda = () => false, cuda = () => true;
+  assert.equal(usesMpi(["pretrain:gpt", "--device", "cpu"], cuda), true);
+  assert.equal(usesMpi(["pretrain-bert", "--device=cpu"], cuda), true);
+  assert.equal(usesMpi(["pretrain:gpt"], noCuda), true); // --device auto without CUDA
+  assert.equal(usesMpi(["pretrain:gpt"], cuda), false); // auto with CUDA: nccl
+  assert.equal(usesMpi(["pretrain:gpt", "--device", "cuda", "--distributed-backend", "mpi"], cuda), true);
+  assert.equal(usesMpi(["pretrain:gpt", "--device", "cpu", "--distributed-backend", "local"], cuda), false);
+  assert.equal(usesMpi(["my_script.ts", "--device", "cpu"], noCuda), false);
+  assert.deepEqual(mpiexecArgs("mpich", 4, ["deno", "run"], false), [
+    "-prepend-rank",
+    "-n",
+    "4",
+    "deno",
+    "run",
+  ]);
+  assert.deepEqual(mpiexecArgs("openmpi", 2, ["x"], true), [
+    ...["--tag-output", "--oversubscribe", "--allow-run-as-root", "-x", "MASTER_ADDR", "-x", "MASTER_PORT"],
+    ...["-n", "2", "x"],
+  ]);
+  assert.deepEqual(untagLine("openmpi", "[1,3]<stdout>: iteration 1"), { rank: 3, text: " iteration 1" });
+  assert.deepEqual(untagLine("openmpi", "[1,0]<stderr>:pretrain_gpt: x"), {
+    rank: 0,
+    text: "pretrain_gpt: x",
+  });
+  assert.equal(untagLine("openmpi", "mpiexec noticed that process rank 2 ..."), null);
+  assert.deepEqual(untagLine("mpich", "[2] > model: 4 layers"), { rank: 2, text: "> model: 4 layers" });
+  assert.equal(untagLine("mpich", "=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES"), null);
+});

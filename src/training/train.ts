@@ -1,7 +1,8 @@
 // Megatron's pretrain() loop for any TrainingTask (task.ts): builds the tokenizer, the task's
 // datasets and one RankState per rank of the (TP, PP, DP) layout (all in this process through the
 // local communicator), or, when this process is one rank of a multi-process world (mpiexec, the
-// launcher; --distributed-backend mpi), only its own rank's; then runs train steps with gradient accumulation, batch ramp-up, evaluation,
+// launcher; --distributed-backend mpi), only its own rank's; then runs train steps with gradient
+// accumulation, batch ramp-up, evaluation,
 // logging (console, progress bar, TensorBoard, JSON lines), checkpoints, and the exit conditions
 // (interval, duration, signal). pretrainGPT is pretrain(gptTask, ...).
 
@@ -287,31 +288,29 @@ function checkpointRank(
 ): CkptRank {
   const cfg = run.cfg;
   const be = run.env.backend;
-  {
-    const { state, tensors } = rank.optimizer.exportState();
-    const meta: CheckpointMeta = {
-      args: checkpointArgs(run),
-      iteration,
-      consumedTrainSamples: consumedTrain,
-      consumedValidSamples: consumedValid,
-      gradScaler: cfg.noSaveOptim ? null : state.gradScaler,
-      lrScheduler: state.lrScheduler as unknown as Record<string, unknown>,
-      rng: cfg.noSaveRng ? null : { seed: cfg.seed, iteration, dataIteratorPosition: consumedTrain },
-      optimizer: cfg.noSaveOptim ? null : (state as unknown as Record<string, unknown>),
-    };
-    return {
-      tp: rank.ps.tpRank,
-      pp: rank.ps.ppRank,
-      model: modelTensors(run, rank),
-      optim: cfg.noSaveOptim ? undefined : tensors.map((t) => ({
-        name: t.name,
-        dtype: t.tensor.dtype,
-        shape: [...t.tensor.shape],
-        data: be.toHost(t.tensor),
-      })),
-      meta,
-    };
-  }
+  const { state, tensors } = rank.optimizer.exportState();
+  const meta: CheckpointMeta = {
+    args: checkpointArgs(run),
+    iteration,
+    consumedTrainSamples: consumedTrain,
+    consumedValidSamples: consumedValid,
+    gradScaler: cfg.noSaveOptim ? null : state.gradScaler,
+    lrScheduler: state.lrScheduler as unknown as Record<string, unknown>,
+    rng: cfg.noSaveRng ? null : { seed: cfg.seed, iteration, dataIteratorPosition: consumedTrain },
+    optimizer: cfg.noSaveOptim ? null : (state as unknown as Record<string, unknown>),
+  };
+  return {
+    tp: rank.ps.tpRank,
+    pp: rank.ps.ppRank,
+    model: modelTensors(run, rank),
+    optim: cfg.noSaveOptim ? undefined : tensors.map((t) => ({
+      name: t.name,
+      dtype: t.tensor.dtype,
+      shape: [...t.tensor.shape],
+      data: be.toHost(t.tensor),
+    })),
+    meta,
+  };
 }
 
 /** One process per rank: runs `step` where given (null: nothing to do on this rank), then learns which
