@@ -12,8 +12,8 @@ export type DistributedBackend = "nccl" | "mpi" | "local";
 /** A communicator this process owns: close() releases its library resources (MPI_Finalize). */
 export type ProcessCommunicator = Communicator & {
   close(): Promise<void>;
-  /** One line for the start-up log (library, version). */
-  readonly description: string;
+  /** One line for the start-up log (library, version), when the communicator has one. */
+  readonly description?: string;
 };
 
 /** --distributed-backend as given, or its default: a process that is one rank of a multi-process
@@ -45,20 +45,23 @@ export function openCommunicator(
   kind: "nccl" | "mpi",
   opts: OpenCommunicatorOptions,
 ): Promise<ProcessCommunicator> {
+  if (kind === "nccl") {
+    // The NCCL communicator (nccl_comm.ts, createNcclCommunicator(opts)) is not part of this build yet.
+    return Promise.reject(
+      new Error(
+        "--distributed-backend nccl: not available in this build (no NCCL communicator is wired in); use " +
+          "--distributed-backend mpi with --device cpu",
+      ),
+    );
+  }
   try {
-    return Promise.resolve(open(kind, opts));
+    return Promise.resolve(openMpiCommunicator(opts));
   } catch (e) {
     return Promise.reject(e);
   }
 }
 
-function open(kind: "nccl" | "mpi", opts: OpenCommunicatorOptions): ProcessCommunicator {
-  if (kind === "nccl") {
-    throw new Error(
-      "--distributed-backend nccl: not available in this build (no NCCL communicator is wired in); use " +
-        "--distributed-backend mpi with --device cpu",
-    );
-  }
+function openMpiCommunicator(opts: OpenCommunicatorOptions): ProcessCommunicator {
   const world = MpiWorld.init();
   const { ps } = opts;
   if (world.size !== ps.worldSize || world.rank !== ps.globalRank) {

@@ -647,7 +647,7 @@ export async function pretrain(
       store: procWorld.store,
       timeoutMs,
     });
-    log(`> ${comm.description}; one process per rank`);
+    log(`> ${comm.description ?? procWorld.kind}; one process per rank`);
     ranks.push(new RankState(cfg, task, taskCtx, env.backend, ps, comm, scheduler(), createGradScaler(cfg)));
     proc = { world: procWorld, comm, saveToken: await shareToken(env.backend, comm, processToken()) };
   } else {
