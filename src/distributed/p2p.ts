@@ -2,7 +2,9 @@
 // one batch of sends and receives. A communicator with a native batch (MpiCommunicator: all isend and
 // irecv posted, then one waitall) runs it as one grouped operation, so two neighbouring stages that
 // each send and receive at the same time cannot deadlock even when sends do not buffer. Other
-// communicators (LocalWorld buffers every send) run the sends first, then the receives.
+// communicators (LocalWorld buffers every send) run the sends first, then the receives; a communicator
+// whose sends block must therefore implement batchIsendIrecv itself. The pipeline executor
+// (src/pipeline/schedules.ts) issues every exchange step of a schedule as one call.
 
 import type { Tensor } from "../tensor/tensor.ts";
 import type { Communicator } from "../parallel/types.ts";

@@ -92,8 +92,8 @@ export function microBatchOf(k: number, s: ScheduleShape): number {
  *  likewise for gradients; a compute step whose input has not been received is a schedule bug. */
 class Plan {
   readonly ops: PipeOp[] = [];
-  private readonly inputs: { chunk: number; mb: number }[] = [];
-  private readonly outGrads: { chunk: number; mb: number }[] = [];
+  private readonly inputs: { chunk: number; mb: number }[];
+  private readonly outGrads: { chunk: number; mb: number }[];
   private readonly have = new Set<string>();
 
   constructor(readonly s: ScheduleShape, fwd: { chunk: number; mb: number }[], bwd: typeof fwd) {
