@@ -307,8 +307,7 @@ if ("skip" in built) {
         assert.equal(counts().abort - c0.abort, 6, "all six of rank 0's communicators");
         await comms[1].close();
       } finally {
-        await stores[1].close();
-        await stores[0].close();
+        await Promise.all(stores.map((s) => s.close()));
         bes[1].dispose();
       }
     },
