@@ -19,7 +19,7 @@
 #                    with --device cuda, then on the CPU (which costs more: 20 iterations of a 4-layer,
 #                    128-wide GPT-2-vocabulary model), building the bundled corpus first on a fresh
 #                    host; every iteration's loss within 1e-4 relative (scripts/compare_losses.ts)
-#   launch-nccl  40  the launcher with NCCL, world size 1: `launch --nproc-per-node 1 -- pretrain_gpt
+#   launch-nccl  30  the launcher with NCCL, world size 1: `launch --nproc-per-node 1 -- pretrain_gpt
 #                    --device cuda --distributed-backend nccl` with gpt-default's flags; its losses must
 #                    equal gpt-default's in-process CUDA run's (within 1e-6 relative; one rank is the
 #                    identity through NCCL's all-gathers, so the row should show 0)
@@ -28,7 +28,7 @@
 #   bench       150  with --bench: bench:gpu --steps 20 (GEMMs, kernels, GPT-345M)
 #   pytorch     120  with --bench, when python3 has torch: bench/pytorch_gpt345m.py (the same GPT-345M,
 #                    eager bf16); the table then gives both tokens/s and their ratio
-# The plan: the checks' budgets sum to 15 + 30 + 115 + 30 + 95 + 90 + 40 = 415 s, 490 s with a kernel
+# The plan: the checks' budgets sum to 15 + 30 + 115 + 30 + 95 + 90 + 30 = 405 s, 480 s with a kernel
 # rebuild: then launch-nccl, the last check, gets what the others left (they should end well below their
 # budgets) or shows NOT RUN; the deadline stays 450 s. The sync reruns (after a failure) and --bench's two steps come after and get what
 # the checks left unused, each up to its own budget (passing checks should end well below their
@@ -67,8 +67,8 @@ budget_for() {
 # The line of a log that best explains a failure: the most specific pattern found first.
 why() {
   local p line
-  for p in "cuda sync check:" "MEGATRON_DENO_REQUIRE_CUDA=1 but" "gpu_info:" "compare_losses:" "launch-nccl:" "pretrain_gpt:" \
-    "exceeds" "error: " "FAILED"; do
+  for p in "cuda sync check:" "MEGATRON_DENO_REQUIRE_CUDA=1 but" "gpu_info:" "compare_losses:" "pretrain_gpt:" \
+    "launch-nccl:" "exceeds" "error: " "FAILED"; do
     line=$(sed 's/\x1b\[[0-9;]*m//g' "$1" | grep -a -m1 -F "$p") && { echo "${line:0:200}"; return; }
   done
 }
@@ -203,7 +203,7 @@ nccl_losses() { # dir deno-flags...
 }
 export -f nccl_losses
 export GPU_CHECK_NCCL_BACKEND
-if run_step launch-nccl 40 bash -c 'nccl_losses "$@"' _ "$log_dir/default" "${dflags[@]}"; then
+if run_step launch-nccl 30 bash -c 'nccl_losses "$@"' _ "$log_dir/default" "${dflags[@]}"; then
   summary=$(grep -a -m1 '^compare_losses: ok: ' "$log_dir/launch-nccl.log" | sed 's/^compare_losses: ok: //')
   [ -n "$summary" ] && results[${#results[@]} - 1]="ok ($summary)"
 fi

@@ -170,7 +170,7 @@ if ("skip" in built) {
           assert.match(await store.get(`nccl/${g}/0/0/id`), /^4c43434e4b434f4d[0-9a-f]{240}$/, g);
         }
         assert.match(
-          comm.describe(),
+          comm.description,
           /^nccl 2\.21\.5 \(.*libnccl_mock\.so\), world size 1, ordered reductions$/,
         );
         // A second communicator in the same job gets fresh ids (generation 1).

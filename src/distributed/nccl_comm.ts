@@ -187,8 +187,8 @@ export class NcclCommunicator implements Communicator {
     readonly reductions: "ordered" | "nccl",
   ) {}
 
-  /** One line for the start-up log. */
-  describe(): string {
+  /** One line for the start-up log (library, version, world, reductions). */
+  get description(): string {
     return `nccl ${
       ncclVersionString(this.lib.version())
     } (${this.lib.path}), world size ${this.ps.worldSize}, ${this.reductions} reductions`;
