@@ -14,7 +14,7 @@ import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
 import { CudaBackend } from "../src/backend/cuda/cuda_backend.ts";
 import type { DiscoverEnv } from "../ffi/discover.ts";
 import { Nccl, ncclVersionString } from "../ffi/nccl.ts";
-import { createNcclCommunicator, NcclCommunicator } from "../src/distributed/nccl_comm.ts";
+import { createNcclCommunicator, type NcclCommunicator } from "../src/distributed/nccl_comm.ts";
 import { TcpStore } from "../src/distributed/store.ts";
 import { batchIsendIrecv } from "../src/distributed/p2p.ts";
 import { makeParallelState } from "../src/parallel/types.ts";

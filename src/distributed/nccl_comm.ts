@@ -350,16 +350,18 @@ export class NcclCommunicator implements Communicator {
   /** Buffered: the tensor is copied on the device and sent with this rank's next receive, batch or
    *  collective, so two ranks that send to each other before receiving do not deadlock. */
   send(t: Tensor, toGlobalRank: number, tag?: string): Promise<void> {
-    this.comm("world", "send");
-    if (toGlobalRank < 0 || toGlobalRank >= this.ps.worldSize) {
-      return Promise.reject(
-        new NcclError(`send: rank ${toGlobalRank} outside the world of ${this.ps.worldSize}`),
-      );
+    try {
+      this.comm("world", "send");
+      if (toGlobalRank < 0 || toGlobalRank >= this.ps.worldSize) {
+        throw new NcclError(`send: rank ${toGlobalRank} outside the world of ${this.ps.worldSize}`);
+      }
+      const payload = this.backend.empty(t.dtype, [t.size]);
+      this.backend.copy(t, payload);
+      this.pendingSends.push({ header: this.header(t, tag), payload, to: toGlobalRank });
+      return Promise.resolve();
+    } catch (e) {
+      return Promise.reject(e);
     }
-    const payload = this.backend.empty(t.dtype, [t.size]);
-    this.backend.copy(t, payload);
-    this.pendingSends.push({ header: this.header(t, tag), payload, to: toGlobalRank });
-    return Promise.resolve();
   }
 
   recv(t: Tensor, fromGlobalRank: number, tag?: string): Promise<void> {
