@@ -22,6 +22,7 @@ import { LocalWorld } from "../src/parallel/local_comm.ts";
 import type { DType } from "../src/tensor/dtype.ts";
 import type { Tensor } from "../src/tensor/tensor.ts";
 import { commScript, LAYOUTS, values } from "./distributed/comm_script.ts";
+import { ncclInfo } from "../scripts/nccl_info.ts";
 
 const opts = { sanitizeResources: false, sanitizeOps: false };
 
@@ -109,6 +110,8 @@ Deno.test("nccl: library discovery names MEGATRON_DENO_NCCL in one line; version
   );
   assert.equal(ncclVersionString(22105), "2.21.5");
   assert.equal(ncclVersionString(2708), "2.7.8");
+  // scripts/nccl_info.ts (gpu_check's probe) gives the same line.
+  assert.deepEqual(ncclInfo(() => Nccl.open(env)), { ok: false, line: msg });
 });
 
 if ("skip" in built) {
@@ -142,6 +145,10 @@ if ("skip" in built) {
       assert.equal(lib.path, built.lib);
       assert.equal(ncclVersionString(lib.version()), "2.21.5");
       assert.equal(lib.hasSplit, false);
+      assert.deepEqual(ncclInfo(() => Nccl.open(env)), {
+        ok: true,
+        line: `nccl: 2.21.5 (${built.lib}), without ncclCommSplit`,
+      });
       assert.throws(
         () => lib.commSplit(null, 0, 0),
         (e: Error) => e.message === `ncclCommSplit: not in ${built.lib} (NCCL 2.21.5; needs 2.18)`,
