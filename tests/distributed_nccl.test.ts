@@ -157,7 +157,7 @@ if ("skip" in built) {
   );
 
   Deno.test(
-    { name: "nccl mock: world of 1 — ids through the store, 6 communicators, identity", ...opts },
+    { name: "nccl mock: world of 1 — ids through the store, 9 communicators, identity", ...opts },
     async () => {
       const port = freePort();
       const store = await TcpStore.connect({
@@ -171,9 +171,11 @@ if ("skip" in built) {
         const c0 = counts();
         const comm = await createNcclCommunicator({ backend: be, ps: one, store, env, timeoutMs: 30_000 });
         const c1 = counts();
-        assert.equal(c1.init - c0.init, 6, "tensor, pipeline, data, model, embedding, world");
-        assert.equal(c1.uniqueIds - c0.uniqueIds, 6);
-        for (const g of ["tensor", "pipeline", "data", "model", "embedding", "world"]) {
+        assert.equal(c1.init - c0.init, 9, "6 groups and 3 p2p channels");
+        assert.equal(c1.uniqueIds - c0.uniqueIds, 9);
+        for (
+          const g of ["tensor", "pipeline", "data", "model", "embedding", "world", "p2p0", "p2p1", "p2p2"]
+        ) {
           assert.match(await store.get(`nccl/${g}/0/0/id`), /^4c43434e4b434f4d[0-9a-f]{240}$/, g);
         }
         assert.match(
@@ -217,7 +219,7 @@ if ("skip" in built) {
         const c2 = counts();
         await comm.close();
         await nat.close();
-        assert.equal(counts().destroy - c2.destroy, 12);
+        assert.equal(counts().destroy - c2.destroy, 18);
         await rejectsWith(comm.barrier("world"), "nccl: barrier after close()");
       } finally {
         await store.close();
@@ -275,7 +277,7 @@ if ("skip" in built) {
         const line =
           "nccl: allReduce:sum on the tensor group (ranks 0) at rank 0 failed: remote process exited or there was a network error (6)";
         await rejectsWith(comm.allReduce(t, "sum", "tensor"), line);
-        assert.equal(counts().abort - c0.abort, 6, "every group's communicator aborted");
+        assert.equal(counts().abort - c0.abort, 9, "every communicator aborted");
         await rejectsWith(comm.broadcast(t, 0, "data"), line);
         await comm.close();
         assert.equal(counts().destroy, c0.destroy, "aborted communicators are not destroyed again");
@@ -311,8 +313,54 @@ if ("skip" in built) {
           "nccl: allReduce:sum on the data group (ranks 0,1) at rank 0 timed out after 0.005 min: a peer failed or did not arrive",
         );
         assert.ok(performance.now() - t0 < 10_000);
-        assert.equal(counts().abort - c0.abort, 6, "all six of rank 0's communicators");
+        assert.equal(counts().abort - c0.abort, 9, "all nine of rank 0's communicators");
         await comms[1].close();
+      } finally {
+        await Promise.all(stores.map((s) => s.close()));
+        bes[1].dispose();
+      }
+    },
+  );
+
+  Deno.test(
+    { name: "nccl mock: p2p channels — both directions in flight, posted in another order", ...opts },
+    async () => {
+      // Two pipeline stages that are each other's previous and next (2 stages, interleaved): rank 0 posts
+      // its activation before its gradient, rank 1 expects them the other way round. One NCCL communicator
+      // per channel keeps the streams apart, as MPI tags do; on one communicator they would cross.
+      const port = freePort();
+      const bes = [be, await CudaBackend.create({ env })];
+      const ps = [0, 1].map((r) => makeParallelState({ tp: 1, pp: 2, dp: 1 }, r));
+      const stores = await Promise.all(
+        [0, 1].map((r) =>
+          TcpStore.connect({ host: "127.0.0.1", port, rank: r, worldSize: 2, timeoutMs: 30_000 })
+        ),
+      );
+      try {
+        const comms = await Promise.all(
+          [0, 1].map((r) =>
+            createNcclCommunicator({ backend: bes[r], ps: ps[r], store: stores[r], env, timeoutMs: 10_000 })
+          ),
+        );
+        const act = bes[0].fromHost("f32", [3], [1, 2, 3]), grad = bes[0].fromHost("f32", [2], [-4, -5]);
+        const gotAct = bes[1].zeros("f32", [3]), gotGrad = bes[1].zeros("f32", [2]);
+        const back = bes[1].fromHost("bf16", [2], [6, 7]), gotBack = bes[0].zeros("bf16", [2]);
+        await Promise.all([
+          comms[0].batchIsendIrecv([
+            { op: "send", tensor: act, peer: 1, tag: "fwd:c1:m0" },
+            { op: "send", tensor: grad, peer: 1, tag: "bwd:c0:m0" },
+            { op: "recv", tensor: gotBack, peer: 1, tag: "fwd:c0:m1" },
+          ]),
+          comms[1].batchIsendIrecv([
+            { op: "recv", tensor: gotGrad, peer: 0, tag: "bwd:c0:m0" },
+            { op: "send", tensor: back, peer: 0, tag: "fwd:c0:m1" },
+            { op: "recv", tensor: gotAct, peer: 0, tag: "fwd:c1:m0" },
+          ]),
+        ]);
+        assert.deepEqual(Array.from(bes[1].toF64(gotAct)), [1, 2, 3]);
+        assert.deepEqual(Array.from(bes[1].toF64(gotGrad)), [-4, -5]);
+        assert.deepEqual(Array.from(bes[0].toF64(gotBack)), [6, 7]);
+        await Promise.all(comms.map((c) => c.close()));
       } finally {
         await Promise.all(stores.map((s) => s.close()));
         bes[1].dispose();

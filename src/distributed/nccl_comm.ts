@@ -1,6 +1,6 @@
 // The `nccl` communicator: one process per GPU, traffic carried by NCCL (ffi/nccl.ts) on the CUDA
 // backend's stream, with one NCCL communicator per group (tensor, pipeline, data, model, embedding,
-// world). Each group's unique id is made by its first member and handed to the others through the
+// world) and three over the world for point-to-point (one per p2pChannel). Each group's unique id is made by its first member and handed to the others through the
 // rendezvous store under a key naming the group and its members (plus a generation number, so a
 // second communicator in the same job gets fresh ids).
 //
@@ -27,7 +27,13 @@ import type { Backend } from "../backend/backend.ts";
 import { CudaBackend } from "../backend/cuda/cuda_backend.ts";
 import { type DType, DTYPE_BYTES } from "../tensor/dtype.ts";
 import { shapeStr, type Tensor } from "../tensor/tensor.ts";
-import type { Communicator, GroupName, ParallelState, ReduceOp } from "../parallel/types.ts";
+import {
+  type Communicator,
+  type GroupName,
+  p2pChannel,
+  type ParallelState,
+  type ReduceOp,
+} from "../parallel/types.ts";
 import type { DiscoverEnv } from "../../ffi/discover.ts";
 import {
   Nccl,
@@ -69,6 +75,12 @@ export interface NcclCommunicatorOptions {
 export class NcclError extends Error {}
 
 const GROUPS: readonly GroupName[] = ["tensor", "pipeline", "data", "model", "embedding", "world"];
+/** Point-to-point traffic has communicators of its own over the world, one per p2pChannel (other,
+ *  activations, gradients): NCCL matches sends and receives between two ranks in issue order per
+ *  communicator, and the channels may be consumed in any interleaving (2-stage interleaved pipelines).
+ *  Keeping p2p off the collectives' communicators also keeps it from being ordered behind them. */
+const P2P = ["p2p0", "p2p1", "p2p2"] as const;
+type CommName = GroupName | (typeof P2P)[number];
 const HEADER = 256;
 /** All-reduces up to this size all-gather the whole buffer (one collective) instead of exchanging. */
 const SMALL_ALLREDUCE_BYTES = 64 * 1024;
@@ -106,6 +118,7 @@ interface PendingSend {
   header: Tensor;
   payload: Tensor;
   to: number;
+  tag: string | undefined;
 }
 
 /** Creates this rank's communicators (collective over the world: every rank must call it with the
@@ -123,9 +136,10 @@ export async function createNcclCommunicator(opts: NcclCommunicatorOptions): Pro
     throw new NcclError(`nccl: a world of ${ps.worldSize} ranks needs the rendezvous store for unique ids`);
   }
   const lib = opts.lib ?? Nccl.open(opts.env);
-  const ids = new Map<GroupName, Uint8Array>();
-  for (const g of GROUPS) {
-    const info = ps.group(g);
+  const ids = new Map<CommName, Uint8Array>();
+  const members = (g: CommName) => ps.group(g.startsWith("p2p") ? "world" : g as GroupName);
+  for (const g of [...GROUPS, ...P2P]) {
+    const info = members(g);
     if (info.rank < 0) continue;
     if (store === null) {
       ids.set(g, lib.uniqueId());
@@ -143,10 +157,10 @@ export async function createNcclCommunicator(opts: NcclCommunicatorOptions): Pro
     }
   }
   if (store !== null) await store.barrier("nccl-ids");
-  const comms = new Map<GroupName, NcclComm>();
+  const comms = new Map<CommName, NcclComm>();
   try {
     for (const [g, id] of ids) {
-      const info = ps.group(g);
+      const info = members(g);
       try {
         comms.set(g, lib.commInitRank(info.size, id, info.rank));
       } catch (e) {
@@ -182,7 +196,7 @@ export class NcclCommunicator implements Communicator {
     readonly lib: Nccl,
     readonly backend: CudaBackend,
     readonly ps: ParallelState,
-    private readonly comms: Map<GroupName, NcclComm>,
+    private readonly comms: Map<CommName, NcclComm>,
     private readonly timeoutMs: number,
     readonly reductions: "ordered" | "nccl",
   ) {}
@@ -294,15 +308,20 @@ export class NcclCommunicator implements Communicator {
     return this.backend.fromHost("u8", [HEADER], b);
   }
 
-  /** Enqueues one message (header then payload) to a global rank on the world communicator. */
-  private sendMsg(header: Tensor, payload: Tensor, to: number): void {
-    const w = this.comms.get("world")!, s = this.backend.stream;
+  /** The p2p communicator of a tag's channel (peers are global ranks). */
+  private p2p(tag: string | undefined): NcclComm {
+    return this.comms.get(P2P[p2pChannel(tag)])!;
+  }
+
+  /** Enqueues one message (header then payload) to a global rank on its channel's communicator. */
+  private sendMsg(header: Tensor, payload: Tensor, to: number, tag: string | undefined): void {
+    const w = this.p2p(tag), s = this.backend.stream;
     this.lib.send(this.ptr(header), HEADER, BYTES, to, w, s);
     if (payload.bytes > 0) this.lib.send(this.ptr(payload), payload.bytes, BYTES, to, w, s);
   }
 
-  private recvMsg(header: Tensor, into: Tensor, from: number): void {
-    const w = this.comms.get("world")!, s = this.backend.stream;
+  private recvMsg(header: Tensor, into: Tensor, from: number, tag: string | undefined): void {
+    const w = this.p2p(tag), s = this.backend.stream;
     this.lib.recv(this.ptr(header), HEADER, BYTES, from, w, s);
     if (into.bytes > 0) this.lib.recv(this.ptr(into), into.bytes, BYTES, from, w, s);
   }
@@ -339,7 +358,7 @@ export class NcclCommunicator implements Communicator {
     this.enqueue(() => `buffered sends of rank ${this.ps.globalRank} to rank(s) ${to}`, () => {
       this.lib.groupStart();
       try {
-        for (const p of sends) this.sendMsg(p.header, p.payload, p.to);
+        for (const p of sends) this.sendMsg(p.header, p.payload, p.to, p.tag);
       } finally {
         this.lib.groupEnd();
       }
@@ -357,7 +376,7 @@ export class NcclCommunicator implements Communicator {
       }
       const payload = this.backend.empty(t.dtype, [t.size]);
       this.backend.copy(t, payload);
-      this.pendingSends.push({ header: this.header(t, tag), payload, to: toGlobalRank });
+      this.pendingSends.push({ header: this.header(t, tag), payload, to: toGlobalRank, tag });
       return Promise.resolve();
     } catch (e) {
       return Promise.reject(e);
@@ -387,10 +406,10 @@ export class NcclCommunicator implements Communicator {
       this.enqueue(what, () => {
         this.lib.groupStart();
         try {
-          for (const p of sends) this.sendMsg(p.header, p.payload, p.to);
+          for (const p of sends) this.sendMsg(p.header, p.payload, p.to, p.tag);
           ops.forEach((o, i) => {
-            if (o.op === "send") this.sendMsg(headers[i], o.tensor, o.peer);
-            else this.recvMsg(headers[i], o.tensor, o.peer);
+            if (o.op === "send") this.sendMsg(headers[i], o.tensor, o.peer, o.tag);
+            else this.recvMsg(headers[i], o.tensor, o.peer, o.tag);
           });
         } finally {
           this.lib.groupEnd();

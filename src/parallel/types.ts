@@ -42,10 +42,22 @@ export interface Communicator {
   reduceScatter(src: Tensor, dst: Tensor, group: GroupName): Promise<void>;
   broadcast(t: Tensor, rootInGroup: number, group: GroupName): Promise<void>;
   /** Point-to-point by global rank. `send` does not wait for the receiver. Messages between a pair
-   *  are matched in order; the optional tag (e.g. "fwd:c1:m3") is checked on receipt when given. */
+   *  are matched in order within a channel (`p2pChannel` of the tag: activations "fwd:...",
+   *  gradients "bwd:...", everything else); the optional tag (e.g. "fwd:c1:m3") is checked on
+   *  receipt when given. */
   send(t: Tensor, toGlobalRank: number, tag?: string): Promise<void>;
   recv(t: Tensor, fromGlobalRank: number, tag?: string): Promise<void>;
   barrier(group: GroupName): Promise<void>;
+}
+
+/** The matching channel of a p2p tag: 1 for activations ("fwd" or "fwd:..."), 2 for gradients ("bwd"...),
+ *  0 otherwise. Two pipeline stages that are each other's previous and next stage (2 stages, interleaved)
+ *  send both ways at once; one channel per direction keeps each stream in order whatever the interleaving
+ *  of the two (one ordered stream per pair mismatches them, Megatron 2021's reason to reject p = 2). */
+export function p2pChannel(tag: string | undefined): number {
+  if (tag === undefined) return 0;
+  const head = tag.split(":", 1)[0];
+  return head === "fwd" ? 1 : head === "bwd" ? 2 : 0;
 }
 
 /** Megatron's global rank for (tp, dp, pp) coordinates. */
