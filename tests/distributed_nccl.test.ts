@@ -265,6 +265,21 @@ if ("skip" in built) {
     await comm.close();
   });
 
+  Deno.test({
+    name: "nccl mock: close() sends what is buffered; a send nobody receives is the timeout line",
+    ...opts,
+  }, async () => {
+    const comm = await createNcclCommunicator({ backend: be, ps: one, store: null, env, timeoutMs: 200 });
+    const c0 = counts();
+    await comm.send(be.fromHost("f32", [2], [1, 2]), 0, "orphan");
+    await rejectsWith(
+      comm.close(),
+      "nccl: flushing sends of rank 0 to rank(s) 0 timed out after 0.003 min: a peer failed or did not arrive",
+    );
+    assert.equal(counts().p2pInGroup - c0.p2pInGroup, 2, "header and payload went out in one group");
+    assert.equal(counts().abort - c0.abort, 9);
+  });
+
   Deno.test(
     { name: "nccl mock: an asynchronous error aborts every communicator, one line", ...opts },
     async () => {

@@ -262,19 +262,25 @@ export class NcclCommunicator implements Communicator {
     try {
       const deadline = performance.now() + this.timeoutMs;
       let nextYield = performance.now() + 20;
+      let nextErrorCheck = 0;
       let spins = 0;
       for (;;) {
         if (be.eventDone(ev)) {
           for (const t of retired) be.free(t);
           return;
         }
-        for (const c of this.comms.values()) {
-          const rc = this.lib.asyncError(c);
-          if (rc !== ncclSuccess && rc !== ncclInProgress) {
-            throw this.fail(`nccl: ${what()} failed: ${this.lib.errorString(rc)} (${rc})`);
+        let now = performance.now();
+        // The error state at most every millisecond: one FFI call per communicator.
+        if (now >= nextErrorCheck) {
+          for (const c of this.comms.values()) {
+            const rc = this.lib.asyncError(c);
+            if (rc !== ncclSuccess && rc !== ncclInProgress) {
+              throw this.fail(`nccl: ${what()} failed: ${this.lib.errorString(rc)} (${rc})`);
+            }
           }
+          now = performance.now();
+          nextErrorCheck = now + 1;
         }
-        const now = performance.now();
         if (now > deadline) {
           throw this.fail(
             `nccl: ${what()} timed out after ${+(this.timeoutMs / 60000).toFixed(
