@@ -44,6 +44,8 @@ export const SYMBOLS = {
   cudaEventDestroy: { parameters: ["pointer"], result: "i32" },
   cudaEventRecord: { parameters: ["pointer", "pointer"], result: "i32" },
   cudaEventSynchronize: { parameters: ["pointer"], result: "i32" },
+  // Optional so that test doubles without it still load; every CUDA runtime has it.
+  cudaEventQuery: { parameters: ["pointer"], result: "i32", optional: true },
   cudaEventElapsedTime: { parameters: ["buffer", "pointer", "pointer"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
@@ -52,6 +54,7 @@ export const cudaMemcpyDeviceToHost = 2;
 export const cudaMemcpyDeviceToDevice = 3;
 export const cudaStreamNonBlocking = 1;
 export const cudaErrorMemoryAllocation = 2;
+export const cudaErrorNotReady = 600;
 export const cudaDevAttrMultiProcessorCount = 16;
 export const cudaDevAttrComputeCapabilityMajor = 75;
 export const cudaDevAttrComputeCapabilityMinor = 76;
@@ -173,6 +176,15 @@ export class Cudart {
   }
   eventSynchronize(e: CudaEvent): void {
     this.check("cudaEventSynchronize", this.sym.cudaEventSynchronize(e));
+  }
+  /** Whether the work before the event has finished (cudaEventQuery: success or not ready). */
+  eventDone(e: CudaEvent): boolean {
+    const q = this.sym.cudaEventQuery;
+    if (q === null) throw new Error(`cudaEventQuery: not in ${this.path}`);
+    const rc = q(e);
+    if (rc === cudaErrorNotReady) return false;
+    this.check("cudaEventQuery", rc);
+    return true;
   }
   /** Milliseconds between two recorded events. */
   elapsedMs(start: CudaEvent, end: CudaEvent): number {

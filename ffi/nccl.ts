@@ -1,5 +1,8 @@
-// NCCL bindings: unique id, communicator init/abort/destroy, collectives, point-to-point and
-// grouping. ncclCommInitRank takes the 128-byte ncclUniqueId by value (not on the hot path).
+// NCCL bindings (NCCL 2.x nccl.h): unique id, communicator init/split/abort/destroy, the asynchronous
+// error query, collectives, point-to-point and grouping. ncclCommInitRank takes the 128-byte
+// ncclUniqueId by value (not on the hot path). Device buffers are u64 addresses; communicators and
+// streams are opaque pointers. ncclCommSplit exists from NCCL 2.18 on: it is optional, so an older
+// library still loads (hasSplit says whether it is there).
 
 import { cString, type DiscoverEnv, openLibrary, statusError } from "./discover.ts";
 
@@ -12,6 +15,12 @@ export const SYMBOLS = {
   ncclGetErrorString: { parameters: ["i32"], result: "pointer" },
   ncclGetUniqueId: { parameters: ["buffer"], result: "i32" },
   ncclCommInitRank: { parameters: ["buffer", "i32", UNIQUE_ID, "i32"], result: "i32" },
+  ncclCommSplit: {
+    parameters: ["pointer", "i32", "i32", "buffer", "pointer"],
+    result: "i32",
+    optional: true,
+  },
+  ncclCommGetAsyncError: { parameters: ["pointer", "buffer"], result: "i32" },
   ncclCommAbort: { parameters: ["pointer"], result: "i32" },
   ncclCommDestroy: { parameters: ["pointer"], result: "i32" },
   ncclAllReduce: { parameters: ["u64", "u64", "usize", "i32", "i32", "pointer", "pointer"], result: "i32" },
@@ -42,12 +51,24 @@ export const ncclDataType = {
 } as const;
 /** ncclRedOp_t */
 export const ncclRedOp = { sum: 0, prod: 1, max: 2, min: 3, avg: 4 } as const;
+/** ncclResult_t values the callers test for. */
+export const ncclSuccess = 0;
+export const ncclInProgress = 7;
+/** ncclCommSplit's color for ranks that join no new communicator. */
+export const NCCL_SPLIT_NOCOLOR = -1;
+
+/** "2.21.5" from ncclGetVersion's code (major*10000 + minor*100 + patch since 2.9; *1000 before). */
+export function ncclVersionString(code: number): string {
+  if (code >= 10000) return `${Math.floor(code / 10000)}.${Math.floor(code / 100) % 100}.${code % 100}`;
+  return `${Math.floor(code / 1000)}.${Math.floor(code / 100) % 10}.${code % 100}`;
+}
 
 export type NcclComm = Deno.PointerValue;
 
 export class Nccl {
   readonly sym: Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
   private readonly out = new BigUint64Array(1);
+  private readonly result = new Int32Array(1);
 
   constructor(private readonly lib: Deno.DynamicLibrary<typeof SYMBOLS>, readonly path: string) {
     this.sym = lib.symbols;
@@ -58,7 +79,7 @@ export class Nccl {
   }
   check(call: string, code: number): void {
     if (code !== 0) {
-      throw statusError(call, cString(this.sym.ncclGetErrorString(code), "unknown NCCL result"), code);
+      throw statusError(call, this.errorString(code), code);
     }
   }
   version(): number {
@@ -78,6 +99,30 @@ export class Nccl {
     }
     this.check("ncclCommInitRank", this.sym.ncclCommInitRank(this.out, nranks, id.slice(), rank));
     return Deno.UnsafePointer.create(this.out[0]);
+  }
+  /** Whether the library has ncclCommSplit (NCCL >= 2.18). */
+  get hasSplit(): boolean {
+    return this.sym.ncclCommSplit !== null;
+  }
+  /** ncclCommSplit with the default config; null for a rank that passed NCCL_SPLIT_NOCOLOR. */
+  commSplit(c: NcclComm, color: number, key: number): NcclComm | null {
+    const split = this.sym.ncclCommSplit;
+    if (split === null) {
+      throw new Error(
+        `ncclCommSplit: not in ${this.path} (NCCL ${ncclVersionString(this.version())}; needs 2.18)`,
+      );
+    }
+    this.out[0] = 0n;
+    this.check("ncclCommSplit", split(c, color, key, this.out, null));
+    return this.out[0] === 0n ? null : Deno.UnsafePointer.create(this.out[0]);
+  }
+  /** The communicator's asynchronous error state (ncclSuccess, ncclInProgress or an error code). */
+  asyncError(c: NcclComm): number {
+    this.check("ncclCommGetAsyncError", this.sym.ncclCommGetAsyncError(c, this.result));
+    return this.result[0];
+  }
+  errorString(code: number): string {
+    return cString(this.sym.ncclGetErrorString(code), "unknown NCCL result");
   }
   commAbort(c: NcclComm): void {
     this.check("ncclCommAbort", this.sym.ncclCommAbort(c));

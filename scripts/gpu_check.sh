@@ -19,13 +19,19 @@
 #                    with --device cuda, then on the CPU (which costs more: 20 iterations of a 4-layer,
 #                    128-wide GPT-2-vocabulary model), building the bundled corpus first on a fresh
 #                    host; every iteration's loss within 1e-4 relative (scripts/compare_losses.ts)
+#   launch-nccl  30  the launcher with NCCL, world size 1: `launch --nproc-per-node 1 -- pretrain_gpt
+#                    --device cuda --distributed-backend nccl` with gpt-default's flags; its losses must
+#                    equal gpt-default's in-process CUDA run's (within 1e-6 relative; one rank is the
+#                    identity through NCCL's all-gathers, so the row should show 0); skipped, with
+#                    scripts/nccl_info.ts's line, on a host without libnccl.so.2 (not in the payload)
 #   sync:<f>    120  for each failed test file (ops, perf-kernels, gpt-train): once more with MEGATRON_DENO_CUDA_SYNC=1
 #                    (sync and check after every launch/GEMM): the table shows the first op that failed
 #   bench       150  with --bench: bench:gpu --steps 20 (GEMMs, kernels, GPT-345M)
 #   pytorch     120  with --bench, when python3 has torch: bench/pytorch_gpt345m.py (the same GPT-345M,
 #                    eager bf16); the table then gives both tokens/s and their ratio
-# The plan: the checks' budgets sum to 15 + 30 + 115 + 30 + 95 + 90 = 375 s, 450 s with a kernel rebuild:
-# the whole deadline. The sync reruns (after a failure) and --bench's two steps come after and get what
+# The plan: the checks' budgets sum to 15 + 30 + 115 + 30 + 95 + 90 + 30 = 405 s, 480 s with a kernel
+# rebuild: then launch-nccl, the last check, gets what the others left (they should end well below their
+# budgets) or shows NOT RUN; the deadline stays 450 s. The sync reruns (after a failure) and --bench's two steps come after and get what
 # the checks left unused, each up to its own budget (passing checks should end well below their
 # budgets; the seconds column shows by how much), and one cut short by the deadline shows TIMEOUT or
 # NOT RUN rather than overrunning the device call. gpt-default's CPU half, measured on a loaded 2-core
@@ -33,8 +39,8 @@
 # iteration with the WebAssembly GEMM; the GPU host has 16 cores. The GPU-side times are unmeasured.
 # When nvidia-smi lists a GPU, MEGATRON_DENO_REQUIRE_CUDA=1 is set: a test or bench that would skip
 # for want of CUDA fails instead, and the table says why. Logs: $OUT/gpu_check.log,
-# $OUT/gpt_default_{cuda,cpu}.jsonl (the embedded default's metrics) and $OUT/gpu_check_table.txt
-# when $OUT is set (they come back with the call), else /tmp/gpu_check.*/.
+# $OUT/gpt_default_{cuda,cpu,nccl}.jsonl (the embedded default's metrics; nccl: launch-nccl's run)
+# and $OUT/gpu_check_table.txt when $OUT is set (they come back with the call), else /tmp/gpu_check.*/.
 # Deno runs with --cached-only (and the payload's --lock=.gpu/deno.lock): the host is offline, and
 # the payload's node_modules must suffice.
 # The table is printed last; the exit status is non-zero when any step failed.
@@ -63,7 +69,7 @@ budget_for() {
 why() {
   local p line
   for p in "cuda sync check:" "MEGATRON_DENO_REQUIRE_CUDA=1 but" "gpu_info:" "compare_losses:" "pretrain_gpt:" \
-    "exceeds" "error: " "FAILED"; do
+    "launch-nccl:" "exceeds" "error: " "FAILED"; do
     line=$(sed 's/\x1b\[[0-9;]*m//g' "$1" | grep -a -m1 -F "$p") && { echo "${line:0:200}"; return; }
   done
 }
@@ -172,6 +178,37 @@ mkdir -p "$log_dir/default"
 if run_step gpt-default 90 bash -c 'default_losses "$@"' _ "$log_dir/default" "${dflags[@]}"; then
   # The comparison's summary in the table: iterations, worst relative difference and where.
   summary=$(grep -a -m1 '^compare_losses: ok: ' "$log_dir/gpt-default.log" | sed 's/^compare_losses: ok: //')
+  [ -n "$summary" ] && results[${#results[@]} - 1]="ok ($summary)"
+fi
+
+# ---- the launcher with NCCL, world size 1 ---------------------------------------------------------
+# One process started by the launcher (torchrun's environment, rank 0 of 1) trains the embedded default
+# through the NCCL communicator: every group's NCCL communicator, each all-reduce and broadcast through
+# NCCL. Its losses must be those of gpt-default's in-process CUDA run. The launcher and the child get
+# the offline flags, so the child is given as `deno run ...` rather than as pretrain:gpt (which would
+# run without them). GPU_CHECK_NCCL_BACKEND: the --distributed-backend value (default nccl; empty:
+# no flag, which the script's test uses for its CPU dry run).
+nccl_losses() { # dir deno-flags...
+  local dir=$1 dev=${GPU_CHECK_DEFAULT_DEVICE:-cuda} backend=()
+  shift
+  if [ ! -f "$dir/cuda.jsonl" ]; then
+    echo "launch-nccl: no in-process CUDA losses to compare with (gpt-default did not finish)"
+    return 1
+  fi
+  [ -n "${GPU_CHECK_NCCL_BACKEND-nccl}" ] && backend=(--distributed-backend "${GPU_CHECK_NCCL_BACKEND-nccl}")
+  # shellcheck disable=SC2086
+  deno run "$@" -A --no-check tasks/launch.ts --nproc-per-node 1 -- deno run "$@" -A --no-check \
+    tasks/pretrain_gpt.ts --device "$dev" "${backend[@]}" ${GPU_CHECK_DEFAULT_ARGS:---train-iters 20} \
+    --eval-iters 0 --log-interval 1 --no-progress --metrics-file "$dir/nccl.jsonl" || return
+  deno run "$@" -A --no-check scripts/compare_losses.ts --rtol 1e-6 "$dir/cuda.jsonl" "$dir/nccl.jsonl"
+}
+export -f nccl_losses
+export GPU_CHECK_NCCL_BACKEND
+# NCCL is not in the payload (too large): a host without it skips the step, saying so.
+if [ -n "${GPU_CHECK_NCCL_BACKEND-nccl}" ] && ! nccl_line=$(deno run "${dflags[@]}" -A --no-check scripts/nccl_info.ts 2>&1); then
+  record launch-nccl "skipped (${nccl_line:0:160})" 0 30
+elif run_step launch-nccl 30 bash -c 'nccl_losses "$@"' _ "$log_dir/default" "${dflags[@]}"; then
+  summary=$(grep -a -m1 '^compare_losses: ok: ' "$log_dir/launch-nccl.log" | sed 's/^compare_losses: ok: //')
   [ -n "$summary" ] && results[${#results[@]} - 1]="ok ($summary)"
 fi
 

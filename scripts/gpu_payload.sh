@@ -28,7 +28,7 @@ root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 cd "$root"
 limit=$((40 * 1024 * 1024))
 entries=(tasks/pretrain_gpt.ts tests/gpu/ops.test.ts tests/gpu/gpt_train.test.ts bench/gpu/gpt345m.ts
-  scripts/gpu_info.ts scripts/build_kernels.ts)
+  scripts/gpu_info.ts scripts/build_kernels.ts tasks/launch.ts scripts/nccl_info.ts)
 deno_bin=$(readlink -f "$(command -v deno)") || { echo "gpu_payload: no deno on PATH" >&2; exit 1; }
 mkdir -p .gpu
 scratch=$(mktemp -d /tmp/md-gpu-payload-XXXXXX)

@@ -1,6 +1,7 @@
 // scripts/gpu_check.sh end to end without a GPU: a fake nvidia-smi that lists one GPU and the CPU
 // emulator of the CUDA stack (tests/gpu/emulator) in place of the libraries. Checks that a kernel
-// fault fails the run and the sync-check rerun names the kernel, that missing CUDA on a host whose
+// fault fails the run and the sync-check rerun names the kernel, that the launcher step (launch-nccl,
+// here a one-process CPU dry run without NCCL) trains to the in-process run's losses, that missing CUDA on a host whose
 // nvidia-smi lists a GPU fails (not "skipped"), and that the table and logs land in $OUT. The
 // "gpt-default" step (embedded default on CUDA vs CPU) runs as a dry run (both halves on the CPU, a
 // shrunken model: the emulator is far too slow for a 50k vocabulary) that builds the corpus in a fresh
@@ -78,6 +79,7 @@ if ("skip" in built) {
         EMU_FAULT_KERNEL: "md_scale_f32_f32",
         GPU_CHECK_TEST_ARGS: "--filter copy",
         GPU_CHECK_DEFAULT_DEVICE: "cpu",
+        GPU_CHECK_NCCL_BACKEND: "", // the dry run: launcher, one CPU process, no NCCL
       });
       assert.equal(r.code, 1, r.out);
       assert.match(r.table, /^gpu_check: GPU Fake H200, 580\.65, 143771 MiB; cuda driver: CUDA 13\.0 /);
@@ -95,9 +97,15 @@ if ("skip" in built) {
         /^ok \(3 iterations, cpu loss \d+\.\d{4} -> \d+\.\d{4}, max \|cuda - cpu\| \/ \|cpu\| 0\.00e\+0 at iteration 1 \(bound 1e-4\)\)$/,
       );
       assert.ok(r.out.includes("corpus: 233 documents"), "the step built the corpus in the fresh cache");
+      // The launcher's run (one process) against the in-process run: the same losses.
+      assert.match(
+        row(r.table, "launch-nccl"),
+        /^ok \(3 iterations, cuda loss \d+\.\d{4} -> \d+\.\d{4}, max \|nccl - cuda\| \/ \|cuda\| 0\.00e\+0 at iteration 1 \(bound 1e-6\)\)$/,
+      );
       assert.deepEqual(r.files, [
         "gpt_default_cpu.jsonl",
         "gpt_default_cuda.jsonl",
+        "gpt_default_nccl.jsonl",
         "gpu_check.log",
         "gpu_check_table.txt",
       ]);
@@ -129,6 +137,11 @@ if ("skip" in built) {
       assert.match(
         row(r.table, "gpt-default"),
         /^FAILED \(exit 1\): pretrain_gpt: MEGATRON_DENO_REQUIRE_CUDA=1 but CUDA is not usable: cuda: library not found/,
+      );
+      // No libnccl here: the step says so instead of failing (NCCL is not in the payload).
+      assert.match(
+        row(r.table, "launch-nccl"),
+        /^skipped \(nccl: library not found or not loadable \(set MEGATRON_DENO_NCCL\); tried: /,
       );
       for (const step of ["ops", "gpt-train"]) {
         assert.match(

@@ -9,6 +9,13 @@ export * from "./rank_source.ts";
 export * from "./store.ts";
 export * from "./p2p.ts";
 export { MpiCommunicator, type MpiCommunicatorOptions, MpiError, MpiWorld } from "./mpi_comm.ts";
+export {
+  createNcclCommunicator,
+  NcclCommunicator,
+  type NcclCommunicatorOptions,
+  NcclError,
+  type NcclStore,
+} from "./nccl_comm.ts";
 
 export interface JoinOptions {
   env?: EnvLookup;

@@ -39,6 +39,11 @@ export async function commScript(
   comm: Communicator,
   ps: ParallelState,
   be: Backend,
+  opts: {
+    /** Ring: both sends before both receives (default). False receives each message before the next
+     *  send, for communicators whose buffered send goes out with the next receive (NCCL). */
+    sendsFirst?: boolean;
+  } = {},
 ): Promise<Record<string, string>> {
   const r = ps.globalRank;
   const out: Record<string, string> = {};
@@ -94,12 +99,21 @@ export async function commScript(
   // Ring of tagged messages (a big one too), then a paired exchange with both neighbours.
   const next = (r + 1) % ps.worldSize;
   const prev = (r + ps.worldSize - 1) % ps.worldSize;
-  await comm.send(be.fromHost("f32", [3, 4], values(r, 900, 12)), next, `ring:${r}`);
-  await comm.send(be.fromHost("f16", [100_000], values(r, 901, 100_000)), next, `big:${r}`);
   const a = be.zeros("f32", [3, 4]);
-  await comm.recv(a, prev, `ring:${prev}`);
   const big = be.zeros("f16", [100_000]);
-  await comm.recv(big, prev, `big:${prev}`);
+  const sendRing = () => comm.send(be.fromHost("f32", [3, 4], values(r, 900, 12)), next, `ring:${r}`);
+  const sendBig = () => comm.send(be.fromHost("f16", [100_000], values(r, 901, 100_000)), next, `big:${r}`);
+  if (opts.sendsFirst ?? true) {
+    await sendRing();
+    await sendBig();
+    await comm.recv(a, prev, `ring:${prev}`);
+    await comm.recv(big, prev, `big:${prev}`);
+  } else {
+    await sendRing();
+    await comm.recv(a, prev, `ring:${prev}`);
+    await sendBig();
+    await comm.recv(big, prev, `big:${prev}`);
+  }
   out["p2p:ring"] = hex(be, a);
   out["p2p:big"] = hex(be, big);
   const fromNext = be.zeros("f32", [6]);

@@ -471,6 +471,18 @@ export class CudaBackend implements Backend {
     this.rt.eventRecord(e, this.stream);
     return e;
   }
+  /** Whether the work queued before `e` (from recordEvent) has finished; never blocks (NCCL waits
+   *  poll this so they can also watch the communicator's error state and a deadline). */
+  eventDone(e: Deno.PointerValue): boolean {
+    return this.rt.eventDone(e);
+  }
+  destroyEvent(e: Deno.PointerValue): void {
+    this.rt.eventDestroy(e);
+  }
+  /** Device address of t's first element, for libraries that take raw pointers (NCCL). */
+  devicePtr(t: Tensor): bigint {
+    return this.ptr(t);
+  }
   /** Milliseconds between two events from recordEvent; waits for `end` and destroys both. */
   elapsedMs(start: Deno.PointerValue, end: Deno.PointerValue): number {
     this.rt.eventSynchronize(end);
