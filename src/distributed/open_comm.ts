@@ -1,10 +1,11 @@
 // The one place where --distributed-backend becomes a communicator: the default for a process that is
 // one rank of several (nccl on a GPU, mpi on the CPU), the in-process `local` world otherwise, and the
-// communicator of this process's rank for `mpi` (and, once wired, `nccl`).
+// communicator of this process's rank for `mpi` and `nccl`.
 
 import type { Backend } from "../backend/backend.ts";
 import type { Communicator, ParallelState } from "../parallel/types.ts";
 import { MpiCommunicator, MpiWorld } from "./mpi_comm.ts";
+import { createNcclCommunicator } from "./nccl_comm.ts";
 import type { TcpStore } from "./store.ts";
 
 export type DistributedBackend = "nccl" | "mpi" | "local";
@@ -46,13 +47,12 @@ export function openCommunicator(
   opts: OpenCommunicatorOptions,
 ): Promise<ProcessCommunicator> {
   if (kind === "nccl") {
-    // The NCCL communicator (nccl_comm.ts, createNcclCommunicator(opts)) is not part of this build yet.
-    return Promise.reject(
-      new Error(
-        "--distributed-backend nccl: not available in this build (no NCCL communicator is wired in); use " +
-          "--distributed-backend mpi with --device cpu",
-      ),
-    );
+    return createNcclCommunicator({
+      backend: opts.backend,
+      ps: opts.ps,
+      store: opts.store,
+      timeoutMs: opts.timeoutMs,
+    });
   }
   try {
     return Promise.resolve(openMpiCommunicator(opts));
