@@ -263,7 +263,9 @@ const FLAGS: Record<string, Entry> = {
   noBiasGeluFusion: {
     kind: "rejected",
     args: ["--no-bias-gelu-fusion"],
-    error: "--no-bias-gelu-fusion: not supported; megatron-deno has only the fused bias + GeLU",
+    // Rejected for GPT; pretrain-bert / pretrain-t5 read it (erf GeLU, as Hugging Face BERT).
+    error:
+      "--no-bias-gelu-fusion: not supported; GPT uses only the fused bias + tanh GeLU; pretrain-bert and pretrain-t5 read it",
   },
   noBiasDropoutFusion: {
     kind: "rejected",
