@@ -39,6 +39,7 @@ import {
 } from "../interop/megatron_checkpoint.ts";
 import type { PyValue, TorchDtypeName } from "../interop/pickle.ts";
 import { type TorchArray, TorchTensor } from "../interop/torch_checkpoint.ts";
+import { BertWordPieceTokenizer } from "../tokenizer/bert.ts";
 
 export type CheckpointFormat = "hf" | "megatron-pt" | "megatron-deno";
 export type ModelKind = "gpt" | "bert" | "t5";
@@ -111,7 +112,8 @@ function int(v: unknown, what: string, where: string): number {
 }
 
 /** The real vocabulary of a Megatron run from its tokenizer arguments. A WordPiece vocabulary lives in
- *  its vocab file, so BERT / T5 keep every padded row unless convert recorded the real size or --vocab-size gives it. */
+ *  its vocab file: without it (and without a size convert recorded, or --vocab-size) BERT / T5 keep
+ *  every padded row. */
 function vocabOfArgs(
   tokenizer: unknown,
   nullVocab: unknown,
@@ -119,18 +121,43 @@ function vocabOfArgs(
   where: string,
   model: ModelKind = "gpt",
   realVocab?: unknown,
+  wp: { vocabFile?: unknown; vocabExtraIds?: unknown } = {},
 ): number {
   if (tokenizer === "GPT2BPETokenizer") return GPT2_VOCAB;
   if (tokenizer === "NullTokenizer") return int(nullVocab, "vocab size (NullTokenizer)", where) + 1;
   if (tokenizer === undefined || tokenizer === null) return padded;
   if (model !== "gpt" && typeof tokenizer === "string" && tokenizer.startsWith("BertWordPiece")) {
-    // convert records the real vocabulary of a BERT it imported (realVocabSize / real_vocab_size).
-    return typeof realVocab === "number" && Number.isInteger(realVocab) && realVocab > 0 &&
-        realVocab <= padded
-      ? realVocab
-      : padded;
+    // convert records the real vocabulary of a BERT it imported (realVocabSize / real_vocab_size);
+    // a trained one names its vocab file, whose tokenizer tells it (as the trainer computed it).
+    if (
+      typeof realVocab === "number" && Number.isInteger(realVocab) && realVocab > 0 && realVocab <= padded
+    ) {
+      return realVocab;
+    }
+    const n = wordPieceVocab(tokenizer, wp);
+    return n !== null && n <= padded ? n : padded;
   }
   throw new Error(`${where}: tokenizer ${JSON.stringify(tokenizer)} is not a GPT tokenizer`);
+}
+
+/** The vocabulary size of a WordPiece tokenizer built from the run's vocab file (with [BOS]/[EOS] and
+ *  --vocab-extra-ids), or null when the file cannot be read. */
+function wordPieceVocab(
+  tokenizer: string,
+  wp: { vocabFile?: unknown; vocabExtraIds?: unknown },
+): number | null {
+  if (typeof wp.vocabFile !== "string") return null;
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(wp.vocabFile);
+  } catch {
+    return null;
+  }
+  const extra = typeof wp.vocabExtraIds === "number" ? wp.vocabExtraIds : 0;
+  return new BertWordPieceTokenizer(text, tokenizer === "BertWordPieceLowerCase", {
+    vocabFile: wp.vocabFile,
+    vocabExtraIds: extra,
+  }).vocabSize;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -502,7 +529,10 @@ function readMegatronPt(path: string, vocabOverride?: number): FullGpt {
   const tokenizer = a.tokenizer_type ??
     (model !== "gpt" ? "BertWordPieceLowerCase" : padded >= GPT2_VOCAB ? "GPT2BPETokenizer" : undefined);
   const vocab = vocabOverride ??
-    vocabOfArgs(tokenizer, a.vocab_size, padded, where, model, a.real_vocab_size);
+    vocabOfArgs(tokenizer, a.vocab_size, padded, where, model, a.real_vocab_size, {
+      vocabFile: a.vocab_file,
+      vocabExtraIds: a.vocab_extra_ids,
+    });
   // --no-bias-gelu-fusion stores bias_gelu_fusion = False; then --openai-gelu would pick an unfused
   // tanh GeLU, which the MLP does not have.
   const fusion = a.bias_gelu_fusion !== false;
@@ -587,7 +617,7 @@ function readDeno(dir: string, vocabOverride?: number): FullGpt {
       maxPositionEmbeddings: int(a.maxPositionEmbeddings, "args.maxPositionEmbeddings", where),
       seqLength: int(a.seqLength ?? a.maxPositionEmbeddings, "args.seqLength", where),
       vocabSize: vocabOverride ??
-        vocabOfArgs(a.tokenizerType, a.vocabSize, padded, where, model, a.realVocabSize),
+        vocabOfArgs(a.tokenizerType, a.vocabSize, padded, where, model, a.realVocabSize, a),
       makeVocabSizeDivisibleBy: typeof a.makeVocabSizeDivisibleBy === "number"
         ? a.makeVocabSizeDivisibleBy
         : 128,
