@@ -2,7 +2,8 @@
 // post-LN residual, erf GeLU, eps 1e-12, dropout on) is resharded to (1, 1) and (2, 2); a T5 trained at
 // TP 2 to TP 1 (T5 has no pipeline parallelism, as Megatron 2021). The trainer resumed from each
 // reshard (weights only, same data position) gives the original's losses (relative 1e-5), and
-// resharding back restores every tensor bit for bit. A T5 reshard to PP 2 is one line.
+// resharding back restores every tensor bit for bit (T5 also through a Megatron .pt folder). A T5
+// reshard to PP 2, or a T5 to Hugging Face, is one line.
 
 import assert from "node:assert/strict";
 import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
@@ -137,6 +138,40 @@ Deno.test("merge-checkpoints (T5): TP 2 -> TP 1 resumes with the original's loss
   for (const rank of ["mp_rank_00", "mp_rank_01"]) {
     sameRank(`${orig}/iter_0000002`, `${DIR}/t5_back/iter_0000002`, rank);
   }
+  // T5 through a Megatron .pt folder (TP 2) and back: bit-exact too.
+  const convert = (...a: string[]) => runScript(CLI, ["convert", ...a]);
+  r = await convert(
+    "--from",
+    "megatron-deno",
+    "--to",
+    "megatron-pt",
+    "--load",
+    orig,
+    "--save",
+    `${DIR}/t5_pt`,
+  );
+  assert.equal(r.code, 0, r.stderr);
+  assert.ok(Deno.statSync(`${DIR}/t5_pt/iter_0000002/mp_rank_00/model_optim_rng.pt`).isFile);
+  r = await convert(
+    ...[
+      "--from",
+      "megatron-pt",
+      "--to",
+      "megatron-deno",
+      "--load",
+      `${DIR}/t5_pt`,
+      "--save",
+      `${DIR}/t5_pt_back`,
+    ],
+    ...["--target-tensor-parallel-size", "2"],
+  );
+  assert.equal(r.code, 0, r.stderr);
+  for (const rank of ["mp_rank_00", "mp_rank_01"]) {
+    sameRank(`${orig}/iter_0000002`, `${DIR}/t5_pt_back/iter_0000002`, rank);
+  }
+  r = await convert("--from", "megatron-deno", "--to", "hf", "--load", dst, "--save", `${DIR}/t5_hf`);
+  assert.equal(r.code, 1);
+  assert.match(errorLine(r, "convert"), /^--to hf: Megatron's T5 .* has no Hugging Face T5 equivalent$/);
   r = await merge(orig, `${DIR}/t5_pp`, 1, 2);
   assert.equal(r.code, 1);
   assert.equal(
