@@ -49,7 +49,7 @@ def main():
            "vocab": cfg.vocab_size, "mlm_logits": r.prediction_logits.flatten().tolist(),
            "nsp_logits": r.seq_relationship_logits.flatten().tolist()}
     with open(os.path.join(OUT, "bert_reference_logits.json"), "w") as f:
-        json.dump(ref, f)
+        json.dump(ref, f, indent=2)
         f.write("\n")
 
     # The Megatron checkpoint, built with torch ops from the HF state dict (independent of the TypeScript
