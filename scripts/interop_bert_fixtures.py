@@ -13,6 +13,10 @@ committed). Needs torch, transformers and safetensors. Writes tests/data/interop
                        vocabulary rows (100 -> 128) are random, as Megatron's are
   bert_reference_logits.json  transformers' MLM and NSP logits (fp32, CPU) for two rows of 8 tokens with
                        token types, the second row's last two tokens padded (attention_mask 0)
+
+With --check-export DIR it writes nothing: it loads DIR (a folder `deno task convert --to hf` wrote from
+megatron_bert/ or hf_bert_rand/) with BertForPreTraining.from_pretrained and prints the largest difference
+of its logits from bert_reference_logits.json (0.0 when the export is exact).
 """
 
 import argparse
@@ -25,7 +29,26 @@ import torch
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "interop")
 
 
+def check_export(directory):
+    import transformers
+    m = transformers.BertForPreTraining.from_pretrained(directory).eval()
+    with open(os.path.join(OUT, "bert_reference_logits.json")) as f:
+        ref = json.load(f)
+    with torch.no_grad():
+        r = m(input_ids=torch.tensor(ref["input_ids"]), token_type_ids=torch.tensor(ref["token_type_ids"]),
+              attention_mask=torch.tensor(ref["attention_mask"]))
+    mlm = (r.prediction_logits.flatten() - torch.tensor(ref["mlm_logits"])).abs().max().item()
+    nsp = (r.seq_relationship_logits.flatten() - torch.tensor(ref["nsp_logits"])).abs().max().item()
+    print(f"{directory}: transformers loads it; max |logit difference| MLM {mlm}, NSP {nsp}")
+
+
 def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--check-export", metavar="DIR", help="check an exported HF BERT folder instead")
+    a = ap.parse_args()
+    if a.check_export:
+        check_export(a.check_export)
+        return
     import transformers
     torch.manual_seed(20211)
     cfg = transformers.BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
