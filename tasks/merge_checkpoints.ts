@@ -1,9 +1,9 @@
 // deno task merge-checkpoints --load SRC --save DST --target-tensor-parallel-size T --target-pipeline-parallel-size P
-// tools/merge_mp_partitions.py generalized: any (TP, PP) layout of a GPT checkpoint to any other, through
-// the weight-name table (vocabulary padding recomputed for the new TP). Model weights only: load the
+// tools/merge_mp_partitions.py generalized: any (TP, PP) layout of a GPT or BERT checkpoint to any other
+// (T5: any TP, PP 1), through the weight-name table (vocabulary padding recomputed for the new TP). Model weights only: load the
 // result with --no-load-optim --no-load-rng (or --finetune). Exit codes: 0 done, 1 bad input, 2 bad usage.
 
-import { type CheckpointFormat, detectFormat, readGpt, writeGpt } from "../src/inference/gpt_weights.ts";
+import { type CheckpointFormat, detectFormat, readModel, writeGpt } from "../src/inference/gpt_weights.ts";
 import { type FlagTable, runCommand, UsageError } from "./inference_flags.ts";
 
 export const MERGE_FLAGS: FlagTable = {
@@ -14,7 +14,8 @@ export const MERGE_FLAGS: FlagTable = {
   format: { kind: "format", help: "format of both checkpoints (default: detected from --load)" },
 };
 
-const WHAT = "Reshard a GPT checkpoint: any (TP, PP) to any (TP, PP), model weights only.";
+const WHAT =
+  "Reshard a GPT, BERT or T5 checkpoint: any (TP, PP) to any (TP, PP; T5: PP 1), model weights only.";
 
 export function main(argv: string[]): Promise<number> {
   return runCommand("merge-checkpoints", WHAT, MERGE_FLAGS, argv, (f) => {
@@ -31,9 +32,9 @@ export function main(argv: string[]): Promise<number> {
     if (format === "hf") {
       throw new UsageError(`--format hf: a Hugging Face folder has no layout; use convert`);
     }
-    const full = readGpt(format, load);
+    const full = readModel(format, load);
     writeGpt(format, f.save as string, full, tp, pp);
-    console.log(`resharded ${load} -> ${f.save}: TP ${tp}, PP ${pp} (${format})`);
+    console.log(`resharded ${full.arch.model ?? "gpt"} ${load} -> ${f.save}: TP ${tp}, PP ${pp} (${format})`);
     return 0;
   });
 }

@@ -116,20 +116,16 @@ Deno.test("convert: bad input is one line, exit 1 or 2, nothing written", async 
   r = await convert("--from", "hf", "--to", "megatron-deno", "--load", `${DIR}/none`, "--save", `${DIR}/x`);
   assert.equal(r.code, 1);
   assert.equal(errorLine(r, "convert"), `--load ${DIR}/none: not found`);
-  r = await convert(
-    "--from",
-    "hf",
-    "--to",
-    "megatron-deno",
-    "--load",
-    `${DATA}hf_bert`,
-    "--save",
-    `${DIR}/x`,
-  );
+  // A BERT whose activation the model does not have.
+  Deno.mkdirSync(`${DIR}/relu`);
+  Deno.copyFileSync(`${DATA}hf_bert/model.safetensors`, `${DIR}/relu/model.safetensors`);
+  const cfg = JSON.parse(Deno.readTextFileSync(`${DATA}hf_bert/config.json`));
+  Deno.writeTextFileSync(`${DIR}/relu/config.json`, JSON.stringify({ ...cfg, hidden_act: "relu" }));
+  r = await convert("--from", "hf", "--to", "megatron-deno", "--load", `${DIR}/relu`, "--save", `${DIR}/x`);
   assert.equal(r.code, 1);
   assert.equal(
     errorLine(r, "convert"),
-    `${DATA}hf_bert/config.json: model_type "bert": BERT conversion needs the BERT model, which is not there yet`,
+    `${DIR}/relu/config.json: hidden_act "relu": only "gelu" (erf) is supported`,
   );
   r = await convert(
     "--from",

@@ -125,6 +125,7 @@ Deno.test("BERT flags GPT rejects are read by pretrain-bert and change the run",
       ["--mask-prob", "0.3"],
       ["--short-seq-prob", "0.9"],
       ["--apply-residual-connection-post-layernorm"],
+      ["--no-bias-gelu-fusion"],
     ]
   ) {
     const r = await run(extra);

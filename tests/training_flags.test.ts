@@ -263,7 +263,9 @@ const FLAGS: Record<string, Entry> = {
   noBiasGeluFusion: {
     kind: "rejected",
     args: ["--no-bias-gelu-fusion"],
-    error: "--no-bias-gelu-fusion: not supported; megatron-deno has only the fused bias + GeLU",
+    // Rejected for GPT; pretrain-bert / pretrain-t5 read it (erf GeLU, as Hugging Face BERT).
+    error:
+      "--no-bias-gelu-fusion: not supported; GPT uses only the fused bias + tanh GeLU; pretrain-bert and pretrain-t5 read it",
   },
   noBiasDropoutFusion: {
     kind: "rejected",
@@ -797,7 +799,7 @@ Deno.test("flags: TensorBoard tags and steps of a run, as Megatron's training_lo
   assert.deepEqual(o.tb.get("batch-size")!.map(([, v]) => v), [4, 4, 4]);
 });
 
-Deno.test("flags: pretrain-t5 reads the T5 flags GPT rejects (--decoder-seq-length, --mask-prob, --short-seq-prob, the post-LN residual) and keeps GPT's other rejections", async () => {
+Deno.test("flags: pretrain-t5 reads the T5 flags GPT rejects (--decoder-seq-length, --mask-prob, --short-seq-prob, the post-LN residual, the erf GeLU) and keeps GPT's other rejections", async () => {
   const { T5_FLAGS } = await import("../src/training/t5_task.ts");
   const t5 = [
     ...["--num-layers", "1", "--hidden-size", "8", "--num-attention-heads", "2", "--encoder-seq-length", "8"],
@@ -809,6 +811,7 @@ Deno.test("flags: pretrain-t5 reads the T5 flags GPT rejects (--decoder-seq-leng
     ["--mask-prob", "0.2"],
     ["--short-seq-prob", "0.2"],
     ["--apply-residual-connection-post-layernorm"],
+    ["--no-bias-gelu-fusion"],
   ];
   assert.equal(reads.length, T5_FLAGS.reads.length);
   for (const r of reads) {

@@ -124,6 +124,12 @@ Deno.test("gradcheck: MLP (bias + tanh GeLU)", async () => {
   await checkModule(m, m.params().filter((p) => !p.name.endsWith("4h_to_h.bias")), randomInput(e));
 });
 
+Deno.test("gradcheck: MLP without the bias-GeLU fusion (bias in the linear, erf GeLU)", async () => {
+  const e = env({ ffnHiddenSize: 12, biasGeluFusion: false });
+  const m = new ParallelMLP(e, 0, "l.mlp.");
+  await checkModule(m, m.params().filter((p) => !p.name.endsWith("4h_to_h.bias")), randomInput(e));
+});
+
 Deno.test("gradcheck: transformer layer (both dropouts, bias-dropout-add)", async () => {
   const e = env();
   const m = new TransformerLayer(e, 1, "layers.1.");
@@ -351,6 +357,22 @@ Deno.test("gradcheck: padding-mask encoder layer with the residual after the Lay
   const e = env({ applyResidualConnectionPostLayernorm: true });
   const m = new TransformerLayer(e, 0, "layers.0.", { selfAttnMaskType: "padding" });
   const mask = paddingMask(2, 5, 5, 53);
+  const mod: Mod = {
+    forward: (x, c) => m.forward(x, c, { mask }),
+    backward: (dy, c) => m.backward(dy, c),
+    discard: (c) => m.discard(c),
+  };
+  await checkModule(mod, m.params(), randomInput(e));
+});
+
+Deno.test("gradcheck: Hugging Face BERT's layer form (post-LN residual, LayerNorm eps 1e-12, erf GeLU)", async () => {
+  const e = env({
+    applyResidualConnectionPostLayernorm: true,
+    layernormEpsilon: 1e-12,
+    biasGeluFusion: false,
+  });
+  const m = new TransformerLayer(e, 0, "layers.0.", { selfAttnMaskType: "padding" });
+  const mask = paddingMask(2, 5, 5, 59);
   const mod: Mod = {
     forward: (x, c) => m.forward(x, c, { mask }),
     backward: (dy, c) => m.backward(dy, c),

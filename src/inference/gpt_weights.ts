@@ -1,6 +1,8 @@
-// A GPT's weights as one full (TP = PP = 1) tensor per Megatron 2021 name, read from and written to the
-// three checkpoint formats (Hugging Face GPT-2 folders, Megatron-LM .pt folders, this project's
-// safetensors folders) in any (TP, PP) layout. Sharding goes through the weight-name table
+// A GPT's, BERT's or T5's weights as one full (TP = PP = 1) tensor per Megatron 2021 name, read from and
+// written to the three checkpoint formats (Hugging Face GPT-2 / BERT folders, Megatron-LM .pt folders,
+// this project's safetensors folders) in any (TP, PP) layout (T5: TP only, as Megatron 2021's).
+// Which model a checkpoint holds is told by its names (lm_head.dense / binary_head: BERT;
+// language_model.decoder: T5). Sharding goes through the weight-name table
 // (src/models/weight_names.ts), so convert, merge-checkpoints, generate and evaluate share one reader.
 // Tensors keep their element type and bits (f16/bf16 as raw patterns), so conversions are exact.
 
@@ -14,6 +16,9 @@ import {
   saveCheckpoint,
 } from "../training/checkpoint.ts";
 import {
+  bertConfig,
+  bertNameMap,
+  bertShapeFromConfig,
   gpt2Config,
   gpt2NameMap,
   gpt2ShapeFromConfig,
@@ -32,10 +37,12 @@ import {
   writeMegatronCheckpoint,
   writeMegatronTracker,
 } from "../interop/megatron_checkpoint.ts";
-import type { TorchDtypeName } from "../interop/pickle.ts";
+import type { PyValue, TorchDtypeName } from "../interop/pickle.ts";
 import { type TorchArray, TorchTensor } from "../interop/torch_checkpoint.ts";
+import { BertWordPieceTokenizer } from "../tokenizer/bert.ts";
 
 export type CheckpointFormat = "hf" | "megatron-pt" | "megatron-deno";
+export type ModelKind = "gpt" | "bert" | "t5";
 export const CHECKPOINT_FORMATS: readonly CheckpointFormat[] = ["hf", "megatron-pt", "megatron-deno"];
 
 /** What a GPT checkpoint says about its architecture (TP = 1 values). */
@@ -49,9 +56,31 @@ export interface GptArch {
   vocabSize: number;
   makeVocabSizeDivisibleBy: number;
   layernormEpsilon: number;
-  /** "GPT2BPETokenizer", or "NullTokenizer" (ids as text) for small vocabularies. */
+  /** "GPT2BPETokenizer", or "NullTokenizer" (ids as text) for small vocabularies; BERT / T5:
+   *  "BertWordPieceLowerCase" or "BertWordPieceCase". */
   tokenizerType: string;
+  /** The model the weights belong to; absent means "gpt". */
+  model?: ModelKind;
+  /** MLP inner size (default 4 * hiddenSize). */
+  ffnHiddenSize?: number;
+  /** Megatron's --apply-residual-connection-post-layernorm (default false; Hugging Face BERT: true). */
+  applyResidualConnectionPostLayernorm?: boolean;
+  /** false: --no-bias-gelu-fusion, the MLP's erf GeLU (Hugging Face BERT); default true (tanh GeLU). */
+  biasGeluFusion?: boolean;
 }
+
+/** The model of a set of Megatron names: BERT has lm_head.dense / binary_head, T5 a decoder. */
+export function modelOfNames(names: Iterable<string>): ModelKind {
+  let kind: ModelKind = "gpt";
+  for (const n of names) {
+    const m = n.replace(/^model\d+\./, "");
+    if (m.startsWith("language_model.decoder.")) return "t5";
+    if (m.startsWith("lm_head.dense.") || m.startsWith("binary_head.")) kind = "bert";
+  }
+  return kind;
+}
+
+const modelOf = (a: GptArch): ModelKind => a.model ?? "gpt";
 
 export interface FullTensor {
   dtype: DType;
@@ -82,12 +111,53 @@ function int(v: unknown, what: string, where: string): number {
   return v;
 }
 
-/** The real vocabulary of a Megatron run from its tokenizer arguments. */
-function vocabOfArgs(tokenizer: unknown, nullVocab: unknown, padded: number, where: string): number {
+/** The real vocabulary of a Megatron run from its tokenizer arguments. A WordPiece vocabulary lives in
+ *  its vocab file: without it (and without a size convert recorded, or --vocab-size) BERT / T5 keep
+ *  every padded row. */
+function vocabOfArgs(
+  tokenizer: unknown,
+  nullVocab: unknown,
+  padded: number,
+  where: string,
+  model: ModelKind = "gpt",
+  realVocab?: unknown,
+  wp: { vocabFile?: unknown; vocabExtraIds?: unknown } = {},
+): number {
   if (tokenizer === "GPT2BPETokenizer") return GPT2_VOCAB;
   if (tokenizer === "NullTokenizer") return int(nullVocab, "vocab size (NullTokenizer)", where) + 1;
   if (tokenizer === undefined || tokenizer === null) return padded;
+  if (model !== "gpt" && typeof tokenizer === "string" && tokenizer.startsWith("BertWordPiece")) {
+    // convert records the real vocabulary of a BERT it imported (realVocabSize / real_vocab_size);
+    // a trained one names its vocab file, whose tokenizer tells it (as the trainer computed it).
+    if (
+      typeof realVocab === "number" && Number.isInteger(realVocab) && realVocab > 0 && realVocab <= padded
+    ) {
+      return realVocab;
+    }
+    const n = wordPieceVocab(tokenizer, wp);
+    return n !== null && n <= padded ? n : padded;
+  }
   throw new Error(`${where}: tokenizer ${JSON.stringify(tokenizer)} is not a GPT tokenizer`);
+}
+
+/** The vocabulary size of a WordPiece tokenizer built from the run's vocab file (with [BOS]/[EOS] and
+ *  --vocab-extra-ids), or null when the file cannot be read. */
+function wordPieceVocab(
+  tokenizer: string,
+  wp: { vocabFile?: unknown; vocabExtraIds?: unknown },
+): number | null {
+  if (typeof wp.vocabFile !== "string") return null;
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(wp.vocabFile);
+  } catch {
+    return null;
+  }
+  const extra = typeof wp.vocabExtraIds === "number" ? wp.vocabExtraIds : 0;
+  return new BertWordPieceTokenizer(text, tokenizer === "BertWordPieceLowerCase", {
+    vocabFile: wp.vocabFile,
+    vocabExtraIds: extra,
+  }).vocabSize;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -133,7 +203,7 @@ function mergeLayout(
       }
     }
   }
-  if (!out.has(WORD)) throw new Error(`${where}: no ${WORD} (not a GPT checkpoint?)`);
+  if (!out.has(WORD)) throw new Error(`${where}: no ${WORD} (not a GPT, BERT or T5 checkpoint?)`);
   return out;
 }
 
@@ -151,7 +221,7 @@ function castLike(dtype: DType, a: ArrayLike<number>): HostArray {
     case "u8":
       return Uint8Array.from(a);
     default:
-      throw new Error(`weights: dtype ${dtype} is not a GPT weight type`);
+      throw new Error(`weights: dtype ${dtype} is not a weight type`);
   }
 }
 
@@ -162,6 +232,12 @@ export function shardLayout(
   pp: number,
 ): { paddedVocab: number; ranks: Map<string, FullTensor>[][] } {
   const { arch } = full;
+  const model = modelOf(arch);
+  if (model === "t5" && pp !== 1) {
+    throw new Error(
+      `--target-pipeline-parallel-size ${pp}: T5 has no pipeline parallelism (as Megatron 2021); use TP only`,
+    );
+  }
   if (arch.numAttentionHeads % tp !== 0) {
     throw new Error(`--target-tensor-parallel-size ${tp}: ${arch.numAttentionHeads} heads are not divisible`);
   }
@@ -175,6 +251,14 @@ export function shardLayout(
     // reshard to the same padded size changes nothing; new rows are zero.
     data: resize(word.data, paddedVocab * h, word.shape[0] * h),
   };
+  // BERT's and T5's LM-head bias has a row per padded vocabulary entry too.
+  const bias = full.tensors.get("lm_head.bias");
+  const paddedBias: FullTensor | undefined = bias && {
+    dtype: bias.dtype,
+    shape: [paddedVocab],
+    data: resize(bias.data, paddedVocab, bias.shape[0]),
+  };
+  const vocabRows = (name: string, src: FullTensor) => name === "lm_head.bias" ? paddedBias! : src;
   const ranks: Map<string, FullTensor>[][] = [];
   for (let t = 0; t < tp; t++) {
     ranks.push([]);
@@ -193,10 +277,15 @@ export function shardLayout(
           if (l !== undefined) put(`${lm[1]}${l}${lm[3]}`, name, src);
         } else if (name.startsWith("language_model.embedding.")) {
           if (p === 0) put(name, name, name === WORD ? padded : src);
-        } else if (name.startsWith("language_model.encoder.final_layernorm.")) {
-          if (p === pp - 1) put(name, name, src);
+        } else if (
+          name.startsWith("language_model.encoder.final_layernorm.") ||
+          (model === "bert" && /^(language_model\.pooler|lm_head|binary_head)\./.test(name))
+        ) {
+          if (p === pp - 1) put(name, name, vocabRows(name, src)); // the last stage's post-process modules
+        } else if (model === "t5" && /^(language_model\.decoder\.|lm_head\.bias$)/.test(name)) {
+          put(name, name, vocabRows(name, src)); // T5 is one stage
         } else {
-          throw new Error(`weights: ${name} is not a GPT parameter`);
+          throw new Error(`weights: ${name} is not a ${model.toUpperCase()} parameter`);
         }
       }
       if (pp > 1 && p === pp - 1) put(HEAD_COPY, HEAD_COPY, padded);
@@ -230,12 +319,10 @@ function readHf(dir: string): FullGpt {
   const folder = readHfFolder(dir);
   const where = `${dir}/config.json`;
   const type = folder.config.model_type;
-  if (type === "bert") {
-    throw new Error(
-      `${where}: model_type "bert": BERT conversion needs the BERT model, which is not there yet`,
-    );
+  if (type === "bert") return readHfBert(dir, folder);
+  if (type !== "gpt2") {
+    throw new Error(`${where}: model_type ${JSON.stringify(type)}: expected "gpt2" or "bert"`);
   }
-  if (type !== "gpt2") throw new Error(`${where}: model_type ${JSON.stringify(type)}: expected "gpt2"`);
   const act = folder.config.activation_function ?? "gelu_new";
   if (act !== "gelu_new" && act !== "gelu_pytorch_tanh") {
     throw new Error(
@@ -277,6 +364,120 @@ function readHf(dir: string): FullGpt {
     tensors,
     iteration: "release",
   };
+}
+
+/** A BertForPreTraining folder: post-LN, erf GeLU, the config's LayerNorm eps (1e-12), two token types.
+ *  Its LayerNorms move one slot forward (src/interop/hf.ts), so it runs as a Megatron BERT with
+ *  --apply-residual-connection-post-layernorm and --no-bias-gelu-fusion. */
+function readHfBert(dir: string, folder: ReturnType<typeof readHfFolder>): FullGpt {
+  const where = `${dir}/config.json`;
+  const c = folder.config;
+  const s = bertShapeFromConfig(c, where);
+  if (c.position_embedding_type !== undefined && c.position_embedding_type !== "absolute") {
+    throw new Error(
+      `${where}: position_embedding_type ${
+        JSON.stringify(c.position_embedding_type)
+      }: only "absolute" is supported`,
+    );
+  }
+  if (s.typeVocab !== 2) {
+    throw new Error(`${where}: type_vocab_size ${s.typeVocab}: Megatron's BERT has 2 token types`);
+  }
+  // BertModel's files (the hub's bare names) lack the "bert." prefix and the pre-training heads.
+  const bare = !folder.tensors.some((t) => t.name.startsWith("bert."));
+  const named = folder.tensors.map((t) => ({
+    ...t,
+    name: bare && !t.name.startsWith("cls.") ? `bert.${t.name}` : t.name,
+  }));
+  if (!named.some((t) => t.name.startsWith("cls.predictions."))) {
+    throw new Error(
+      `${dir}/model.safetensors: no cls.predictions.* tensors; expected a BertForPreTraining (with its MLM and NSP heads)`,
+    );
+  }
+  const hf = new Map<string, Tensor2>(named.map((t) => [t.name, { shape: t.shape, data: t.data }]));
+  const dtypes = new Map(named.map((t) => [t.name, t.dtype]));
+  const map = bertNameMap(s);
+  const meg = hfToMegatron(
+    map,
+    hf,
+    { ...s, paddedVocab: paddedVocabSize(s.vocab, 128, 1) },
+    `${dir}/model.safetensors`,
+  );
+  const tensors = new Map<string, FullTensor>();
+  for (const e of map) {
+    const t = meg.get(e.megatron);
+    if (t && !tensors.has(e.megatron)) {
+      tensors.set(e.megatron, { dtype: dtypes.get(e.hf)!, shape: t.shape, data: t.data as HostArray });
+    }
+  }
+  return {
+    arch: {
+      model: "bert",
+      numLayers: s.numLayers,
+      hiddenSize: s.hidden,
+      numAttentionHeads: s.heads,
+      maxPositionEmbeddings: s.positions,
+      seqLength: s.positions,
+      vocabSize: s.vocab,
+      makeVocabSizeDivisibleBy: 128,
+      layernormEpsilon: s.layerNormEps,
+      tokenizerType: s.vocab === 28996 ? "BertWordPieceCase" : "BertWordPieceLowerCase",
+      ffnHiddenSize: s.ffn,
+      applyResidualConnectionPostLayernorm: true,
+      biasGeluFusion: false,
+    },
+    tensors: orderTensors(tensors),
+    iteration: "release",
+  };
+}
+
+/** Megatron's state-dict order (embedding, encoder layers, final LayerNorm, pooler, heads), so files
+ *  written from any source list tensors alike. */
+function orderTensors(m: Map<string, FullTensor>): Map<string, FullTensor> {
+  const rank = (n: string) => {
+    const l = /^language_model\.(encoder|decoder)\.layers\.(\d+)\.(.*)$/.exec(n);
+    if (n.startsWith("language_model.embedding.")) {
+      return [0, ["word", "position", "tokentype"].findIndex((k) => n.includes(`.${k}_`)), 0, ""] as const;
+    }
+    if (l) {
+      const sub = [
+        "input_layernorm.weight",
+        "input_layernorm.bias",
+        "self_attention.query_key_value.weight",
+        "self_attention.query_key_value.bias",
+        "self_attention.dense.weight",
+        "self_attention.dense.bias",
+        "post_attention_layernorm.weight",
+        "post_attention_layernorm.bias",
+        "mlp.dense_h_to_4h.weight",
+        "mlp.dense_h_to_4h.bias",
+        "mlp.dense_4h_to_h.weight",
+        "mlp.dense_4h_to_h.bias",
+      ].indexOf(l[3]);
+      return [l[1] === "encoder" ? 1 : 3, Number(l[2]), sub, l[3]] as const;
+    }
+    if (n.startsWith("language_model.encoder.final_layernorm.")) {
+      return [2, n.endsWith("weight") ? 0 : 1, 0, ""] as const;
+    }
+    const rest = [
+      "language_model.pooler.dense.weight",
+      "language_model.pooler.dense.bias",
+      "lm_head.bias",
+      "lm_head.dense.weight",
+      "lm_head.dense.bias",
+      "lm_head.layernorm.weight",
+      "lm_head.layernorm.bias",
+      "binary_head.weight",
+      "binary_head.bias",
+    ].indexOf(n);
+    return [5, rest, 0, n] as const;
+  };
+  const cmp = (a: string, b: string) => {
+    const x = rank(a), y = rank(b);
+    for (let i = 0; i < 3; i++) if (x[i] !== y[i]) return (x[i] as number) - (y[i] as number);
+    return x[3] < y[3] ? -1 : x[3] > y[3] ? 1 : 0;
+  };
+  return new Map([...m].sort(([a], [b]) => cmp(a, b)));
 }
 
 const FROM_TORCH: Partial<Record<TorchDtypeName, DType>> = {
@@ -322,11 +523,30 @@ function readMegatronPt(path: string, vocabOverride?: number): FullGpt {
   }
   const tensors = mergeLayout(ranks, numLayers, path);
   const padded = tensors.get(WORD)!.shape[0];
-  // Older args have no tokenizer_type; Megatron's only GPT vocabulary then was GPT-2's.
-  const tokenizer = a.tokenizer_type ?? (padded >= GPT2_VOCAB ? "GPT2BPETokenizer" : undefined);
-  const vocab = vocabOverride ?? vocabOfArgs(tokenizer, a.vocab_size, padded, where);
+  const model = modelOfNames(tensors.keys());
+  // Older args have no tokenizer_type; Megatron's only GPT vocabulary then was GPT-2's (and BERT's
+  // was WordPiece, lower case).
+  const tokenizer = a.tokenizer_type ??
+    (model !== "gpt" ? "BertWordPieceLowerCase" : padded >= GPT2_VOCAB ? "GPT2BPETokenizer" : undefined);
+  const vocab = vocabOverride ??
+    vocabOfArgs(tokenizer, a.vocab_size, padded, where, model, a.real_vocab_size, {
+      vocabFile: a.vocab_file,
+      vocabExtraIds: a.vocab_extra_ids,
+    });
+  // --no-bias-gelu-fusion stores bias_gelu_fusion = False; then --openai-gelu would pick an unfused
+  // tanh GeLU, which the MLP does not have.
+  const fusion = a.bias_gelu_fusion !== false;
+  if (!fusion && (a.openai_gelu === true)) {
+    throw new Error(
+      `${where}: args: openai_gelu without bias_gelu_fusion (unfused tanh GeLU) is not supported`,
+    );
+  }
   return {
     arch: {
+      model,
+      ...(typeof a.ffn_hidden_size === "number" ? { ffnHiddenSize: a.ffn_hidden_size } : {}),
+      applyResidualConnectionPostLayernorm: a.apply_residual_connection_post_layernorm === true,
+      biasGeluFusion: fusion,
       numLayers,
       hiddenSize: int(a.hidden_size, "args.hidden_size", where),
       numAttentionHeads: int(a.num_attention_heads, "args.num_attention_heads", where),
@@ -340,7 +560,8 @@ function readMegatronPt(path: string, vocabOverride?: number): FullGpt {
       tokenizerType: typeof tokenizer === "string" ? tokenizer : "NullTokenizer",
     },
     tensors,
-    iteration: ck0.iteration ?? iteration,
+    // A release folder stays one (its files say iteration 0).
+    iteration: iteration === "release" ? "release" : ck0.iteration ?? iteration,
   };
 }
 
@@ -383,14 +604,20 @@ function readDeno(dir: string, vocabOverride?: number): FullGpt {
   const numLayers = int(a.numLayers, "args.numLayers", where);
   const tensors = mergeLayout(ranks, numLayers, dir);
   const padded = tensors.get(WORD)!.shape[0];
+  const model = modelOfNames(tensors.keys());
   return {
     arch: {
+      model,
+      ...(typeof a.ffnHiddenSize === "number" ? { ffnHiddenSize: a.ffnHiddenSize } : {}),
+      applyResidualConnectionPostLayernorm: a.applyResidualConnectionPostLayernorm === true,
+      biasGeluFusion: a.noBiasGeluFusion !== true,
       numLayers,
       hiddenSize: int(a.hiddenSize, "args.hiddenSize", where),
       numAttentionHeads: int(a.numAttentionHeads, "args.numAttentionHeads", where),
       maxPositionEmbeddings: int(a.maxPositionEmbeddings, "args.maxPositionEmbeddings", where),
       seqLength: int(a.seqLength ?? a.maxPositionEmbeddings, "args.seqLength", where),
-      vocabSize: vocabOverride ?? vocabOfArgs(a.tokenizerType, a.vocabSize, padded, where),
+      vocabSize: vocabOverride ??
+        vocabOfArgs(a.tokenizerType, a.vocabSize, padded, where, model, a.realVocabSize, a),
       makeVocabSizeDivisibleBy: typeof a.makeVocabSizeDivisibleBy === "number"
         ? a.makeVocabSizeDivisibleBy
         : 128,
@@ -407,9 +634,17 @@ function readDeno(dir: string, vocabOverride?: number): FullGpt {
   };
 }
 
-/** Read a GPT checkpoint of any format and layout into full tensors. `vocabSize` overrides the real
- *  vocabulary when the checkpoint cannot tell it. */
+/** Read a GPT checkpoint of any format and layout into full tensors (one line when it holds another
+ *  model). `vocabSize` overrides the real vocabulary when the checkpoint cannot tell it. */
 export function readGpt(format: CheckpointFormat, path: string, vocabSize?: number): FullGpt {
+  const full = readModel(format, path, vocabSize);
+  const model = modelOf(full.arch);
+  if (model !== "gpt") throw new Error(`--load ${path}: a ${model.toUpperCase()} checkpoint; expected a GPT`);
+  return full;
+}
+
+/** Read a GPT, BERT or T5 checkpoint of any format and layout into full tensors. */
+export function readModel(format: CheckpointFormat, path: string, vocabSize?: number): FullGpt {
   try {
     Deno.statSync(path);
   } catch {
@@ -479,11 +714,35 @@ export function denoArgs(
     tokenizerType: a.tokenizerType,
     ...(a.tokenizerType === "NullTokenizer" ? { vocabSize: a.vocabSize - 1 } : {}),
     layernormEpsilon: a.layernormEpsilon,
+    ...modelArgs(full, (k) => k),
     tensorModelParallelSize: tp,
     pipelineModelParallelSize: pp,
     // Written without virtual chunks.
     virtualPipelineModelParallelSize: null,
   };
+}
+
+/** The architecture flags beyond GPT's, under `key`'s spelling of the camelCase name (a .pt's args are
+ *  snake_case; Megatron stores --no-bias-gelu-fusion as bias_gelu_fusion and --bert-no-binary-head as
+ *  bert_binary_head). Written only when they differ from the defaults or for BERT / T5. */
+function modelArgs(full: FullGpt, key: (camel: string) => string, pt = false): Record<string, unknown> {
+  const a = full.arch, out: Record<string, unknown> = {};
+  if (a.ffnHiddenSize !== undefined) out[key("ffnHiddenSize")] = a.ffnHiddenSize;
+  if (modelOf(a) === "gpt" && !a.applyResidualConnectionPostLayernorm && a.biasGeluFusion !== false) {
+    return out;
+  }
+  out[key("applyResidualConnectionPostLayernorm")] = a.applyResidualConnectionPostLayernorm === true;
+  if (pt) out.bias_gelu_fusion = a.biasGeluFusion !== false;
+  else out.noBiasGeluFusion = a.biasGeluFusion === false;
+  // Not a Megatron flag: the vocabulary size a WordPiece tokenizer's file would tell, kept so an
+  // imported BERT goes back to Hugging Face with its own vocabulary (the trainer ignores it).
+  out[key("realVocabSize")] = a.vocabSize;
+  if (modelOf(a) === "bert") {
+    const binary = full.tensors.has("binary_head.weight");
+    if (pt) out.bert_binary_head = binary;
+    else out.bertNoBinaryHead = !binary;
+  }
+  return out;
 }
 
 function writeDeno(dir: string, full: FullGpt, tp: number, pp: number): void {
@@ -518,7 +777,7 @@ function writeMegatronPt(dir: string, full: FullGpt, tp: number, pp: number): vo
     hidden_size: a.hiddenSize,
     num_attention_heads: a.numAttentionHeads,
     kv_channels: a.hiddenSize / a.numAttentionHeads,
-    ffn_hidden_size: 4 * a.hiddenSize,
+    ffn_hidden_size: a.ffnHiddenSize ?? 4 * a.hiddenSize,
     max_position_embeddings: a.maxPositionEmbeddings,
     seq_length: a.seqLength,
     make_vocab_size_divisible_by: a.makeVocabSizeDivisibleBy,
@@ -526,6 +785,10 @@ function writeMegatronPt(dir: string, full: FullGpt, tp: number, pp: number): vo
     tokenizer_type: a.tokenizerType,
     ...(a.tokenizerType === "NullTokenizer" ? { vocab_size: a.vocabSize - 1 } : {}),
     layernorm_epsilon: a.layernormEpsilon,
+    ...modelArgs(full, (k) => k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`), true) as Record<
+      string,
+      PyValue
+    >,
     tensor_model_parallel_size: tp,
     pipeline_model_parallel_size: pp,
   };
@@ -551,6 +814,12 @@ function writeMegatronPt(dir: string, full: FullGpt, tp: number, pp: number): vo
 function writeHf(dir: string, full: FullGpt, tp: number, pp: number): void {
   if (tp !== 1 || pp !== 1) throw new Error(`--to hf: a Hugging Face folder has one shard; use TP = PP = 1`);
   const a = full.arch;
+  if (modelOf(a) === "t5") {
+    throw new Error(
+      `--to hf: Megatron's T5 (learned positions, LayerNorm) has no Hugging Face T5 equivalent`,
+    );
+  }
+  if (modelOf(a) === "bert") return writeHfBert(dir, full);
   const shape = { numLayers: a.numLayers, hidden: a.hiddenSize, heads: a.numAttentionHeads };
   const meg = new Map<string, Tensor2>(
     [...full.tensors].map(([n, t]) => [n, { shape: t.shape, data: t.data }]),
@@ -559,6 +828,43 @@ function writeHf(dir: string, full: FullGpt, tp: number, pp: number): void {
   const hf = megatronToHf(gpt2NameMap(shape), meg, { ...shape, vocab: a.vocabSize });
   const config = gpt2Config({ ...shape, vocab: a.vocabSize, positions: a.maxPositionEmbeddings });
   config.layer_norm_epsilon = a.layernormEpsilon;
+  writeHfFolder(dir, { config, tensors: toNamedTensors(hf, dtype) });
+}
+
+/** A BertForPreTraining folder. Only a BERT that HF's post-LN, erf-GeLU layer computes exactly can go:
+ *  --apply-residual-connection-post-layernorm, --no-bias-gelu-fusion, with the binary head. */
+function writeHfBert(dir: string, full: FullGpt): void {
+  const a = full.arch;
+  if (!a.applyResidualConnectionPostLayernorm) {
+    throw new Error(
+      `--to hf: this BERT keeps the residual at the LayerNorm input (Megatron's default); Hugging Face's BertModel is post-LN, so only --apply-residual-connection-post-layernorm models convert`,
+    );
+  }
+  if (a.biasGeluFusion !== false) {
+    throw new Error(
+      `--to hf: this BERT's MLP uses the fused tanh GeLU; Hugging Face's BERT uses one GeLU for the MLP and the LM head (erf), so only --no-bias-gelu-fusion models convert`,
+    );
+  }
+  if (!full.tensors.has("binary_head.weight")) {
+    throw new Error(
+      `--to hf: this BERT has no binary head (--bert-no-binary-head); BertForPreTraining needs one`,
+    );
+  }
+  const shape = { numLayers: a.numLayers, hidden: a.hiddenSize, heads: a.numAttentionHeads };
+  const meg = new Map<string, Tensor2>(
+    [...full.tensors].map(([n, t]) => [n, { shape: t.shape, data: t.data }]),
+  );
+  const dtype = full.tensors.get(WORD)!.dtype;
+  const hf = megatronToHf(bertNameMap(shape), meg, { ...shape, vocab: a.vocabSize });
+  const types = full.tensors.get("language_model.embedding.tokentype_embeddings.weight");
+  const config = bertConfig({
+    ...shape,
+    vocab: a.vocabSize,
+    positions: a.maxPositionEmbeddings,
+    typeVocab: types?.shape[0] ?? 2,
+    ffn: a.ffnHiddenSize ?? 4 * a.hiddenSize,
+    layerNormEps: a.layernormEpsilon,
+  });
   writeHfFolder(dir, { config, tensors: toNamedTensors(hf, dtype) });
 }
 

@@ -35,6 +35,7 @@ export const BERT_FLAGS: TaskFlags = {
     "shortSeqProb",
     "vocabExtraIds",
     "applyResidualConnectionPostLayernorm",
+    "noBiasGeluFusion",
   ] satisfies FlagKey[],
   required: [],
 };

@@ -303,7 +303,9 @@ const REJECTED: { readonly [K in keyof Flags]?: FlagPolicy } = {
   noMaskedSoftmaxFusion: {
     why: "megatron-deno has only the fused scale + causal mask + softmax (fp32 math)",
   },
-  noBiasGeluFusion: { why: "megatron-deno has only the fused bias + GeLU" },
+  noBiasGeluFusion: {
+    why: "GPT uses only the fused bias + tanh GeLU; pretrain-bert and pretrain-t5 read it",
+  },
   noBiasDropoutFusion: { why: "megatron-deno has only the fused bias + dropout + residual add" },
   initMethodXavierUniform: { why: "weights use the normal init of --init-method-std" },
   fp32ResidualConnection: { why: "the residual stream is kept in the parameter dtype" },

@@ -9,11 +9,13 @@ import { openIndexedDataset } from "./data.ts";
 import { modelConfigOf } from "./gpt_task.ts";
 import type { TaskContext, TaskDatasets } from "./task.ts";
 
-/** GPT's config fields plus --apply-residual-connection-post-layernorm, which BERT and T5 read. */
+/** GPT's config fields plus --apply-residual-connection-post-layernorm and --no-bias-gelu-fusion (erf
+ *  GeLU, as Hugging Face BERT), which BERT and T5 read. */
 export function maskedLmModelConfig(cfg: Config, paddedVocab: number): TransformerConfig {
   return {
     ...modelConfigOf(cfg, paddedVocab),
     applyResidualConnectionPostLayernorm: cfg.applyResidualConnectionPostLayernorm,
+    biasGeluFusion: !cfg.noBiasGeluFusion,
   };
 }
 

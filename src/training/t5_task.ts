@@ -29,7 +29,13 @@ import type {
 export const T5_FLAGS: TaskFlags = {
   command: "pretrain-t5",
   groups: Object.keys(FLAG_GROUPS) as FlagGroup[],
-  reads: ["decoderSeqLength", "maskProb", "shortSeqProb", "applyResidualConnectionPostLayernorm"],
+  reads: [
+    "decoderSeqLength",
+    "maskProb",
+    "shortSeqProb",
+    "applyResidualConnectionPostLayernorm",
+    "noBiasGeluFusion",
+  ],
   required: ["decoderSeqLength"],
 };
 

@@ -32,6 +32,10 @@ export interface TransformerConfig {
   /** Megatron's --apply-residual-connection-post-layernorm (BERT): each residual starts at the
    *  LayerNorm's output instead of its input. Default false. */
   applyResidualConnectionPostLayernorm?: boolean;
+  /** Megatron's bias_gelu_fusion: true (default) is the fused bias + tanh-approximation GeLU; false
+   *  (--no-bias-gelu-fusion) adds the bias in the linear layer and applies torch's exact erf GeLU, as
+   *  Hugging Face BERT does. */
+  biasGeluFusion?: boolean;
 }
 
 /** TransformerConfig with every default filled in. */
@@ -41,6 +45,7 @@ export interface ResolvedTransformerConfig extends TransformerConfig {
   layernormEpsilon: number;
   activationsCheckpointNumLayers: number;
   applyResidualConnectionPostLayernorm: boolean;
+  biasGeluFusion: boolean;
 }
 
 /** GPT's names for the same config (kept for existing callers). */
@@ -128,6 +133,7 @@ export function resolveConfig(cfg: TransformerConfig, tpSize = 1): ResolvedTrans
     layernormEpsilon: cfg.layernormEpsilon ?? 1e-5,
     activationsCheckpointNumLayers: ckN,
     applyResidualConnectionPostLayernorm: cfg.applyResidualConnectionPostLayernorm ?? false,
+    biasGeluFusion: cfg.biasGeluFusion ?? true,
   };
 }
 

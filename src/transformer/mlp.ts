@@ -1,5 +1,6 @@
 // MLP: h -> ffn (column-parallel) with fused bias + tanh-GeLU, ffn -> h (row-parallel, all-reduce in
-// forward; its bias is returned unadded for the layer's bias-dropout-add).
+// forward; its bias is returned unadded for the layer's bias-dropout-add). With biasGeluFusion off
+// (Megatron's --no-bias-gelu-fusion) the h -> ffn layer adds its bias and torch's erf GeLU follows.
 
 import type { ColumnParallelLinear, RowParallelLinear } from "../parallel/tensor_parallel.ts";
 import type { Param } from "../tensor/param.ts";
@@ -17,12 +18,12 @@ import {
 
 interface MlpSaved {
   x: Tensor; // [T, h] input (not owned)
-  pre: Tensor; // [T, ffn_local] before bias + GeLU
+  pre: Tensor; // [T, ffn_local] before GeLU (without the bias when fused)
   act: Tensor; // [T, ffn_local] after GeLU
 }
 
 export class ParallelMLP {
-  /** h -> ffn; its bias is added inside the fused bias-GeLU. */
+  /** h -> ffn; its bias is added inside the fused bias-GeLU (or by the layer itself when unfused). */
   readonly denseH4h: ColumnParallelLinear;
   /** ffn -> h; its bias is left to the layer's bias-dropout-add. */
   readonly dense4hH: RowParallelLinear;
@@ -33,7 +34,7 @@ export class ParallelMLP {
   /** `prefix` ends with "mlp.". */
   constructor(readonly env: ModuleEnv, readonly globalLayer: number, prefix: string) {
     const h = env.cfg.hiddenSize, f = env.cfg.ffnHiddenSize;
-    const h4h = { globalLayer, kind: ParamKind.h4h, skipBiasAdd: true };
+    const h4h = { globalLayer, kind: ParamKind.h4h, skipBiasAdd: env.cfg.biasGeluFusion };
     this.denseH4h = inputProjection(env, `${prefix}dense_h_to_4h`, h, f, h4h);
     this.dense4hH = outputProjection(env, `${prefix}dense_4h_to_h`, f, h, {
       globalLayer,
@@ -60,7 +61,8 @@ export class ParallelMLP {
     const x2 = x.view([x.size / h, h]);
     const pre = await this.denseH4h.forward(x2);
     const act = backend.empty(cfg.paramsDtype, pre.shape);
-    backend.biasGeluFwd(pre, this.h4hBias.value, act);
+    if (cfg.biasGeluFusion) backend.biasGeluFwd(pre, this.h4hBias.value, act);
+    else backend.activationFwd("gelu_erf", pre, act);
     const out = await this.dense4hH.forward(act);
     ctx.saved.set(this, { x: x2, pre, act } satisfies MlpSaved);
     return { out: out.view(x.shape), bias: this.dense4hH.outputBias };
@@ -72,7 +74,8 @@ export class ParallelMLP {
     const sv = takeSaved<MlpSaved>(ctx, this, "ParallelMLP.backward");
     const dAct = await this.dense4hH.backward(sv.act, dOut.view([sv.x.shape[0], cfg.hiddenSize]));
     const dPre = backend.empty(cfg.paramsDtype, sv.pre.shape);
-    backend.biasGeluBwd(dAct, sv.pre, this.h4hBias.value, dPre);
+    if (cfg.biasGeluFusion) backend.biasGeluBwd(dAct, sv.pre, this.h4hBias.value, dPre);
+    else backend.activationBwd("gelu_erf", dAct, sv.pre, dPre);
     freeAll(backend, [dAct, sv.pre, sv.act]);
     const dx = await this.denseH4h.backward(sv.x, dPre, true);
     return dx.view(dOut.shape);
