@@ -71,12 +71,14 @@ function stripChars(s: string, chars: string): string {
   return s.slice(a, b);
 }
 
-/** Megatron's name_from_datapath: MNLI/QQP `path.split(TASK)[-1].strip('.tsv').strip('/')` with "_"
- *  -> "-" (strip takes a set of characters, as in Python); RACE the part after "RACE" with "/" -> "-". */
+/** A validation set's name, as Megatron's name_from_datapath: RACE the part after "RACE" with "/" ->
+ *  "-" (RACE/dev/middle -> dev-middle); MNLI/QQP the part after the task name without "/" and ".tsv",
+ *  "_" -> "-" (MNLI/dev_matched.tsv -> dev-matched). Megatron's `.strip('.tsv')` strips a character
+ *  set, which turns QQP's dev.tsv into "de"; here only the suffix goes. */
 export function datasetName(task: FinetuneTaskName, path: string): string {
   const tail = path.split(task).at(-1)!;
   if (task === "RACE") return stripChars(tail, "/").replaceAll("/", "-");
-  return stripChars(stripChars(tail, ".tsv"), "/").replaceAll("_", "-");
+  return stripChars(tail.replace(/\.tsv$/, ""), "/").replaceAll("_", "-");
 }
 
 /** The special ids the readers need; one line when the tokenizer is not BERT's. */
