@@ -53,7 +53,18 @@ function mnli(file: string, n: number, seed: number, dev: boolean) {
     const s1 = words(rand, 3 + rand(3)), s2 = words(rand, 2 + rand(3), `w${y + 1}`);
     const labels = dev ? [label, label, label, label, label] : [label];
     rows.push(
-      [i, 1000 + i, `${1000 + i}n`, "fiction", `( ${s1} )`, `( ${s2} )`, `(ROOT ${s1})`, `(ROOT ${s2})`, s1, s2]
+      [
+        i,
+        1000 + i,
+        `${1000 + i}n`,
+        "fiction",
+        `( ${s1} )`,
+        `( ${s2} )`,
+        `(ROOT ${s1})`,
+        `(ROOT ${s2})`,
+        s1,
+        s2,
+      ]
         .concat(labels, [label]).join("\t"),
     );
   }
@@ -79,10 +90,18 @@ function race(split: string, files: number, questions: number, seed: number) {
       const right = rand(4);
       // Half the questions have a blank ("_") that the option fills, as RACE's cloze questions.
       qs.push(q % 2 === 0 ? `${words(rand, 2)} _ ${words(rand, 1)}` : words(rand, 3));
-      opts.push(Array.from({ length: 4 }, (_, k) => words(rand, 1 + rand(2), k === right ? "w1" : undefined)));
+      opts.push(
+        Array.from({ length: 4 }, (_, k) => words(rand, 1 + rand(2), k === right ? "w1" : undefined)),
+      );
       ans.push("ABCD"[right]);
     }
-    const doc = { answers: ans, options: opts, questions: qs, article: words(rand, 8), id: `middle${f + 1}.txt` };
+    const doc = {
+      answers: ans,
+      options: opts,
+      questions: qs,
+      article: words(rand, 8),
+      id: `middle${f + 1}.txt`,
+    };
     write(`${OUT}RACE/${split}/middle/${f + 1}.txt`, JSON.stringify(doc) + "\n");
   }
 }

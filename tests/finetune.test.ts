@@ -11,7 +11,13 @@
 
 import assert from "node:assert/strict";
 import { glueSample, readQqp } from "../src/downstream/finetune_data.ts";
+import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
+import { FinetuneChunk, finetuneHostBatch } from "../src/finetune/task.ts";
+import { BertModel } from "../src/models/bert.ts";
+import { makeParallelState, SingleRankCommunicator } from "../src/parallel/types.ts";
 import { loadCheckpoint } from "../src/training/checkpoint.ts";
+import { uploadBatch } from "../src/training/task.ts";
+import { newMicroBatchContext } from "../src/transformer/common.ts";
 import { buildTokenizer } from "../src/tokenizer/mod.ts";
 import { writeTinySentences, writeTinyVocab } from "./helpers/bert_tiny.ts";
 
@@ -176,20 +182,75 @@ function classify(w: Weights, ids: number[], types: number[], keep: number[], he
   return dense(pooled, w, "classification_head")[0];
 }
 
-/** Correct predictions of a checkpoint on a QQP file, computed by `classify`. */
+/** Correct predictions of a checkpoint on a QQP file, computed by `classify`; also checks the logits
+ *  against the project's finetuning model (FinetuneChunk) loaded with the same weights. */
 async function referenceQqp(ckpt: string, file: string): Promise<{ correct: number; total: number }> {
   const tok = await buildTokenizer({ tokenizerType: "BertWordPieceLowerCase", vocabFile: VOCAB });
   const sp = { cls: tok.cls!, sep: tok.sep!, pad: tok.pad! };
   const w = weightsOf(ckpt);
+  const chunk = projectModel(w);
   let correct = 0, total = 0;
   for (const raw of readQqp(Deno.readTextFileSync(file), file).samples) {
     const s = glueSample(raw, (t) => tok.tokenize(t), 32, sp);
     const z = classify(w, s.text, s.types.map((t, i) => s.paddingMask[i] ? t : 0), s.paddingMask, 2, 2);
+    const sample = {
+      text: [s.text],
+      types: [s.types],
+      paddingMask: [s.paddingMask],
+      label: raw.label,
+      uid: 0,
+    };
+    const batch = uploadBatch(BE, finetuneHostBatch([sample], 32, 1), chunk.batchFields);
+    const ctx = newMicroBatchContext({ iteration: 0, firstGlobalSample: 0, training: false });
+    const [logits] = await chunk.forward(batch, [], ctx);
+    const mine = BE.toF64(logits);
+    chunk.discard(ctx);
+    for (let k = 0; k < 2; k++) {
+      assert.ok(Math.abs(mine[k] - z[k]) < 1e-5, `logit ${k}: ${mine[k]} vs ${z[k]}`);
+    }
     const pred = z[1] > z[0] ? 1 : 0;
     if (pred === raw.label) correct++;
     total++;
   }
   return { correct, total };
+}
+
+const BE = createCpuBackend({ log: () => {} });
+
+/** The project's QQP model (2 layers, hidden 16, f32) with the checkpoint's weights. */
+function projectModel(w: Weights): FinetuneChunk {
+  const spec = { preProcess: true, postProcess: true, layers: [0, 1], virtualChunk: 0, virtualChunks: 1 };
+  const cfg = {
+    numLayers: 2,
+    hiddenSize: 16,
+    numAttentionHeads: 2,
+    seqLength: 32,
+    maxPositionEmbeddings: 32,
+    vocabSize: w.get("language_model.embedding.word_embeddings.weight")!.shape[0],
+    hiddenDropout: 0.1,
+    attentionDropout: 0.1,
+    initMethodStd: 0.02,
+    paramsDtype: "f32" as const,
+    activationsCheckpointMethod: null,
+    seed: 1234,
+  };
+  const model = new BertModel(
+    cfg,
+    BE,
+    makeParallelState({ tp: 1, pp: 1, dp: 1 }, 0),
+    new SingleRankCommunicator(),
+    spec,
+    {
+      binaryHead: false,
+      pooledOutput: true,
+    },
+  );
+  const chunk = new FinetuneChunk(model, spec, "QQP");
+  for (const p of chunk.params()) {
+    const t = w.get(p.name)!;
+    BE.copy(BE.fromHost("f32", t.shape, t.data), p.value);
+  }
+  return chunk;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -249,16 +310,26 @@ Deno.test("finetune QQP: >= 90 % on a separable task, printed accuracy = an inde
 const MNLI = [
   ...["--task", "MNLI", "--train-data", `${DATA}/MNLI/train.tsv`, "--valid-data"],
   ...[`${DATA}/MNLI/dev_matched.tsv`, `${DATA}/MNLI/dev_mismatched.tsv`, "--pretrained-checkpoint", PRE],
-  ...["--epochs", "3", ...BATCH, "--lr", "1e-2", "--log-interval", "1"],
+  ...["--epochs", "3", ...BATCH, "--lr", "1e-2", "--log-interval", "1", "--eval-interval", "4"],
 ];
 
 Deno.test("finetune MNLI: stopped mid-epoch and resumed with --load, the same losses, accuracies and best epoch", async () => {
   const full = await task("finetune", [...MNLI, "--save", `${DIR}/mnli_a`]);
   assert.equal(full.code, 0, full.stderr);
-  assert.deepEqual(setLines(full.stdout).slice(0, 2).map((l) => [l.epoch, l.name, l.total]), [
-    ["epoch 0", "dev-matched", 18],
-    ["epoch 0", "dev-mismatched", 12],
-  ]);
+  assert.deepEqual(
+    setLines(full.stdout).filter((l) => l.epoch.startsWith("epoch")).slice(0, 2).map((
+      l,
+    ) => [l.epoch, l.name, l.total]),
+    [
+      ["epoch 0", "dev-matched", 18],
+      ["epoch 0", "dev-mismatched", 12],
+    ],
+  );
+  // --eval-interval 4: accuracies at iterations 4, 8, 12 and 16 besides each epoch's end.
+  assert.deepEqual(
+    setLines(full.stdout).filter((l) => l.epoch.startsWith("iteration")).map((l) => `${l.epoch} ${l.name}`),
+    [4, 8, 12, 16].flatMap((i) => [`iteration ${i} dev-matched`, `iteration ${i} dev-mismatched`]),
+  );
   const b = `${DIR}/mnli_b`;
   const first = await task("finetune", [...MNLI, "--save", b, "--exit-interval", "8"]);
   assert.equal(first.code, 0, first.stderr);
@@ -266,7 +337,7 @@ Deno.test("finetune MNLI: stopped mid-epoch and resumed with --load, the same lo
   const second = await task("finetune", [...MNLI, "--save", b, "--load", b]);
   assert.equal(second.code, 0, second.stderr);
   assert.match(second.stdout, /loaded checkpoint .* at iteration 8/);
-  const iterRe = / iteration +\d+\/ +18 \|/, accRe = /\|epoch: [12]\|/;
+  const iterRe = / iteration +\d+\/ +18 \|/, accRe = /\|(epoch: [12]|iteration: 1[26])\|/;
   const after = (l: string) => Number(/ iteration +(\d+)\//.exec(l)![1]) > 8;
   assert.deepEqual(stable(second.stdout, iterRe), stable(full.stdout, iterRe).filter(after));
   assert.equal(stable(second.stdout, iterRe).length, 10);
