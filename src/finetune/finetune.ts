@@ -24,7 +24,8 @@ import {
 } from "../training/checkpoint.ts";
 import { type Config, configToJson, flagNotes } from "../training/config.ts";
 import { prepareSaveDir } from "../training/lock.ts";
-import { RankState, type StepInputs } from "../training/rank.ts";
+import { chunkLayers, RankState, type StepInputs } from "../training/rank.ts";
+import { mergeShards, shardOf, weightRule } from "../models/weight_names.ts";
 import { buildTaskContext } from "../training/run_data.ts";
 import type { TaskContext, TrainingTask } from "../training/task.ts";
 import type { TrainEnv } from "../training/train.ts";
@@ -269,29 +270,121 @@ function copyWeights(
 
 const isHead = (name: string) => /^(model\d+\.)?(classification|multichoice)_head\./.test(name);
 
-/** --pretrained-checkpoint: the language model and pooler; the task head stays freshly initialized. */
-function loadPretrained(run: Run, dir: string): void {
+/** A tensor of a TP = PP = 1 model, merged from the shards of every rank. */
+interface FullTensor {
+  dtype: NamedTensor["dtype"];
+  shape: number[];
+  /** Values (f32/f64) or raw 16-bit patterns (f16/bf16), as the checkpoint stores them. */
+  data: Float64Array;
+}
+
+/** The architecture arguments that must agree with a pretrained checkpoint of any layout. */
+function layoutFree(args: Record<string, unknown>, run: Run): Record<string, unknown> {
   const cfg = run.cfg;
-  let loaded = 0, ignored: string[] = [];
+  return {
+    ...args,
+    tensorModelParallelSize: cfg.tensorModelParallelSize,
+    pipelineModelParallelSize: cfg.pipelineModelParallelSize,
+    paddedVocabSize: run.taskCtx.paddedVocab,
+  };
+}
+
+/** Every tensor of a checkpoint as one TP = PP = 1 model would hold it: TP shards concatenated per
+ *  the weight-name table, stage-local layer numbers made global; the tied copy on the last stage and
+ *  `skip` names are left out. */
+function readFull(dir: string, run: Run, skip: (name: string) => boolean): Map<string, FullTensor> {
+  const first = loadCheckpoint(dir, { tp: 0, pp: 0 }, { loadOptim: false });
+  const { tpSize, ppSize } = first.sizes;
+  const args = first.meta.args;
+  assertArchitectureArgs(layoutFree(args, run), checkpointArgs(run));
+  const numLayers = Number(args.numLayers);
+  const vp = Number(args.virtualPipelineModelParallelSize ?? 1);
+  const shards = new Map<
+    string,
+    { dtype: NamedTensor["dtype"]; shape: number[]; parts: ArrayLike<number>[] }
+  >();
+  for (let p = 0; p < ppSize; p++) {
+    for (let t = 0; t < tpSize; t++) {
+      const ck = p === 0 && t === 0
+        ? first
+        : loadCheckpoint(dir, { tp: t, pp: p }, { loadOptim: false, ppSize });
+      for (const x of ck.model) {
+        const m = /^model(\d+)\.(.*)$/.exec(x.name);
+        const v = m ? Number(m[1]) : 0, local = m ? m[2] : x.name;
+        if (local === "word_embeddings_for_head.weight" || skip(local)) continue;
+        const l = /^(.*\.layers\.)(\d+)(\..*)$/.exec(local);
+        const name = l ? `${l[1]}${chunkLayers(numLayers, ppSize, vp, p, v)[Number(l[2])]}${l[3]}` : local;
+        const e = shards.get(name) ?? { dtype: x.dtype, shape: x.shape, parts: [] };
+        e.parts[t] = x.data as ArrayLike<number>; // model tensors are float (no i64)
+        shards.set(name, e);
+      }
+    }
+  }
+  const out = new Map<string, FullTensor>();
+  for (const [name, e] of shards) {
+    const split = weightRule(name).split;
+    const merged = split && tpSize > 1 ? mergeShards(e.parts, e.shape, split) : {
+      shape: e.shape,
+      data: Float64Array.from(e.parts[0]),
+    };
+    out.set(name, { dtype: e.dtype, ...merged });
+  }
+  return out;
+}
+
+/** --pretrained-checkpoint (any TP / PP layout): the language model and pooler; the task head stays
+ *  freshly initialized. The word embedding keeps its first rows (the real vocabulary) when this run
+ *  pads the vocabulary to another size; padding rows are zero. */
+function loadPretrained(run: Run, dir: string): void {
+  const be = run.env.backend, tpSize = run.cfg.tensorModelParallelSize;
+  const full = readFull(dir, run, () => false);
+  const used = new Set<string>();
   for (const rank of run.ranks) {
-    const ck = loadCheckpoint(dir, { tp: rank.ps.tpRank, pp: rank.ps.ppRank }, {
-      loadOptim: false,
-      ppSize: cfg.pipelineModelParallelSize,
-    });
-    const want = { ...checkpointArgs(run) };
-    const m = { ...ck.meta.args };
-    assertArchitectureArgs(m, want);
-    loaded = copyWeights(run, rank, ck.dir, ck.model, isHead);
-    const mine = new Set(rank.weights.entries.map((e) => e.name));
-    ignored = ck.model.map((t) => t.name).filter((n) => !mine.has(n));
+    for (const e of rank.weights.entries) {
+      if (isHead(e.name) || e.globalName === null) continue;
+      let t = full.get(e.globalName);
+      if (!t) {
+        throw new Error(
+          `${dir}: missing parameter ${e.globalName}` +
+            (e.globalName.includes("pooler")
+              ? " (a BERT pretrained with --bert-no-binary-head has no pooler)"
+              : ""),
+        );
+      }
+      if (t.dtype !== e.param.value.dtype) {
+        throw new Error(
+          `${dir}: ${e.globalName} is ${t.dtype}, this run's parameters are ${e.param.value.dtype}`,
+        );
+      }
+      if (e.globalName === "language_model.embedding.word_embeddings.weight") {
+        t = resizeRows(t, run.taskCtx.paddedVocab);
+      }
+      const shard = shardOf(t.data, t.shape, e.rule.split, rank.ps.tpRank, tpSize);
+      if (shard.shape.join(",") !== e.param.value.shape.join(",")) {
+        throw new Error(`${dir}: ${e.globalName} is [${t.shape}], expected a shard [${e.param.value.shape}]`);
+      }
+      const half = t.dtype === "f16" || t.dtype === "bf16";
+      const tmp = be.fromHost(t.dtype, shard.shape, half ? Uint16Array.from(shard.data) : shard.data);
+      be.copy(tmp, e.param.value);
+      be.free(tmp);
+      used.add(e.globalName);
+    }
     rank.optimizer.reloadModelParams();
   }
-  const heads = [...new Set(ignored.map((n) => n.replace(/\..*$/, "")))];
+  const heads = [...new Set([...full.keys()].filter((n) => !used.has(n)).map((n) => n.replace(/\..*$/, "")))];
   run.env.log(
-    `loaded pretrained checkpoint ${dir}: ${loaded} tensors per rank` +
+    `loaded pretrained checkpoint ${dir}: ${used.size} tensors` +
       (heads.length > 0 ? `; not used: ${heads.join(", ")}` : "") +
       `; ${run.opts.task === "RACE" ? "multichoice_head" : "classification_head"} freshly initialized`,
   );
+}
+
+/** The first `rows` rows of a [V, h] tensor, zero rows appended when it has fewer. */
+function resizeRows(t: FullTensor, rows: number): FullTensor {
+  if (t.shape[0] === rows) return t;
+  const h = t.shape[1], data = new Float64Array(rows * h);
+  data.set(t.data.subarray(0, Math.min(rows, t.shape[0]) * h));
+  return { dtype: t.dtype, shape: [rows, h], data };
 }
 
 /** --load: resume a finetuning run (weights, optimizer, iteration). Null when the folder has no
