@@ -525,7 +525,7 @@ export async function finetune(cfg0: Config, opts: FinetuneOptions, env: TrainEn
   const losses: FinetuneResult["losses"] = [];
   const evaluations: Evaluation[] = [];
   let exitReason: FinetuneResult["exitReason"] = "done";
-  let intervalLoss: number[] = [], intervalStart = now(), lastYield = performance.now();
+  let intervalLoss: number[] = [], intervalStart = now(), lastYield = performance.now(), skipped = 0;
 
   const evaluate = async (epoch: number | null) => {
     if (valid.length === 0) return null;
@@ -567,6 +567,7 @@ export async function finetune(cfg0: Config, opts: FinetuneOptions, env: TrainEn
       }
       losses.push({ iteration, loss });
       if (!results[0].skipped) intervalLoss.push(loss);
+      else skipped++;
       env.progress?.(`epoch ${epoch} | iteration ${iteration}/${trainIters} | loss ${loss.toFixed(4)}`);
       if (iteration % cfg.logInterval === 0 || iteration === trainIters) {
         const n = iteration % cfg.logInterval === 0 ? cfg.logInterval : iteration % cfg.logInterval;
@@ -581,9 +582,11 @@ export async function finetune(cfg0: Config, opts: FinetuneOptions, env: TrainEn
             (intervalLoss.length > 0
               ? ` loss: ${(intervalLoss.reduce((a, b) => a + b, 0) / intervalLoss.length).toExponential(6)} |`
               : "") +
-            ` loss scale: ${r0.lossScale.toFixed(1)} | grad norm: ${r0.gradNorm?.toFixed(3) ?? "-"} |`,
+            ` loss scale: ${r0.lossScale.toFixed(1)} | grad norm: ${r0.gradNorm?.toFixed(3) ?? "-"} |` +
+            ` number of skipped iterations: ${String(skipped).padStart(3)} |`,
         );
         intervalLoss = [];
+        skipped = 0;
         intervalStart = now();
       }
       if (cfg.save && cfg.saveInterval && iteration % cfg.saveInterval === 0) {
