@@ -46,6 +46,14 @@ const NOT_HERE: Partial<Record<keyof FlagValues, string>> = {
   dataloaderType: "each epoch is a shuffle of the training samples (seeded by --seed + epoch)",
   finetune: "start from a pretrained BERT with --pretrained-checkpoint; --load resumes a finetuning run",
   bertNoBinaryHead: "the finetuning model has the pooler and a task head, no binary head",
+  tensorboardDir: "finetune logs to the console and --metrics-file (JSON lines), not TensorBoard",
+  logTimersToTensorboard: "finetune writes no TensorBoard events",
+  logBatchSizeToTensorboard: "finetune writes no TensorBoard events",
+  logValidationPplToTensorboard: "finetune writes no TensorBoard events",
+  tensorboardLogInterval: "finetune writes no TensorBoard events",
+  tensorboardQueueSize: "finetune writes no TensorBoard events",
+  noLogLearnigRateToTensorboard: "finetune writes no TensorBoard events",
+  noLogLossScaleToTensorboard: "finetune writes no TensorBoard events",
 };
 
 /** Fields a checkpoint's args give the run when their flags are not on the command line. */

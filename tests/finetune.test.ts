@@ -274,6 +274,7 @@ Deno.test("finetune QQP: >= 90 % on a separable task, printed accuracy = an inde
     ...["--task", "QQP", "--train-data", `${DATA}/QQP/train.tsv`, "--valid-data", `${DATA}/QQP/dev.tsv`],
     ...["--pretrained-checkpoint", PRE, "--epochs", "10", ...BATCH, "--lr", "2e-2"],
     ...["--lr-decay-style", "constant", "--log-interval", "100", "--save", save],
+    ...["--metrics-file", `${save}/metrics.jsonl`],
   ]);
   assert.equal(r.code, 0, r.stderr);
   assert.match(
@@ -284,6 +285,12 @@ Deno.test("finetune QQP: >= 90 % on a separable task, printed accuracy = an inde
   const acc = overall(r.stdout);
   assert.equal(acc.length, 10);
   const max = Math.max(...acc), bestEpoch = acc.indexOf(max);
+  // --metrics-file: one "accuracy" record per epoch with the printed numbers.
+  const recs = Deno.readTextFileSync(`${save}/metrics.jsonl`).trim().split("\n").map((l) => JSON.parse(l));
+  assert.deepEqual(
+    recs.filter((x) => x.kind === "accuracy").map((x) => [x.epoch, x.accuracy]),
+    acc.map((a, e) => [e, a]),
+  );
   assert.ok(max >= 90, `best accuracy ${max}: ${acc.join(", ")}`);
   assert.ok(acc[0] < 90, `already separable before training? ${acc.join(", ")}`);
   const best = JSON.parse(Deno.readTextFileSync(`${save}/best/best.json`));

@@ -24,6 +24,7 @@ import {
 } from "../training/checkpoint.ts";
 import { type Config, configToJson, flagNotes } from "../training/config.ts";
 import { prepareSaveDir } from "../training/lock.ts";
+import { MetricsWriter } from "../training/metrics.ts";
 import { chunkLayers, RankState, type StepInputs } from "../training/rank.ts";
 import { mergeShards, shardOf, weightRule } from "../models/weight_names.ts";
 import { buildTaskContext } from "../training/run_data.ts";
@@ -84,7 +85,7 @@ export interface FinetuneResult {
   losses: { iteration: number; loss: number }[];
   evaluations: Evaluation[];
   best: BestCheckpoint | null;
-  exitReason: "done" | "exit-interval" | "signal";
+  exitReason: "done" | "exit-interval" | "exit-duration" | "signal";
 }
 
 /** Where the best epoch's checkpoint goes, and its description. */
@@ -522,6 +523,8 @@ export async function finetune(cfg0: Config, opts: FinetuneOptions, env: TrainEn
   let best = cfg.load && resumed ? readBest(cfg.load) : null;
 
   const now = env.now ?? (() => performance.now());
+  const startTime = now();
+  const metrics = cfg.metricsFile ? new MetricsWriter(cfg.metricsFile) : null;
   const losses: FinetuneResult["losses"] = [];
   const evaluations: Evaluation[] = [];
   let exitReason: FinetuneResult["exitReason"] = "done";
@@ -545,6 +548,7 @@ export async function finetune(cfg0: Config, opts: FinetuneOptions, env: TrainEn
     );
     const e: Evaluation = { epoch, iteration, sets, correct, total, accuracy: pct(correct, total) };
     evaluations.push(e);
+    metrics?.write({ kind: "accuracy", ...e });
     return e;
   };
 
@@ -572,6 +576,22 @@ export async function finetune(cfg0: Config, opts: FinetuneOptions, env: TrainEn
       if (iteration % cfg.logInterval === 0 || iteration === trainIters) {
         const n = iteration % cfg.logInterval === 0 ? cfg.logInterval : iteration % cfg.logInterval;
         const r0 = results[0];
+        const meanLoss = intervalLoss.length > 0
+          ? intervalLoss.reduce((a, b) => a + b, 0) / intervalLoss.length
+          : null;
+        metrics?.write({
+          kind: "train",
+          iteration,
+          epoch,
+          consumed_samples: consumed,
+          learning_rate: r0.nextLr,
+          loss: meanLoss,
+          loss_scale: r0.lossScale,
+          grad_norm: r0.gradNorm,
+          skipped_iterations: skipped,
+          ...(cfg.logNumZerosInGrad ? { num_zeros: r0.numZerosInGrad } : {}),
+          ...(cfg.logParamsNorm ? { params_norm: r0.paramsNorm } : {}),
+        });
         log(
           ` iteration ${String(iteration).padStart(8)}/${String(trainIters).padStart(8)} |` +
             ` epoch: ${epoch} | consumed samples: ${String(consumed).padStart(10)} |` +
@@ -579,10 +599,10 @@ export async function finetune(cfg0: Config, opts: FinetuneOptions, env: TrainEn
             ` learning rate: ${r0.nextLr.toExponential(3)} | global batch size: ${
               String(gbs).padStart(5)
             } |` +
-            (intervalLoss.length > 0
-              ? ` loss: ${(intervalLoss.reduce((a, b) => a + b, 0) / intervalLoss.length).toExponential(6)} |`
-              : "") +
+            (meanLoss !== null ? ` loss: ${meanLoss.toExponential(6)} |` : "") +
             ` loss scale: ${r0.lossScale.toFixed(1)} | grad norm: ${r0.gradNorm?.toFixed(3) ?? "-"} |` +
+            (r0.numZerosInGrad !== null ? ` num zeros: ${r0.numZerosInGrad.toFixed(1)} |` : "") +
+            (r0.paramsNorm !== null ? ` params norm: ${r0.paramsNorm.toFixed(3)} |` : "") +
             ` number of skipped iterations: ${String(skipped).padStart(3)} |`,
         );
         intervalLoss = [];
@@ -601,6 +621,8 @@ export async function finetune(cfg0: Config, opts: FinetuneOptions, env: TrainEn
         ? "signal"
         : cfg.exitInterval && iteration % cfg.exitInterval === 0
         ? "exit-interval"
+        : cfg.exitDurationInMins && (now() - startTime) / 60000 > cfg.exitDurationInMins
+        ? "exit-duration"
         : null;
       if (stop) {
         if (cfg.save && !(cfg.saveInterval && iteration % cfg.saveInterval === 0)) {
