@@ -193,6 +193,13 @@ export function finetuneConfig(a: FinetuneArgs, cwd: string): Config {
       if (args[k] !== undefined && args[k] !== null) (base as Record<string, unknown>)[k] = args[k];
     }
   }
+  const tt = args?.tokenizerType;
+  if (source && typeof tt === "string" && !tt.startsWith("Bert") && !cfg.explicit.has("tokenizerType")) {
+    throw new Error(
+      `${load ? "--load" : "--pretrained-checkpoint"} ${source}: a ${tt} model; finetuning needs a BERT ` +
+        `(BertWordPieceLowerCase or BertWordPieceCase)`,
+    );
+  }
   base.tokenizerType ??= "BertWordPieceLowerCase";
   return validateForTraining(withDefaults(cfg, base), FINETUNE_FLAGS);
 }

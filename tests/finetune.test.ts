@@ -19,6 +19,7 @@ import { loadCheckpoint } from "../src/training/checkpoint.ts";
 import { uploadBatch } from "../src/training/task.ts";
 import { newMicroBatchContext } from "../src/transformer/common.ts";
 import { buildTokenizer } from "../src/tokenizer/mod.ts";
+import { MMapIndexedDatasetBuilder } from "../src/data/indexed_dataset.ts";
 import { writeTinySentences, writeTinyVocab } from "./helpers/bert_tiny.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -523,6 +524,35 @@ Deno.test("finetune: bad input is one line naming the file:line or flag, nothing
     if (typeof want === "string") assert.equal(line, want);
     else assert.match(line, want);
   }
+  // A GPT checkpoint is not a BERT to finetune.
+  const gptData = `${bad}/gpt_text`;
+  const b = new MMapIndexedDatasetBuilder(gptData, "uint16");
+  for (let i = 0; i < 40; i++) {
+    b.addItem(Array.from({ length: 40 }, (_, j) => (i * 7 + j) % 90));
+    b.endDocument();
+  }
+  b.finalize();
+  const gpt = `${bad}/gpt`;
+  const g = await task("pretrain:gpt", [
+    ...["--num-layers", "2", "--hidden-size", "16", "--num-attention-heads", "2", "--seq-length", "16"],
+    ...["--max-position-embeddings", "16", "--micro-batch-size", "2", "--lr", "1e-3", "--train-iters", "2"],
+    ...["--data-path", gptData, "--tokenizer-type", "NullTokenizer", "--vocab-size", "100", "--save", gpt],
+  ]);
+  assert.equal(g.code, 0, g.stderr);
+  const r = await task("finetune", [
+    "--task",
+    "QQP",
+    "--train-data",
+    `${DATA}/QQP/train.tsv`,
+    ...base,
+    "--pretrained-checkpoint",
+    gpt,
+  ]);
+  assert.equal(r.code, 1, r.stderr);
+  assert.equal(
+    errorLine(r),
+    `--pretrained-checkpoint ${gpt}: a NullTokenizer model; finetuning needs a BERT (BertWordPieceLowerCase or BertWordPieceCase)`,
+  );
   const left = (() => {
     try {
       return [...Deno.readDirSync(save)].map((e) => e.name).filter((n) =>
