@@ -363,6 +363,18 @@ Deno.test("finetune MNLI: stopped mid-epoch and resumed with --load, the same lo
   assert.deepEqual(stable(second.stdout, iterRe), stable(full.stdout, iterRe).filter(after));
   assert.equal(stable(second.stdout, iterRe).length, 10);
   assert.deepEqual(stable(second.stdout, accRe), stable(full.stdout, accRe));
+  // Other training data: the saved position would not mean the same epoch.
+  const other = await task("finetune", [
+    ...MNLI.map((a) => a.endsWith("train.tsv") ? `${DATA}/MNLI/dev_matched.tsv` : a),
+    "--load",
+    b,
+  ]);
+  assert.equal(other.code, 1, other.stderr);
+  assert.equal(
+    errorLine(other),
+    `--load ${b}: saved by a run over 48 training samples with --global-batch-size 8, this run has 18 with 8: ` +
+      `its epochs would not line up (start a new --save)`,
+  );
   const bestLine = (s: string) =>
     s.split("\n").find((l) => l.startsWith("best accuracy"))!.replace(/; checkpoint .*/, "");
   assert.equal(bestLine(second.stdout), bestLine(full.stdout));

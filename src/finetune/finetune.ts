@@ -100,6 +100,8 @@ interface Run {
   taskCtx: TaskContext;
   ranks: RankState[];
   world: LocalWorld | null;
+  /** Training samples (what an epoch's position means on resume). */
+  trainSamples: number;
 }
 
 function allRanks<T>(run: Run, fn: (r: RankState) => Promise<T>): Promise<T[]> {
@@ -164,7 +166,12 @@ async function accuracy(run: Run, valid: NamedSamples[]): Promise<SetAccuracy[]>
 const pct = (c: number, t: number) => t === 0 ? 0 : c * 100 / t;
 
 function checkpointArgs(run: Run): Record<string, unknown> {
-  return { ...configToJson(run.cfg), paddedVocabSize: run.taskCtx.paddedVocab, finetuneTask: run.opts.task };
+  return {
+    ...configToJson(run.cfg),
+    paddedVocabSize: run.taskCtx.paddedVocab,
+    finetuneTask: run.opts.task,
+    finetuneTrainSamples: run.trainSamples,
+  };
 }
 
 function rankPayloads(run: Run, iteration: number, consumed: number): CkptRank[] {
@@ -414,6 +421,13 @@ function resume(run: Run): { iteration: number; consumed: number } | null {
       );
     }
     assertArchitectureArgs(ck.meta.args, checkpointArgs(run));
+    const a = ck.meta.args, n = run.trainSamples, gbs = run.cfg.globalBatchSize;
+    if (a.finetuneTrainSamples !== n || a.globalBatchSize !== gbs) {
+      throw new Error(
+        `--load ${dir}: saved by a run over ${a.finetuneTrainSamples} training samples with --global-batch-size ` +
+          `${a.globalBatchSize}, this run has ${n} with ${gbs}: its epochs would not line up (start a new --save)`,
+      );
+    }
     if (loadOptim && !(ck.optim && ck.meta.optimizer)) {
       throw new Error(`${ck.dir}: no optimizer state (saved with --no-save-optim); pass --no-load-optim`);
     }
@@ -499,7 +513,7 @@ export async function finetune(cfg0: Config, opts: FinetuneOptions, env: TrainEn
       ),
     );
   }
-  const run: Run = { cfg, env, opts, task, taskCtx, ranks, world };
+  const run: Run = { cfg, env, opts, task, taskCtx, ranks, world, trainSamples: train.length };
   const nParams = ranks.filter((r) => r.ps.dpRank === 0)
     .reduce((s, r) => s + r.params.filter((p) => !p.shared).reduce((a, p) => a + p.value.size, 0), 0);
   log(
@@ -511,8 +525,10 @@ export async function finetune(cfg0: Config, opts: FinetuneOptions, env: TrainEn
 
   let iteration = 0, consumed = 0;
   const resumed = cfg.load ? resume(run) : null;
-  if (resumed) ({ iteration, consumed } = resumed);
-  else if (opts.pretrainedCheckpoint) loadPretrained(run, opts.pretrainedCheckpoint);
+  if (resumed) {
+    ({ iteration, consumed } = resumed);
+    if (opts.pretrainedCheckpoint) log(`> resuming from --load: --pretrained-checkpoint is not read`);
+  } else if (opts.pretrainedCheckpoint) loadPretrained(run, opts.pretrainedCheckpoint);
   else log("> no --pretrained-checkpoint: the whole model starts from its random initialization");
   if (iteration > trainIters) {
     throw new Error(
