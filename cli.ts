@@ -55,6 +55,10 @@ const COMMANDS = {
     what: "tasks/main.py zero-shot GPT evaluation: WIKITEXT103 perplexity, LAMBADA accuracy",
     run: async (argv: string[]) => (await import("./tasks/evaluate.ts")).main(argv),
   },
+  finetune: {
+    what: "tasks/main.py BERT finetuning: RACE (multiple choice), MNLI / QQP (classification)",
+    run: async (argv: string[]) => (await import("./tasks/finetune.ts")).main(argv),
+  },
 } as const satisfies Record<string, { what: string; run: (argv: string[]) => Promise<number> }>;
 
 type Command = keyof typeof COMMANDS;

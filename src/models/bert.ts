@@ -24,6 +24,9 @@ import type { GPTStage } from "./gpt.ts";
 export interface BertOptions {
   /** Megatron's add_binary_head (false with --bert-no-binary-head): also no pooler. */
   binaryHead: boolean;
+  /** The language model of Megatron's Classification / MultipleChoice (add_pooler, no lm_head or
+   *  binary_head): the last stage returns [pooled [b, h]] and backward takes its gradient. */
+  pooledOutput?: boolean;
 }
 
 /** Micro-batch input. First stage: text and types i32 [b, s]; others: hidden [b, s, h]. Every stage:
@@ -79,14 +82,18 @@ export class BertModel {
     });
     const tp = tpEnv(env), c = this.cfg;
     const post = stage.postProcess;
+    const pretraining = !opts.pooledOutput;
+    if (opts.pooledOutput && opts.binaryHead) {
+      throw new Error("BertModel: pooledOutput (a finetuning model) has no binary head");
+    }
     this.finalLayernorm = post ? new LayerNorm(env, "language_model.encoder.final_layernorm.") : null;
-    this.pooler = post && opts.binaryHead
+    this.pooler = post && (opts.binaryHead || opts.pooledOutput)
       ? new Pooler(tp, {
         hiddenSize: c.hiddenSize,
         init: headInit(c.seed, c.initMethodStd, HeadInitKind.pooler),
       })
       : null;
-    this.lmHead = post
+    this.lmHead = post && pretraining
       ? new BertLMHead(tp, {
         hiddenSize: c.hiddenSize,
         vocabSize: c.vocabSize,
@@ -101,7 +108,7 @@ export class BertModel {
       })
       : null;
     this.wordEmbeddingsForHead = null;
-    if (post && !this.embedding) {
+    if (post && pretraining && !this.embedding) {
       // Same init stream as the first stage's word embeddings, so the copies start equal.
       const copy = wordEmbedding(env, "word_embeddings_for_head").weight;
       this.wordEmbeddingsForHead = { ...copy, shared: true };
@@ -138,7 +145,8 @@ export class BertModel {
 
   /**
    * Last stage: [lm logits [b*s, V/tp]] plus, with the binary head, [b, 2] sentence-order logits
-   * (caller owns them). Other stages: [hidden [b, s, h]] (caller owns).
+   * (caller owns them); with pooledOutput [pooled [b, h]]. Other stages: [hidden [b, s, h]] (caller
+   * owns).
    */
   async forward(input: BertInput, ctx: MicroBatchContext): Promise<Tensor[]> {
     const { cfg } = this;
@@ -169,6 +177,12 @@ export class BertModel {
       throw new Error(`BertModel.forward: mask ${shapeStr(input.mask.shape)} is not [${b}, ${s}, ${s}]`);
     }
     const out = await this.encoder.forward(h, ctx, { mask: input.mask.view([b, s, s]) });
+    if (this.opts.pooledOutput && this.finalLayernorm) {
+      const lnOut = this.finalLayernorm.forward(out, ctx);
+      const pooled = this.pooler!.forward(lnOut, ctx, 0);
+      ctx.saved.set(this, { embOut, blockOut: out, lnOut, pooled: null } satisfies BertSaved);
+      return [pooled];
+    }
     if (!this.lmHead) {
       ctx.saved.set(this, { embOut, blockOut: null, lnOut: null, pooled: null } satisfies BertSaved);
       return [out];
@@ -194,7 +208,16 @@ export class BertModel {
     const be = this.backend;
     const sv = takeSaved<BertSaved>(ctx, this, "BertModel.backward");
     let d: Tensor;
-    if (this.lmHead) {
+    const last = this.finalLayernorm !== null;
+    if (this.opts.pooledOutput && last) {
+      if (grads.length !== 1) {
+        throw new Error(`BertModel.backward: expected 1 output gradient, found ${grads.length}`);
+      }
+      const dLn = be.zeros(sv.lnOut!.dtype, sv.lnOut!.shape);
+      this.pooler!.backward(grads[0], ctx, dLn);
+      d = this.finalLayernorm!.backward(dLn, ctx);
+      freeAll(be, [...grads, dLn, sv.lnOut, sv.blockOut]);
+    } else if (this.lmHead) {
       const want = this.binaryHead ? 2 : 1;
       if (grads.length !== want) {
         throw new Error(`BertModel.backward: expected ${want} output gradients, found ${grads.length}`);
@@ -211,7 +234,7 @@ export class BertModel {
       d = grads[0];
     }
     const dx = await this.encoder.backward(d, ctx);
-    if (this.lmHead) be.free(d);
+    if (last) be.free(d);
     if (this.embedding) {
       await this.embedding.backward(dx, ctx);
       freeAll(be, [dx, sv.embOut]);

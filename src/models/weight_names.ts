@@ -44,6 +44,7 @@ export const WEIGHT_RULES: readonly WeightRule[] = [
   rule(`^lm_head\\.layernorm\\.(weight|bias)$`, "BERT LM head LayerNorm", null),
   rule(`^lm_head\\.bias$`, "LM head vocab-parallel bias", COLUMN_SPLIT),
   rule(`^binary_head\\.(weight|bias)$`, "BERT binary head", null),
+  rule(`^(classification|multichoice)_head\\.(weight|bias)$`, "finetuning head (replicated)", null),
 ];
 
 function rule(pattern: string, module: string, split: TensorParallelInfo | null): WeightRule {
