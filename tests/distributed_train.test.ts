@@ -6,7 +6,7 @@
 // vice versa to the uninterrupted run's bytes; BERT's two losses likewise. Faults, each with a real
 // process: a rank SIGKILLed mid-training, an exception in one rank (a corrupt shard), ranks that disagree
 // on a flag, a missing MPI library, a world that does not match the layout, plain processes that cannot
-// form an MPI world, `nccl` in this build; SIGTERM to one rank stops all ranks at the same iteration.
+// form an MPI world, `nccl` on the CPU; SIGTERM to one rank stops all ranks at the same iteration.
 
 import assert from "node:assert/strict";
 import { MMapIndexedDatasetBuilder } from "../src/data/indexed_dataset.ts";
@@ -575,8 +575,7 @@ Deno.test({
     assert.equal(nccl.code, 1);
     assert.equal(
       errorLine(nccl),
-      "--distributed-backend nccl: not available in this build (no NCCL communicator is wired in); use " +
-        "--distributed-backend mpi with --device cpu",
+      "nccl: --distributed-backend nccl needs --device cuda (the backend is cpu)",
     );
     // Plain processes (torchrun's variables, no mpiexec) cannot form one MPI world: each is a world of one.
     const port = String(freePort());
