@@ -760,6 +760,7 @@ export async function pretrain(
   };
 
   let lastYield = performance.now();
+  let agreedSignal = "";
   while (iteration < trainIters) {
     calc.update(consumedTrain, true);
     const numMicro = calc.numMicroBatches;
@@ -907,17 +908,23 @@ export async function pretrain(
     if (proc && (env.stopRequest || cfg.exitDurationInMins)) {
       // A signal or the clock reaches the processes at different iterations: they stop (and save)
       // together when any of them would (Megatron's all-reduce MAX of the exit flag).
+      // The signal's name travels with the flag, so every rank's line names the signal even
+      // when it reached this process after the vote (the launcher forwards it rank by rank).
       const reasons = [null, "signal", "exit-interval", "exit-duration"] as const;
-      const t = env.backend.fromHost("f64", [1], [reasons.indexOf(stop)]);
+      const signals = ["", "SIGINT", "SIGTERM"];
+      const own = Math.max(0, signals.indexOf(env.stopRequest?.signal ?? ""));
+      const t = env.backend.fromHost("f64", [2], [reasons.indexOf(stop), stop === "signal" ? own : 0]);
       await proc.comm.allReduce(t, "max", "world");
-      stop = reasons[env.backend.toF64(t)[0]];
+      const [r, s] = env.backend.toF64(t);
       env.backend.free(t);
+      stop = reasons[r];
+      if (stop === "signal" && !env.stopRequest?.signal) agreedSignal = signals[s] || "on another rank";
     }
     if (stop) {
       if (!(cfg.saveInterval && iteration % cfg.saveInterval === 0)) await doSave();
       log(
         `exiting at iteration ${iteration} (${
-          stop === "signal" ? `signal ${env.stopRequest?.signal ?? "on another rank"}` : stop
+          stop === "signal" ? `signal ${env.stopRequest?.signal ?? agreedSignal}` : stop
         })`,
       );
       exitReason = stop;
