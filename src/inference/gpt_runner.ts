@@ -16,6 +16,7 @@ import { bf16BitsToF32, f16BitsToF32 } from "../tensor/dtype.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 import { type GenerateOptions, generateTokens } from "../generation/generate.ts";
 import type { FullGpt, FullTensor } from "./gpt_weights.ts";
+import { type GptLayout, LayoutGpt } from "./gpt_layout.ts";
 
 /** A one-rank GPTModel with `full`'s weights (dropout off). It runs in f32: half-precision weights are
  *  widened exactly, as transformers does when it loads them into an fp32 model. */
@@ -316,15 +317,23 @@ export class KvCacheGpt {
   }
 }
 
-/** A next-token callback for generateTokens over one sequence: with `cache` (default) the KV-cache
- *  forward, fed only the tokens it has not seen; without it, GPTModel's full forward of the whole
- *  prefix at every step (Megatron's --recompute). */
+/** A next-token callback for generateTokens over one sequence. With `cache` (default) and a backend:
+ *  the layout's cached forward on the backend's ops (LayoutGpt: one rank for TP = PP = 1, CPU or CUDA),
+ *  fed only the tokens it has not seen; with `cache` and no backend: KvCacheGpt in TypeScript (the host
+ *  reference). Without the cache: the model's full forward of the whole prefix at every step
+ *  (Megatron's --recompute), GPTModel on one rank or the layout's stages. */
 export function nextLogitsFn(
   full: FullGpt,
-  opts: { cache: boolean; backend?: Backend; model?: GPTModel },
+  opts: { cache: boolean; backend?: Backend; model?: GPTModel } & GptLayout,
 ): (tokens: readonly number[]) => Promise<Float32Array> {
+  const tp = opts.tp ?? 1, pp = opts.pp ?? 1;
+  if (opts.backend && (opts.cache || tp > 1 || pp > 1) && !opts.model) {
+    const gpt = new LayoutGpt(full, opts.backend, { tp, pp, cache: opts.cache });
+    return (tokens) => gpt.next(tokens);
+  }
   if (opts.cache) {
-    const kv = new KvCacheGpt(full, opts.backend);
+    if (tp > 1 || pp > 1) throw new Error("generation: a (TP, PP) layout needs a backend");
+    const kv = new KvCacheGpt(full);
     let last: Float32Array = new Float32Array(0);
     let seen: number[] = [];
     return (tokens) => {
@@ -346,10 +355,11 @@ export function nextLogitsFn(
   };
 }
 
-export interface StreamOptions extends Omit<GenerateOptions, "vocabSize"> {
+export interface StreamOptions extends Omit<GenerateOptions, "vocabSize">, GptLayout {
   /** Use the key/value cache (default true). */
   cache?: boolean;
-  /** For the no-cache path: the backend GPTModel runs on (required when cache is false). */
+  /** The backend the model runs on (CPU or CUDA); required without the cache or for a layout. Without
+   *  it the cached forward runs in TypeScript. */
   backend?: Backend;
 }
 
@@ -360,6 +370,11 @@ export function streamGpt(
   context: readonly number[],
   opts: StreamOptions,
 ): AsyncGenerator<number> {
-  const next = nextLogitsFn(full, { cache: opts.cache ?? true, backend: opts.backend });
+  const next = nextLogitsFn(full, {
+    cache: opts.cache ?? true,
+    backend: opts.backend,
+    tp: opts.tp,
+    pp: opts.pp,
+  });
   return generateTokens(context, next, { ...opts, vocabSize: full.arch.vocabSize });
 }

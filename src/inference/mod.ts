@@ -2,3 +2,4 @@
 // KV-cache forward and streaming generation.
 export * from "./gpt_weights.ts";
 export * from "./gpt_runner.ts";
+export * from "./gpt_layout.ts";
