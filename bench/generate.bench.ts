@@ -80,43 +80,40 @@ function gemvLogits(full: FullGpt): (tokens: readonly number[]) => Promise<Float
   const kv = new KvCacheGpt(full, backend);
   let last: Float32Array = new Float32Array(0);
   return (tokens) => {
-    if (tokens.length < kv.length) kv.reset();
+    if (tokens.length <= kv.length) kv.reset();
     for (let i = kv.length; i < tokens.length; i++) last = kv.step(tokens[i]);
     return Promise.resolve(last);
   };
 }
 
-/** The benches of one model shape (group), `out` new tokens each. */
+type Next = (tokens: readonly number[]) => Promise<Float32Array>;
+
+/** The benches of one model shape (group), `out` new tokens each. Models are built once per variant,
+ *  outside the timed part (the first iteration builds; warmup runs it); each iteration is a new prompt,
+ *  so every cache starts over. */
 function shape(name: string, full: FullGpt, out: number, seq: number, slow: { n: number; warmup: number }) {
-  const few = { group: name, ...slow };
-  Deno.bench(
-    `${name}: ${out} tokens, KV cache, TypeScript`,
-    { group: name, baseline: true, ...slow },
-    async () => {
-      await generateAll(prompt, nextLogitsFn(full, { cache: true }), opts(out, seq));
-    },
+  const variant = (label: string, make: () => Next, o: { baseline?: boolean; n?: number } = {}) => {
+    let next: Next | null = null;
+    Deno.bench(`${name}: ${out} tokens, ${label}`, { group: name, ...slow, warmup: 1, ...o }, async (b) => {
+      next ??= make();
+      b.start();
+      await generateAll(prompt, next, opts(out, seq));
+      b.end();
+    });
+  };
+  variant("KV cache, TypeScript", () => nextLogitsFn(full, { cache: true }), { baseline: true });
+  variant("KV cache, backend GEMV", () => gemvLogits(full));
+  variant("KV cache, backend ops", () => nextLogitsFn(full, { cache: true, backend }));
+  variant(
+    "KV cache, backend ops TP 2 x PP 2",
+    () => nextLogitsFn(full, { cache: true, backend, tp: 2, pp: 2 }),
   );
-  Deno.bench(`${name}: ${out} tokens, KV cache, backend GEMV`, few, async () => {
-    await generateAll(prompt, gemvLogits(full), opts(out, seq));
-  });
-  Deno.bench(`${name}: ${out} tokens, KV cache, backend ops`, few, async () => {
-    await generateAll(prompt, nextLogitsFn(full, { cache: true, backend }), opts(out, seq));
-  });
-  Deno.bench(`${name}: ${out} tokens, KV cache, backend ops TP 2 x PP 2`, few, async () => {
-    await generateAll(prompt, nextLogitsFn(full, { cache: true, backend, tp: 2, pp: 2 }), opts(out, seq));
-  });
-  Deno.bench(`${name}: ${out} tokens, --recompute`, { group: name, n: 2, warmup: 0 }, async () => {
-    await generateAll(prompt, nextLogitsFn(full, { cache: false, backend }), opts(out, seq));
-  });
+  variant("--recompute", () => nextLogitsFn(full, { cache: false, backend }), { n: 2 });
   if (cuda) {
-    Deno.bench(`${name}: ${out} tokens, KV cache, cuda`, few, async () => {
-      await generateAll(prompt, nextLogitsFn(full, { cache: true, backend: cuda }), opts(out, seq));
-    });
-    Deno.bench(`${name}: ${out} tokens, --recompute, cuda`, few, async () => {
-      await generateAll(prompt, nextLogitsFn(full, { cache: false, backend: cuda }), opts(out, seq));
-    });
+    variant("KV cache, cuda", () => nextLogitsFn(full, { cache: true, backend: cuda }));
+    variant("--recompute, cuda", () => nextLogitsFn(full, { cache: false, backend: cuda }));
   }
 }
 
 shape("embedded default shape", fakeGpt(4, 128, 4, 128), 32, 128, { n: 5, warmup: 1 });
-shape("125M shape", fakeGpt(12, 768, 12, 1024), 8, 1024, { n: 2, warmup: 0 });
+shape("125M shape", fakeGpt(12, 768, 12, 1024), 8, 1024, { n: 3, warmup: 1 });

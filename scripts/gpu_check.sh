@@ -12,19 +12,24 @@
 #                    fatbins into a temporary folder and use them (MEGATRON_DENO_KERNELS_DIR)
 #   cuda-info    30  scripts/gpu_info.ts: driver and runtime CUDA versions, libraries, GPU; fails in
 #                    one line when the driver is older than the fatbins need
-#   ops         115  tests/gpu/ops.test.ts: every op x dtype against the CPU backend
+#   ops         100  tests/gpu/ops.test.ts: every op x dtype against the CPU backend
 #   perf-kernels 30  tests/gpu/perf_kernels.test.ts: flash attention and multi-tensor Adam vs the CPU
 #   gpt-train    95  tests/gpu/gpt_train.test.ts: tiny GPT 20 steps CUDA vs CPU (f32, fp16, bf16)
-#   gpt-default  90  the embedded default (pretrain_gpt without --data-path, --train-iters 20, no eval)
+#   gpt-default  75  the embedded default (pretrain_gpt without --data-path, --train-iters 20, no eval)
 #                    with --device cuda, then on the CPU (which costs more: 20 iterations of a 4-layer,
 #                    128-wide GPT-2-vocabulary model), building the bundled corpus first on a fresh
 #                    host; every iteration's loss within 1e-4 relative (scripts/compare_losses.ts)
+#   gpt-generate 30  generate-gpt --greedy from gpt-default's CUDA checkpoint (two prompts, 24 tokens each)
+#                    with --device cuda, with --device cuda split TP 2 x PP 2, and with --device cpu: the
+#                    three genfiles (tokens and text) must be identical
 #   sync:<f>    120  for each failed test file (ops, perf-kernels, gpt-train): once more with MEGATRON_DENO_CUDA_SYNC=1
 #                    (sync and check after every launch/GEMM): the table shows the first op that failed
 #   bench       150  with --bench: bench:gpu --steps 20 (GEMMs, kernels, GPT-345M)
 #   pytorch     120  with --bench, when python3 has torch: bench/pytorch_gpt345m.py (the same GPT-345M,
 #                    eager bf16); the table then gives both tokens/s and their ratio
-# The plan: the checks' budgets sum to 15 + 30 + 115 + 30 + 95 + 90 = 375 s, 450 s with a kernel rebuild:
+#   bench-generate 90 with --bench: bench/generate.bench.ts --filter cuda (greedy decoding on the GPU, KV
+#                    cache and --recompute, embedded-default and 125M shapes)
+# The plan: the checks' budgets sum to 15 + 30 + 100 + 30 + 95 + 75 + 30 = 375 s, 450 s with a kernel rebuild:
 # the whole deadline. The sync reruns (after a failure) and --bench's two steps come after and get what
 # the checks left unused, each up to its own budget (passing checks should end well below their
 # budgets; the seconds column shows by how much), and one cut short by the deadline shows TIMEOUT or
@@ -63,7 +68,7 @@ budget_for() {
 why() {
   local p line
   for p in "cuda sync check:" "MEGATRON_DENO_REQUIRE_CUDA=1 but" "gpu_info:" "compare_losses:" "pretrain_gpt:" \
-    "exceeds" "error: " "FAILED"; do
+    "generate:" "generate-gpt:" "exceeds" "error: " "FAILED"; do
     line=$(sed 's/\x1b\[[0-9;]*m//g' "$1" | grep -a -m1 -F "$p") && { echo "${line:0:200}"; return; }
   done
 }
@@ -138,7 +143,7 @@ fi
 # ---- CUDA itself, then the suites ---------------------------------------------------------------
 run_step cuda-info 30 deno run "${dflags[@]}" -A scripts/gpu_info.ts
 failed_files=()
-declare -A test_budget=([ops]=115 [perf_kernels]=30 [gpt_train]=95)
+declare -A test_budget=([ops]=100 [perf_kernels]=30 [gpt_train]=95)
 for f in ops perf_kernels gpt_train; do
   # GPU_CHECK_TEST_ARGS: extra deno test flags (tests/gpu_check_script.test.ts narrows with --filter).
   # shellcheck disable=SC2086
@@ -169,9 +174,48 @@ default_losses() { # dir deno-flags...
 export -f default_losses
 export GPU_CHECK_DEFAULT_ARGS GPU_CHECK_DEFAULT_DEVICE
 mkdir -p "$log_dir/default"
-if run_step gpt-default 90 bash -c 'default_losses "$@"' _ "$log_dir/default" "${dflags[@]}"; then
+if run_step gpt-default 75 bash -c 'default_losses "$@"' _ "$log_dir/default" "${dflags[@]}"; then
   # The comparison's summary in the table: iterations, worst relative difference and where.
   summary=$(grep -a -m1 '^compare_losses: ok: ' "$log_dir/gpt-default.log" | sed 's/^compare_losses: ok: //')
+  [ -n "$summary" ] && results[${#results[@]} - 1]="ok ($summary)"
+fi
+
+# ---- generation: greedy text on CUDA (one rank and a TP x PP layout) equals the CPU's ----------------
+# From the checkpoint gpt-default's CUDA run saved. GPU_CHECK_GENERATE_LAYOUT: the layout flags of the
+# second CUDA run (tests/gpu_check_script.test.ts's one-layer model cannot take PP 2); the dry run
+# (GPU_CHECK_DEFAULT_DEVICE=cpu) runs the "cuda" halves on the CPU as gpt-default does.
+generate_compare() { # dir deno-flags...
+  local dir=$1 dev=${GPU_CHECK_DEFAULT_DEVICE:-cuda} run n
+  shift
+  if [ ! -f "$dir/ckpt-cuda/latest_checkpointed_iteration.txt" ]; then
+    echo "generate: no checkpoint at $dir/ckpt-cuda (gpt-default did not save one)"
+    return 1
+  fi
+  printf 'The meaning of life is\nIn 1905, Albert Einstein\n' >"$dir/prompts.txt"
+  for run in cuda cuda-layout cpu; do
+    local flags=(--device "$dev")
+    [ "$run" = cpu ] && flags=(--device cpu)
+    # shellcheck disable=SC2206
+    [ "$run" = cuda-layout ] && flags+=(${GPU_CHECK_GENERATE_LAYOUT:---tensor-model-parallel-size 2 --pipeline-model-parallel-size 2})
+    echo "--- generate-gpt ${flags[*]}"
+    deno run "$@" -A --no-check tasks/generate_gpt.ts --load "$dir/ckpt-cuda" "${flags[@]}" --greedy \
+      --out-seq-length 24 --sample-input-file "$dir/prompts.txt" --sample-output-file "$dir/gen-$run.txt" \
+      --genfile "$dir/gen-$run.jsonl" || return
+  done
+  for run in cuda cuda-layout; do
+    if ! cmp -s "$dir/gen-$run.jsonl" "$dir/gen-cpu.jsonl"; then
+      echo "generate: the $run tokens differ from the cpu's:"
+      diff "$dir/gen-$run.jsonl" "$dir/gen-cpu.jsonl" | head -6
+      return 1
+    fi
+  done
+  n=$(grep -o '"tokens":\[[^]]*\]' "$dir/gen-cpu.jsonl" | tr -cd ',\n' | awk '{ n += length($0) + 1 } END { print n }')
+  echo "generate: ok: $n greedy tokens, cuda == cuda ${GPU_CHECK_GENERATE_LAYOUT:-TP 2 x PP 2} == cpu"
+}
+export -f generate_compare
+export GPU_CHECK_GENERATE_LAYOUT
+if run_step gpt-generate 30 bash -c 'generate_compare "$@"' _ "$log_dir/default" "${dflags[@]}"; then
+  summary=$(grep -a -m1 '^generate: ok: ' "$log_dir/gpt-generate.log" | sed 's/^generate: ok: //')
   [ -n "$summary" ] && results[${#results[@]} - 1]="ok ($summary)"
 fi
 
@@ -195,6 +239,7 @@ if [ "${1:-}" = "--bench" ]; then
   else
     record pytorch "skipped (no python3 with torch)" 0 120
   fi
+  run_step bench-generate 90 deno bench "${dflags[@]}" -A --no-check --filter cuda bench/generate.bench.ts
   ours=$(grep -ao '[0-9]* tok/s' "$log_dir/bench.log" 2>/dev/null | tail -1 | cut -d' ' -f1)
   theirs=$(grep -ao '[0-9]* tokens/s' "$log_dir/pytorch.log" 2>/dev/null | tail -1 | cut -d' ' -f1)
   if [ -n "$ours" ] && [ -n "$theirs" ] && [ "$theirs" -gt 0 ]; then

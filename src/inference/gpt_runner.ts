@@ -16,7 +16,7 @@ import { bf16BitsToF32, f16BitsToF32 } from "../tensor/dtype.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 import { type GenerateOptions, generateTokens } from "../generation/generate.ts";
 import type { FullGpt, FullTensor } from "./gpt_weights.ts";
-import { type GptLayout, LayoutGpt } from "./gpt_layout.ts";
+import { type GptLayout, LayoutGpt, withoutInit } from "./gpt_layout.ts";
 
 /** A one-rank GPTModel with `full`'s weights (dropout off). It runs in f32: half-precision weights are
  *  widened exactly, as transformers does when it loads them into an fp32 model. */
@@ -40,7 +40,7 @@ export function buildGptModel(full: FullGpt, backend: Backend): GPTModel {
       activationsCheckpointMethod: null,
       seed: 1234,
     },
-    backend,
+    withoutInit(backend),
     makeParallelState({ tp: 1, pp: 1, dp: 1 }, 0),
     new SingleRankCommunicator(),
   );
