@@ -286,8 +286,9 @@ class CachedStage {
   }
 
   /** Last stage: final LayerNorm and the logits against the tied embedding, gathered over the tensor
-   *  group into the full padded vocabulary (f32, host). */
-  async logitsOut(): Promise<Float32Array> {
+   *  group into the full padded vocabulary (f32, host; read by the first TP rank only, the others
+   *  return null). */
+  async logitsOut(): Promise<Float32Array | null> {
     const m = this.model, be = m.backend;
     const head = m.head!;
     const ln = head.finalLayernorm;
@@ -299,7 +300,7 @@ class CachedStage {
       await this.comm.allGather(this.logits!.view([this.logits!.size]), this.gathered, "tensor");
       out = this.gathered;
     }
-    return Float32Array.from(be.toHost(out) as Float32Array);
+    return m.ps.tpRank === 0 ? Float32Array.from(be.toHost(out) as Float32Array) : null;
   }
 
   close(): void {
@@ -460,7 +461,7 @@ export class LayoutGpt {
       if (ps.tpSize > 1) {
         const all = be.empty("f32", [ps.tpSize * vl]);
         await comm.allGather(last, all, "tensor");
-        logits = Float32Array.from(be.toHost(all) as Float32Array);
+        if (ps.tpRank === 0) logits = Float32Array.from(be.toHost(all) as Float32Array);
         be.free(all);
       } else logits = Float32Array.from(be.toHost(last) as Float32Array);
     }
