@@ -34,14 +34,15 @@ export function fullTensorF32(t: FullTensor): Float32Array {
  *  checkpoint right after, so the constructor's initialization (Philox normals for every weight, seconds
  *  per 100M parameters on the CPU) is not paid for. Every other op is the backend's own, bound to it. */
 export function withoutInit(backend: Backend): Backend {
-  const bound = new Map<PropertyKey, unknown>();
+  // Keyed by the method itself, so a method replaced later (CUDA profiling's wrappers) is bound anew.
+  const bound = new WeakMap<object, unknown>();
   return new Proxy(backend, {
     get(target, prop) {
       if (prop === "normalInit") return (out: Tensor) => target.fill(out, 0);
       const v = Reflect.get(target, prop, target);
       if (typeof v !== "function") return v;
-      let f = bound.get(prop);
-      if (f === undefined) bound.set(prop, f = v.bind(target));
+      let f = bound.get(v);
+      if (f === undefined) bound.set(v, f = v.bind(target));
       return f;
     },
   });

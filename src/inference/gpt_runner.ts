@@ -7,7 +7,8 @@
 // step against the cached keys and values, so a token costs O(context) instead of O(context^2). Its
 // math is Megatron's GPT layer (pre-LN, [np, 3, hn] fused QKV, scale 1/sqrt(hn), causal softmax, tanh
 // GeLU, tied logits); its matrix-vector products run as the backend's GEMMs when one is given (else
-// TypeScript with f64 sums); tests compare both with GPTModel's logits.
+// TypeScript with f64 sums); tests compare both with GPTModel's logits. The commands run
+// gpt_layout.ts's LayoutGpt instead (every op on the backend, any (TP, PP) layout, CPU or CUDA).
 
 import type { Backend } from "../backend/backend.ts";
 import { GPTModel } from "../models/gpt.ts";
@@ -317,17 +318,16 @@ export class KvCacheGpt {
   }
 }
 
-/** A next-token callback for generateTokens over one sequence. With `cache` (default) and a backend:
- *  the layout's cached forward on the backend's ops (LayoutGpt: one rank for TP = PP = 1, CPU or CUDA),
- *  fed only the tokens it has not seen; with `cache` and no backend: KvCacheGpt in TypeScript (the host
- *  reference). Without the cache: the model's full forward of the whole prefix at every step
- *  (Megatron's --recompute), GPTModel on one rank or the layout's stages. */
+/** A next-token callback for generateTokens over one sequence. With a backend (what generate-gpt passes):
+ *  LayoutGpt on it, TP = PP = 1 unless `tp` / `pp` say otherwise, with its key/value cache (`cache`) or
+ *  GPTModel's full forward of the whole prefix at every step (Megatron's --recompute). Without one:
+ *  KvCacheGpt in TypeScript (the host reference; `cache` must be true), or `model`'s full forward. */
 export function nextLogitsFn(
   full: FullGpt,
   opts: { cache: boolean; backend?: Backend; model?: GPTModel } & GptLayout,
 ): (tokens: readonly number[]) => Promise<Float32Array> {
   const tp = opts.tp ?? 1, pp = opts.pp ?? 1;
-  if (opts.backend && (opts.cache || tp > 1 || pp > 1) && !opts.model) {
+  if (opts.backend && !opts.model) {
     const gpt = new LayoutGpt(full, opts.backend, { tp, pp, cache: opts.cache });
     return (tokens) => gpt.next(tokens);
   }
