@@ -38,7 +38,8 @@
 # iteration with the WebAssembly GEMM; the GPU host has 16 cores. The GPU-side times are unmeasured.
 # When nvidia-smi lists a GPU, MEGATRON_DENO_REQUIRE_CUDA=1 is set: a test or bench that would skip
 # for want of CUDA fails instead, and the table says why. Logs: $OUT/gpu_check.log,
-# $OUT/gpt_default_{cuda,cpu}.jsonl (the embedded default's metrics) and $OUT/gpu_check_table.txt
+# $OUT/gpt_default_{cuda,cpu}.jsonl (the embedded default's metrics), $OUT/generate_{cuda,cuda-layout,cpu}.jsonl
+# (gpt-generate's samples) and $OUT/gpu_check_table.txt
 # when $OUT is set (they come back with the call), else /tmp/gpu_check.*/.
 # Deno runs with --cached-only (and the payload's --lock=.gpu/deno.lock): the host is offline, and
 # the payload's node_modules must suffice.
@@ -191,7 +192,8 @@ generate_compare() { # dir deno-flags...
     echo "generate: no checkpoint at $dir/ckpt-cuda (gpt-default did not save one)"
     return 1
   fi
-  printf 'The meaning of life is\nIn 1905, Albert Einstein\n' >"$dir/prompts.txt"
+  mkdir -p "$dir/gen"
+  printf 'The meaning of life is\nIn 1905, Albert Einstein\n' >"$dir/gen/prompts.txt"
   for run in cuda cuda-layout cpu; do
     local flags=(--device "$dev")
     [ "$run" = cpu ] && flags=(--device cpu)
@@ -199,17 +201,17 @@ generate_compare() { # dir deno-flags...
     [ "$run" = cuda-layout ] && flags+=(${GPU_CHECK_GENERATE_LAYOUT:---tensor-model-parallel-size 2 --pipeline-model-parallel-size 2})
     echo "--- generate-gpt ${flags[*]}"
     deno run "$@" -A --no-check tasks/generate_gpt.ts --load "$dir/ckpt-cuda" "${flags[@]}" --greedy \
-      --out-seq-length 24 --sample-input-file "$dir/prompts.txt" --sample-output-file "$dir/gen-$run.txt" \
-      --genfile "$dir/gen-$run.jsonl" || return
+      --out-seq-length 24 --sample-input-file "$dir/gen/prompts.txt" --sample-output-file "$dir/gen/$run.txt" \
+      --genfile "$dir/gen/$run.jsonl" || return
   done
   for run in cuda cuda-layout; do
-    if ! cmp -s "$dir/gen-$run.jsonl" "$dir/gen-cpu.jsonl"; then
+    if ! cmp -s "$dir/gen/$run.jsonl" "$dir/gen/cpu.jsonl"; then
       echo "generate: the $run tokens differ from the cpu's:"
-      diff "$dir/gen-$run.jsonl" "$dir/gen-cpu.jsonl" | head -6
+      diff "$dir/gen/$run.jsonl" "$dir/gen/cpu.jsonl" | head -6
       return 1
     fi
   done
-  n=$(grep -o '"tokens":\[[^]]*\]' "$dir/gen-cpu.jsonl" | tr -cd ',\n' | awk '{ n += length($0) + 1 } END { print n }')
+  n=$(grep -o '"tokens":\[[^]]*\]' "$dir/gen/cpu.jsonl" | tr -cd ',\n' | awk '{ n += length($0) + 1 } END { print n }')
   echo "generate: ok: $n greedy tokens, cuda == cuda ${GPU_CHECK_GENERATE_LAYOUT:-TP 2 x PP 2} == cpu"
 }
 export -f generate_compare
@@ -264,6 +266,8 @@ if [ -n "${OUT:-}" ]; then
   echo "$table" > "$OUT/gpu_check_table.txt"
   # The embedded default's per-iteration metrics, CUDA and CPU (full precision, for a failed compare).
   for m in "$log_dir"/default/*.jsonl; do [ -f "$m" ] && cp "$m" "$OUT/gpt_default_$(basename "$m")"; done
+  # The generated text of each gpt-generate run ({context, text, tokens} lines).
+  for m in "$log_dir"/default/gen/*.jsonl; do [ -f "$m" ] && cp "$m" "$OUT/generate_$(basename "$m")"; done
 fi
 echo
 echo "$table"

@@ -103,6 +103,9 @@ if ("skip" in built) {
         /^ok \((\d+) greedy tokens, cuda == cuda --tensor-model-parallel-size 2 == cpu\)$/,
       );
       assert.deepEqual(r.files, [
+        "generate_cpu.jsonl",
+        "generate_cuda-layout.jsonl",
+        "generate_cuda.jsonl",
         "gpt_default_cpu.jsonl",
         "gpt_default_cuda.jsonl",
         "gpu_check.log",
