@@ -16,6 +16,7 @@
 import type { Backend, RngAddress } from "../backend/backend.ts";
 import { GPTModel } from "../models/gpt.ts";
 import { LocalWorld } from "../parallel/local_comm.ts";
+import { linear } from "../parallel/tensor_parallel.ts";
 import { type Communicator, globalRankOf, type ParallelState } from "../parallel/types.ts";
 import { bf16BitsToF32, f16BitsToF32 } from "../tensor/dtype.ts";
 import type { Tensor } from "../tensor/tensor.ts";
@@ -91,7 +92,8 @@ interface CachedLayer {
   values: Tensor;
 }
 
-/** One rank's cached forward: one position per call, backend ops only. */
+/** One rank's cached forward, backend ops only: T new positions per call (a prompt at once, then one
+ *  token at a time), attending to the cached ones and causally among themselves. */
 class CachedStage {
   private readonly layers: CachedLayer[];
   private readonly h: number;
@@ -101,6 +103,7 @@ class CachedStage {
   private readonly maxLen: number;
   private readonly eps: number;
   private readonly scratch: Tensor[] = [];
+  // Row buffers with room for maxLen positions; a call uses the first T rows.
   private readonly x: Tensor;
   private readonly x2: Tensor;
   private readonly ln: Tensor;
@@ -108,6 +111,7 @@ class CachedStage {
   private readonly rstd: Tensor;
   private readonly qkv: Tensor;
   private readonly qT: Tensor;
+  /** Scores and probabilities of one position ([np/tp, maxLen]); a prompt allocates its own. */
   private readonly scores: Tensor;
   private readonly probs: Tensor;
   private readonly ctx: Tensor;
@@ -133,7 +137,7 @@ class CachedStage {
     this.ffl = cfg.ffnHiddenSize / ps.tpSize;
     this.maxLen = cfg.maxPositionEmbeddings;
     this.eps = cfg.layernormEpsilon;
-    const P = this.npl * this.hn;
+    const P = this.npl * this.hn, M = this.maxLen;
     const mk = (shape: number[]) => {
       const t = be.empty("f32", shape);
       this.scratch.push(t);
@@ -154,46 +158,56 @@ class CachedStage {
         h4hB: w(`${p}mlp.dense_h_to_4h.bias`),
         fhW: w(`${p}mlp.dense_4h_to_h.weight`),
         fhB: w(`${p}mlp.dense_4h_to_h.bias`),
-        keys: mk([this.maxLen, P]),
-        values: mk([this.maxLen, P]),
+        keys: mk([M, P]),
+        values: mk([M, P]),
       };
     });
-    this.x = mk([1, this.h]);
-    this.x2 = mk([1, this.h]);
-    this.ln = mk([1, this.h]);
-    this.mean = mk([1]);
-    this.rstd = mk([1]);
-    this.qkv = mk([1, 3 * P]);
-    this.qT = mk([1, 3, this.npl, this.hn]);
-    this.scores = mk([this.npl * this.maxLen]);
-    this.probs = mk([this.npl * this.maxLen]);
-    this.ctx = mk([1, P]);
-    this.out = mk([1, this.h]);
-    this.pre = mk([1, this.ffl]);
-    this.act = mk([1, this.ffl]);
+    this.x = mk([M, this.h]);
+    this.x2 = mk([M, this.h]);
+    this.ln = mk([M, this.h]);
+    this.mean = mk([M]);
+    this.rstd = mk([M]);
+    this.qkv = mk([M, 3 * P]);
+    this.qT = mk([3 * M * P]);
+    this.scores = mk([this.npl * M]);
+    this.probs = mk([this.npl * M]);
+    this.ctx = mk([M, P]);
+    this.out = mk([M, this.h]);
+    this.pre = mk([M, this.ffl]);
+    this.act = mk([M, this.ffl]);
     const vl = cfg.vocabSize / ps.tpSize;
     this.logits = model.head ? mk([1, vl]) : null;
     this.gathered = model.head && ps.tpSize > 1 ? mk([ps.tpSize * vl]) : null;
     this.noDropout = { seed: 0, stream: 0, iteration: 0, base: 0, rowStride: this.h, rowLen: this.h };
   }
 
-  /** First stage: the embedding of `token` at `pos` into x (word rows of this shard, all-reduced over
-   *  the tensor group as VocabParallelEmbedding does, plus the position row). */
-  async embed(token: number, pos: number): Promise<void> {
-    const m = this.model, be = m.backend;
+  /** The first `T` rows of a row buffer. */
+  private static rows(t: Tensor, T: number): Tensor {
+    const cols = t.size / (t.shape.length > 1 ? t.shape[0] : t.size);
+    return t.flat(0, T * cols).view(t.shape.length > 1 ? [T, cols] : [T]);
+  }
+
+  /** First stage: the embeddings of `tokens` at positions pos0.. into x (word rows of this shard,
+   *  all-reduced over the tensor group as VocabParallelEmbedding does, plus the position rows). */
+  async embed(tokens: readonly number[], pos0: number): Promise<void> {
+    const m = this.model, be = m.backend, T = tokens.length;
     const word = m.embedding!;
-    const ids = be.fromHost("i32", [1], [token]), at = be.fromHost("i32", [1], [pos]);
-    be.embeddingFwd(ids, word.wordEmbeddings.value, this.x, word.vocabStart);
-    if (m.ps.tpSize > 1) await this.comm.allReduce(this.x, "sum", "tensor");
-    be.embeddingFwd(at, word.positionEmbeddings.value, this.ln, 0);
-    be.add(this.x, this.ln, this.x);
+    const x = CachedStage.rows(this.x, T), tmp = CachedStage.rows(this.ln, T);
+    const ids = be.fromHost("i32", [T], tokens);
+    const at = be.fromHost("i32", [T], Array.from({ length: T }, (_, i) => pos0 + i));
+    be.embeddingFwd(ids, word.wordEmbeddings.value, x, word.vocabStart);
+    if (m.ps.tpSize > 1) await this.comm.allReduce(x, "sum", "tensor");
+    be.embeddingFwd(at, word.positionEmbeddings.value, tmp, 0);
+    be.add(x, tmp, x);
     be.free(ids);
     be.free(at);
   }
 
-  /** y [1, out] = x W^T (+ b): bias first, then the GEMM with beta = 1 (as tensor_parallel's linear). */
+  /** y [T, out] = x W^T (+ b). One row: the bias copied in first, then the GEMM with beta = 1; more
+   *  rows: tensor_parallel's linear (the bias broadcast as a rank-1 GEMM). */
   private linear(x: Tensor, w: Tensor, b: Tensor | null, y: Tensor): void {
-    const be = this.model.backend;
+    const be = this.model.backend, T = x.size / w.shape[1];
+    if (T > 1) return linear(be, x, w, b, y);
     if (b) be.copy(b, y.view([b.size]));
     be.gemm({
       transA: false,
@@ -208,94 +222,127 @@ class CachedStage {
     });
   }
 
-  /** Run this stage's layers on x for position `pos` (caching its keys and values). */
-  async layersAt(pos: number): Promise<void> {
+  /** Run this stage's layers on x's first T rows, positions pos0..pos0+T-1 (caching their keys and
+   *  values). */
+  async layersAt(pos0: number, T: number): Promise<void> {
     const be = this.model.backend, tp = this.model.ps.tpSize;
     const { npl, hn } = this;
-    const P = npl * hn, n = pos + 1;
-    let x = this.x, x2 = this.x2;
-    for (const L of this.layers) {
-      be.layerNormFwd(x, L.ln1g, L.ln1b, this.eps, this.ln, this.mean, this.rstd);
-      this.linear(this.ln, L.qkvW, L.qkvB, this.qkv);
-      // [np, 3, hn] -> [3, np, hn]: q, k and v of this rank's heads, each contiguous.
-      be.transpose12(this.qkv.view([1, npl, 3, hn]), this.qT);
-      const flat = this.qT.view([3 * P]);
-      be.copy(flat.flat(P, P), L.keys.flat(pos * P, P));
-      be.copy(flat.flat(2 * P, P), L.values.flat(pos * P, P));
-      const scores = this.scores.flat(0, npl * n), probs = this.probs.flat(0, npl * n);
-      // Per head: q [1, hn] against the cached keys [n, hn] (row stride P).
-      be.gemm({
-        transA: false,
-        transB: true,
-        m: 1,
-        n,
-        k: hn,
-        a: flat,
-        b: L.keys,
-        c: scores,
-        lda: hn,
-        ldb: P,
-        ldc: n,
-        batch: npl,
-        strideA: hn,
-        strideB: hn,
-        strideC: n,
-      });
-      be.softmaxFwd(
-        scores.view([1, npl, 1, n]),
-        1 / Math.sqrt(hn),
-        { kind: "none" },
-        probs.view([1, npl, 1, n]),
-      );
-      // Context [np, hn] = probs [1, n] x values [n, hn] per head: already the merged [1, np * hn].
-      be.gemm({
-        transA: false,
-        transB: false,
-        m: 1,
-        n: hn,
-        k: n,
-        a: probs,
-        b: L.values,
-        c: this.ctx,
-        lda: n,
-        ldb: P,
-        ldc: hn,
-        batch: npl,
-        strideA: n,
-        strideB: hn,
-        strideC: hn,
-      });
-      // Row-parallel dense: partial sums over this rank's heads, all-reduced; its bias added once.
-      this.linear(this.ctx, L.denseW, null, this.out);
-      if (tp > 1) await this.comm.allReduce(this.out, "sum", "tensor");
-      be.biasDropoutAdd(this.out, L.denseB, x, 0, this.noDropout, x2);
-      [x, x2] = [x2, x];
-      be.layerNormFwd(x, L.ln2g, L.ln2b, this.eps, this.ln, this.mean, this.rstd);
-      this.linear(this.ln, L.h4hW, null, this.pre);
-      be.biasGeluFwd(this.pre, L.h4hB, this.act);
-      this.linear(this.act, L.fhW, null, this.out);
-      if (tp > 1) await this.comm.allReduce(this.out, "sum", "tensor");
-      be.biasDropoutAdd(this.out, L.fhB, x, 0, this.noDropout, x2);
-      [x, x2] = [x2, x];
+    const P = npl * hn, n = pos0 + T;
+    const R = (t: Tensor) => CachedStage.rows(t, T);
+    let x = R(this.x), x2 = R(this.x2);
+    const ln = R(this.ln), mean = R(this.mean), rstd = R(this.rstd), qkv = R(this.qkv), ctx = R(this.ctx);
+    const out = R(this.out), pre = R(this.pre), act = R(this.act);
+    const qT = this.qT.flat(0, 3 * T * P);
+    const one = T === 1;
+    const scores = one ? this.scores.flat(0, npl * n) : be.empty("f32", [npl * T * n]);
+    const probs = one ? this.probs.flat(0, npl * n) : be.empty("f32", [npl * T * n]);
+    // New position pos0 + i sees cached and new positions j <= pos0 + i (1 = masked, as the padding
+    // mask's; -10000 as GPTModel's causal softmax). One position sees everything: no mask.
+    let mask: Tensor | null = null;
+    if (!one) {
+      const m = new Uint8Array(T * n);
+      for (let i = 0; i < T; i++) m.fill(1, i * n + pos0 + i + 1, (i + 1) * n);
+      mask = be.fromHost("u8", [1, T, n], m);
     }
-    if (x !== this.x) be.copy(x, this.x);
+    try {
+      for (const L of this.layers) {
+        be.layerNormFwd(x, L.ln1g, L.ln1b, this.eps, ln, mean, rstd);
+        this.linear(ln, L.qkvW, L.qkvB, qkv);
+        // [T np, 3, hn] -> [3, T np, hn]: q, k and v of this rank's heads, each position-major with
+        // row stride P, so the new keys and values are one contiguous block of the cache.
+        be.transpose12(qkv.view([1, T * npl, 3, hn]), qT.view([1, 3, T * npl, hn]));
+        be.copy(qT.flat(T * P, T * P), L.keys.flat(pos0 * P, T * P));
+        be.copy(qT.flat(2 * T * P, T * P), L.values.flat(pos0 * P, T * P));
+        // Per head: q [T, hn] (row stride P) against the cached keys [n, hn] (row stride P).
+        be.gemm({
+          transA: false,
+          transB: true,
+          m: T,
+          n,
+          k: hn,
+          a: qT,
+          b: L.keys,
+          c: scores,
+          lda: P,
+          ldb: P,
+          ldc: n,
+          batch: npl,
+          strideA: hn,
+          strideB: hn,
+          strideC: T * n,
+        });
+        be.softmaxFwd(
+          scores.view([1, npl, T, n]),
+          1 / Math.sqrt(hn),
+          mask ? { kind: "padding", mask } : { kind: "none" },
+          probs.view([1, npl, T, n]),
+        );
+        // Context per head: probs [T, n] x values [n, hn], written as the merged [T, np * hn].
+        be.gemm({
+          transA: false,
+          transB: false,
+          m: T,
+          n: hn,
+          k: n,
+          a: probs,
+          b: L.values,
+          c: ctx,
+          lda: n,
+          ldb: P,
+          ldc: P,
+          batch: npl,
+          strideA: T * n,
+          strideB: hn,
+          strideC: hn,
+        });
+        // Row-parallel dense: partial sums over this rank's heads, all-reduced; its bias added once.
+        this.linear(ctx, L.denseW, null, out);
+        if (tp > 1) await this.comm.allReduce(out, "sum", "tensor");
+        be.biasDropoutAdd(out, L.denseB, x, 0, this.noDropout, x2);
+        [x, x2] = [x2, x];
+        be.layerNormFwd(x, L.ln2g, L.ln2b, this.eps, ln, mean, rstd);
+        this.linear(ln, L.h4hW, null, pre);
+        be.biasGeluFwd(pre, L.h4hB, act);
+        this.linear(act, L.fhW, null, out);
+        if (tp > 1) await this.comm.allReduce(out, "sum", "tensor");
+        be.biasDropoutAdd(out, L.fhB, x, 0, this.noDropout, x2);
+        [x, x2] = [x2, x];
+      }
+      if (x.storage !== this.x.storage) be.copy(x, R(this.x));
+    } finally {
+      if (!one) {
+        be.free(scores);
+        be.free(probs);
+        be.free(mask!);
+      }
+    }
   }
 
-  /** The hidden state [1, h] (to send to the next stage, or received into). */
-  get hidden(): Tensor {
-    return this.x;
+  /** The hidden state of T positions [T, h] (sent to the next stage, or received into). */
+  hidden(T: number): Tensor {
+    return CachedStage.rows(this.x, T);
   }
 
-  /** Last stage: final LayerNorm and the logits against the tied embedding, gathered over the tensor
-   *  group into the full padded vocabulary (f32, host; read by the first TP rank only, the others
-   *  return null). */
-  async logitsOut(): Promise<Float32Array | null> {
+  /** Last stage: final LayerNorm of position T-1 and its logits against the tied embedding, gathered
+   *  over the tensor group into the full padded vocabulary (f32, host; read by the first TP rank only,
+   *  the others return null). */
+  async logitsOut(T: number): Promise<Float32Array | null> {
     const m = this.model, be = m.backend;
     const head = m.head!;
     const ln = head.finalLayernorm;
-    be.layerNormFwd(this.x, ln.weight.value, ln.bias.value, this.eps, this.ln, this.mean, this.rstd);
+    const last = this.x.flat((T - 1) * this.h, this.h).view([1, this.h]);
+    const y = CachedStage.rows(this.ln, 1);
+    be.layerNormFwd(
+      last,
+      ln.weight.value,
+      ln.bias.value,
+      this.eps,
+      y,
+      this.mean.flat(0, 1),
+      this.rstd.flat(0, 1),
+    );
     const word = m.tiedEmbeddingParam()!.value;
-    this.linear(this.ln, word, null, this.logits!);
+    this.linear(y, word, null, this.logits!);
     let out = this.logits!;
     if (this.gathered) {
       await this.comm.allGather(this.logits!.view([this.logits!.size]), this.gathered, "tensor");
@@ -431,18 +478,18 @@ export class LayoutGpt {
     const prev = ps.isFirstStage ? -1 : pipe.ranks[ps.ppRank - 1];
     const next = ps.isLastStage ? -1 : pipe.ranks[ps.ppRank + 1];
     if (rank.cached) {
-      const c = rank.cached;
-      let logits: Float32Array | null = null;
-      for (let i = 0; i < feed.length; i++) {
-        const pos = rank.pos++;
-        if (ps.isFirstStage) await c.embed(ids[i], pos);
-        else await comm.recv(c.hidden, prev, `gen:${pos}`);
-        await c.layersAt(pos);
-        if (!ps.isLastStage) await comm.send(c.hidden, next, `gen:${pos}`);
-        // Logits only for the newest position: the prompt's others are never sampled from.
-        else if (i === feed.length - 1) logits = await c.logitsOut();
+      // All fed positions at once (a prompt is one batch of rows); logits only for the newest: the
+      // prompt's other positions are never sampled from.
+      const c = rank.cached, T = feed.length, pos0 = rank.pos;
+      rank.pos += T;
+      if (ps.isFirstStage) await c.embed(ids, pos0);
+      else await comm.recv(c.hidden(T), prev, `gen:${pos0}+${T}`);
+      await c.layersAt(pos0, T);
+      if (!ps.isLastStage) {
+        await comm.send(c.hidden(T), next, `gen:${pos0}+${T}`);
+        return null;
       }
-      return logits;
+      return await c.logitsOut(T);
     }
     // --recompute: GPTModel's full forward of the whole prefix on every stage.
     const s = rank.pos += feed.length;
