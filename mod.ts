@@ -78,5 +78,6 @@ export * from "./src/training/metrics.ts";
 export * as interop from "./src/interop/mod.ts";
 export * as generation from "./src/generation/mod.ts";
 export * as downstream from "./src/downstream/mod.ts";
-// Checkpoints in any format/layout as full GPT weights, one-rank inference, KV cache, streamGpt.
+// Checkpoints in any format/layout as full GPT weights, one-rank inference, KV cache, generation on a
+// (TP, PP) layout on the CPU or CUDA, streamGpt.
 export * as inference from "./src/inference/mod.ts";

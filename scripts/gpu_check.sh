@@ -12,10 +12,10 @@
 #                    fatbins into a temporary folder and use them (MEGATRON_DENO_KERNELS_DIR)
 #   cuda-info    30  scripts/gpu_info.ts: driver and runtime CUDA versions, libraries, GPU; fails in
 #                    one line when the driver is older than the fatbins need
-#   ops         115  tests/gpu/ops.test.ts: every op x dtype against the CPU backend
+#   ops         100  tests/gpu/ops.test.ts: every op x dtype against the CPU backend
 #   perf-kernels 30  tests/gpu/perf_kernels.test.ts: flash attention and multi-tensor Adam vs the CPU
 #   gpt-train    95  tests/gpu/gpt_train.test.ts: tiny GPT 20 steps CUDA vs CPU (f32, fp16, bf16)
-#   gpt-default  90  the embedded default (pretrain_gpt without --data-path, --train-iters 20, no eval)
+#   gpt-default  75  the embedded default (pretrain_gpt without --data-path, --train-iters 20, no eval)
 #                    with --device cuda, then on the CPU (which costs more: 20 iterations of a 4-layer,
 #                    128-wide GPT-2-vocabulary model), building the bundled corpus first on a fresh
 #                    host; every iteration's loss within 1e-4 relative (scripts/compare_losses.ts)
@@ -24,23 +24,29 @@
 #                    equal gpt-default's in-process CUDA run's (within 1e-6 relative; one rank is the
 #                    identity through NCCL's all-gathers, so the row should show 0); skipped, with
 #                    scripts/nccl_info.ts's line, on a host without libnccl.so.2 (not in the payload)
+#   gpt-generate 30  generate-gpt --greedy from gpt-default's CUDA checkpoint (two prompts, 24 tokens each)
+#                    with --device cuda, with --device cuda split TP 2 x PP 2, and with --device cpu: the
+#                    three genfiles (tokens and text) must be identical
 #   sync:<f>    120  for each failed test file (ops, perf-kernels, gpt-train): once more with MEGATRON_DENO_CUDA_SYNC=1
 #                    (sync and check after every launch/GEMM): the table shows the first op that failed
 #   bench       150  with --bench: bench:gpu --steps 20 (GEMMs, kernels, GPT-345M)
 #   pytorch     120  with --bench, when python3 has torch: bench/pytorch_gpt345m.py (the same GPT-345M,
 #                    eager bf16); the table then gives both tokens/s and their ratio
-# The plan: the checks' budgets sum to 15 + 30 + 115 + 30 + 95 + 90 + 30 = 405 s, 480 s with a kernel
-# rebuild: then launch-nccl, the last check, gets what the others left (they should end well below their
-# budgets) or shows NOT RUN; the deadline stays 450 s. The sync reruns (after a failure) and --bench's two steps come after and get what
-# the checks left unused, each up to its own budget (passing checks should end well below their
+#   bench-generate 90 with --bench: bench/generate.bench.ts --filter cuda (greedy decoding on the GPU, KV
+#                    cache and --recompute, embedded-default and 125M shapes)
+# The plan: the checks' budgets sum to 15 + 30 + 100 + 30 + 95 + 75 + 30 + 30 = 405 s, 480 s with a kernel
+# rebuild: then gpt-generate, the last check, gets what the others left (they should end well below their
+# budgets) or shows NOT RUN; the deadline stays 450 s. The sync reruns (after a failure) and --bench's
+# three steps come after and get what the checks left unused, each up to its own budget (passing checks should end well below their
 # budgets; the seconds column shows by how much), and one cut short by the deadline shows TIMEOUT or
 # NOT RUN rather than overrunning the device call. gpt-default's CPU half, measured on a loaded 2-core
 # box: the full 20-iteration CPU run took 45 s with OpenBLAS (corpus build included), ~5 s per
 # iteration with the WebAssembly GEMM; the GPU host has 16 cores. The GPU-side times are unmeasured.
 # When nvidia-smi lists a GPU, MEGATRON_DENO_REQUIRE_CUDA=1 is set: a test or bench that would skip
 # for want of CUDA fails instead, and the table says why. Logs: $OUT/gpu_check.log,
-# $OUT/gpt_default_{cuda,cpu,nccl}.jsonl (the embedded default's metrics; nccl: launch-nccl's run)
-# and $OUT/gpu_check_table.txt when $OUT is set (they come back with the call), else /tmp/gpu_check.*/.
+# $OUT/gpt_default_{cuda,cpu,nccl}.jsonl (the embedded default's metrics; nccl: launch-nccl's run),
+# $OUT/generate_{cuda,cuda-layout,cpu}.jsonl (gpt-generate's samples) and $OUT/gpu_check_table.txt
+# when $OUT is set (they come back with the call), else /tmp/gpu_check.*/.
 # Deno runs with --cached-only (and the payload's --lock=.gpu/deno.lock): the host is offline, and
 # the payload's node_modules must suffice.
 # The table is printed last; the exit status is non-zero when any step failed.
@@ -69,7 +75,7 @@ budget_for() {
 why() {
   local p line
   for p in "cuda sync check:" "MEGATRON_DENO_REQUIRE_CUDA=1 but" "gpu_info:" "compare_losses:" "pretrain_gpt:" \
-    "launch-nccl:" "exceeds" "error: " "FAILED"; do
+    "launch-nccl:" "generate:" "generate-gpt:" "exceeds" "error: " "FAILED"; do
     line=$(sed 's/\x1b\[[0-9;]*m//g' "$1" | grep -a -m1 -F "$p") && { echo "${line:0:200}"; return; }
   done
 }
@@ -144,7 +150,7 @@ fi
 # ---- CUDA itself, then the suites ---------------------------------------------------------------
 run_step cuda-info 30 deno run "${dflags[@]}" -A scripts/gpu_info.ts
 failed_files=()
-declare -A test_budget=([ops]=115 [perf_kernels]=30 [gpt_train]=95)
+declare -A test_budget=([ops]=100 [perf_kernels]=30 [gpt_train]=95)
 for f in ops perf_kernels gpt_train; do
   # GPU_CHECK_TEST_ARGS: extra deno test flags (tests/gpu_check_script.test.ts narrows with --filter).
   # shellcheck disable=SC2086
@@ -175,7 +181,7 @@ default_losses() { # dir deno-flags...
 export -f default_losses
 export GPU_CHECK_DEFAULT_ARGS GPU_CHECK_DEFAULT_DEVICE
 mkdir -p "$log_dir/default"
-if run_step gpt-default 90 bash -c 'default_losses "$@"' _ "$log_dir/default" "${dflags[@]}"; then
+if run_step gpt-default 75 bash -c 'default_losses "$@"' _ "$log_dir/default" "${dflags[@]}"; then
   # The comparison's summary in the table: iterations, worst relative difference and where.
   summary=$(grep -a -m1 '^compare_losses: ok: ' "$log_dir/gpt-default.log" | sed 's/^compare_losses: ok: //')
   [ -n "$summary" ] && results[${#results[@]} - 1]="ok ($summary)"
@@ -212,6 +218,46 @@ elif run_step launch-nccl 30 bash -c 'nccl_losses "$@"' _ "$log_dir/default" "${
   [ -n "$summary" ] && results[${#results[@]} - 1]="ok ($summary)"
 fi
 
+# ---- generation: greedy text on CUDA (one rank and a TP x PP layout) equals the CPU's ----------------
+# From the checkpoint gpt-default's CUDA run saved. GPU_CHECK_GENERATE_LAYOUT: the layout flags of the
+# second CUDA run (tests/gpu_check_script.test.ts's one-layer model cannot take PP 2); the dry run
+# (GPU_CHECK_DEFAULT_DEVICE=cpu) runs the "cuda" halves on the CPU as gpt-default does.
+generate_compare() { # dir deno-flags...
+  local dir=$1 dev=${GPU_CHECK_DEFAULT_DEVICE:-cuda} run n
+  shift
+  if [ ! -f "$dir/ckpt-cuda/latest_checkpointed_iteration.txt" ]; then
+    echo "generate: no checkpoint at $dir/ckpt-cuda (gpt-default did not save one)"
+    return 1
+  fi
+  mkdir -p "$dir/gen"
+  printf 'The meaning of life is\nIn 1905, Albert Einstein\n' >"$dir/gen/prompts.txt"
+  for run in cuda cuda-layout cpu; do
+    local flags=(--device "$dev")
+    [ "$run" = cpu ] && flags=(--device cpu)
+    # shellcheck disable=SC2206
+    [ "$run" = cuda-layout ] && flags+=(${GPU_CHECK_GENERATE_LAYOUT:---tensor-model-parallel-size 2 --pipeline-model-parallel-size 2})
+    echo "--- generate-gpt ${flags[*]}"
+    deno run "$@" -A --no-check tasks/generate_gpt.ts --load "$dir/ckpt-cuda" "${flags[@]}" --greedy \
+      --out-seq-length 24 --sample-input-file "$dir/gen/prompts.txt" --sample-output-file "$dir/gen/$run.txt" \
+      --genfile "$dir/gen/$run.jsonl" || return
+  done
+  for run in cuda cuda-layout; do
+    if ! cmp -s "$dir/gen/$run.jsonl" "$dir/gen/cpu.jsonl"; then
+      echo "generate: the $run tokens differ from the cpu's:"
+      diff "$dir/gen/$run.jsonl" "$dir/gen/cpu.jsonl" | head -6
+      return 1
+    fi
+  done
+  n=$(grep -o '"tokens":\[[^]]*\]' "$dir/gen/cpu.jsonl" | tr -cd ',\n' | awk '{ n += length($0) + 1 } END { print n }')
+  echo "generate: ok: $n greedy tokens, cuda == cuda ${GPU_CHECK_GENERATE_LAYOUT:-TP 2 x PP 2} == cpu"
+}
+export -f generate_compare
+export GPU_CHECK_GENERATE_LAYOUT
+if run_step gpt-generate 30 bash -c 'generate_compare "$@"' _ "$log_dir/default" "${dflags[@]}"; then
+  summary=$(grep -a -m1 '^generate: ok: ' "$log_dir/gpt-generate.log" | sed 's/^generate: ok: //')
+  [ -n "$summary" ] && results[${#results[@]} - 1]="ok ($summary)"
+fi
+
 # ---- after the checks: failed test files once more, synchronizing after every launch and GEMM -----
 for f in "${failed_files[@]}"; do
   # shellcheck disable=SC2086
@@ -232,6 +278,7 @@ if [ "${1:-}" = "--bench" ]; then
   else
     record pytorch "skipped (no python3 with torch)" 0 120
   fi
+  run_step bench-generate 90 deno bench "${dflags[@]}" -A --no-check --filter cuda bench/generate.bench.ts
   ours=$(grep -ao '[0-9]* tok/s' "$log_dir/bench.log" 2>/dev/null | tail -1 | cut -d' ' -f1)
   theirs=$(grep -ao '[0-9]* tokens/s' "$log_dir/pytorch.log" 2>/dev/null | tail -1 | cut -d' ' -f1)
   if [ -n "$ours" ] && [ -n "$theirs" ] && [ "$theirs" -gt 0 ]; then
@@ -256,6 +303,8 @@ if [ -n "${OUT:-}" ]; then
   echo "$table" > "$OUT/gpu_check_table.txt"
   # The embedded default's per-iteration metrics, CUDA and CPU (full precision, for a failed compare).
   for m in "$log_dir"/default/*.jsonl; do [ -f "$m" ] && cp "$m" "$OUT/gpt_default_$(basename "$m")"; done
+  # The generated text of each gpt-generate run ({context, text, tokens} lines).
+  for m in "$log_dir"/default/gen/*.jsonl; do [ -f "$m" ] && cp "$m" "$OUT/generate_$(basename "$m")"; done
 fi
 echo
 echo "$table"

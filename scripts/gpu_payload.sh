@@ -2,8 +2,8 @@
 # Builds .gpu/ (ignored by git): everything a device run must carry besides the working tree, in
 # at most 40 MiB (a device call carries 64 MiB in all, the tree included).
 #   .gpu/deno.xz      the Deno binary, xz-compressed
-#   .gpu/npm.tar.xz   node_modules with only the npm packages that the GPU checks, the GPU bench and
-#                     pretrain_gpt (the embedded default) import, resolved by `deno install
+#   .gpu/npm.tar.xz   node_modules with only the npm packages that the GPU checks, the GPU benches,
+#                     pretrain_gpt (the embedded default) and generate_gpt import, resolved by `deno install
 #                     --entrypoint` in a scratch copy of the tree (no test-only reference tokenizers)
 #   .gpu/deno.lock    deno.lock cut to those packages: Deno installs every package of the lock it
 #                     uses, so deno runs there with --lock=.gpu/deno.lock (scripts/gpu_check.sh does)
@@ -20,7 +20,8 @@
 #                                          entry point's whole graph, run test:gpu (dry run: the GPU
 #                                          suite with the CPU in place of CUDA), pretrain_gpt --help, and
 #                                          the embedded default (a shrunken model, 2 iterations on the
-#                                          CPU), which builds the corpus from .gpu alone
+#                                          CPU), which builds the corpus from .gpu alone, and
+#                                          generate_gpt from its checkpoint
 # Deno run there with --cached-only: node_modules alone must resolve every npm import (without it
 # Deno would first try the registry for metadata, which an offline host answers with a delay).
 set -euo pipefail
@@ -28,7 +29,8 @@ root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 cd "$root"
 limit=$((40 * 1024 * 1024))
 entries=(tasks/pretrain_gpt.ts tests/gpu/ops.test.ts tests/gpu/gpt_train.test.ts bench/gpu/gpt345m.ts
-  scripts/gpu_info.ts scripts/build_kernels.ts tasks/launch.ts scripts/nccl_info.ts)
+  scripts/gpu_info.ts scripts/build_kernels.ts tasks/launch.ts scripts/nccl_info.ts
+  tasks/generate_gpt.ts bench/generate.bench.ts)
 deno_bin=$(readlink -f "$(command -v deno)") || { echo "gpu_payload: no deno on PATH" >&2; exit 1; }
 mkdir -p .gpu
 scratch=$(mktemp -d /tmp/md-gpu-payload-XXXXXX)
@@ -149,6 +151,11 @@ if [ "${1:-}" = "--verify" ]; then
     deno run "${f[@]}" -A tasks/pretrain_gpt.ts --device cpu --train-iters 2 --eval-iters 0 --log-interval 1 \
       --num-layers 1 --hidden-size 32 --num-attention-heads 2 --seq-length 16 --max-position-embeddings 16 \
       --micro-batch-size 2 --global-batch-size 2 --no-progress --save "$1/.ckpt" | grep -E "^corpus: |iteration +2/"
+    # The gpt-generate step of gpu_check.sh from that checkpoint (GPT-2 BPE from the payload).
+    echo "The meaning of life is" >"$1/.prompt"
+    deno run "${f[@]}" -A tasks/generate_gpt.ts --device cpu --load "$1/.ckpt" --greedy --out-seq-length 4 \
+      --sample-input-file "$1/.prompt" --genfile "$1/.gen.jsonl"
+    echo "generate: $(wc -l <"$1/.gen.jsonl") sample"
   ' verify "$scratch/verify" 2>&1 | tee "$scratch/verify.log"
   if grep -q "Download http" "$scratch/verify.log"; then
     echo "gpu_payload: a step tried the network (see 'Download' above): the payload is incomplete" >&2
@@ -158,6 +165,10 @@ if [ "${1:-}" = "--verify" ]; then
     echo "gpu_payload: the embedded default did not build the corpus offline (expected 'corpus: 233 documents')" >&2
     exit 1
   fi
+  if ! grep -q "^generate: 1 sample" "$scratch/verify.log"; then
+    echo "gpu_payload: generate_gpt did not run offline from the embedded default's checkpoint" >&2
+    exit 1
+  fi
   echo "gpu_payload: verified offline in a scratch copy: test:gpu (dry run), pretrain_gpt --help, the embedded" \
-    "default (corpus built from .gpu alone, 2 iterations)"
+    "default (corpus built from .gpu alone, 2 iterations), generate_gpt from its checkpoint"
 fi

@@ -3,12 +3,15 @@
 // layout), unconditional samples (--num-samples N, starting from eod), or an interactive prompt on a
 // TTY (--num-samples 0). --genfile collects JSON lines {context, text, tokens}. The default decodes
 // with a key/value cache; --recompute runs the model's full forward over the whole prefix per token.
+// --tensor-model-parallel-size / --pipeline-model-parallel-size split the checkpoint onto that many
+// in-process ranks (src/inference/gpt_layout.ts); --device picks the CPU or CUDA backend.
 // Exit codes: 0 done, 1 bad input, 2 bad usage.
 
-import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
+import { type DeviceFlag, selectBackend } from "../src/backend/cuda/select.ts";
 import { generateTokens } from "../src/generation/generate.ts";
 import { validateSampling } from "../src/generation/sampling.ts";
 import { nextLogitsFn } from "../src/inference/gpt_runner.ts";
+import { checkLayout } from "../src/inference/gpt_layout.ts";
 import { type FlagTable, type FlagValues, runCommand, UsageError } from "./inference_flags.ts";
 import { loadModel, MODEL_FLAGS } from "./inference_model.ts";
 
@@ -25,6 +28,22 @@ export const GENERATE_FLAGS: FlagTable = {
   genfile: { kind: "path", help: "JSON lines {context, text, tokens} of every sample" },
   recompute: { kind: "bool", help: "no KV cache: full forward over the prefix at every token" },
   seed: { kind: "int", help: "random seed", default: 1234 },
+  "tensor-model-parallel-size": {
+    kind: "int",
+    help: "tensor-parallel ranks the model is split over",
+    default: 1,
+  },
+  "pipeline-model-parallel-size": {
+    kind: "int",
+    help: "pipeline stages the model is split over",
+    default: 1,
+  },
+  device: {
+    kind: "string",
+    help: "cpu, cuda, or cuda when available",
+    default: "auto",
+    choices: ["cpu", "cuda", "auto"],
+  },
 };
 
 const WHAT = "Generate text with a GPT checkpoint (Megatron's tools/generate_samples_gpt.py).";
@@ -60,9 +79,19 @@ async function run(f: FlagValues): Promise<number> {
       "--num-samples 0 is the interactive prompt and needs a terminal; give --sample-input-file or --num-samples N",
     );
   }
+  const tp = f["tensor-model-parallel-size"] as number, pp = f["pipeline-model-parallel-size"] as number;
+  if (tp < 1) throw new UsageError(`--tensor-model-parallel-size ${tp}: expected >= 1`);
+  if (pp < 1) throw new UsageError(`--pipeline-model-parallel-size ${pp}: expected >= 1`);
   const { full, tokenizer, seqLength } = await loadModel(f);
-  const backend = createCpuBackend({ log: () => {} });
-  const next = nextLogitsFn(full, { cache: !f.recompute, backend });
+  try {
+    checkLayout(full, tp, pp);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  const { backend, note } = await selectBackend(f.device as DeviceFlag, { log: () => {} });
+  // stdout carries the samples; the device goes to stderr.
+  if (backend.name !== "cpu" || f.device !== "cpu") console.error(note);
+  const next = nextLogitsFn(full, { cache: !f.recompute, backend, tp, pp });
   const opts = {
     ...sampling,
     vocabSize: full.arch.vocabSize,

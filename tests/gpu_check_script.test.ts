@@ -5,7 +5,8 @@
 // nvidia-smi lists a GPU fails (not "skipped"), and that the table and logs land in $OUT. The
 // "gpt-default" step (embedded default on CUDA vs CPU) runs as a dry run (both halves on the CPU, a
 // shrunken model: the emulator is far too slow for a 50k vocabulary) that builds the corpus in a fresh
-// cache, and fails in one line when CUDA is unusable.
+// cache, and fails in one line when CUDA is unusable; "gpt-generate" (greedy text from that checkpoint,
+// CUDA, a CUDA layout and CPU identical) the same way.
 // Skips with one line without a C++ compiler or bash.
 import assert from "node:assert/strict";
 import { buildEmulator } from "./gpu/emulator/build.ts";
@@ -80,6 +81,8 @@ if ("skip" in built) {
         GPU_CHECK_TEST_ARGS: "--filter copy",
         GPU_CHECK_DEFAULT_DEVICE: "cpu",
         GPU_CHECK_NCCL_BACKEND: "", // the dry run: launcher, one CPU process, no NCCL
+        // The shrunken default has one layer: no PP 2.
+        GPU_CHECK_GENERATE_LAYOUT: "--tensor-model-parallel-size 2",
       });
       assert.equal(r.code, 1, r.out);
       assert.match(r.table, /^gpu_check: GPU Fake H200, 580\.65, 143771 MiB; cuda driver: CUDA 13\.0 /);
@@ -102,7 +105,14 @@ if ("skip" in built) {
         row(r.table, "launch-nccl"),
         /^ok \(3 iterations, cuda loss \d+\.\d{4} -> \d+\.\d{4}, max \|nccl - cuda\| \/ \|cuda\| 0\.00e\+0 at iteration 1 \(bound 1e-6\)\)$/,
       );
+      assert.match(
+        row(r.table, "gpt-generate"),
+        /^ok \((\d+) greedy tokens, cuda == cuda --tensor-model-parallel-size 2 == cpu\)$/,
+      );
       assert.deepEqual(r.files, [
+        "generate_cpu.jsonl",
+        "generate_cuda-layout.jsonl",
+        "generate_cuda.jsonl",
         "gpt_default_cpu.jsonl",
         "gpt_default_cuda.jsonl",
         "gpt_default_nccl.jsonl",
@@ -142,6 +152,10 @@ if ("skip" in built) {
       assert.match(
         row(r.table, "launch-nccl"),
         /^skipped \(nccl: library not found or not loadable \(set MEGATRON_DENO_NCCL\); tried: /,
+      );
+      assert.match(
+        row(r.table, "gpt-generate"),
+        /^FAILED \(exit 1\): generate: no checkpoint at .*ckpt-cuda \(gpt-default did not save one\)$/,
       );
       for (const step of ["ops", "gpt-train"]) {
         assert.match(

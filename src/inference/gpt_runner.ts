@@ -7,7 +7,8 @@
 // step against the cached keys and values, so a token costs O(context) instead of O(context^2). Its
 // math is Megatron's GPT layer (pre-LN, [np, 3, hn] fused QKV, scale 1/sqrt(hn), causal softmax, tanh
 // GeLU, tied logits); its matrix-vector products run as the backend's GEMMs when one is given (else
-// TypeScript with f64 sums); tests compare both with GPTModel's logits.
+// TypeScript with f64 sums); tests compare both with GPTModel's logits. The commands run
+// gpt_layout.ts's LayoutGpt instead (every op on the backend, any (TP, PP) layout, CPU or CUDA).
 
 import type { Backend } from "../backend/backend.ts";
 import { GPTModel } from "../models/gpt.ts";
@@ -16,6 +17,7 @@ import { bf16BitsToF32, f16BitsToF32 } from "../tensor/dtype.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 import { type GenerateOptions, generateTokens } from "../generation/generate.ts";
 import type { FullGpt, FullTensor } from "./gpt_weights.ts";
+import { type GptLayout, LayoutGpt, withoutInit } from "./gpt_layout.ts";
 
 /** A one-rank GPTModel with `full`'s weights (dropout off). It runs in f32: half-precision weights are
  *  widened exactly, as transformers does when it loads them into an fp32 model. */
@@ -39,7 +41,7 @@ export function buildGptModel(full: FullGpt, backend: Backend): GPTModel {
       activationsCheckpointMethod: null,
       seed: 1234,
     },
-    backend,
+    withoutInit(backend),
     makeParallelState({ tp: 1, pp: 1, dp: 1 }, 0),
     new SingleRankCommunicator(),
   );
@@ -316,15 +318,22 @@ export class KvCacheGpt {
   }
 }
 
-/** A next-token callback for generateTokens over one sequence: with `cache` (default) the KV-cache
- *  forward, fed only the tokens it has not seen; without it, GPTModel's full forward of the whole
- *  prefix at every step (Megatron's --recompute). */
+/** A next-token callback for generateTokens over one sequence. With a backend (what generate-gpt passes):
+ *  LayoutGpt on it, TP = PP = 1 unless `tp` / `pp` say otherwise, with its key/value cache (`cache`) or
+ *  GPTModel's full forward of the whole prefix at every step (Megatron's --recompute). Without one:
+ *  KvCacheGpt in TypeScript (the host reference; `cache` must be true), or `model`'s full forward. */
 export function nextLogitsFn(
   full: FullGpt,
-  opts: { cache: boolean; backend?: Backend; model?: GPTModel },
+  opts: { cache: boolean; backend?: Backend; model?: GPTModel } & GptLayout,
 ): (tokens: readonly number[]) => Promise<Float32Array> {
+  const tp = opts.tp ?? 1, pp = opts.pp ?? 1;
+  if (opts.backend && !opts.model) {
+    const gpt = new LayoutGpt(full, opts.backend, { tp, pp, cache: opts.cache });
+    return (tokens) => gpt.next(tokens);
+  }
   if (opts.cache) {
-    const kv = new KvCacheGpt(full, opts.backend);
+    if (tp > 1 || pp > 1) throw new Error("generation: a (TP, PP) layout needs a backend");
+    const kv = new KvCacheGpt(full);
     let last: Float32Array = new Float32Array(0);
     let seen: number[] = [];
     return (tokens) => {
@@ -346,10 +355,11 @@ export function nextLogitsFn(
   };
 }
 
-export interface StreamOptions extends Omit<GenerateOptions, "vocabSize"> {
+export interface StreamOptions extends Omit<GenerateOptions, "vocabSize">, GptLayout {
   /** Use the key/value cache (default true). */
   cache?: boolean;
-  /** For the no-cache path: the backend GPTModel runs on (required when cache is false). */
+  /** The backend the model runs on (CPU or CUDA); required without the cache or for a layout. Without
+   *  it the cached forward runs in TypeScript. */
   backend?: Backend;
 }
 
@@ -360,6 +370,11 @@ export function streamGpt(
   context: readonly number[],
   opts: StreamOptions,
 ): AsyncGenerator<number> {
-  const next = nextLogitsFn(full, { cache: opts.cache ?? true, backend: opts.backend });
+  const next = nextLogitsFn(full, {
+    cache: opts.cache ?? true,
+    backend: opts.backend,
+    tp: opts.tp,
+    pp: opts.pp,
+  });
   return generateTokens(context, next, { ...opts, vocabSize: full.arch.vocabSize });
 }
