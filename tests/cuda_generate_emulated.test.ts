@@ -10,12 +10,11 @@ import type { Backend } from "../src/backend/backend.ts";
 import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
 import { createCudaBackend } from "../src/backend/cuda/cuda_backend.ts";
 import { generateAll } from "../src/generation/generate.ts";
-import { GPTModel } from "../src/models/gpt.ts";
-import { makeParallelState, SingleRankCommunicator } from "../src/parallel/types.ts";
 import { LayoutGpt } from "../src/inference/gpt_layout.ts";
 import { nextLogitsFn } from "../src/inference/gpt_runner.ts";
-import { type FullGpt, writeGpt } from "../src/inference/gpt_weights.ts";
+import { writeGpt } from "../src/inference/gpt_weights.ts";
 import { buildEmulator } from "./gpu/emulator/build.ts";
+import { randomGpt } from "./helpers/random_gpt.ts";
 import { runScript } from "./helpers/run_cli.ts";
 
 const built = await buildEmulator();
@@ -35,46 +34,15 @@ if ("skip" in built) {
   const VOCAB = 50, EOD = 49, SEQ = 24;
 
   // A random GPT (init std 0.3, so greedy decoding does not repeat one token), 4 heads, 2 layers.
-  const m = new GPTModel(
-    {
-      numLayers: 2,
-      hiddenSize: 16,
-      numAttentionHeads: 4,
-      seqLength: SEQ,
-      maxPositionEmbeddings: SEQ,
-      vocabSize: 64,
-      hiddenDropout: 0,
-      attentionDropout: 0,
-      initMethodStd: 0.3,
-      paramsDtype: "f32",
-      activationsCheckpointMethod: null,
-      seed: 17,
-    },
-    cpu,
-    makeParallelState({ tp: 1, pp: 1, dp: 1 }, 0),
-    new SingleRankCommunicator(),
-  );
-  const full: FullGpt = {
-    arch: {
-      numLayers: 2,
-      hiddenSize: 16,
-      numAttentionHeads: 4,
-      maxPositionEmbeddings: SEQ,
-      seqLength: SEQ,
-      vocabSize: VOCAB,
-      makeVocabSizeDivisibleBy: 64,
-      layernormEpsilon: 1e-5,
-      tokenizerType: "NullTokenizer",
-    },
-    tensors: new Map(
-      m.params().map((p) => [p.name, {
-        dtype: "f32" as const,
-        shape: [...p.value.shape],
-        data: Float32Array.from(cpu.toHost(p.value) as Float32Array),
-      }]),
-    ),
-    iteration: 1,
-  };
+  const full = randomGpt(cpu, {
+    layers: 2,
+    heads: 4,
+    seq: SEQ,
+    vocab: VOCAB,
+    paddedVocab: 64,
+    makeVocabSizeDivisibleBy: 64,
+    seed: 17,
+  });
 
   Deno.test({
     name: "cuda (emulated) generation: the CPU's logits, cached and recomputed, one rank and TP 2 x PP 2",

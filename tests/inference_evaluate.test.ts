@@ -5,10 +5,9 @@
 
 import assert from "node:assert/strict";
 import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
-import { GPTModel } from "../src/models/gpt.ts";
-import { makeParallelState, SingleRankCommunicator } from "../src/parallel/types.ts";
 import { buildGptModel, modelLogits } from "../src/inference/gpt_runner.ts";
 import { type FullGpt, readGpt, writeGpt } from "../src/inference/gpt_weights.ts";
+import { randomGpt } from "./helpers/random_gpt.ts";
 import { errorLine, runScript } from "./helpers/run_cli.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
@@ -18,47 +17,20 @@ const backend = createCpuBackend({ log: () => {} });
 const VOCAB = 40, EOD = 39, SEQ = 8;
 
 function checkpoint(): FullGpt {
-  const m = new GPTModel(
-    {
-      numLayers: 1,
-      hiddenSize: 16,
-      numAttentionHeads: 2,
-      seqLength: SEQ,
-      maxPositionEmbeddings: SEQ,
-      vocabSize: 48,
-      hiddenDropout: 0,
-      attentionDropout: 0,
-      initMethodStd: 0.3,
-      paramsDtype: "f32",
-      activationsCheckpointMethod: null,
-      seed: 11,
-    },
-    backend,
-    makeParallelState({ tp: 1, pp: 1, dp: 1 }, 0),
-    new SingleRankCommunicator(),
-  );
-  const tensors = new Map(
-    m.params().map((p) => [p.name, {
-      dtype: "f32" as const,
-      shape: [...p.value.shape],
-      data: Float32Array.from(backend.toHost(p.value) as Float32Array),
-    }]),
-  );
-  writeGpt("megatron-deno", `${DIR}/ckpt`, {
-    arch: {
-      numLayers: 1,
-      hiddenSize: 16,
-      numAttentionHeads: 2,
-      maxPositionEmbeddings: SEQ,
-      seqLength: SEQ,
-      vocabSize: VOCAB,
+  writeGpt(
+    "megatron-deno",
+    `${DIR}/ckpt`,
+    randomGpt(backend, {
+      layers: 1,
+      heads: 2,
+      seq: SEQ,
+      vocab: VOCAB,
+      paddedVocab: 48,
       makeVocabSizeDivisibleBy: 16,
-      layernormEpsilon: 1e-5,
-      tokenizerType: "NullTokenizer",
-    },
-    tensors,
-    iteration: 3,
-  });
+      seed: 11,
+      iteration: 3,
+    }),
+  );
   return readGpt("megatron-deno", `${DIR}/ckpt`);
 }
 const full = checkpoint();

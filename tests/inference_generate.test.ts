@@ -5,10 +5,9 @@
 
 import assert from "node:assert/strict";
 import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
-import { GPTModel } from "../src/models/gpt.ts";
-import { makeParallelState, SingleRankCommunicator } from "../src/parallel/types.ts";
 import { buildGptModel, KvCacheGpt, modelLogits, streamGpt } from "../src/inference/gpt_runner.ts";
 import { type FullGpt, readGpt, writeGpt } from "../src/inference/gpt_weights.ts";
+import { randomGpt } from "./helpers/random_gpt.ts";
 import { errorLine, runScript } from "./helpers/run_cli.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
@@ -18,47 +17,16 @@ const backend = createCpuBackend({ log: () => {} });
 const VOCAB = 50, EOD = 49, SEQ = 32;
 
 function randomCheckpoint(): FullGpt {
-  const m = new GPTModel(
-    {
-      numLayers: 2,
-      hiddenSize: 16,
-      numAttentionHeads: 4,
-      seqLength: SEQ,
-      maxPositionEmbeddings: SEQ,
-      vocabSize: 64,
-      hiddenDropout: 0,
-      attentionDropout: 0,
-      initMethodStd: 0.3,
-      paramsDtype: "f32",
-      activationsCheckpointMethod: null,
-      seed: 5,
-    },
-    backend,
-    makeParallelState({ tp: 1, pp: 1, dp: 1 }, 0),
-    new SingleRankCommunicator(),
-  );
-  const tensors = new Map(
-    m.params().map((p) => [p.name, {
-      dtype: "f32" as const,
-      shape: [...p.value.shape],
-      data: Float32Array.from(backend.toHost(p.value) as Float32Array),
-    }]),
-  );
-  const full: FullGpt = {
-    arch: {
-      numLayers: 2,
-      hiddenSize: 16,
-      numAttentionHeads: 4,
-      maxPositionEmbeddings: SEQ,
-      seqLength: SEQ,
-      vocabSize: VOCAB,
-      makeVocabSizeDivisibleBy: 64,
-      layernormEpsilon: 1e-5,
-      tokenizerType: "NullTokenizer",
-    },
-    tensors,
+  const full = randomGpt(backend, {
+    layers: 2,
+    heads: 4,
+    seq: SEQ,
+    vocab: VOCAB,
+    paddedVocab: 64,
+    makeVocabSizeDivisibleBy: 64,
+    seed: 5,
     iteration: 7,
-  };
+  });
   writeGpt("megatron-deno", `${DIR}/ckpt`, full);
   return readGpt("megatron-deno", `${DIR}/ckpt`);
 }

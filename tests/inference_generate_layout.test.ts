@@ -7,11 +7,10 @@
 import assert from "node:assert/strict";
 import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
 import { generateAll } from "../src/generation/generate.ts";
-import { GPTModel } from "../src/models/gpt.ts";
-import { makeParallelState, SingleRankCommunicator } from "../src/parallel/types.ts";
 import { buildGptModel, modelLogits, nextLogitsFn } from "../src/inference/gpt_runner.ts";
 import { LayoutGpt } from "../src/inference/gpt_layout.ts";
 import { type FullGpt, readGpt, writeGpt } from "../src/inference/gpt_weights.ts";
+import { randomGpt } from "./helpers/random_gpt.ts";
 import { errorLine, runScript } from "./helpers/run_cli.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
@@ -23,47 +22,16 @@ const VOCAB = 50, EOD = 49, SEQ = 32, LAYERS = 4, HEADS = 4;
 /** A random GPT (init std 0.3: greedy decoding does not settle on one token) written as a TP = 2
  *  checkpoint, so its padded vocabulary (128) differs from what TP = 1 pads to (64). */
 function randomCheckpoint(): FullGpt {
-  const m = new GPTModel(
-    {
-      numLayers: LAYERS,
-      hiddenSize: 16,
-      numAttentionHeads: HEADS,
-      seqLength: SEQ,
-      maxPositionEmbeddings: SEQ,
-      vocabSize: 64,
-      hiddenDropout: 0,
-      attentionDropout: 0,
-      initMethodStd: 0.3,
-      paramsDtype: "f32",
-      activationsCheckpointMethod: null,
-      seed: 11,
-    },
-    backend,
-    makeParallelState({ tp: 1, pp: 1, dp: 1 }, 0),
-    new SingleRankCommunicator(),
-  );
-  const tensors = new Map(
-    m.params().map((p) => [p.name, {
-      dtype: "f32" as const,
-      shape: [...p.value.shape],
-      data: Float32Array.from(backend.toHost(p.value) as Float32Array),
-    }]),
-  );
-  const full: FullGpt = {
-    arch: {
-      numLayers: LAYERS,
-      hiddenSize: 16,
-      numAttentionHeads: HEADS,
-      maxPositionEmbeddings: SEQ,
-      seqLength: SEQ,
-      vocabSize: VOCAB,
-      makeVocabSizeDivisibleBy: 64,
-      layernormEpsilon: 1e-5,
-      tokenizerType: "NullTokenizer",
-    },
-    tensors,
+  const full = randomGpt(backend, {
+    layers: LAYERS,
+    heads: HEADS,
+    seq: SEQ,
+    vocab: VOCAB,
+    paddedVocab: 64,
+    makeVocabSizeDivisibleBy: 64,
+    seed: 11,
     iteration: 3,
-  };
+  });
   writeGpt("megatron-deno", `${DIR}/ckpt`, full, 2, 2);
   return readGpt("megatron-deno", `${DIR}/ckpt`);
 }

@@ -20,7 +20,7 @@ import { linear } from "../parallel/tensor_parallel.ts";
 import { type Communicator, globalRankOf, type ParallelState } from "../parallel/types.ts";
 import { bf16BitsToF32, f16BitsToF32 } from "../tensor/dtype.ts";
 import type { Tensor } from "../tensor/tensor.ts";
-import { type FullGpt, type FullTensor, shardLayout } from "./gpt_weights.ts";
+import { type FullGpt, type FullTensor, layerParams, shardLayout } from "./gpt_weights.ts";
 
 /** A full tensor's values as f32 (half-precision bits widened exactly). */
 export function fullTensorF32(t: FullTensor): Float32Array {
@@ -144,20 +144,8 @@ class CachedStage {
       return t;
     };
     this.layers = model.stage.layers.map((_, l) => {
-      const p = `language_model.encoder.layers.${l}.`;
       return {
-        ln1g: w(`${p}input_layernorm.weight`),
-        ln1b: w(`${p}input_layernorm.bias`),
-        qkvW: w(`${p}self_attention.query_key_value.weight`),
-        qkvB: w(`${p}self_attention.query_key_value.bias`),
-        denseW: w(`${p}self_attention.dense.weight`),
-        denseB: w(`${p}self_attention.dense.bias`),
-        ln2g: w(`${p}post_attention_layernorm.weight`),
-        ln2b: w(`${p}post_attention_layernorm.bias`),
-        h4hW: w(`${p}mlp.dense_h_to_4h.weight`),
-        h4hB: w(`${p}mlp.dense_h_to_4h.bias`),
-        fhW: w(`${p}mlp.dense_4h_to_h.weight`),
-        fhB: w(`${p}mlp.dense_4h_to_h.bias`),
+        ...layerParams(l, w),
         keys: mk([M, P]),
         values: mk([M, P]),
       };

@@ -16,7 +16,7 @@ import { makeParallelState, SingleRankCommunicator } from "../parallel/types.ts"
 import { bf16BitsToF32, f16BitsToF32 } from "../tensor/dtype.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 import { type GenerateOptions, generateTokens } from "../generation/generate.ts";
-import type { FullGpt, FullTensor } from "./gpt_weights.ts";
+import { type FullGpt, type FullTensor, layerParams } from "./gpt_weights.ts";
 import { type GptLayout, LayoutGpt, withoutInit } from "./gpt_layout.ts";
 
 /** A one-rank GPTModel with `full`'s weights (dropout off). It runs in f32: half-precision weights are
@@ -189,23 +189,7 @@ export class KvCacheGpt {
     this.lnfG = w("language_model.encoder.final_layernorm.weight");
     this.lnfB = w("language_model.encoder.final_layernorm.bias");
     this.layers = [];
-    for (let l = 0; l < a.numLayers; l++) {
-      const p = `language_model.encoder.layers.${l}.`;
-      this.layers.push({
-        ln1g: w(`${p}input_layernorm.weight`),
-        ln1b: w(`${p}input_layernorm.bias`),
-        qkvW: w(`${p}self_attention.query_key_value.weight`),
-        qkvB: w(`${p}self_attention.query_key_value.bias`),
-        denseW: w(`${p}self_attention.dense.weight`),
-        denseB: w(`${p}self_attention.dense.bias`),
-        ln2g: w(`${p}post_attention_layernorm.weight`),
-        ln2b: w(`${p}post_attention_layernorm.bias`),
-        h4hW: w(`${p}mlp.dense_h_to_4h.weight`),
-        h4hB: w(`${p}mlp.dense_h_to_4h.bias`),
-        fhW: w(`${p}mlp.dense_4h_to_h.weight`),
-        fhB: w(`${p}mlp.dense_4h_to_h.bias`),
-      });
-    }
+    for (let l = 0; l < a.numLayers; l++) this.layers.push(layerParams(l, w));
     this.ffn = this.layers[0]?.h4hB.length ?? 4 * this.h;
     if (backend) {
       const up = (w: Float32Array, rows: number) =>

@@ -431,6 +431,34 @@ function readHfBert(dir: string, folder: ReturnType<typeof readHfFolder>): FullG
   };
 }
 
+/** A transformer layer's parameters in Megatron's order, by the short names the runners use. */
+export const LAYER_PARAMS = {
+  ln1g: "input_layernorm.weight",
+  ln1b: "input_layernorm.bias",
+  qkvW: "self_attention.query_key_value.weight",
+  qkvB: "self_attention.query_key_value.bias",
+  denseW: "self_attention.dense.weight",
+  denseB: "self_attention.dense.bias",
+  ln2g: "post_attention_layernorm.weight",
+  ln2b: "post_attention_layernorm.bias",
+  h4hW: "mlp.dense_h_to_4h.weight",
+  h4hB: "mlp.dense_h_to_4h.bias",
+  fhW: "mlp.dense_4h_to_h.weight",
+  fhB: "mlp.dense_4h_to_h.bias",
+} as const;
+
+/** Layer `l` of a GPT's encoder, each parameter looked up by its full name with `get`. */
+export function layerParams<T>(
+  l: number,
+  get: (name: string) => T,
+): { -readonly [K in keyof typeof LAYER_PARAMS]: T } {
+  const out = {} as { -readonly [K in keyof typeof LAYER_PARAMS]: T };
+  for (const [k, suffix] of Object.entries(LAYER_PARAMS)) {
+    out[k as keyof typeof LAYER_PARAMS] = get(`language_model.encoder.layers.${l}.${suffix}`);
+  }
+  return out;
+}
+
 /** Megatron's state-dict order (embedding, encoder layers, final LayerNorm, pooler, heads), so files
  *  written from any source list tensors alike. */
 function orderTensors(m: Map<string, FullTensor>): Map<string, FullTensor> {
@@ -440,20 +468,7 @@ function orderTensors(m: Map<string, FullTensor>): Map<string, FullTensor> {
       return [0, ["word", "position", "tokentype"].findIndex((k) => n.includes(`.${k}_`)), 0, ""] as const;
     }
     if (l) {
-      const sub = [
-        "input_layernorm.weight",
-        "input_layernorm.bias",
-        "self_attention.query_key_value.weight",
-        "self_attention.query_key_value.bias",
-        "self_attention.dense.weight",
-        "self_attention.dense.bias",
-        "post_attention_layernorm.weight",
-        "post_attention_layernorm.bias",
-        "mlp.dense_h_to_4h.weight",
-        "mlp.dense_h_to_4h.bias",
-        "mlp.dense_4h_to_h.weight",
-        "mlp.dense_4h_to_h.bias",
-      ].indexOf(l[3]);
+      const sub = (Object.values(LAYER_PARAMS) as string[]).indexOf(l[3]);
       return [l[1] === "encoder" ? 1 : 3, Number(l[2]), sub, l[3]] as const;
     }
     if (n.startsWith("language_model.encoder.final_layernorm.")) {
