@@ -5,10 +5,10 @@
 import type { Backend } from "../backend/backend.ts";
 import { BertModel } from "../models/bert.ts";
 import { makeParallelState, SingleRankCommunicator } from "../parallel/types.ts";
-import { bf16BitsToF32, f16BitsToF32 } from "../tensor/dtype.ts";
 import { paddingMaskFromKeep } from "../transformer/attention.ts";
 import { newMicroBatchContext } from "../transformer/common.ts";
-import type { FullGpt, FullTensor } from "./gpt_weights.ts";
+import type { FullGpt } from "./gpt_weights.ts";
+import { inferenceConfig, loadParams, toF32, withoutInit } from "./model_load.ts";
 
 /** A one-rank BertModel in f32 with `full`'s weights (dropout off); the architecture flags
  *  (post-LN residual, LayerNorm eps, erf or tanh GeLU, binary head) come from the checkpoint. */
@@ -19,42 +19,15 @@ export function buildBertModel(full: FullGpt, backend: Backend): BertModel {
   }
   const word = full.tensors.get("language_model.embedding.word_embeddings.weight")!;
   const model = new BertModel(
-    {
-      numLayers: a.numLayers,
-      hiddenSize: a.hiddenSize,
-      numAttentionHeads: a.numAttentionHeads,
-      ffnHiddenSize: a.ffnHiddenSize,
-      seqLength: a.maxPositionEmbeddings,
-      maxPositionEmbeddings: a.maxPositionEmbeddings,
-      vocabSize: word.shape[0],
-      hiddenDropout: 0,
-      attentionDropout: 0,
-      layernormEpsilon: a.layernormEpsilon,
-      applyResidualConnectionPostLayernorm: a.applyResidualConnectionPostLayernorm,
-      biasGeluFusion: a.biasGeluFusion,
-      paramsDtype: "f32",
-      // Initialization is overwritten by the checkpoint; these only satisfy the config.
-      initMethodStd: 0.02,
-      activationsCheckpointMethod: null,
-      seed: 1234,
-    },
-    backend,
+    inferenceConfig(a, word.shape[0]),
+    withoutInit(backend),
     makeParallelState({ tp: 1, pp: 1, dp: 1 }, 0),
     new SingleRankCommunicator(),
     { preProcess: true, postProcess: true, layers: Array.from({ length: a.numLayers }, (_, i) => i) },
     { binaryHead: full.tensors.has("binary_head.weight") },
   );
   const names = new Set(model.params().map((p) => p.name));
-  for (const p of model.params()) {
-    const t = full.tensors.get(p.name);
-    if (!t) throw new Error(`checkpoint: missing parameter ${p.name}`);
-    if (t.shape.join(",") !== p.value.shape.join(",")) {
-      throw new Error(`checkpoint: ${p.name} is [${t.shape}], the model expects [${p.value.shape}]`);
-    }
-    const tmp = backend.fromHost("f32", t.shape, f32Of(t));
-    backend.copy(tmp, p.value);
-    backend.free(tmp);
-  }
+  loadParams(model.params(), (n) => full.tensors.get(n), backend);
   for (const n of full.tensors.keys()) {
     if (!names.has(n)) throw new Error(`checkpoint: ${n} has no place in the BERT model`);
   }
@@ -102,14 +75,4 @@ export async function bertLogits(
   model.discard(ctx);
   [text, typesT, mask].forEach((t) => be.free(t));
   return { mlm: host[0], binary: host[1] ?? new Float32Array(0) };
-}
-
-function toF32(dtype: string, a: ArrayLike<number>): Float32Array {
-  if (dtype === "f16") return Float32Array.from(a, f16BitsToF32);
-  if (dtype === "bf16") return Float32Array.from(a, bf16BitsToF32);
-  return Float32Array.from(a);
-}
-
-function f32Of(t: FullTensor): Float32Array {
-  return t.data instanceof Float32Array ? t.data : toF32(t.dtype, t.data as ArrayLike<number>);
 }

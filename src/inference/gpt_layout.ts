@@ -18,36 +18,9 @@ import { GPTModel } from "../models/gpt.ts";
 import { LocalWorld } from "../parallel/local_comm.ts";
 import { linear } from "../parallel/tensor_parallel.ts";
 import { type Communicator, globalRankOf, type ParallelState } from "../parallel/types.ts";
-import { bf16BitsToF32, f16BitsToF32 } from "../tensor/dtype.ts";
 import type { Tensor } from "../tensor/tensor.ts";
-import { type FullGpt, type FullTensor, layerParams, shardLayout } from "./gpt_weights.ts";
-
-/** A full tensor's values as f32 (half-precision bits widened exactly). */
-export function fullTensorF32(t: FullTensor): Float32Array {
-  if (t.data instanceof Float32Array) return t.data;
-  const a = t.data as ArrayLike<number>;
-  if (t.dtype === "f16") return Float32Array.from(a, f16BitsToF32);
-  if (t.dtype === "bf16") return Float32Array.from(a, bf16BitsToF32);
-  return Float32Array.from(a);
-}
-
-/** `backend` whose normalInit leaves zeros: for building a model whose parameters are overwritten from a
- *  checkpoint right after, so the constructor's initialization (Philox normals for every weight, seconds
- *  per 100M parameters on the CPU) is not paid for. Every other op is the backend's own, bound to it. */
-export function withoutInit(backend: Backend): Backend {
-  // Keyed by the method itself, so a method replaced later (CUDA profiling's wrappers) is bound anew.
-  const bound = new WeakMap<object, unknown>();
-  return new Proxy(backend, {
-    get(target, prop) {
-      if (prop === "normalInit") return (out: Tensor) => target.fill(out, 0);
-      const v = Reflect.get(target, prop, target);
-      if (typeof v !== "function") return v;
-      let f = bound.get(v);
-      if (f === undefined) bound.set(v, f = v.bind(target));
-      return f;
-    },
-  });
-}
+import { type FullGpt, layerParams, shardLayout } from "./gpt_weights.ts";
+import { inferenceConfig, loadParams, withoutInit } from "./model_load.ts";
 
 export interface GptLayout {
   /** Tensor-parallel size (default 1). */
@@ -383,41 +356,18 @@ export class LayoutGpt {
     this.ranks = this.world.states.map((ps) => {
       const comm = this.world.communicator(ps.globalRank);
       const model = new GPTModel(
-        {
-          numLayers: a.numLayers,
-          hiddenSize: a.hiddenSize,
-          numAttentionHeads: a.numAttentionHeads,
-          seqLength: a.maxPositionEmbeddings,
-          maxPositionEmbeddings: a.maxPositionEmbeddings,
-          vocabSize: paddedVocab,
-          hiddenDropout: 0,
-          attentionDropout: 0,
-          layernormEpsilon: a.layernormEpsilon,
-          paramsDtype: "f32",
-          // Initialization is overwritten by the checkpoint; these only satisfy the config.
-          initMethodStd: 0.02,
-          activationsCheckpointMethod: null,
-          seed: 1234,
-        },
+        inferenceConfig(a, paddedVocab),
         withoutInit(backend),
         ps,
         comm,
       );
       const shard = shards[ps.tpRank][ps.ppRank];
-      for (const p of model.params()) {
-        const t = shard.get(p.name);
-        if (!t) {
-          throw new Error(
-            `checkpoint: missing parameter ${p.name} (TP rank ${ps.tpRank}, stage ${ps.ppRank})`,
-          );
-        }
-        if (t.shape.join(",") !== p.value.shape.join(",")) {
-          throw new Error(`checkpoint: ${p.name} is [${t.shape}], the model expects [${p.value.shape}]`);
-        }
-        const tmp = backend.fromHost("f32", t.shape, fullTensorF32(t));
-        backend.copy(tmp, p.value);
-        backend.free(tmp);
-      }
+      loadParams(
+        model.params(),
+        (n) => shard.get(n),
+        backend,
+        ` (TP rank ${ps.tpRank}, stage ${ps.ppRank})`,
+      );
       const cached = opts.cache === false ? null : new CachedStage(model, comm);
       return { ps, comm, model, cached, seq: [], pos: 0 };
     });

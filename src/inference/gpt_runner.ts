@@ -13,11 +13,11 @@
 import type { Backend } from "../backend/backend.ts";
 import { GPTModel } from "../models/gpt.ts";
 import { makeParallelState, SingleRankCommunicator } from "../parallel/types.ts";
-import { bf16BitsToF32, f16BitsToF32 } from "../tensor/dtype.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 import { type GenerateOptions, generateTokens } from "../generation/generate.ts";
-import { type FullGpt, type FullTensor, layerParams } from "./gpt_weights.ts";
-import { type GptLayout, LayoutGpt, withoutInit } from "./gpt_layout.ts";
+import { type FullGpt, layerParams } from "./gpt_weights.ts";
+import { type GptLayout, LayoutGpt } from "./gpt_layout.ts";
+import { fullTensorF32, inferenceConfig, loadParams, toF32, withoutInit } from "./model_load.ts";
 
 /** A one-rank GPTModel with `full`'s weights (dropout off). It runs in f32: half-precision weights are
  *  widened exactly, as transformers does when it loads them into an fp32 model. */
@@ -25,36 +25,12 @@ export function buildGptModel(full: FullGpt, backend: Backend): GPTModel {
   const a = full.arch;
   const word = full.tensors.get("language_model.embedding.word_embeddings.weight")!;
   const model = new GPTModel(
-    {
-      numLayers: a.numLayers,
-      hiddenSize: a.hiddenSize,
-      numAttentionHeads: a.numAttentionHeads,
-      seqLength: a.maxPositionEmbeddings,
-      maxPositionEmbeddings: a.maxPositionEmbeddings,
-      vocabSize: word.shape[0],
-      hiddenDropout: 0,
-      attentionDropout: 0,
-      layernormEpsilon: a.layernormEpsilon,
-      paramsDtype: "f32",
-      // Initialization is overwritten by the checkpoint; these only satisfy the config.
-      initMethodStd: 0.02,
-      activationsCheckpointMethod: null,
-      seed: 1234,
-    },
+    inferenceConfig(a, word.shape[0]),
     withoutInit(backend),
     makeParallelState({ tp: 1, pp: 1, dp: 1 }, 0),
     new SingleRankCommunicator(),
   );
-  for (const p of model.params()) {
-    const t = full.tensors.get(p.name);
-    if (!t) throw new Error(`checkpoint: missing parameter ${p.name}`);
-    if (t.shape.join(",") !== p.value.shape.join(",")) {
-      throw new Error(`checkpoint: ${p.name} is [${t.shape}], the model expects [${p.value.shape}]`);
-    }
-    const tmp = backend.fromHost("f32", t.shape, f32Of(t));
-    backend.copy(tmp, p.value);
-    backend.free(tmp);
-  }
+  loadParams(model.params(), (n) => full.tensors.get(n), backend);
   return model;
 }
 
@@ -86,16 +62,6 @@ export async function modelLogits(
   model.discard(ctx);
   be.free(tokens);
   return out;
-}
-
-function toF32(dtype: string, a: ArrayLike<number>): Float32Array {
-  if (dtype === "f16") return Float32Array.from(a, f16BitsToF32);
-  if (dtype === "bf16") return Float32Array.from(a, bf16BitsToF32);
-  return Float32Array.from(a);
-}
-
-function f32Of(t: FullTensor): Float32Array {
-  return t.data instanceof Float32Array ? t.data : toF32(t.dtype, t.data as ArrayLike<number>);
 }
 
 interface LayerWeights {
@@ -176,7 +142,7 @@ export class KvCacheGpt {
     const w = (n: string) => {
       const t = full.tensors.get(n);
       if (!t) throw new Error(`checkpoint: missing parameter ${n}`);
-      return f32Of(t);
+      return fullTensorF32(t);
     };
     this.h = a.hiddenSize;
     this.np = a.numAttentionHeads;

@@ -4,3 +4,4 @@ export * from "./gpt_weights.ts";
 export * from "./gpt_runner.ts";
 export * from "./bert_runner.ts";
 export * from "./gpt_layout.ts";
+export * from "./model_load.ts";
