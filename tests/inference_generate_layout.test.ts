@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
 import { generateAll } from "../src/generation/generate.ts";
-import { buildGptModel, modelLogits, nextLogitsFn } from "../src/inference/gpt_runner.ts";
+import { buildGptModel, KvCacheGpt, modelLogits, nextLogitsFn } from "../src/inference/gpt_runner.ts";
 import { LayoutGpt } from "../src/inference/gpt_layout.ts";
 import { type FullGpt, readGpt, writeGpt } from "../src/inference/gpt_weights.ts";
 import { randomGpt } from "./helpers/random_gpt.ts";
@@ -68,6 +68,38 @@ Deno.test("LayoutGpt: every layout's next-token logits equal one rank's GPTModel
       g.close();
     }
   }
+});
+
+Deno.test("an MLP inner size other than 4h (--ffn-hidden-size) is read from the checkpoint by every runner", async () => {
+  // hidden 16, ffn 24: a model built with the default 4h = 64 would refuse these shapes.
+  const odd = randomGpt(backend, {
+    layers: 2,
+    heads: 4,
+    seq: SEQ,
+    vocab: VOCAB,
+    paddedVocab: 64,
+    makeVocabSizeDivisibleBy: 64,
+    seed: 3,
+    ffn: 24,
+  });
+  const ref = buildGptModel(odd, backend);
+  assert.equal(ref.cfg.ffnHiddenSize, 24);
+  const V = ref.cfg.vocabSize;
+  const s = [3, 1, 4, 1, 5, 9];
+  const want = await modelLogits(ref, [s]);
+  const last = want.subarray((s.length - 1) * V, s.length * V);
+  const scale = Math.max(...last.map(Math.abs));
+  const close = (got: Float32Array, what: string) => {
+    for (let v = 0; v < 64; v++) assert.ok(Math.abs(got[v] - last[v]) <= 1e-5 * scale, `${what} id ${v}`);
+  };
+  for (const [tp, pp] of [[1, 1], [2, 2]]) {
+    const g = new LayoutGpt(odd, backend, { tp, pp });
+    close(await g.next(s), `LayoutGpt TP ${tp} PP ${pp}`);
+    g.close();
+  }
+  const kv = new KvCacheGpt(odd, backend);
+  close(s.map((t) => kv.step(t)).at(-1)!, "KvCacheGpt");
+  kv.close();
 });
 
 Deno.test("LayoutGpt: greedy and seeded sampled tokens of every layout equal TP = PP = 1", async () => {

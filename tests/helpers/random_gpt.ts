@@ -17,6 +17,8 @@ export interface RandomGptShape {
   makeVocabSizeDivisibleBy: number;
   seed: number;
   hidden?: number;
+  /** MLP inner size (default 4 * hidden). */
+  ffn?: number;
   iteration?: number;
 }
 
@@ -27,6 +29,7 @@ export function randomGpt(backend: Backend, s: RandomGptShape): FullGpt {
       numLayers: s.layers,
       hiddenSize: hidden,
       numAttentionHeads: s.heads,
+      ffnHiddenSize: s.ffn,
       seqLength: s.seq,
       maxPositionEmbeddings: s.seq,
       vocabSize: s.paddedVocab,
@@ -46,6 +49,7 @@ export function randomGpt(backend: Backend, s: RandomGptShape): FullGpt {
       numLayers: s.layers,
       hiddenSize: hidden,
       numAttentionHeads: s.heads,
+      ...(s.ffn ? { ffnHiddenSize: s.ffn } : {}),
       maxPositionEmbeddings: s.seq,
       seqLength: s.seq,
       vocabSize: s.vocab,
