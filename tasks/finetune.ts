@@ -7,7 +7,7 @@
 
 import { resolve } from "node:path";
 import { selectBackend } from "../src/backend/cuda/select.ts";
-import { finetune, type FinetuneOptions } from "../src/finetune/finetune.ts";
+import { evaluationOnlyProblem, finetune, type FinetuneOptions } from "../src/finetune/finetune.ts";
 import { FINETUNE_FLAGS, FINETUNE_TASKS, type FinetuneTaskName } from "../src/finetune/task.ts";
 import { iterDirName, rankDirName, readTracker } from "../src/training/checkpoint.ts";
 import {
@@ -83,7 +83,8 @@ export const USAGE = [
   "  --train-data PATH...       MNLI/QQP .tsv files, or RACE folders of *.txt (e.g. RACE/train/middle)",
   "  --valid-data PATH...       validation sets, each reported on its own (accuracy per epoch)",
   "  --pretrained-checkpoint D  a megatron-deno BERT checkpoint: its language model and pooler",
-  "  --epochs N                 passes over the training data",
+  "  --epochs N                 passes over the training data (0: evaluate --load on --valid-data only,",
+  "                             writing Megatron's predictions_<sets>.pt into the --load folder)",
   "  --keep-last                keep the last partial global batch of an epoch (filled from its start)",
   "",
   "The best epoch's checkpoint is kept in <save>/best/ (best.json says which epoch and accuracy).",
@@ -127,8 +128,12 @@ export function splitArgs(argv: readonly string[], cwd: string): FinetuneArgs {
     if (flag === "--task") task = vals[0];
     else if (flag === "--pretrained-checkpoint") pretrained = resolve(cwd, vals[0]);
     else if (flag === "--epochs") {
-      if (!/^\d+$/.test(vals[0]) || Number(vals[0]) < 1) {
-        throw new ConfigError(`--epochs: expected a positive integer, found ${JSON.stringify(vals[0])}`);
+      if (!/^\d+$/.test(vals[0])) {
+        throw new ConfigError(
+          `--epochs: expected a non-negative integer (0: evaluate --load only), found ${
+            JSON.stringify(vals[0])
+          }`,
+        );
       }
       epochs = Number(vals[0]);
     } else if (flag === "--train-data") train = [...(train ?? []), ...vals.map((v) => resolve(cwd, v))];
@@ -140,12 +145,12 @@ export function splitArgs(argv: readonly string[], cwd: string): FinetuneArgs {
       `--task: expected one of ${FINETUNE_TASKS.join(", ")}, found ${JSON.stringify(task)}`,
     );
   }
-  if (train === undefined) throw new ConfigError("--train-data is required");
   if (epochs === undefined) throw new ConfigError("--epochs is required");
+  if (train === undefined && epochs > 0) throw new ConfigError("--train-data is required");
   return {
     opts: {
       task: task as FinetuneTaskName,
-      trainData: train,
+      trainData: train ?? [],
       validData: valid ?? [],
       ...(pretrained !== undefined ? { pretrainedCheckpoint: pretrained } : {}),
       epochs,
@@ -179,6 +184,8 @@ export function finetuneConfig(a: FinetuneArgs, cwd: string): Config {
     if (cfg.explicit.has(k)) throw new ConfigError(`${flagName(k)}: not a flag of finetune; ${NOT_HERE[k]}`);
   }
   cfg = resolveTrainingPaths(cfg, cwd);
+  const problem = a.opts.epochs === 0 ? evaluationOnlyProblem(cfg.load, a.opts.validData) : null;
+  if (problem) throw new ConfigError(problem);
   const load = cfg.load && readTracker(cfg.load) !== null ? cfg.load : undefined;
   const source = load ?? a.opts.pretrainedCheckpoint;
   const args = source ? checkpointArgs(source, load ? "--load" : "--pretrained-checkpoint") : null;
@@ -188,6 +195,8 @@ export function finetuneConfig(a: FinetuneArgs, cwd: string): Config {
     );
   }
   const base: Partial<FlagValues> = { trainIters: 1, dataPath: a.opts.trainData };
+  // Evaluation only (--epochs 0) takes no optimizer step: --lr is not needed.
+  if (a.opts.epochs === 0) base.lr = 0;
   if (args) {
     for (const k of FROM_CHECKPOINT) {
       if (args[k] !== undefined && args[k] !== null) (base as Record<string, unknown>)[k] = args[k];
@@ -248,7 +257,11 @@ async function run(argv: string[]): Promise<void> {
     log: (l) => console.log(l),
     stopRequest: cfg.exitSignalHandler ? stopRequest : undefined,
   });
-  console.log(`done: ${r.iteration} iterations (${r.itersPerEpoch} per epoch)`);
+  console.log(
+    r.predictionsFile
+      ? `done: evaluated the checkpoint of iteration ${r.iteration}`
+      : `done: ${r.iteration} iterations (${r.itersPerEpoch} per epoch)`,
+  );
   if (cfg.exitSignalHandler) Deno.exit(0);
 }
 

@@ -15,6 +15,7 @@ import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
 import { FinetuneChunk, finetuneHostBatch } from "../src/finetune/task.ts";
 import { BertModel } from "../src/models/bert.ts";
 import { makeParallelState, SingleRankCommunicator } from "../src/parallel/types.ts";
+import { decodeTorchCheckpoint, toPlain } from "../src/interop/torch_checkpoint.ts";
 import { loadCheckpoint } from "../src/training/checkpoint.ts";
 import { uploadBatch } from "../src/training/task.ts";
 import { newMicroBatchContext } from "../src/transformer/common.ts";
@@ -94,7 +95,7 @@ interface SetLine {
 function setLines(stdout: string): SetLine[] {
   return [
     ...stdout.matchAll(
-      / > \|(epoch|iteration): (\d+)\| metrics for (\S+): correct \/ total = (\d+) \/ (\d+) = /g,
+      / > \|(epoch|iteration): (-?\d+)\| metrics for (\S+): correct \/ total = (\d+) \/ (\d+) = /g,
     ),
   ]
     .map((m) => ({ epoch: `${m[1]} ${m[2]}`, name: m[3], correct: Number(m[4]), total: Number(m[5]) }));
@@ -326,6 +327,104 @@ Deno.test("finetune QQP: >= 90 % on a separable task, printed accuracy = an inde
     correct: last.correct,
     total: last.total,
   });
+});
+
+Deno.test("finetune --epochs 0: evaluation only, Megatron's epoch -1 lines and predictions .pt (any DP)", async () => {
+  const save = `${DIR}/qqp_eval`;
+  const base = ["--task", "QQP", "--valid-data", `${DATA}/QQP/dev.tsv`, `${DATA}/QQP/train.tsv`];
+  const trained = await task("finetune", [
+    ...base,
+    ...["--train-data", `${DATA}/QQP/train.tsv`, "--pretrained-checkpoint", PRE, "--epochs", "1", ...BATCH],
+    ...["--lr", "2e-2", "--log-interval", "100", "--save", save],
+  ]);
+  assert.equal(trained.code, 0, trained.stderr);
+  const before = [...Deno.readDirSync(save)].map((e) => e.name).sort();
+  // DP = 2, micro-batch 4: dev's 20 samples end in a partial global batch; train has 48.
+  const r = await task("finetune", [
+    ...base,
+    "--epochs",
+    "0",
+    "--load",
+    save,
+    ...BATCH,
+    "--data-parallel-size",
+    "2",
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^evaluation only mode, setting epoch to -1$/m);
+  assert.match(r.stdout, /^done: evaluated the checkpoint of iteration 6$/m);
+  const sets = setLines(r.stdout);
+  assert.deepEqual(sets.map((x) => [x.epoch, x.name, x.total]), [["epoch -1", "dev", 20], [
+    "epoch -1",
+    "train",
+    48,
+  ]]);
+  // The same weights as epoch 0's end: the same counts as the training run printed.
+  assert.deepEqual(
+    sets.map((x) => x.correct),
+    setLines(trained.stdout).map((x) => x.correct),
+  );
+  assert.match(r.stdout, / >> \|epoch: -1\| overall: correct \/ total = \d+ \/ 68 = [\d.]+ %/);
+  // Nothing saved; the predictions file is the one new entry of the --load folder.
+  const file = `${save}/predictions_dev_train.pt`;
+  assert.deepEqual(
+    [...Deno.readDirSync(save)].map((e) => e.name).sort(),
+    [...before, "predictions_dev_train.pt"].sort(),
+  );
+  assert.ok(r.stdout.includes(`> predictions of dev, train saved in ${file}`));
+  // torch.save([(name, (softmaxes, labels, ids)), ...]) read back by the restricted unpickler.
+  const got = toPlain(decodeTorchCheckpoint(Deno.readFileSync(file))) as [
+    string,
+    [number[][], number[], number[]],
+  ][];
+  assert.deepEqual(got.map(([n]) => n), ["dev", "train"]);
+  const w = weightsOf(save);
+  const tok = await buildTokenizer({ tokenizerType: "BertWordPieceLowerCase", vocabFile: VOCAB });
+  const sp = { cls: tok.cls!, sep: tok.sep!, pad: tok.pad! };
+  for (const [k, name] of ["dev", "train"].entries()) {
+    const path = `${DATA}/QQP/${name}.tsv`;
+    const raws = readQqp(Deno.readTextFileSync(path), path).samples;
+    const [softmaxes, labels, ids] = got[k][1];
+    assert.deepEqual(labels, raws.map((x) => x.label));
+    assert.deepEqual(ids, raws.map((x) => x.uid));
+    let correct = 0;
+    raws.forEach((raw, i) => {
+      // The probabilities of an independent f64 forward of the checkpoint, in the file's order.
+      const s = glueSample(raw, (t) => tok.tokenize(t), 32, sp);
+      const z = classify(w, s.text, s.types.map((t, j) => s.paddingMask[j] ? t : 0), s.paddingMask, 2, 2);
+      const m = Math.max(...z), e = z.map((v) => Math.exp(v - m)), sum = e[0] + e[1];
+      for (let c = 0; c < 2; c++) {
+        assert.ok(Math.abs(softmaxes[i][c] - e[c] / sum) < 1e-5, `${name} ${i} class ${c}`);
+      }
+      if ((softmaxes[i][1] > softmaxes[i][0] ? 1 : 0) === labels[i]) correct++;
+    });
+    assert.equal(correct, sets[k].correct, name);
+  }
+  // Bad input: one line each.
+  const noLoad = await task("finetune", [...base, "--epochs", "0", "--pretrained-checkpoint", PRE, ...BATCH]);
+  assert.equal(
+    errorLine(noLoad),
+    "--epochs 0 (evaluation only): pass --load, the checkpoint to evaluate (its predictions go there)",
+  );
+  const noValid = await task("finetune", ["--task", "QQP", "--epochs", "0", "--load", save, ...BATCH]);
+  assert.equal(errorLine(noValid), "--epochs 0 (evaluation only): pass --valid-data, the sets to evaluate");
+  const empty = `${DIR}/qqp_empty`;
+  Deno.mkdirSync(empty);
+  const none = await task("finetune", [
+    ...base,
+    "--epochs",
+    "0",
+    "--load",
+    empty,
+    ...BATCH,
+    "--vocab-file",
+    VOCAB,
+  ]);
+  assert.match(
+    errorLine(none),
+    /^--load .*qqp_empty: no checkpoint to evaluate \(no latest_checkpointed_iteration\.txt\)$/,
+  );
+  assert.deepEqual([...Deno.readDirSync(empty)], []);
 });
 
 const MNLI = [

@@ -3,10 +3,14 @@
 // checkpoint at the end of every epoch, then the accuracy of every validation set (eval_utils'
 // accuracy_func_provider), and also every --eval-interval iterations. Beyond Megatron, the epoch with
 // the best overall accuracy is kept as its own checkpoint in <save>/best/ (best.json says which).
+// --epochs 0 is Megatron's evaluation-only mode: the accuracies of the --load checkpoint at "epoch -1"
+// and its predictions (softmaxes, labels, uids per set) saved as a torch .pt in the --load folder.
 // The steps run through the trainer's RankState (schedules, gradient reductions, optimizer), on any
 // (TP, PP, DP) layout it supports; checkpoints are the trainer's format.
 
 import { RandomState } from "../data/numpy_random.ts";
+import { PyFloat, PyTuple, type PyValue } from "../interop/pickle.ts";
+import { writeTorchCheckpoint } from "../interop/torch_checkpoint.ts";
 import { createGradScaler } from "../optimizer/grad_scaler.ts";
 import { createLrScheduler } from "../optimizer/lr_schedule.ts";
 import { LocalWorld } from "../parallel/local_comm.ts";
@@ -57,6 +61,16 @@ export interface SetAccuracy {
   total: number;
 }
 
+/** One validation set's predictions in the file order (Megatron's output_predictions). */
+export interface SetPredictions {
+  name: string;
+  /** Per sample, softmax(logits) as f32 values. */
+  softmaxes: number[][];
+  labels: number[];
+  /** The samples' uids (GLUE's index column, RACE's count within its folder). */
+  ids: number[];
+}
+
 export interface Evaluation {
   /** 0-based epoch as Megatron prints it, or null for an --eval-interval evaluation. */
   epoch: number | null;
@@ -86,6 +100,8 @@ export interface FinetuneResult {
   evaluations: Evaluation[];
   best: BestCheckpoint | null;
   exitReason: "done" | "exit-interval" | "exit-duration" | "signal";
+  /** --epochs 0: the predictions file written in the --load folder. */
+  predictionsFile?: string;
 }
 
 /** Where the best epoch's checkpoint goes, and its description. */
@@ -140,27 +156,72 @@ export function epochOrder(seed: number, epoch: number, n: number): Int32Array {
 
 /** Correct / total of every validation set, forward only; a last partial batch is completed with
  *  label -1 fillers that are not counted. */
-async function accuracy(run: Run, valid: NamedSamples[]): Promise<SetAccuracy[]> {
-  const gbs = run.cfg.globalBatchSize!;
+async function accuracy(
+  run: Run,
+  valid: NamedSamples[],
+  predictions?: SetPredictions[],
+): Promise<SetAccuracy[]> {
+  const gbs = run.cfg.globalBatchSize!, micro = run.cfg.microBatchSize!;
   const out: SetAccuracy[] = [];
   for (const set of valid) {
     const n = set.samples.length;
     const filler = { ...set.samples[0], label: -1 };
+    const softmaxes: number[][] = new Array(n);
     let correct = 0, total = 0;
     for (let start = 0; start < n; start += gbs) {
       const at = (k: number) => start + k < n ? set.samples[start + k] : filler;
       const per = await allRanks(run, (r) => r.evalStep(stepInputs(run, r, 0, at)));
       for (const r of lossRanks(run)) {
-        for (const s of per[run.ranks.indexOf(r)].scalars) {
+        const { scalars, rows } = per[run.ranks.indexOf(r)];
+        scalars.forEach((s, mb) => {
           correct += s.correct;
           total += s.samples;
-        }
+          const p = rows[mb];
+          if (!predictions || !p) return;
+          // Micro-batch mb of DP rank d holds the step's samples first(mb) .. first(mb) + micro - 1.
+          const c = p.length / micro, first = start + mb * micro * r.ps.dpSize + r.ps.dpRank * micro;
+          for (let i = 0; i < micro && first + i < n; i++) {
+            softmaxes[first + i] = Array.from(p.subarray(i * c, (i + 1) * c), Math.fround);
+          }
+        });
       }
     }
     if (total !== n) throw new Error(`${set.path}: evaluated ${total} samples, expected ${n}`);
     out.push({ name: set.name, correct, total });
+    predictions?.push({
+      name: set.name,
+      softmaxes,
+      labels: set.samples.map((s) => s.label),
+      ids: set.samples.map((s) => s.uid),
+    });
   }
   return out;
+}
+
+/** Why an --epochs 0 run (evaluation only) cannot start, or null. */
+export function evaluationOnlyProblem(load: string | undefined, validData: readonly string[]): string | null {
+  if (!load) {
+    return "--epochs 0 (evaluation only): pass --load, the checkpoint to evaluate (its predictions go there)";
+  }
+  if (validData.length === 0) return "--epochs 0 (evaluation only): pass --valid-data, the sets to evaluate";
+  if (readTracker(load) === null) {
+    return `--load ${load}: no checkpoint to evaluate (no latest_checkpointed_iteration.txt)`;
+  }
+  return null;
+}
+
+/** Megatron's predictions file: torch.save([(name, (softmaxes, labels, ids)), ...]) named
+ *  predictions_<set>_<set>....pt, written temp + rename. Returns its path. */
+export function writePredictions(dir: string, sets: SetPredictions[]): string {
+  const path = `${dir}/${["predictions", ...sets.map((s) => s.name)].join("_")}.pt`;
+  const root: PyValue = sets.map((s) =>
+    new PyTuple([
+      s.name,
+      new PyTuple([s.softmaxes.map((row) => row.map((v) => new PyFloat(v))), s.labels, s.ids]),
+    ])
+  );
+  writeTorchCheckpoint(path, root);
+  return path;
 }
 
 const pct = (c: number, t: number) => t === 0 ? 0 : c * 100 / t;
@@ -397,7 +458,7 @@ function resizeRows(t: FullTensor, rows: number): FullTensor {
 
 /** --load: resume a finetuning run (weights, optimizer, iteration). Null when the folder has no
  *  checkpoint yet. */
-function resume(run: Run): { iteration: number; consumed: number } | null {
+function resume(run: Run, evalOnly = false): { iteration: number; consumed: number } | null {
   const cfg = run.cfg, dir = cfg.load!, be = run.env.backend;
   if (readTracker(dir) === null) {
     run.env.log(
@@ -405,7 +466,8 @@ function resume(run: Run): { iteration: number; consumed: number } | null {
     );
     return null;
   }
-  const loadOptim = !cfg.noLoadOptim;
+  // Evaluation only needs the weights; its epochs need not line up with the data.
+  const loadOptim = !cfg.noLoadOptim && !evalOnly;
   let iteration = 0, consumed = 0;
   for (const rank of run.ranks) {
     const ck = loadCheckpoint(dir, { tp: rank.ps.tpRank, pp: rank.ps.ppRank }, {
@@ -422,7 +484,7 @@ function resume(run: Run): { iteration: number; consumed: number } | null {
     }
     assertArchitectureArgs(ck.meta.args, checkpointArgs(run));
     const a = ck.meta.args, n = run.trainSamples, gbs = run.cfg.globalBatchSize;
-    if (a.finetuneTrainSamples !== n || a.globalBatchSize !== gbs) {
+    if (!evalOnly && (a.finetuneTrainSamples !== n || a.globalBatchSize !== gbs)) {
       throw new Error(
         `--load ${dir}: saved by a run over ${a.finetuneTrainSamples} training samples with --global-batch-size ` +
           `${a.globalBatchSize}, this run has ${n} with ${gbs}: its epochs would not line up (start a new --save)`,
@@ -459,6 +521,9 @@ function readBest(dir: string): BestCheckpoint | null {
  *  --epochs and report accuracy. `cfg` is validated; its --train-iters is replaced by the epochs'. */
 export async function finetune(cfg0: Config, opts: FinetuneOptions, env: TrainEnv): Promise<FinetuneResult> {
   const log = env.log;
+  const evalOnly = opts.epochs === 0;
+  const problem = evalOnly ? evaluationOnlyProblem(cfg0.load, opts.validData) : null;
+  if (problem) throw new Error(problem);
   for (const note of flagNotes(cfg0)) log(note);
   if (cfg0.save) {
     prepareSaveDir(cfg0.save);
@@ -467,25 +532,29 @@ export async function finetune(cfg0: Config, opts: FinetuneOptions, env: TrainEn
   const taskCtx0 = await buildTaskContext(cfg0, log);
   const seq = cfg0.seqLength!;
   const read = (p: string) => readTaskPath(opts.task, p, taskCtx0.tokenizer, seq, log);
-  const trainSets = opts.trainData.map(read);
+  // Evaluation only reads no training data (Megatron builds no training loader either).
+  const trainSets = evalOnly ? [] : opts.trainData.map(read);
   const train = trainSets.flatMap((s) => s.samples);
   const valid = opts.validData.map(read);
   log(
-    `> ${opts.task}: ${train.length} training samples (${opts.trainData.join(", ")}); validation: ` +
+    (evalOnly
+      ? `> ${opts.task}: evaluation only; validation: `
+      : `> ${opts.task}: ${train.length} training samples (${opts.trainData.join(", ")}); validation: `) +
       (valid.length === 0 ? "none" : valid.map((v) => `${v.name} ${v.samples.length}`).join(", ")),
   );
 
   // Iterations: whole global batches per epoch (Megatron's drop_last), or one more with --keep-last.
   const gbs = cfg0.globalBatchSize!;
   const itersPerEpoch = opts.keepLast ? Math.ceil(train.length / gbs) : Math.floor(train.length / gbs);
-  if (itersPerEpoch === 0) {
+  if (itersPerEpoch === 0 && !evalOnly) {
     throw new Error(
       `--train-data: ${train.length} samples, fewer than one global batch (--global-batch-size ${gbs}); ` +
         `pass --keep-last or a smaller batch`,
     );
   }
   const trainIters = opts.epochs * itersPerEpoch;
-  const cfg: Config = { ...cfg0, trainIters };
+  // Evaluation only steps nothing; one iteration merely sizes the (unused) learning-rate schedule.
+  const cfg: Config = { ...cfg0, trainIters: evalOnly ? 1 : trainIters };
   const taskCtx: TaskContext = { ...taskCtx0, cfg };
   const task = makeFinetuneTask(opts.task, { train, valid: valid[0]?.samples ?? null });
   task.validate?.(cfg);
@@ -519,18 +588,20 @@ export async function finetune(cfg0: Config, opts: FinetuneOptions, env: TrainEn
   log(
     `> model: BERT ${cfg.numLayers} layers, hidden ${cfg.hiddenSize}, ${cfg.numAttentionHeads} heads, seq ${seq}, ` +
       `${(nParams / 1e6).toFixed(2)}M parameters, ${cfg.paramsDtype}, ${opts.task} head; layout TP=${tp} ` +
-      `PP=${pp} DP=${dp}; ${opts.epochs} epochs x ${itersPerEpoch} iterations = ${trainIters}; backend ` +
+      `PP=${pp} DP=${dp}; ${
+        evalOnly ? "evaluation only" : `${opts.epochs} epochs x ${itersPerEpoch} iterations = ${trainIters}`
+      }; backend ` +
       env.backend.description,
   );
 
   let iteration = 0, consumed = 0;
-  const resumed = cfg.load ? resume(run) : null;
+  const resumed = cfg.load ? resume(run, evalOnly) : null;
   if (resumed) {
     ({ iteration, consumed } = resumed);
     if (opts.pretrainedCheckpoint) log(`> resuming from --load: --pretrained-checkpoint is not read`);
   } else if (opts.pretrainedCheckpoint) loadPretrained(run, opts.pretrainedCheckpoint);
   else log("> no --pretrained-checkpoint: the whole model starts from its random initialization");
-  if (iteration > trainIters) {
+  if (iteration > trainIters && !evalOnly) {
     throw new Error(
       `--load ${cfg.load}: the checkpoint is at iteration ${iteration}, beyond this run's ${trainIters} ` +
         `(${opts.epochs} epochs x ${itersPerEpoch})`,
@@ -546,12 +617,12 @@ export async function finetune(cfg0: Config, opts: FinetuneOptions, env: TrainEn
   let exitReason: FinetuneResult["exitReason"] = "done";
   let intervalLoss: number[] = [], intervalStart = now(), lastYield = performance.now(), skipped = 0;
 
-  const evaluate = async (epoch: number | null) => {
+  const evaluate = async (epoch: number | null, predictions?: SetPredictions[]) => {
     if (valid.length === 0) return null;
     log("calculating metrics ...");
     const label = epoch === null ? `iteration: ${iteration}` : `epoch: ${epoch}`;
     const t0 = now();
-    const sets = await accuracy(run, valid);
+    const sets = await accuracy(run, valid, predictions);
     for (const s of sets) {
       log(
         ` > |${label}| metrics for ${s.name}: correct / total = ${s.correct} / ${s.total} = ` +
@@ -567,6 +638,25 @@ export async function finetune(cfg0: Config, opts: FinetuneOptions, env: TrainEn
     metrics?.write({ kind: "accuracy", ...e });
     return e;
   };
+
+  if (evalOnly) {
+    log("evaluation only mode, setting epoch to -1");
+    const predictions: SetPredictions[] = [];
+    await evaluate(-1, predictions);
+    const predictionsFile = writePredictions(cfg.load!, predictions);
+    log(`> predictions of ${predictions.map((s) => s.name).join(", ")} saved in ${predictionsFile}`);
+    for (const r of ranks) r.free();
+    return {
+      iteration,
+      trainIters: 0,
+      itersPerEpoch,
+      losses,
+      evaluations,
+      best: null,
+      exitReason,
+      predictionsFile,
+    };
+  }
 
   const startEpoch = Math.floor(iteration / itersPerEpoch);
   let skip = iteration % itersPerEpoch;

@@ -301,6 +301,7 @@ export function makeFinetuneTask(
       return Promise.resolve({
         loss: out.loss,
         scalars: { loss: out.loss, correct: out.correct, samples: out.samples },
+        rows: out.probs,
         backward: (f) => [ce.backward(lctx, f)],
         discard: () => ce.discard(lctx),
       });

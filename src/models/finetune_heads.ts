@@ -152,6 +152,8 @@ export interface ClassificationLossOutput {
   correct: number;
   /** argmax per sample, labelled or not. */
   predictions: Int32Array;
+  /** softmax(logits) per sample [b, classes] (f64), labelled or not. */
+  probs: Float64Array;
 }
 
 interface LossSaved {
@@ -199,7 +201,7 @@ export class ClassificationLoss {
       if (arg === y) correct++;
     }
     ctx.saved.set(this, { probs, labels: lab, classes: c, count, dtype: logits.dtype } satisfies LossSaved);
-    return { loss: count > 0 ? lossSum / count : 0, lossSum, samples: count, correct, predictions };
+    return { loss: count > 0 ? lossSum / count : 0, lossSum, samples: count, correct, predictions, probs };
   }
 
   /** d(factor * loss)/d logits [b, C] in the logits' dtype (caller owns). */

@@ -266,11 +266,17 @@ export class RankState {
   }
 
   /** Forward only (no dropout) of every micro-batch; losses and scalars on the last stage. */
-  async evalStep(inputs: StepInputs): Promise<{ losses: number[]; scalars: Record<string, number>[] }> {
+  async evalStep(
+    inputs: StepInputs,
+  ): Promise<{ losses: number[]; scalars: Record<string, number>[]; rows: (Float64Array | null)[] }> {
     const losses: TaskLoss[] = [];
     const shape = { p: this.ps.ppSize, r: this.ps.ppRank, m: inputs.numMicroBatches, v: this.ps.vpSize };
     await runForwardOnly(shape, this.runner(inputs, 1, losses, true), this.comm, this.peers());
-    return { losses: losses.map((l) => l.loss), scalars: losses.map((l) => l.scalars) };
+    return {
+      losses: losses.map((l) => l.loss),
+      scalars: losses.map((l) => l.scalars),
+      rows: losses.map((l) => l.rows ?? null),
+    };
   }
 
   /** The tied word embedding copy this rank holds (first chunk of stage 0 or last chunk of the last

@@ -68,6 +68,9 @@ export interface TaskLoss {
   loss: number;
   /** Named values to log, averaged over micro-batches and DP ranks (GPT: {"lm loss"}). */
   scalars: Record<string, number>;
+  /** Per-sample outputs an evaluation may keep (finetuning: each sample's class probabilities,
+   *  [b, classes] row-major). */
+  rows?: Float64Array;
   /** Gradients of the outputs for d(loss * factor) (the trainer hands them to the chunk's backward). */
   backward(factor: number): Tensor[];
   /** Free the saved state without a backward (evaluation). */
