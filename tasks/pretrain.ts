@@ -134,6 +134,8 @@ async function main(cmd: PretrainCommand, argv: string[], me: ProcessRank): Prom
 
   const { backend, note } = await selectBackend(cfg.device as "cpu" | "cuda" | "auto", {
     log: (l) => rank0 && console.log(l),
+    // One process per GPU: each takes its node-local GPU.
+    localRank: info.worldSize > 1 ? info.localRank : 0,
   });
   if (rank0) console.log(note);
 

@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
 import { createCudaBackend } from "../src/backend/cuda/cuda_backend.ts";
+import { selectBackend } from "../src/backend/cuda/select.ts";
 import type { DiscoverEnv } from "../ffi/discover.ts";
 import type { DType } from "../src/tensor/dtype.ts";
 import { buildEmulator } from "./gpu/emulator/build.ts";
@@ -414,6 +415,34 @@ if ("skip" in built) {
       }
     } finally {
       for (const t of made) c.free(t);
+    }
+  });
+
+  Deno.test({
+    name: "selectBackend: one process per GPU takes GPU localRank % visible GPUs (Megatron's rank % count)",
+    ...opts,
+  }, async () => {
+    // The emulator shows MEGATRON_DENO_EMU_DEVICES devices; cudaSetDevice refuses any other ordinal.
+    Deno.env.set("MEGATRON_DENO_EMU_DEVICES", "2");
+    try {
+      const made: Backend[] = [];
+      const pick = async (o: { localRank?: number; device?: number }) => {
+        const { backend, note } = await selectBackend("cuda", { env, ...o });
+        made.push(backend);
+        return note.replace(/ \(.*/, "");
+      };
+      assert.equal(await pick({}), "device: cuda:0");
+      assert.equal(await pick({ localRank: 1 }), "device: cuda:1");
+      // Four processes on a node that shows each of them 2 GPUs: ranks 2 and 3 wrap around.
+      assert.equal(await pick({ localRank: 3 }), "device: cuda:1");
+      assert.equal(await pick({ localRank: 3, device: 0 }), "device: cuda:0");
+      await assert.rejects(
+        createCudaBackend({ env, device: 2 }),
+        /cuda: device 2 requested but 2 device\(s\) visible/,
+      );
+      for (const b of made) (b as { dispose?: () => void }).dispose?.();
+    } finally {
+      Deno.env.delete("MEGATRON_DENO_EMU_DEVICES");
     }
   });
 }

@@ -1497,7 +1497,7 @@ export function createCudaBackend(opts: CudaBackendOptions = {}): Promise<CudaBa
   return CudaBackend.create(opts);
 }
 
-export type CudaProbe = { ok: true; description: string } | { ok: false; reason: string };
+export type CudaProbe = { ok: true; description: string; count: number } | { ok: false; reason: string };
 
 /**
  * Cheap check whether the CUDA backend can run here: the runtime, driver and cuBLAS libraries
@@ -1525,6 +1525,7 @@ function probeCudaOnce(env: DiscoverEnv): CudaProbe {
     const v = rt.runtimeVersion(), dv = drv.driverVersion();
     return {
       ok: true,
+      count,
       description: `${count} CUDA device(s), runtime ${cudaVersionString(v)}, driver ${
         cudaVersionString(dv)
       }`,

@@ -18,9 +18,14 @@ export function parseDeviceFlag(value: string): DeviceFlag {
   throw new Error(`--device: expected cuda, cpu or auto, found '${value}'`);
 }
 
+/** `localRank`: this process's rank on its node when one process runs per GPU; it picks the GPU
+ *  localRank % (visible GPUs), as Megatron's rank % device_count (which equals the local rank when
+ *  every node runs one process per GPU, and stays right when SLURM shows each task one GPU). An
+ *  explicit `device` wins. */
 export async function selectBackend(
   device: DeviceFlag,
-  opts: CudaBackendOptions & { probe?: () => CudaProbe; log?: (line: string) => void } = {},
+  opts: CudaBackendOptions & { probe?: () => CudaProbe; log?: (line: string) => void; localRank?: number } =
+    {},
 ): Promise<SelectedBackend> {
   if (device === "cpu") {
     const b = createCpuBackend({ log: opts.log });
@@ -32,6 +37,6 @@ export async function selectBackend(
     const b = createCpuBackend({ log: opts.log });
     return { backend: b, note: `device: auto chose cpu (no CUDA: ${probe.reason}); ${b.description}` };
   }
-  const b = await createCudaBackend(opts);
+  const b = await createCudaBackend({ ...opts, device: opts.device ?? (opts.localRank ?? 0) % probe.count });
   return { backend: b, note: `device: ${b.description}` };
 }

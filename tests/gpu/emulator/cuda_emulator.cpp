@@ -207,9 +207,19 @@ const char* cudaGetErrorString(int e) {
 int cudaGetLastError(void) { return 0; }
 int cudaRuntimeGetVersion(int* v) { *v = 13000; return 0; }
 int cudaDriverGetVersion(int* v) { *v = 13000; return 0; }
-int cudaGetDeviceCount(int* n) { *n = 1; return 0; }
-int cudaSetDevice(int d) { return d == 0 ? 0 : 101; }
-int cudaGetDevice(int* d) { *d = 0; return 0; }
+// MEGATRON_DENO_EMU_DEVICES=N shows N devices (default 1); they all share the host's memory.
+static int emuDevices() {
+  const char* s = getenv("MEGATRON_DENO_EMU_DEVICES");
+  return s && atoi(s) > 0 ? atoi(s) : 1;
+}
+static int emuDevice = 0;
+int cudaGetDeviceCount(int* n) { *n = emuDevices(); return 0; }
+int cudaSetDevice(int d) {
+  if (d < 0 || d >= emuDevices()) return 101;  // cudaErrorInvalidDevice
+  emuDevice = d;
+  return 0;
+}
+int cudaGetDevice(int* d) { *d = emuDevice; return 0; }
 int cudaDeviceGetAttribute(int* v, int attr, int) { *v = attr == 16 ? 2 : attr == 75 ? 9 : 0; return 0; }
 int cudaDeviceSynchronize(void) { return 0; }
 int cudaMemGetInfo(size_t* f, size_t* t) { *f = (size_t)1 << 32; *t = (size_t)1 << 32; return 0; }
