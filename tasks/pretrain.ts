@@ -203,7 +203,11 @@ async function main(cmd: PretrainCommand, argv: string[], me: ProcessRank): Prom
   if (lastRank) {
     log(
       `done: ${result.iteration} iterations, ${result.tokensPerSecond.toFixed(0)} tokens/s` +
-        (first && last ? `, validation loss ${first.loss.toFixed(3)} -> ${last.loss.toFixed(3)}` : ""),
+        (first && last && result.validation.length > 1
+          ? `, validation loss ${first.loss.toFixed(3)} -> ${last.loss.toFixed(3)}`
+          : last
+          ? `, validation loss ${last.loss.toFixed(3)}`
+          : ""),
     );
   }
   if (result.savedTo && rank0) log(`checkpoint saved in ${result.savedTo} (resume with --load ${cfg.save})`);

@@ -217,6 +217,15 @@ Deno.test("cli: trains, saves, says where; --load with another architecture name
   // On a CPU the utilization is relative to the measured GEMM rate, and the line says so.
   assert.match(ok.stdout, / MFU \(vs measured CPU GEMM peak\): \d+\.\d\d% \|/);
   assert.match(ok.stdout, /validation loss at iteration 2 \| lm loss value: \d/);
+  // Validations at iterations 2 and 4: the closing line gives the first and the last.
+  assert.match(
+    ok.stdout,
+    /^done: 4 iterations, \d+ tokens\/s, validation loss (\d+\.\d{3}) -> (?!\1$)\d+\.\d{3}$/m,
+  );
+  // One validation (--eval-interval past the end: only the final one): its loss alone.
+  const once = await cli((await tiny([])).map((a, i, all) => all[i - 1] === "--eval-interval" ? "100" : a));
+  assert.equal(once.code, 0, once.stderr);
+  assert.match(once.stdout, /^done: 4 iterations, \d+ tokens\/s, validation loss \d+\.\d{3}$/m);
   assert.ok(
     ok.stdout.includes(`checkpoint saved in ${save}/iter_0000004 (resume with --load ${save})`),
     ok.stdout,
