@@ -7,62 +7,24 @@
 import assert from "node:assert/strict";
 import { createCpuBackend } from "../src/backend/cpu/cpu_backend.ts";
 import { LocalWorld } from "../src/parallel/local_comm.ts";
-import { runForwardOnly, runSchedule, type StageRunner, warmupCount } from "../src/pipeline/schedules.ts";
-import type { Tensor } from "../src/tensor/tensor.ts";
+import { runForwardOnly, runSchedule, warmupCount } from "../src/pipeline/schedules.ts";
+import { toyStage, weightOf } from "./helpers/toy_stage.ts";
 
 const be = createCpuBackend();
-
-/** Chunk c on stage r is model piece c * p + r; its weight is 1 + 0.1 * (piece + 1). */
-const weightOf = (p: number, r: number, c: number) => 1 + 0.1 * (c * p + r + 1);
-
-function toyStage(p: number, r: number, v: number, losses: number[], grads: number[]): StageRunner & {
-  alive: () => number;
-} {
-  const saved = new Map<string, number>();
-  const isFirst = (c: number) => r === 0 && c === 0;
-  const isLast = (c: number) => r === p - 1 && c === v - 1;
-  return {
-    activationShape: [1],
-    activationDType: "f64",
-    allocActivation: () => be.empty("f64", [1]),
-    release: (t: Tensor) => be.free(t),
-    alive: () => saved.size,
-    forward(c, mb, input) {
-      const x = isFirst(c) ? mb + 1 : be.toF64(input!)[0];
-      if (input) be.free(input);
-      saved.set(`${c}:${mb}`, x);
-      const y = weightOf(p, r, c) * x;
-      if (isLast(c)) {
-        losses[mb] = y;
-        return Promise.resolve(null);
-      }
-      return Promise.resolve(be.fromHost("f64", [1], [y]));
-    },
-    backward(c, mb, outputGrad) {
-      const k = `${c}:${mb}`;
-      const x = saved.get(k);
-      if (x === undefined) throw new Error(`backward of ${k} without forward`);
-      saved.delete(k);
-      const g = isLast(c) ? 1 : be.toF64(outputGrad!)[0];
-      grads[c] += g * x;
-      return Promise.resolve(isFirst(c) ? null : be.fromHost("f64", [1], [g * weightOf(p, r, c)]));
-    },
-  };
-}
 
 async function runPipeline(p: number, m: number, v: number) {
   const world = new LocalWorld(be, { tp: 1, pp: p, dp: 1, vp: v }, { timeoutMs: 5000 });
   const perRank = await Promise.all(world.states.map(async (ps, r) => {
     const losses: number[] = [];
     const grads = new Array(v).fill(0);
-    const stage = toyStage(p, r, v, losses, grads);
+    const stage = toyStage(be, p, r, v, losses, grads);
     const ranks = ps.group("pipeline").ranks;
     const peers = { prev: ranks[(r - 1 + p) % p], next: ranks[(r + 1) % p] };
     const { maxInFlight } = await runSchedule({ p, r, m, v }, stage, world.communicator(r), peers);
     assert.equal(stage.alive(), 0, `rank ${r}: activations left after the step`);
     // Forward-only (evaluation) over the same communicator afterwards.
     const evalLosses: number[] = [];
-    const evalStage = toyStage(p, r, v, evalLosses, new Array(v).fill(0));
+    const evalStage = toyStage(be, p, r, v, evalLosses, new Array(v).fill(0));
     await runForwardOnly({ p, r, m, v }, evalStage, world.communicator(r), peers);
     return { losses, grads, maxInFlight, evalLosses };
   }));
