@@ -20,7 +20,7 @@ import {
   validateForTraining,
   withDefaults,
 } from "../src/training/config.ts";
-import { SaveDirLock } from "../src/training/lock.ts";
+import { holdSaveLock, signalStopRequest } from "./run_control.ts";
 import { resolveTrainingPaths, userCwd } from "./user_paths.ts";
 
 const NAME = "finetune";
@@ -232,30 +232,15 @@ async function run(argv: string[]): Promise<void> {
     if (e instanceof ConfigError) fail(e.message, 2);
     throw e;
   }
-  if (cfg.save) {
-    const lock = SaveDirLock.acquire(cfg.save, {
-      command: [NAME, ...argv].join(" "),
-      log: (l) => console.log(l),
-    });
-    globalThis.addEventListener("unload", () => lock.release());
-  }
+  if (cfg.save) holdSaveLock(cfg.save, [NAME, ...argv], (l) => console.log(l));
   const { backend, note } = await selectBackend(cfg.device as "cpu" | "cuda" | "auto", {
     log: (l) => console.log(l),
   });
   console.log(note);
-  const stopRequest: { stop: boolean; signal?: string } = { stop: false };
-  if (cfg.exitSignalHandler) {
-    for (const sig of ["SIGINT", "SIGTERM"] as const) {
-      Deno.addSignalListener(sig, () => {
-        stopRequest.stop = true;
-        stopRequest.signal = sig;
-      });
-    }
-  }
   const r = await finetune(cfg, a.opts, {
     backend,
     log: (l) => console.log(l),
-    stopRequest: cfg.exitSignalHandler ? stopRequest : undefined,
+    stopRequest: signalStopRequest(cfg.exitSignalHandler),
   });
   console.log(
     r.predictionsFile

@@ -14,13 +14,13 @@ import {
   validateForTraining,
   withDefaults,
 } from "../src/training/config.ts";
-import { SaveDirLock } from "../src/training/lock.ts";
 import { devicePeak } from "../src/training/peak.ts";
 import type { TrainingTask } from "../src/training/task.ts";
 import { pretrain } from "../src/training/train.ts";
 import { detectRank, type RankInfo, RankSourceError } from "../src/distributed/rank_source.ts";
 import { joinTrainingWorld, type ProcessWorld } from "../src/training/process_world.ts";
 import { watchNpmWrapper } from "./launcher_watch.ts";
+import { holdSaveLock, signalStopRequest } from "./run_control.ts";
 import { resolveTrainingPaths, userCwd } from "./user_paths.ts";
 
 export interface PretrainCommand {
@@ -146,15 +146,9 @@ async function main(cmd: PretrainCommand, argv: string[], me: ProcessRank): Prom
   });
 
   if (cfg.save && rank0) {
-    // One trainer per --save folder. The lock goes on every exit that runs JavaScript (normal end,
-    // error, --exit-signal-handler); after a kill it names a dead pid and the next run takes it over.
-    // One process per rank: rank 0 holds it for the job (the others never write the tracker and
+    // One process per rank: rank 0 holds the lock for the job (the others never write the tracker and
     // write their shards only inside rank 0's save); a per-process lock would make ranks fight.
-    const lock = SaveDirLock.acquire(cfg.save, {
-      command: [cmd.name, ...argv].join(" "),
-      log: (l) => console.log(l),
-    });
-    globalThis.addEventListener("unload", () => lock.release());
+    holdSaveLock(cfg.save, [cmd.name, ...argv], (l) => console.log(l));
   }
   // The others start only once rank 0 holds the lock (if it cannot, its exit fails this barrier).
   await procWorld?.store?.barrier("save-lock");
@@ -177,23 +171,13 @@ async function main(cmd: PretrainCommand, argv: string[], me: ProcessRank): Prom
     }
     : undefined;
 
-  const stopRequest: { stop: boolean; signal?: string } = { stop: false };
-  if (cfg.exitSignalHandler) {
-    for (const sig of ["SIGINT", "SIGTERM"] as const) {
-      Deno.addSignalListener(sig, () => {
-        stopRequest.stop = true;
-        stopRequest.signal = sig;
-      });
-    }
-  }
-
   const peak = devicePeak(backend, cfg.paramsDtype);
   if (rank0) log(`> MFU is measured against ${peak.what}: ${(peak.flops / 1e12).toFixed(3)} TFLOP/s`);
   const result = await pretrain(task, cfg, {
     backend,
     log,
     progress,
-    stopRequest: cfg.exitSignalHandler ? stopRequest : undefined,
+    stopRequest: signalStopRequest(cfg.exitSignalHandler),
     peak,
     processWorld: procWorld,
   });
